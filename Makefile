@@ -1,0 +1,42 @@
+# racefree: `make demo` shows the races; `make test` proves they are gone.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: test demo bench build system-deps bench-deps rust-test py-test clean
+
+## make test: install what is missing, build with maturin, run cargo test and pytest
+test: build
+	cargo test --quiet
+	$(PY) -m pytest
+
+## make demo: build, then the race table (stock vs racefree) on real servers
+demo: build bench-deps
+	$(PY) benchmarks/race_table.py
+
+## make bench: throughput side by side with the stock backends
+bench: build bench-deps
+	$(PY) benchmarks/memcached_bench.py --json build/memcached_bench.json
+	$(PY) benchmarks/race_table.py
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+$(VENV)/.installed: requirements/test.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements/test.txt
+	@touch $@
+
+build: system-deps $(VENV)/.installed
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --quiet
+
+bench-deps: build
+	@scripts/ensure-system-deps.sh bench || echo "racefree: stock pylibmc rows will be skipped"
+	@$(PY) -m pip install --quiet -r requirements/bench.txt || echo "racefree: pylibmc could not be built; its rows will be skipped"
+
+clean:
+	rm -rf target build $(VENV) .pytest_cache

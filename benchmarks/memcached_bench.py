@@ -1,0 +1,176 @@
+"""Memcached backends side by side: racefree vs Django's PyMemcacheCache and
+PyLibMCCache, on one memcached started here, through Django's cache API.
+
+    python benchmarks/memcached_bench.py [--seconds 2] [--json out.json]
+
+Every thread uses its own backend instance, as Django's ``caches[...]``
+gives each thread (the stock clients are not thread-safe otherwise).
+Throughput is ops/s summed over threads; ratios are racefree / stock.
+"""
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+import django  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+settings.configure()
+django.setup()
+
+from support.servers import Memcached  # noqa: E402
+
+BACKENDS = {
+    "racefree": "racefree.backends.memcached.MemcachedCache",
+    "PyMemcacheCache": "django.core.cache.backends.memcached.PyMemcacheCache",
+    "PyLibMCCache": "django.core.cache.backends.memcached.PyLibMCCache",
+}
+
+
+def make_backend(path, location):
+    from django.utils.module_loading import import_string
+
+    return import_string(path)(location, {})
+
+
+def available_backends():
+    found = {}
+    for name, path in BACKENDS.items():
+        try:
+            module = path.rsplit(".", 1)[0]
+            __import__(module)
+            if name == "PyLibMCCache":
+                import pylibmc  # noqa: F401
+            if name == "PyMemcacheCache":
+                import pymemcache  # noqa: F401
+            found[name] = path
+        except ImportError as exc:
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+    return found
+
+
+def workload(op, cache, value, thread):
+    """A callable doing one operation (or one request) per call."""
+    keys = [f"bench:{i}" for i in range(100)]
+    if op == "get-hit":
+        counter = iter(range(10**12))
+        return lambda: cache.get(keys[next(counter) % 100])
+    if op == "get-miss":
+        return lambda: cache.get("bench:absent")
+    if op == "set":
+        key = f"bench:set:{thread}"
+        return lambda: cache.set(key, value)
+    if op == "get_many(100)":
+        return lambda: cache.get_many(keys)
+    if op == "incr":
+        key = f"bench:incr:{thread}"
+        cache.set(key, 0)
+        return lambda: cache.incr(key)
+    if op == "request":
+        # What a Django request does: a few cache calls, then close().
+        key = f"bench:request:{thread}"
+
+        def request():
+            cache.get(keys[0])
+            cache.get(key)
+            cache.set(key, value)
+            cache.close()
+
+        return request
+    raise ValueError(op)
+
+
+def measure(path, location, op, size, threads, seconds):
+    value = b"x" * size
+    seed = make_backend(path, location)
+    for i in range(100):
+        seed.set(f"bench:{i}", value)
+    counts = [0] * threads
+    start_barrier = threading.Barrier(threads + 1)
+    stop = threading.Event()
+
+    def run(index):
+        cache = make_backend(path, location)
+        call = workload(op, cache, value, index)
+        call()
+        start_barrier.wait()
+        n = 0
+        while not stop.is_set():
+            call()
+            n += 1
+        counts[index] = n
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    start_barrier.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--quick", action="store_true", help="100 B, fewer cases")
+    args = parser.parse_args()
+
+    backends = available_backends()
+    server = Memcached(memory_mb=256)
+    cases = []
+    sizes = [100] if args.quick else [100, 10 * 1024]
+    for op in ["get-hit", "get-miss", "set", "get_many(100)", "incr"]:
+        for size in sizes if op in ("get-hit", "set", "get_many(100)") else [100]:
+            for threads in (1, 8):
+                cases.append((op, size, threads))
+    for threads in (1, 8):
+        cases.append(("request", 100, threads))
+    results = []
+    try:
+        for op, size, threads in cases:
+            row = {"op": op, "size": size, "threads": threads}
+            for name, path in backends.items():
+                row[name] = measure(path, server.location, op, size, threads, args.seconds)
+            results.append(row)
+            print(format_row(row, backends), flush=True)
+    finally:
+        server.stop()
+    print()
+    print(markdown(results, backends))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"results": results, "seconds": args.seconds}, out, indent=2)
+
+
+def size_label(size):
+    return f"{size // 1024} KB" if size >= 1024 else f"{size} B"
+
+
+def format_row(row, backends):
+    cells = [f"{name} {row[name]:>9.0f}/s" for name in backends]
+    return f"{row['op']:<14} {size_label(row['size']):>6} {row['threads']}T  " + "  ".join(cells)
+
+
+def markdown(results, backends):
+    stock = [name for name in backends if name != "racefree"]
+    header = ["operation", "value", "threads", *[f"{n} ops/s" for n in backends], *[f"vs {n}" for n in stock]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results:
+        cells = [row["op"], size_label(row["size"]), str(row["threads"])]
+        cells += [f"{row[name]:,.0f}" for name in backends]
+        cells += [f"{row['racefree'] / row[name]:.2f}x" for name in stock]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Django cache backends, laid out like ``django.core.cache.backends``."""

@@ -1,0 +1,99 @@
+"""Reading and checking a backend's OPTIONS.
+
+Every backend declares its options; anything else, or a value of the wrong
+type, is an ``ImproperlyConfigured`` error when the backend is created,
+not a surprise at the first request.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    default: Any
+    convert: Callable[[Any], Any]
+    #: Other spellings accepted for drop-in switching (e.g. pymemcache's).
+    aliases: tuple = ()
+
+
+def positive_number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError("a positive number of seconds")
+    return float(value)
+
+
+def non_negative_number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError("a number of seconds >= 0")
+    return float(value)
+
+
+def positive_int(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("a positive integer")
+    return value
+
+
+def non_negative_int(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("an integer >= 0")
+    return value
+
+
+def optional(convert):
+    def convert_optional(value):
+        return None if value is None else convert(value)
+
+    return convert_optional
+
+
+def boolean(value):
+    if not isinstance(value, bool):
+        raise ValueError("True or False")
+    return value
+
+
+def must_be_true(value):
+    # Accepted for drop-in compatibility; racefree always behaves this way.
+    if value is not True:
+        raise ValueError("True (racefree always works this way)")
+    return value
+
+
+def read_options(backend, options, spec, unsupported=None):
+    """Return ``{name: value}`` for every option in ``spec``.
+
+    ``unsupported`` maps option names to the reason they are refused.
+    """
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured(f"{backend}: OPTIONS must be a dict, not {type(options).__name__}")
+    unsupported = unsupported or {}
+    by_name = {}
+    for option in spec:
+        for name in (option.name, *option.aliases):
+            by_name[name] = option
+    values = {option.name: option.default for option in spec}
+    given_as = {}
+    for name, value in options.items():
+        if name in unsupported:
+            raise ImproperlyConfigured(f"{backend}: OPTIONS[{name!r}] is not supported: {unsupported[name]}")
+        option = by_name.get(name)
+        if option is None:
+            known = ", ".join(sorted(o.name for o in spec))
+            raise ImproperlyConfigured(f"{backend}: unknown OPTIONS[{name!r}]; known options are {known}")
+        if option.name in given_as:
+            raise ImproperlyConfigured(
+                f"{backend}: OPTIONS[{name!r}] and OPTIONS[{given_as[option.name]!r}] set the same option"
+            )
+        given_as[option.name] = name
+        try:
+            values[option.name] = option.convert(value)
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f"{backend}: OPTIONS[{name!r}] must be {exc}, not {value!r}") from None
+    return values

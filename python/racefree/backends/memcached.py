@@ -1,0 +1,326 @@
+"""Pooled, thread-safe memcached backend.
+
+A drop-in for Django's ``PyMemcacheCache`` and ``PyLibMCCache``: the same
+LOCATION forms, timeouts and key rules, and the same key→server mapping
+and value flags as ``PyMemcacheCache``, so both can share a cluster. One
+connection pool per process and configuration, shared by every backend
+instance and thread; a connection is reused only after a complete
+exchange, so a timed-out or failed call can never hand its reply to a
+later one.
+"""
+
+import logging
+import pickle
+import re
+import threading
+import time
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, default_key_func
+from django.core.exceptions import ImproperlyConfigured
+
+from racefree._core import MemcachedClient
+from racefree._keys import memcached_key_error
+from racefree.backends._options import (
+    Option,
+    boolean,
+    must_be_true,
+    non_negative_int,
+    non_negative_number,
+    optional,
+    positive_int,
+    positive_number,
+    read_options,
+)
+from racefree.exceptions import CacheError
+
+logger = logging.getLogger("racefree")
+
+# pymemcache's serializer flags (pymemcache.serde), so values are shared.
+FLAG_BYTES = 0
+FLAG_PICKLE = 1 << 0
+FLAG_INTEGER = 1 << 1
+FLAG_LONG = 1 << 2
+FLAG_TEXT = 1 << 4
+
+# Memcached reads expiry times above 30 days as Unix timestamps.
+MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
+
+
+def pickle_protocol(value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= pickle.HIGHEST_PROTOCOL:
+        raise ValueError(f"a pickle protocol between 0 and {pickle.HIGHEST_PROTOCOL}")
+    return value
+
+
+OPTIONS = [
+    Option("CONNECT_TIMEOUT", 1.0, positive_number, aliases=("connect_timeout",)),
+    Option("IO_TIMEOUT", 1.0, positive_number, aliases=("timeout",)),
+    Option("POOL_SIZE", 32, non_negative_int, aliases=("max_pool_size",)),
+    Option("MAX_CONNECTIONS", None, optional(positive_int)),
+    Option("IDLE_TIMEOUT", 60.0, positive_number, aliases=("pool_idle_timeout",)),
+    Option("SPIN_WAIT", 0.00005, non_negative_number),
+    Option("IGNORE_EXCEPTIONS", False, boolean, aliases=("ignore_exc",)),
+    Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
+    # pymemcache spellings of what racefree always does.
+    Option("no_delay", True, must_be_true),
+    Option("use_pooling", True, must_be_true),
+    Option("allow_unicode_keys", True, must_be_true),
+]
+
+UNSUPPORTED = {
+    "MAX_ENTRIES": "memcached evicts least recently used items itself",
+    "CULL_FREQUENCY": "memcached evicts least recently used items itself",
+}
+
+_clients = {}
+_clients_lock = threading.Lock()
+
+
+def shared_client(servers, options):
+    """The process-wide client for these servers and settings.
+
+    Django builds one backend per thread (and per ``override_settings``);
+    they all share one pool, so connections survive both.
+    """
+    settings = (
+        tuple(servers),
+        options["CONNECT_TIMEOUT"],
+        options["IO_TIMEOUT"],
+        options["POOL_SIZE"],
+        options["MAX_CONNECTIONS"],
+        options["IDLE_TIMEOUT"],
+        options["SPIN_WAIT"],
+    )
+    with _clients_lock:
+        client = _clients.get(settings)
+        if client is None:
+            client = MemcachedClient(
+                list(servers),
+                connect_timeout=options["CONNECT_TIMEOUT"],
+                io_timeout=options["IO_TIMEOUT"],
+                pool_size=options["POOL_SIZE"],
+                max_connections=options["MAX_CONNECTIONS"],
+                idle_timeout=options["IDLE_TIMEOUT"],
+                spin_wait=options["SPIN_WAIT"],
+            )
+            _clients[settings] = client
+        return client
+
+
+def split_location(location):
+    """LOCATION as a list of servers: a list, or a ``;``/``,``-separated string."""
+    if isinstance(location, str):
+        return re.split("[;,]", location)
+    return list(location)
+
+
+def decode(flags, data):
+    """A value stored with pymemcache's flags."""
+    if flags == FLAG_BYTES:
+        return data
+    if flags & FLAG_TEXT:
+        return data.decode()
+    if flags & (FLAG_INTEGER | FLAG_LONG):
+        return int(data)
+    if flags & FLAG_PICKLE:
+        return pickle.loads(data)
+    return data
+
+
+class MemcachedCache(BaseCache):
+    def __init__(self, server, params):
+        backend = f"{type(self).__module__}.{type(self).__qualname__}"
+        options = read_options(backend, params.get("OPTIONS"), OPTIONS, UNSUPPORTED)
+        super().__init__(params)
+        self._servers = split_location(server)
+        self._options = options
+        try:
+            self._client = shared_client(self._servers, options)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{backend}: {exc}") from None
+        self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
+        self._pickle_protocol = options["PICKLE_PROTOCOL"]
+        # Key making and checking run inline unless a subclass changes them.
+        cls = type(self)
+        self._stock_key_rules = (
+            cls.make_key is MemcachedCache.make_key and cls.validate_key is MemcachedCache.validate_key
+        )
+
+    @property
+    def client_servers(self):
+        return self._servers
+
+    def get_backend_timeout(self, timeout=DEFAULT_TIMEOUT):
+        """Memcached's expiry: 0 for never, -1 for already expired, and
+        an absolute timestamp beyond 30 days."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        if timeout is None:
+            return 0
+        timeout = int(timeout)
+        if timeout <= 0:
+            return -1
+        if timeout > MAX_RELATIVE_TTL:
+            timeout += int(time.time())
+        return timeout
+
+    def validate_key(self, key):
+        error = memcached_key_error(key)
+        if error is not None:
+            raise error
+
+    def _key(self, key, version):
+        # The store checks every key before sending it (InvalidCacheKey);
+        # only custom key rules need the Python call here.
+        if self._stock_key_rules and self.key_func is default_key_func:
+            return "%s:%s:%s" % (self.key_prefix, self.version if version is None else version, key)
+        return self.make_and_validate_key(key, version=version)
+
+    def _encode(self, value):
+        kind = type(value)
+        if kind is bytes:
+            return FLAG_BYTES, value
+        if kind is str:
+            return FLAG_TEXT, value.encode()
+        if kind is int:
+            return FLAG_INTEGER, b"%d" % value
+        return FLAG_PICKLE, pickle.dumps(value, self._pickle_protocol)
+
+    def _decode(self, key, flags, data, default):
+        try:
+            return decode(flags, data)
+        except Exception:
+            # A value that cannot be loaded (a class that moved, a corrupt
+            # pickle) is a miss, as in pymemcache, but it is logged.
+            logger.warning("memcached: cannot load the value of %r; treated as a miss", key, exc_info=True)
+            return default
+
+    def _server_failed(self, operation, error):
+        """After a CacheError: re-raise it, or with IGNORE_EXCEPTIONS log it
+        and let the caller fall back."""
+        if not self._ignore_exceptions:
+            raise error
+        logger.warning("memcached %s failed, ignored (IGNORE_EXCEPTIONS): %s", operation, error)
+
+    def get(self, key, default=None, version=None):
+        key = self._key(key, version)
+        try:
+            item = self._client.get(key)
+        except CacheError as error:
+            self._server_failed("get", error)
+            return default
+        if item is None:
+            return default
+        return self._decode(key, item[0], item[1], default)
+
+    def has_key(self, key, version=None):
+        key = self._key(key, version)
+        try:
+            return self._client.has_key(key)
+        except CacheError as error:
+            self._server_failed("has_key", error)
+            return False
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        flags, data = self._encode(value)
+        try:
+            self._client.set(key, flags, data, self.get_backend_timeout(timeout))
+        except CacheError as error:
+            self._server_failed("set", error)
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        flags, data = self._encode(value)
+        try:
+            return self._client.add(key, flags, data, self.get_backend_timeout(timeout))
+        except CacheError as error:
+            self._server_failed("add", error)
+            return False
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        try:
+            return self._client.touch(key, self.get_backend_timeout(timeout))
+        except CacheError as error:
+            self._server_failed("touch", error)
+            return False
+
+    def delete(self, key, version=None):
+        key = self._key(key, version)
+        try:
+            return self._client.delete(key)
+        except CacheError as error:
+            self._server_failed("delete", error)
+            return False
+
+    def incr(self, key, delta=1, version=None):
+        """Memcached's atomic increment. A missing key raises ValueError;
+        a value memcached cannot count with raises TypeError; as in
+        memcached, decrementing stops at 0."""
+        key = self._key(key, version)
+        try:
+            if delta < 0:
+                value = self._client.decr(key, -delta)
+            else:
+                value = self._client.incr(key, delta)
+        except CacheError as error:
+            self._server_failed("incr", error)
+            value = None
+        if value is None:
+            raise ValueError("Key '%s' not found" % key)
+        return value
+
+    def get_many(self, keys, version=None):
+        key_map = {self._key(key, version): key for key in keys}
+        if not key_map:
+            return {}
+        try:
+            found = self._client.get_many(list(key_map))
+        except CacheError as error:
+            self._server_failed("get_many", error)
+            found = getattr(error, "partial", {})
+        missing = object()
+        result = {}
+        for key, (flags, data) in found.items():
+            value = self._decode(key, flags, data, missing)
+            if value is not missing:
+                result[key_map[key]] = value
+        return result
+
+    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        original_keys = {}
+        items = []
+        for key, value in data.items():
+            made = self._key(key, version)
+            original_keys[made] = key
+            items.append((made, *self._encode(value)))
+        if not items:
+            return []
+        try:
+            failed = self._client.set_many(items, self.get_backend_timeout(timeout))
+        except CacheError as error:
+            self._server_failed("set_many", error)
+            failed = getattr(error, "failed_keys", list(original_keys))
+        return [original_keys[key] for key in failed]
+
+    def delete_many(self, keys, version=None):
+        keys = [self._key(key, version) for key in keys]
+        if not keys:
+            return
+        try:
+            self._client.delete_many(keys)
+        except CacheError as error:
+            self._server_failed("delete_many", error)
+
+    def clear(self):
+        """Empty every server of LOCATION (memcached ``flush_all``)."""
+        try:
+            self._client.flush_all()
+        except CacheError as error:
+            self._server_failed("clear", error)
+
+    def close(self, **kwargs):
+        """Keep the pooled connections: Django calls this after every
+        request, and reconnecting each time is what makes the stock
+        pymemcache backend slow. Pools are per process and thread-safe."""

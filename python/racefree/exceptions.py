@@ -1,0 +1,33 @@
+"""Exceptions raised by racefree's stores.
+
+``CacheError`` and its subclasses mean a cache server could not serve the
+call; with ``IGNORE_EXCEPTIONS`` they read as misses instead. Bad input is
+never ignored: invalid keys raise Django's ``InvalidCacheKey``, values the
+server refuses raise ``ValueTooLargeError``.
+"""
+
+
+class CacheError(Exception):
+    """A cache server could not serve the call."""
+
+
+class CacheConnectionError(CacheError, ConnectionError):
+    """The server could not be reached or dropped the connection."""
+
+
+class CacheTimeoutError(CacheError, TimeoutError):
+    """The server did not answer within the configured timeout."""
+
+
+class CacheProtocolError(CacheError):
+    """The server's reply did not answer the request; the connection was
+    discarded so no later call can read it."""
+
+
+class CacheServerError(CacheError):
+    """The server reported an error (e.g. out of memory)."""
+
+
+class ValueTooLargeError(ValueError):
+    """The value is larger than the server accepts; any old value for the
+    key was deleted."""

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install the system packages racefree's tests (and, with "bench", its
+# benchmarks) need, when they are missing. As root on Debian/Ubuntu this
+# uses apt-get; otherwise it says what to install and fails.
+set -euo pipefail
+
+need=()
+command -v memcached >/dev/null 2>&1 || need+=(memcached)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+if [[ "${1:-}" == "bench" ]]; then
+    # pylibmc (Django's PyLibMCCache) builds against libmemcached.
+    pkg-config --exists libmemcached 2>/dev/null || need+=(libmemcached-dev pkg-config zlib1g-dev)
+fi
+
+if ((${#need[@]})); then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "racefree: installing ${need[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        echo "racefree: missing system packages: ${need[*]}" >&2
+        echo "racefree: install them (e.g. sudo apt-get install ${need[*]}) and run make again" >&2
+        exit 1
+    fi
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "racefree: Rust is missing: install it from https://rustup.rs" >&2
+    exit 1
+fi

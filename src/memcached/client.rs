@@ -1,0 +1,573 @@
+//! The memcached client: routing, single-key exchanges and pipelined
+//! batches over per-server pools.
+
+use super::address::Address;
+use super::connection::Connection;
+use super::error::{Error, Result};
+use super::pool::{Config, Lease, Pool};
+use super::protocol::{self, Reply, Status, StoreMode};
+use super::routing::Rendezvous;
+
+/// Keys per pipelined round trip in a batch. Bounded so that requests
+/// never fill the socket buffers while the server is blocked writing
+/// replies we have not read yet.
+const CHUNK: usize = 128;
+
+/// A stored value with its client flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub value: Vec<u8>,
+    pub flags: u32,
+}
+
+/// The keys (indexes into the request) that a failed server took with it.
+#[derive(Debug)]
+pub struct BatchFailure {
+    pub indexes: Vec<usize>,
+    pub error: Error,
+}
+
+/// One entry of `set_many`.
+pub struct Entry<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub flags: u32,
+}
+
+/// Outcome of `set_many` for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    Stored,
+    /// The value is over the server's item size limit; any old value for
+    /// the key was deleted so it cannot be read as current.
+    TooLarge,
+    /// The key's server failed (see the batch failures).
+    Failed,
+}
+
+pub struct Client {
+    pools: Vec<Pool>,
+    router: Rendezvous,
+}
+
+impl Error {
+    /// Errors after which the stream is still in step: the whole reply was
+    /// read, so the connection may serve another request.
+    fn keeps_connection(&self) -> bool {
+        matches!(
+            self,
+            Error::Server { .. } | Error::ValueTooLarge { .. } | Error::NotANumber { .. }
+        )
+    }
+}
+
+fn io_error(pool: &Pool) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::from_io(&pool.name, source)
+}
+
+/// Read one reply line; a meta reply must carry `opaque`.
+fn read_reply(conn: &mut Connection, pool: &Pool, opaque: Option<u32>) -> Result<Reply> {
+    let line = conn.read_line().map_err(io_error(pool))?;
+    let reply = protocol::parse_reply(line);
+    match (&reply, opaque) {
+        (Reply::Meta { opaque: got, .. }, Some(want)) if *got != Some(want) => Err(Error::protocol(
+            &pool.name,
+            format!("reply tagged {got:?} for request {want}"),
+        )),
+        (Reply::Garbage(line), _) => Err(Error::protocol(&pool.name, format!("unparseable reply {line:?}"))),
+        _ => Ok(reply),
+    }
+}
+
+/// The error for a reply that does not answer the request that was sent.
+fn unexpected(pool: &Pool, reply: Reply) -> Error {
+    match reply {
+        Reply::ServerError(message) => Error::Server {
+            server: pool.name.clone(),
+            message,
+        },
+        Reply::ClientError(message) => Error::protocol(&pool.name, format!("CLIENT_ERROR {message}")),
+        other => Error::protocol(&pool.name, format!("unexpected reply {other:?}")),
+    }
+}
+
+fn check_keys<'k>(keys: impl IntoIterator<Item = &'k [u8]>) -> Result<()> {
+    for key in keys {
+        protocol::check_key(key).map_err(Error::InvalidKey)?;
+    }
+    Ok(())
+}
+
+impl Client {
+    /// A client for `servers` (LOCATION entries). Nothing is dialed yet.
+    pub fn new<S: AsRef<str>>(servers: &[S], config: Config) -> Result<Client> {
+        if servers.is_empty() {
+            return Err(Error::Config("no memcached server given in LOCATION".into()));
+        }
+        if config.connect_timeout.is_zero() || config.io_timeout.is_zero() {
+            return Err(Error::Config("memcached timeouts must be greater than zero".into()));
+        }
+        if config.max_connections == Some(0) {
+            return Err(Error::Config("MAX_CONNECTIONS must be at least 1".into()));
+        }
+        let mut pools: Vec<Pool> = Vec::with_capacity(servers.len());
+        for spec in servers {
+            let address = Address::parse(spec.as_ref())?;
+            if pools.iter().any(|p| p.address.node_name() == address.node_name()) {
+                return Err(Error::Config(format!("memcached server {address} is listed twice")));
+            }
+            pools.push(Pool::new(address, config.clone()));
+        }
+        let router = Rendezvous::new(pools.iter().map(|p| p.address.node_name()).collect());
+        Ok(Client { pools, router })
+    }
+
+    /// Display names of the servers, in configured order.
+    pub fn servers(&self) -> Vec<String> {
+        self.pools.iter().map(|p| p.name.clone()).collect()
+    }
+
+    pub fn config(&self) -> &Config {
+        self.pools[0].config()
+    }
+
+    /// Index of the server that owns `key`.
+    pub fn server_index(&self, key: &[u8]) -> usize {
+        self.router.route(key)
+    }
+
+    fn pool(&self, key: &[u8]) -> &Pool {
+        &self.pools[self.router.route(key)]
+    }
+
+    /// Run one request/reply exchange on a leased connection. The
+    /// connection goes back to the pool only if the exchange left the
+    /// stream in step.
+    fn exchange<T>(&self, pool: &Pool, run: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut lease = pool.lease()?;
+        let result = run(lease.conn());
+        match &result {
+            Ok(_) => lease.release(),
+            Err(error) if error.keeps_connection() => lease.release(),
+            Err(_) => drop(lease),
+        }
+        result
+    }
+
+    /// Fetch a value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
+        check_keys([key])?;
+        let pool = self.pool(key);
+        self.exchange(pool, |conn| {
+            let opaque = conn.opaque();
+            protocol::meta_get(&mut conn.out, key, opaque, true, None, false);
+            conn.send().map_err(io_error(pool))?;
+            match read_reply(conn, pool, Some(opaque))? {
+                Reply::Meta {
+                    status: Status::Value(size),
+                    flags,
+                    ..
+                } => {
+                    let value = conn.read_value(size).map_err(io_error(pool))?;
+                    Ok(Some(Item { value, flags }))
+                }
+                Reply::Meta {
+                    status: Status::Miss, ..
+                } => Ok(None),
+                other => Err(unexpected(pool, other)),
+            }
+        })
+    }
+
+    /// Whether the key is present, without fetching the value.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        self.meta_flag(key, None)
+    }
+
+    /// Set a new expiry on an existing key.
+    pub fn touch(&self, key: &[u8], ttl: i64) -> Result<bool> {
+        self.meta_flag(key, Some(ttl))
+    }
+
+    fn meta_flag(&self, key: &[u8], ttl: Option<i64>) -> Result<bool> {
+        check_keys([key])?;
+        let pool = self.pool(key);
+        self.exchange(pool, |conn| {
+            let opaque = conn.opaque();
+            protocol::meta_get(&mut conn.out, key, opaque, false, ttl, false);
+            conn.send().map_err(io_error(pool))?;
+            match read_reply(conn, pool, Some(opaque))? {
+                Reply::Meta {
+                    status: Status::Stored, ..
+                } => Ok(true),
+                Reply::Meta {
+                    status: Status::Miss, ..
+                } => Ok(false),
+                other => Err(unexpected(pool, other)),
+            }
+        })
+    }
+
+    /// Store a value. `Ok(false)` only for `StoreMode::Add` on a present
+    /// key. A value over the item size limit is `Err(ValueTooLarge)`, and
+    /// for `StoreMode::Set` the old value is deleted first-hand so it can
+    /// never be read as current.
+    pub fn store(&self, key: &[u8], value: &[u8], flags: u32, ttl: i64, mode: StoreMode) -> Result<bool> {
+        check_keys([key])?;
+        let pool = self.pool(key);
+        self.exchange(pool, |conn| {
+            let opaque = conn.opaque();
+            protocol::meta_set(&mut conn.out, key, value, flags, ttl, mode, opaque);
+            conn.send().map_err(io_error(pool))?;
+            match read_reply(conn, pool, Some(opaque))? {
+                Reply::Meta {
+                    status: Status::Stored, ..
+                } => Ok(true),
+                Reply::Meta {
+                    status: Status::NotStored,
+                    ..
+                } if mode == StoreMode::Add => Ok(false),
+                Reply::ServerError(message) if message.contains("too large") => {
+                    if mode == StoreMode::Set {
+                        delete_on(conn, pool, key)?;
+                    }
+                    Err(Error::ValueTooLarge {
+                        server: pool.name.clone(),
+                        size: value.len(),
+                    })
+                }
+                other => Err(unexpected(pool, other)),
+            }
+        })
+    }
+
+    /// Delete a key; true if it was present.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        check_keys([key])?;
+        let pool = self.pool(key);
+        self.exchange(pool, |conn| delete_on(conn, pool, key))
+    }
+
+    /// Atomically add `delta` to (or subtract it from) a stored number and
+    /// return the result; `None` if the key is missing. Memcached wraps at
+    /// 2**64 on increment and stops at 0 on decrement.
+    pub fn incr(&self, key: &[u8], delta: u64, decrement: bool) -> Result<Option<u64>> {
+        check_keys([key])?;
+        let pool = self.pool(key);
+        self.exchange(pool, |conn| {
+            let opaque = conn.opaque();
+            protocol::meta_arithmetic(&mut conn.out, key, delta, decrement, opaque);
+            conn.send().map_err(io_error(pool))?;
+            match read_reply(conn, pool, Some(opaque))? {
+                Reply::Meta {
+                    status: Status::Value(size),
+                    ..
+                } => {
+                    let digits = conn.read_value(size).map_err(io_error(pool))?;
+                    std::str::from_utf8(&digits)
+                        .ok()
+                        .and_then(|d| d.trim().parse().ok())
+                        .map(Some)
+                        .ok_or_else(|| Error::protocol(&pool.name, "arithmetic reply is not a number"))
+                }
+                Reply::Meta {
+                    status: Status::NotFound,
+                    ..
+                } => Ok(None),
+                Reply::ClientError(message) if message.contains("non-numeric") => Err(Error::NotANumber {
+                    server: pool.name.clone(),
+                }),
+                other => Err(unexpected(pool, other)),
+            }
+        })
+    }
+
+    /// Empty every server. Every server is tried; the first error is
+    /// returned.
+    pub fn flush_all(&self) -> Result<()> {
+        let mut first_error = None;
+        for pool in &self.pools {
+            let result = self.exchange(pool, |conn| {
+                conn.out.extend_from_slice(b"flush_all\r\n");
+                conn.send().map_err(io_error(pool))?;
+                let line = conn.read_line().map_err(io_error(pool))?;
+                if line == b"OK" {
+                    Ok(())
+                } else {
+                    Err(unexpected(pool, protocol::parse_reply(line)))
+                }
+            });
+            if let Err(error) = result {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Close every idle pooled connection.
+    pub fn close_idle(&self) {
+        for pool in &self.pools {
+            pool.close_idle();
+        }
+    }
+
+    /// Idle pooled connections, per server.
+    pub fn idle_connections(&self) -> Vec<usize> {
+        self.pools.iter().map(Pool::idle_count).collect()
+    }
+
+    /// Fetch many keys: one pipelined multi-get per server, all servers
+    /// in parallel. Keys on a failed server are reported in the failures
+    /// and read as misses.
+    pub fn get_many(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<BatchFailure>)> {
+        check_keys(keys.iter().copied())?;
+        let mut results = vec![None; keys.len()];
+        let failures = self.run_batch(keys, &mut results, &GetMany { keys })?;
+        Ok((results, failures))
+    }
+
+    /// Store many values with one pipeline per server.
+    pub fn set_many(&self, entries: &[Entry<'_>], ttl: i64) -> Result<(Vec<StoreOutcome>, Vec<BatchFailure>)> {
+        check_keys(entries.iter().map(|e| e.key))?;
+        let keys: Vec<&[u8]> = entries.iter().map(|e| e.key).collect();
+        let mut results = vec![StoreOutcome::Failed; entries.len()];
+        let mut failures = self.run_batch(&keys, &mut results, &SetMany { entries, ttl })?;
+        // A refused (too large) value must not leave the old one readable.
+        let refused: Vec<&[u8]> = results
+            .iter()
+            .zip(&keys)
+            .filter(|(outcome, _)| **outcome == StoreOutcome::TooLarge)
+            .map(|(_, key)| *key)
+            .collect();
+        if !refused.is_empty() {
+            let mut unused = vec![(); refused.len()];
+            failures.extend(self.run_batch(&refused, &mut unused, &DeleteMany { keys: &refused })?);
+        }
+        Ok((results, failures))
+    }
+
+    /// Delete many keys with one pipeline per server.
+    pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<BatchFailure>> {
+        check_keys(keys.iter().copied())?;
+        let mut results = vec![(); keys.len()];
+        self.run_batch(keys, &mut results, &DeleteMany { keys })
+    }
+
+    /// Send `op` for `keys` to their servers: the first chunk to every
+    /// server before reading any reply (servers work in parallel), then
+    /// the rest chunk by chunk. A server that fails loses only its own
+    /// keys.
+    fn run_batch<Op: BatchOp>(
+        &self,
+        keys: &[&[u8]],
+        results: &mut [Op::Out],
+        op: &Op,
+    ) -> Result<Vec<BatchFailure>> {
+        let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.pools.len()];
+        for (index, key) in keys.iter().enumerate() {
+            by_server[self.router.route(key)].push(index);
+        }
+        let mut failures = Vec::new();
+        let mut started: Vec<(&Pool, Lease<'_>, Vec<usize>, u32)> = Vec::new();
+        for (pool, indexes) in self.pools.iter().zip(by_server) {
+            if indexes.is_empty() {
+                continue;
+            }
+            let first_chunk = &indexes[..indexes.len().min(CHUNK)];
+            let sent = pool.lease().and_then(|mut lease| {
+                let first_opaque = op.write(lease.conn(), first_chunk);
+                lease.conn().send().map_err(io_error(pool))?;
+                Ok((lease, first_opaque))
+            });
+            match sent {
+                Ok((lease, first_opaque)) => started.push((pool, lease, indexes, first_opaque)),
+                Err(error) => failures.push(BatchFailure { indexes, error }),
+            }
+        }
+        for (pool, mut lease, indexes, first_opaque) in started {
+            let mut chunks = indexes.chunks(CHUNK);
+            let mut done = 0;
+            let mut outcome = Ok(());
+            let mut opaque = first_opaque;
+            while let Some(chunk) = chunks.next() {
+                if done > 0 {
+                    opaque = op.write(lease.conn(), chunk);
+                    if let Err(source) = lease.conn().send() {
+                        outcome = Err(Error::from_io(&pool.name, source));
+                        break;
+                    }
+                }
+                if let Err(error) = op.read(lease.conn(), pool, chunk, opaque, results) {
+                    outcome = Err(error);
+                    break;
+                }
+                done += chunk.len();
+            }
+            match outcome {
+                Ok(()) => lease.release(),
+                Err(error) => {
+                    drop(lease);
+                    failures.push(BatchFailure {
+                        indexes: indexes[done..].to_vec(),
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(failures)
+    }
+}
+
+fn delete_on(conn: &mut Connection, pool: &Pool, key: &[u8]) -> Result<bool> {
+    let opaque = conn.opaque();
+    protocol::meta_delete(&mut conn.out, key, opaque, false);
+    conn.send().map_err(io_error(pool))?;
+    match read_reply(conn, pool, Some(opaque))? {
+        Reply::Meta {
+            status: Status::Stored, ..
+        } => Ok(true),
+        Reply::Meta {
+            status: Status::NotFound,
+            ..
+        } => Ok(false),
+        other => Err(unexpected(pool, other)),
+    }
+}
+
+/// A multi-key operation as a pipeline: write the requests of a chunk,
+/// then read all their replies.
+trait BatchOp {
+    type Out;
+    /// Append the chunk's requests to `conn.out`; returns the opaque token
+    /// of the first (the others follow consecutively).
+    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32;
+    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first_opaque: u32, out: &mut [Self::Out])
+    -> Result<()>;
+}
+
+/// Take consecutive opaque tokens for `n` requests.
+fn opaque_block(conn: &mut Connection, n: usize) -> u32 {
+    let first = conn.opaque();
+    for _ in 1..n {
+        conn.opaque();
+    }
+    first
+}
+
+/// Position in the chunk of the reply tagged `opaque`.
+fn chunk_position(pool: &Pool, opaque: Option<u32>, first: u32, len: usize) -> Result<usize> {
+    opaque
+        .map(|o| o.wrapping_sub(first) as usize)
+        .filter(|&pos| pos < len)
+        .ok_or_else(|| Error::protocol(&pool.name, format!("reply tagged {opaque:?} is not part of the batch")))
+}
+
+struct GetMany<'a> {
+    keys: &'a [&'a [u8]],
+}
+
+impl BatchOp for GetMany<'_> {
+    type Out = Option<Item>;
+
+    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32 {
+        let first = opaque_block(conn, chunk.len());
+        for (pos, &index) in chunk.iter().enumerate() {
+            let opaque = first.wrapping_add(pos as u32);
+            protocol::meta_get(&mut conn.out, self.keys[index], opaque, true, None, true);
+        }
+        protocol::meta_noop(&mut conn.out);
+        first
+    }
+
+    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first: u32, out: &mut [Option<Item>]) -> Result<()> {
+        // Quiet gets answer hits only; MN closes the pipeline.
+        loop {
+            match read_reply(conn, pool, None)? {
+                Reply::Meta {
+                    status: Status::NoOp, ..
+                } => return Ok(()),
+                Reply::Meta {
+                    status: Status::Value(size),
+                    flags,
+                    opaque,
+                } => {
+                    let pos = chunk_position(pool, opaque, first, chunk.len())?;
+                    let value = conn.read_value(size).map_err(io_error(pool))?;
+                    out[chunk[pos]] = Some(Item { value, flags });
+                }
+                other => return Err(unexpected(pool, other)),
+            }
+        }
+    }
+}
+
+struct SetMany<'a> {
+    entries: &'a [Entry<'a>],
+    ttl: i64,
+}
+
+impl BatchOp for SetMany<'_> {
+    type Out = StoreOutcome;
+
+    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32 {
+        let first = opaque_block(conn, chunk.len());
+        for (pos, &index) in chunk.iter().enumerate() {
+            let entry = &self.entries[index];
+            let opaque = first.wrapping_add(pos as u32);
+            protocol::meta_set(&mut conn.out, entry.key, entry.value, entry.flags, self.ttl, StoreMode::Set, opaque);
+        }
+        first
+    }
+
+    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first: u32, out: &mut [StoreOutcome]) -> Result<()> {
+        // Replies come in request order; error lines carry no token.
+        for (pos, &index) in chunk.iter().enumerate() {
+            let opaque = first.wrapping_add(pos as u32);
+            out[index] = match read_reply(conn, pool, Some(opaque))? {
+                Reply::Meta {
+                    status: Status::Stored, ..
+                } => StoreOutcome::Stored,
+                Reply::ServerError(message) if message.contains("too large") => StoreOutcome::TooLarge,
+                other => return Err(unexpected(pool, other)),
+            };
+        }
+        Ok(())
+    }
+}
+
+struct DeleteMany<'a> {
+    keys: &'a [&'a [u8]],
+}
+
+impl BatchOp for DeleteMany<'_> {
+    type Out = ();
+
+    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32 {
+        let first = opaque_block(conn, chunk.len());
+        for (pos, &index) in chunk.iter().enumerate() {
+            protocol::meta_delete(&mut conn.out, self.keys[index], first.wrapping_add(pos as u32), true);
+        }
+        protocol::meta_noop(&mut conn.out);
+        first
+    }
+
+    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first: u32, _out: &mut [()]) -> Result<()> {
+        // Quiet deletes stay silent on success; some servers still answer
+        // NF for a missing key. MN closes the pipeline.
+        loop {
+            match read_reply(conn, pool, None)? {
+                Reply::Meta {
+                    status: Status::NoOp, ..
+                } => return Ok(()),
+                Reply::Meta {
+                    status: Status::NotFound | Status::Stored,
+                    opaque,
+                    ..
+                } => {
+                    chunk_position(pool, opaque, first, chunk.len())?;
+                }
+                other => return Err(unexpected(pool, other)),
+            }
+        }
+    }
+}

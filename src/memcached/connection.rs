@@ -1,0 +1,248 @@
+//! One connection to one memcached server.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::address::Address;
+use super::spin::SpinWait;
+
+/// Longest reply line accepted; a longer one means garbage on the stream.
+const MAX_LINE: usize = 8 * 1024;
+
+enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    fn connect(address: &Address, connect_timeout: Duration) -> io::Result<Socket> {
+        match address {
+            Address::Unix(path) => Ok(Socket::Unix(UnixStream::connect(path)?)),
+            Address::Tcp { host, port } => {
+                let deadline = Instant::now() + connect_timeout;
+                let mut last_error = None;
+                for addr in (host.as_str(), *port).to_socket_addrs()? {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        break;
+                    }
+                    match TcpStream::connect_timeout(&addr, remaining) {
+                        Ok(stream) => {
+                            stream.set_nodelay(true)?;
+                            return Ok(Socket::Tcp(stream));
+                        }
+                        Err(error) => last_error = Some(error),
+                    }
+                }
+                Err(last_error.unwrap_or_else(|| {
+                    io::Error::new(io::ErrorKind::TimedOut, "no address answered in time")
+                }))
+            }
+        }
+    }
+
+    fn set_timeouts(&self, timeout: Duration) -> io::Result<()> {
+        let timeout = Some(timeout).filter(|t| !t.is_zero());
+        match self {
+            Socket::Tcp(s) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
+            Socket::Unix(s) => {
+                s.set_read_timeout(timeout)?;
+                s.set_write_timeout(timeout)
+            }
+        }
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    /// Read what is already there, without blocking.
+    fn read_now(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: buf is valid for buf.len() bytes; the fd is owned by self.
+        let n = unsafe { libc::recv(self.raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+}
+
+/// A socket that spins briefly for a reply before blocking, and times
+/// replies for the spin estimate.
+pub(crate) struct Stream {
+    socket: Socket,
+    spin: Arc<SpinWait>,
+    /// Set by `send`: when the request left, and how long to spin.
+    sent_at: Option<Instant>,
+    spin_until: Option<Instant>,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.spin_until.take() {
+            loop {
+                match self.socket.read_now(buf) {
+                    Ok(n) => return Ok(self.first_bytes(n)),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(error),
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let n = match &mut self.socket {
+            Socket::Tcp(s) => s.read(buf)?,
+            Socket::Unix(s) => s.read(buf)?,
+        };
+        Ok(self.first_bytes(n))
+    }
+}
+
+impl Stream {
+    fn first_bytes(&mut self, n: usize) -> usize {
+        if let Some(sent) = self.sent_at.take() {
+            self.spin.record(sent.elapsed());
+        }
+        n
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.socket {
+            Socket::Tcp(s) => s.write(buf),
+            Socket::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A connection with a read buffer and a request buffer. Requests are
+/// built in `out` and written with one `write` call per exchange.
+pub(crate) struct Connection {
+    reader: BufReader<Stream>,
+    pub(crate) out: Vec<u8>,
+    line: Vec<u8>,
+    next_opaque: u32,
+    /// Fork generation the connection was opened in.
+    pub(crate) generation: u64,
+    /// When it was last put back into the pool.
+    pub(crate) idle_since: Instant,
+}
+
+impl Connection {
+    pub(crate) fn open(
+        address: &Address,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+        spin: Arc<SpinWait>,
+    ) -> io::Result<Connection> {
+        let socket = Socket::connect(address, connect_timeout)?;
+        socket.set_timeouts(io_timeout)?;
+        let stream = Stream {
+            socket,
+            spin,
+            sent_at: None,
+            spin_until: None,
+        };
+        Ok(Connection {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+            out: Vec::with_capacity(1024),
+            line: Vec::with_capacity(128),
+            next_opaque: 0,
+            generation: crate::fork::generation(),
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// A fresh opaque token for the next request.
+    pub(crate) fn opaque(&mut self) -> u32 {
+        self.next_opaque = self.next_opaque.wrapping_add(1);
+        self.next_opaque
+    }
+
+    /// Whether an idle connection can carry a new request: nothing may be
+    /// waiting to be read (an EOF from a restarted server, or bytes that
+    /// belong to nobody) and no buffered reply may be left over.
+    pub(crate) fn is_reusable(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let mut poll = libc::pollfd {
+            fd: self.reader.get_ref().socket.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout; the fd is owned by self.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
+    }
+
+    /// Write the request built in `out`.
+    pub(crate) fn send(&mut self) -> io::Result<()> {
+        let stream = self.reader.get_mut();
+        let result = stream.write_all(&self.out);
+        self.out.clear();
+        let now = Instant::now();
+        stream.sent_at = Some(now);
+        stream.spin_until = stream.spin.budget().map(|budget| now + budget);
+        result
+    }
+
+    /// Read one reply line, without its CRLF.
+    pub(crate) fn read_line(&mut self) -> io::Result<&[u8]> {
+        self.line.clear();
+        loop {
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+            }
+            match available.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    self.line.extend_from_slice(&available[..end]);
+                    self.reader.consume(end + 1);
+                    break;
+                }
+                None => {
+                    let n = available.len();
+                    self.line.extend_from_slice(available);
+                    self.reader.consume(n);
+                }
+            }
+            if self.line.len() > MAX_LINE {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "reply line too long"));
+            }
+        }
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        Ok(&self.line)
+    }
+
+    /// Read a value block of `size` bytes and its CRLF.
+    pub(crate) fn read_value(&mut self, size: usize) -> io::Result<Vec<u8>> {
+        let mut value = vec![0; size + 2];
+        self.reader.read_exact(&mut value)?;
+        if !value.ends_with(b"\r\n") {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "value block not terminated by CRLF"));
+        }
+        value.truncate(size);
+        Ok(value)
+    }
+}

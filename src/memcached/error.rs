@@ -1,0 +1,117 @@
+//! Errors of the memcached store.
+
+use std::fmt;
+use std::io;
+
+/// Why a key was refused before anything was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyProblem {
+    Empty,
+    /// Longer than 250 bytes once UTF-8 encoded.
+    TooLong,
+    /// Contains a space, a control character or DEL, which would split or
+    /// corrupt the command line on the wire.
+    BadCharacter,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// The key cannot be sent to memcached; nothing was sent.
+    InvalidKey(KeyProblem),
+    /// The server could not be reached (refused, unreachable, resolve failed).
+    Connect { server: String, source: io::Error },
+    /// No reply within the I/O timeout (or no connection within the connect
+    /// timeout). The connection, if any, was discarded.
+    Timeout { server: String },
+    /// The connection failed mid-exchange; it was discarded.
+    Io { server: String, source: io::Error },
+    /// A reply that does not belong to the request (desync, garbage). The
+    /// connection was discarded, so no later call can read it.
+    Protocol { server: String, detail: String },
+    /// The server answered SERVER_ERROR.
+    Server { server: String, message: String },
+    /// The value exceeds the server's item size limit.
+    ValueTooLarge { server: String, size: usize },
+    /// `incr`/`decr` on a value memcached cannot treat as a number.
+    NotANumber { server: String },
+    /// Bad settings.
+    Config(String),
+}
+
+impl Error {
+    /// Whether this error means the server (or the path to it) failed, as
+    /// opposed to a refused request. Only these may be ignored with
+    /// IGNORE_EXCEPTIONS.
+    pub fn is_server_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Timeout { .. }
+                | Error::Io { .. }
+                | Error::Protocol { .. }
+                | Error::Server { .. }
+        )
+    }
+
+    pub(crate) fn from_io(server: &str, source: io::Error) -> Error {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                server: server.to_owned(),
+            },
+            _ => Error::Io {
+                server: server.to_owned(),
+                source,
+            },
+        }
+    }
+
+    pub(crate) fn protocol(server: &str, detail: impl Into<String>) -> Error {
+        Error::Protocol {
+            server: server.to_owned(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidKey(KeyProblem::Empty) => write!(f, "memcached key is empty"),
+            Error::InvalidKey(KeyProblem::TooLong) => {
+                write!(f, "memcached key is longer than 250 bytes")
+            }
+            Error::InvalidKey(KeyProblem::BadCharacter) => {
+                write!(f, "memcached key contains a space or control character")
+            }
+            Error::Connect { server, source } => {
+                write!(f, "cannot connect to memcached server {server}: {source}")
+            }
+            Error::Timeout { server } => {
+                write!(f, "memcached server {server} did not answer in time")
+            }
+            Error::Io { server, source } => {
+                write!(f, "connection to memcached server {server} failed: {source}")
+            }
+            Error::Protocol { server, detail } => {
+                write!(f, "unexpected reply from memcached server {server}: {detail}")
+            }
+            Error::Server { server, message } => {
+                write!(f, "memcached server {server} reported an error: {message}")
+            }
+            Error::ValueTooLarge { server, size } => write!(
+                f,
+                "value of {size} bytes is larger than the item size limit of memcached server {server}"
+            ),
+            Error::NotANumber { server: _ } => write!(
+                f,
+                "the cached value is not an integer memcached can increment or decrement \
+                 (it must be stored as an int between 0 and 2**64-1)"
+            ),
+            Error::Config(message) => write!(f, "{message}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;

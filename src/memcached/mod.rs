@@ -1,0 +1,21 @@
+//! Pooled memcached store over the meta protocol.
+//!
+//! Keys are routed with pymemcache's rendezvous hashing and values carry
+//! pymemcache's client flags (set by the Python layer), so entries are
+//! shared with Django's `PyMemcacheCache` on the same servers.
+
+mod address;
+mod client;
+mod connection;
+mod error;
+mod pool;
+pub mod protocol;
+mod routing;
+mod spin;
+
+pub use address::Address;
+pub use client::{BatchFailure, Client, Entry, Item, StoreOutcome};
+pub use error::{Error, KeyProblem, Result};
+pub use pool::Config;
+pub use protocol::StoreMode;
+pub use routing::Rendezvous;

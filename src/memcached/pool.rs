@@ -1,0 +1,245 @@
+//! Per-server connection pool.
+//!
+//! Connections are checked out for exactly one exchange and come back only
+//! if the exchange completed: a connection that timed out or failed
+//! mid-reply still has someone else's reply in it, and reusing it is how
+//! the seed bug happens (a `get` returning another request's value). Dials
+//! happen in the calling thread, so a refused connection fails at once
+//! instead of waiting out a pool timeout.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use std::sync::Arc;
+
+use super::address::Address;
+use super::connection::Connection;
+use super::error::{Error, Result};
+use super::spin::{InFlight, SpinWait};
+
+/// Connection settings shared by every server of a client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Limit on dialing a server, and on waiting for a free connection
+    /// when `max_connections` is reached.
+    pub connect_timeout: Duration,
+    /// Limit on each read and write of an exchange.
+    pub io_timeout: Duration,
+    /// Idle connections kept per server.
+    pub pool_size: usize,
+    /// Hard cap on open connections per server (`None`: no cap).
+    pub max_connections: Option<usize>,
+    /// Idle connections older than this are closed instead of reused.
+    pub idle_timeout: Duration,
+    /// Longest busy-wait for a reply before sleeping (zero: never spin).
+    /// Only servers whose replies usually come back within it are spun
+    /// for; see `spin`.
+    pub spin_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            pool_size: 32,
+            max_connections: None,
+            idle_timeout: Duration::from_secs(60),
+            spin_wait: Duration::from_micros(50),
+        }
+    }
+}
+
+/// Open-connection accounting for `max_connections`, per fork generation.
+struct Slots {
+    generation: u64,
+    open: usize,
+}
+
+pub(crate) struct Pool {
+    pub(crate) address: Address,
+    pub(crate) name: String,
+    config: Config,
+    idle: Mutex<Vec<Connection>>,
+    slots: Mutex<Slots>,
+    freed: Condvar,
+    spin: Arc<SpinWait>,
+}
+
+/// A connection checked out of a pool. Dropped without `release`, the
+/// connection is closed, never reused.
+pub(crate) struct Lease<'a> {
+    pool: &'a Pool,
+    pub(crate) conn: Option<Connection>,
+    _in_flight: InFlight,
+}
+
+impl Lease<'_> {
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        // A lease holds its connection until release or drop.
+        self.conn.as_mut().expect("lease holds a connection")
+    }
+
+    /// Return the connection to the pool: call only after a complete,
+    /// in-step exchange.
+    pub(crate) fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.idle_since = Instant::now();
+            let mut idle = self.pool.idle.lock();
+            if idle.len() < self.pool.config.pool_size && conn.generation == crate::fork::generation() {
+                idle.push(conn);
+                drop(idle);
+                self.pool.give_back_slot(None);
+                return;
+            }
+            drop(idle);
+            self.pool.give_back_slot(Some(conn.generation));
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.give_back_slot(Some(conn.generation));
+        }
+    }
+}
+
+impl Pool {
+    pub(crate) fn new(address: Address, config: Config) -> Pool {
+        Pool {
+            name: address.to_string(),
+            address,
+            spin: Arc::new(SpinWait::new(config.spin_wait)),
+            config,
+            idle: Mutex::new(Vec::new()),
+            slots: Mutex::new(Slots {
+                generation: crate::fork::generation(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Check out a connection: a live idle one, or a new dial. At
+    /// `max_connections`, wait (up to the connect timeout) for one to come
+    /// back.
+    pub(crate) fn lease(&self) -> Result<Lease<'_>> {
+        let generation = crate::fork::generation();
+        let mut deadline = None;
+        loop {
+            if let Some(conn) = self.pop_live_idle(generation) {
+                return Ok(Lease {
+                    pool: self,
+                    conn: Some(conn),
+                    _in_flight: InFlight::start(),
+                });
+            }
+            if self.try_take_slot(generation) {
+                return self.dial(generation);
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.config.connect_timeout);
+            let mut slots = self.slots.lock();
+            // Re-check under the lock that `release` takes to notify, so a
+            // connection returned in between is not missed.
+            let cap = self.config.max_connections.unwrap_or(usize::MAX);
+            if slots.open < cap || !self.idle.lock().is_empty() {
+                continue;
+            }
+            if self.freed.wait_until(&mut slots, deadline).timed_out() {
+                return Err(Error::Timeout {
+                    server: format!("{} (all {cap} connections busy)", self.name),
+                });
+            }
+        }
+    }
+
+    fn dial(&self, generation: u64) -> Result<Lease<'_>> {
+        let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
+        match Connection::open(&self.address, connect, io, Arc::clone(&self.spin)) {
+            Ok(conn) => Ok(Lease {
+                pool: self,
+                conn: Some(conn),
+                _in_flight: InFlight::start(),
+            }),
+            Err(source) => {
+                self.give_back_slot(Some(generation));
+                Err(Error::Connect {
+                    server: self.name.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Pop idle connections until one is fit for a new request.
+    fn pop_live_idle(&self, generation: u64) -> Option<Connection> {
+        loop {
+            let conn = self.idle.lock().pop()?;
+            if conn.generation != generation {
+                // Inherited across fork: the parent owns this socket. Closing
+                // our copy of the descriptor does not disturb the parent.
+                drop(conn);
+                self.idle.lock().retain(|c| c.generation == generation);
+                continue;
+            }
+            if conn.idle_since.elapsed() <= self.config.idle_timeout && conn.is_reusable() {
+                return Some(conn);
+            }
+            // Stale, half-closed by a restarted server, or holding stray
+            // bytes: close it and free its slot.
+            self.give_back_slot(Some(conn.generation));
+        }
+    }
+
+    /// Count a new connection against `max_connections`; false at the cap.
+    fn try_take_slot(&self, generation: u64) -> bool {
+        let Some(cap) = self.config.max_connections else {
+            return true;
+        };
+        let mut slots = self.slots.lock();
+        if slots.generation != generation {
+            // Connections counted before the fork belong to the parent.
+            *slots = Slots { generation, open: 0 };
+        }
+        if slots.open >= cap {
+            return false;
+        }
+        slots.open += 1;
+        true
+    }
+
+    /// Free the slot of a closed connection (`Some(generation)`), or just
+    /// wake a waiter after a connection went back idle (`None`).
+    fn give_back_slot(&self, closed: Option<u64>) {
+        if self.config.max_connections.is_none() {
+            return;
+        }
+        let mut slots = self.slots.lock();
+        if let Some(generation) = closed {
+            if slots.generation == generation && slots.open > 0 {
+                slots.open -= 1;
+            }
+        }
+        self.freed.notify_one();
+    }
+
+    /// Close every idle connection (used by `close_all`).
+    pub(crate) fn close_idle(&self) {
+        let drained: Vec<Connection> = std::mem::take(&mut *self.idle.lock());
+        for conn in drained {
+            self.give_back_slot(Some(conn.generation));
+        }
+    }
+
+    /// Idle connections now in the pool.
+    pub(crate) fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+}

@@ -1,0 +1,237 @@
+//! `racefree._core.MemcachedClient`: the memcached store for Python.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use super::errors::{invalid_key, to_pyerr};
+use crate::memcached::{BatchFailure, Client, Config, Entry, StoreMode, StoreOutcome, protocol};
+
+/// A pooled, thread-safe memcached client. Values are `(flags, bytes)`
+/// pairs; the flags are pymemcache's serializer flags, set in Python.
+#[pyclass(frozen, module = "racefree._core")]
+pub struct MemcachedClient {
+    client: Arc<Client>,
+}
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    if value.is_finite() && value > 0.0 {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(PyValueError::new_err(format!("{name} must be a positive number of seconds, not {value}")))
+    }
+}
+
+/// The key's bytes, or Django's `InvalidCacheKey` before anything is sent.
+fn wire_key<'k>(py: Python<'_>, key: &'k str) -> PyResult<&'k [u8]> {
+    match protocol::check_key(key.as_bytes()) {
+        Ok(()) => Ok(key.as_bytes()),
+        Err(_) => Err(invalid_key(py, key)),
+    }
+}
+
+fn wire_keys<'k>(py: Python<'_>, keys: &'k [Bound<'_, PyString>]) -> PyResult<Vec<&'k str>> {
+    keys.iter()
+        .map(|key| {
+            let text = key.to_str()?;
+            wire_key(py, text)?;
+            Ok(text)
+        })
+        .collect()
+}
+
+/// Raise the first failure of a batch, with `failed_keys` (and for
+/// `get_many`, `partial`: what the healthy servers returned) attached.
+fn batch_error(
+    py: Python<'_>,
+    keys: &[Bound<'_, PyString>],
+    mut failures: Vec<BatchFailure>,
+    extra_failed: Vec<usize>,
+    partial: Option<Bound<'_, PyDict>>,
+) -> PyResult<PyErr> {
+    let failed = PyList::empty(py);
+    for index in failures.iter().flat_map(|f| f.indexes.iter()).chain(&extra_failed) {
+        failed.append(&keys[*index])?;
+    }
+    let first = failures.remove(0);
+    let error = to_pyerr(py, None, first.error);
+    let value = error.value(py);
+    value.setattr("failed_keys", failed)?;
+    if let Some(partial) = partial {
+        value.setattr("partial", partial)?;
+    }
+    Ok(error)
+}
+
+#[pymethods]
+impl MemcachedClient {
+    #[new]
+    #[pyo3(signature = (servers, *, connect_timeout=1.0, io_timeout=1.0, pool_size=32, max_connections=None, idle_timeout=60.0, spin_wait=0.00005))]
+    fn new(
+        servers: Vec<String>,
+        connect_timeout: f64,
+        io_timeout: f64,
+        pool_size: usize,
+        max_connections: Option<usize>,
+        idle_timeout: f64,
+        spin_wait: f64,
+    ) -> PyResult<Self> {
+        if !(spin_wait.is_finite() && spin_wait >= 0.0) {
+            return Err(PyValueError::new_err(format!("spin_wait must be >= 0 seconds, not {spin_wait}")));
+        }
+        let config = Config {
+            connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            io_timeout: seconds("io_timeout", io_timeout)?,
+            pool_size,
+            max_connections,
+            idle_timeout: seconds("idle_timeout", idle_timeout)?,
+            spin_wait: Duration::from_secs_f64(spin_wait),
+        };
+        let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(MemcachedClient {
+            client: Arc::new(client),
+        })
+    }
+
+    /// Server addresses, in configured order.
+    #[getter]
+    fn servers(&self) -> Vec<String> {
+        self.client.servers()
+    }
+
+    /// Index (in `servers`) of the server that owns `key`.
+    fn server_index(&self, key: &str) -> usize {
+        self.client.server_index(key.as_bytes())
+    }
+
+    /// `(flags, value)` or None on a miss.
+    fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<(u32, Bound<'py, PyBytes>)>> {
+        let wire = wire_key(py, key)?;
+        let found = py.detach(|| self.client.get(wire)).map_err(|e| to_pyerr(py, Some(key), e))?;
+        Ok(found.map(|item| (item.flags, PyBytes::new(py, &item.value))))
+    }
+
+    fn has_key(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        let wire = wire_key(py, key)?;
+        py.detach(|| self.client.contains(wire)).map_err(|e| to_pyerr(py, Some(key), e))
+    }
+
+    fn touch(&self, py: Python<'_>, key: &str, ttl: i64) -> PyResult<bool> {
+        let wire = wire_key(py, key)?;
+        py.detach(|| self.client.touch(wire, ttl)).map_err(|e| to_pyerr(py, Some(key), e))
+    }
+
+    fn set(&self, py: Python<'_>, key: &str, flags: u32, value: &[u8], ttl: i64) -> PyResult<()> {
+        let wire = wire_key(py, key)?;
+        py.detach(|| self.client.store(wire, value, flags, ttl, StoreMode::Set))
+            .map(drop)
+            .map_err(|e| to_pyerr(py, Some(key), e))
+    }
+
+    /// Store only if absent; True if stored.
+    fn add(&self, py: Python<'_>, key: &str, flags: u32, value: &[u8], ttl: i64) -> PyResult<bool> {
+        let wire = wire_key(py, key)?;
+        py.detach(|| self.client.store(wire, value, flags, ttl, StoreMode::Add))
+            .map_err(|e| to_pyerr(py, Some(key), e))
+    }
+
+    fn delete(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        let wire = wire_key(py, key)?;
+        py.detach(|| self.client.delete(wire)).map_err(|e| to_pyerr(py, Some(key), e))
+    }
+
+    /// Atomic increment; None if the key is missing.
+    fn incr(&self, py: Python<'_>, key: &str, delta: u64) -> PyResult<Option<u64>> {
+        let wire = wire_key(py, key)?;
+        py.detach(|| self.client.incr(wire, delta, false)).map_err(|e| to_pyerr(py, Some(key), e))
+    }
+
+    /// Atomic decrement (stops at 0); None if the key is missing.
+    fn decr(&self, py: Python<'_>, key: &str, delta: u64) -> PyResult<Option<u64>> {
+        let wire = wire_key(py, key)?;
+        py.detach(|| self.client.incr(wire, delta, true)).map_err(|e| to_pyerr(py, Some(key), e))
+    }
+
+    /// `{key: (flags, value)}` for the keys found; the dict's keys are the
+    /// given key objects. A failed server raises, with `partial` (what the
+    /// others returned) and `failed_keys` on the exception.
+    fn get_many<'py>(&self, py: Python<'py>, keys: Vec<Bound<'py, PyString>>) -> PyResult<Bound<'py, PyDict>> {
+        let texts = wire_keys(py, &keys)?;
+        let wire: Vec<&[u8]> = texts.iter().map(|k| k.as_bytes()).collect();
+        let (found, failures) = py.detach(|| self.client.get_many(&wire)).map_err(|e| to_pyerr(py, None, e))?;
+        let result = PyDict::new(py);
+        for (key, item) in keys.iter().zip(found) {
+            if let Some(item) = item {
+                result.set_item(key, (item.flags, PyBytes::new(py, &item.value)))?;
+            }
+        }
+        if failures.is_empty() {
+            Ok(result)
+        } else {
+            Err(batch_error(py, &keys, failures, Vec::new(), Some(result))?)
+        }
+    }
+
+    /// Store `(key, flags, value)` triples; returns the keys not stored
+    /// (values over the item size limit, whose old values are deleted).
+    /// A failed server raises, with `failed_keys` on the exception.
+    fn set_many<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(Bound<'py, PyString>, u32, Bound<'py, PyBytes>)>,
+        ttl: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let keys: Vec<Bound<'py, PyString>> = items.iter().map(|(k, _, _)| k.clone()).collect();
+        let texts = wire_keys(py, &keys)?;
+        let entries: Vec<Entry> = texts
+            .iter()
+            .zip(&items)
+            .map(|(key, (_, flags, value))| Entry {
+                key: key.as_bytes(),
+                value: value.as_bytes(),
+                flags: *flags,
+            })
+            .collect();
+        let (outcomes, failures) = py.detach(|| self.client.set_many(&entries, ttl)).map_err(|e| to_pyerr(py, None, e))?;
+        let too_large: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, outcome)| **outcome == StoreOutcome::TooLarge)
+            .map(|(index, _)| index)
+            .collect();
+        if !failures.is_empty() {
+            return Err(batch_error(py, &keys, failures, too_large, None)?);
+        }
+        PyList::new(py, too_large.iter().map(|&index| &keys[index]))
+    }
+
+    /// Delete keys; a failed server raises, with `failed_keys`.
+    fn delete_many(&self, py: Python<'_>, keys: Vec<Bound<'_, PyString>>) -> PyResult<()> {
+        let texts = wire_keys(py, &keys)?;
+        let wire: Vec<&[u8]> = texts.iter().map(|k| k.as_bytes()).collect();
+        let failures = py.detach(|| self.client.delete_many(&wire)).map_err(|e| to_pyerr(py, None, e))?;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(batch_error(py, &keys, failures, Vec::new(), None)?)
+        }
+    }
+
+    /// Empty every server (memcached `flush_all`).
+    fn flush_all(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.client.flush_all()).map_err(|e| to_pyerr(py, None, e))
+    }
+
+    /// Close the idle pooled connections (they reopen on demand).
+    fn close_idle(&self, py: Python<'_>) {
+        py.detach(|| self.client.close_idle());
+    }
+
+    /// Idle pooled connections per server.
+    fn idle_connections(&self) -> Vec<usize> {
+        self.client.idle_connections()
+    }
+}

@@ -1,0 +1,22 @@
+//! The PyO3 layer: converts between Python objects and the stores' bytes,
+//! releases the GIL around every I/O call, and maps store errors to the
+//! exceptions in `racefree.exceptions`. Serialization stays in Python.
+
+mod errors;
+mod memcached;
+
+use pyo3::prelude::*;
+
+/// Drop pooled connections inherited from the parent process.
+#[pyfunction]
+fn _after_fork_in_child() {
+    crate::fork::after_fork_in_child();
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<memcached::MemcachedClient>()?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! The memcached store against real memcached processes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use racefree::memcached::{Client, Config, Entry, Error, KeyProblem, StoreMode, StoreOutcome};
+use support::Memcached;
+
+fn client(servers: &[&Memcached], config: Config) -> Client {
+    let locations: Vec<String> = servers.iter().map(|s| s.location()).collect();
+    Client::new(&locations, config).expect("client")
+}
+
+fn quick() -> Config {
+    Config {
+        connect_timeout: Duration::from_millis(300),
+        io_timeout: Duration::from_millis(200),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn single_key_operations() {
+    let server = Memcached::start();
+    let c = client(&[&server], Config::default());
+    assert_eq!(c.get(b"k").unwrap(), None);
+    assert!(c.store(b"k", b"v1", 16, 0, StoreMode::Set).unwrap());
+    let item = c.get(b"k").unwrap().unwrap();
+    assert_eq!((item.value.as_slice(), item.flags), (&b"v1"[..], 16));
+    assert!(!c.store(b"k", b"v2", 0, 0, StoreMode::Add).unwrap());
+    assert!(c.store(b"new", b"v", 0, 0, StoreMode::Add).unwrap());
+    assert!(c.contains(b"k").unwrap());
+    assert!(c.touch(b"k", 100).unwrap());
+    assert!(!c.touch(b"absent", 100).unwrap());
+    assert!(c.delete(b"k").unwrap());
+    assert!(!c.delete(b"k").unwrap());
+    assert!(!c.contains(b"k").unwrap());
+    // Negative TTL: stored already expired.
+    assert!(c.store(b"gone", b"v", 0, -1, StoreMode::Set).unwrap());
+    assert_eq!(c.get(b"gone").unwrap(), None);
+    // Empty values are values.
+    assert!(c.store(b"empty", b"", 0, 0, StoreMode::Set).unwrap());
+    assert_eq!(c.get(b"empty").unwrap().unwrap().value, b"");
+    c.flush_all().unwrap();
+    assert_eq!(c.get(b"new").unwrap(), None);
+}
+
+#[test]
+fn arithmetic_is_memcached_native() {
+    let server = Memcached::start();
+    let c = client(&[&server], Config::default());
+    assert_eq!(c.incr(b"n", 1, false).unwrap(), None, "missing key is not created");
+    assert_eq!(c.get(b"n").unwrap(), None);
+    c.store(b"n", b"41", 2, 0, StoreMode::Set).unwrap();
+    assert_eq!(c.incr(b"n", 1, false).unwrap(), Some(42));
+    assert_eq!(c.incr(b"n", 50, true).unwrap(), Some(0));
+    let item = c.get(b"n").unwrap().unwrap();
+    // memcached rewrites a shrinking number in place, padded with spaces.
+    assert_eq!((item.value.trim_ascii(), item.flags), (&b"0"[..], 2), "flags survive incr");
+    c.store(b"text", b"abc", 16, 0, StoreMode::Set).unwrap();
+    assert!(matches!(c.incr(b"text", 1, false), Err(Error::NotANumber { .. })));
+    // The connection is still in step after the refusal.
+    assert_eq!(c.get(b"text").unwrap().unwrap().value, b"abc");
+}
+
+#[test]
+fn invalid_keys_never_reach_the_wire() {
+    let server = Memcached::start();
+    let c = client(&[&server], Config::default());
+    for (key, problem) in [
+        (&b""[..], KeyProblem::Empty),
+        (&[b'a'; 251][..], KeyProblem::TooLong),
+        (b"with space", KeyProblem::BadCharacter),
+        (b"crlf\r\nflush_all", KeyProblem::BadCharacter),
+        (b"nul\0", KeyProblem::BadCharacter),
+    ] {
+        assert!(matches!(c.get(key), Err(Error::InvalidKey(p)) if p == problem));
+        assert!(matches!(c.store(key, b"v", 0, 0, StoreMode::Set), Err(Error::InvalidKey(_))));
+        assert!(matches!(c.get_many(&[b"ok", key]), Err(Error::InvalidKey(_))));
+    }
+    // Nothing partial happened: the valid key of the refused batch was not touched.
+    c.store(b"ok", b"v", 0, 0, StoreMode::Set).unwrap();
+    let entries = [
+        Entry { key: b"ok", value: b"changed", flags: 0 },
+        Entry { key: b"bad key", value: b"x", flags: 0 },
+    ];
+    assert!(c.set_many(&entries, 0).is_err());
+    assert_eq!(c.get(b"ok").unwrap().unwrap().value, b"v");
+    assert_eq!(c.get(&[b'a'; 250]).unwrap(), None, "250 bytes is allowed");
+}
+
+#[test]
+fn too_large_value_is_refused_and_old_value_removed() {
+    let server = Memcached::start();
+    let c = client(&[&server], Config::default());
+    c.store(b"k", b"small", 0, 0, StoreMode::Set).unwrap();
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    assert!(matches!(c.store(b"k", &big, 0, 0, StoreMode::Set), Err(Error::ValueTooLarge { .. })));
+    assert_eq!(c.get(b"k").unwrap(), None, "stale value must not survive a failed set");
+    c.store(b"m", b"small", 0, 0, StoreMode::Set).unwrap();
+    let entries = [
+        Entry { key: b"m", value: &big, flags: 0 },
+        Entry { key: b"n", value: b"fine", flags: 0 },
+    ];
+    let (outcomes, failures) = c.set_many(&entries, 0).unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(outcomes, vec![StoreOutcome::TooLarge, StoreOutcome::Stored]);
+    assert_eq!(c.get(b"m").unwrap(), None);
+    assert_eq!(c.get(b"n").unwrap().unwrap().value, b"fine");
+}
+
+#[test]
+fn batches_across_three_servers() {
+    let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
+    let c = client(&servers.iter().collect::<Vec<_>>(), Config::default());
+    let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("key:{i}").into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..1000).map(|i| format!("value:{i}").repeat(i % 7 + 1).into_bytes()).collect();
+    let entries: Vec<Entry> = keys
+        .iter()
+        .zip(&values)
+        .map(|(k, v)| Entry { key: k, value: v, flags: 4 })
+        .collect();
+    let (outcomes, failures) = c.set_many(&entries, 0).unwrap();
+    assert!(failures.is_empty());
+    assert!(outcomes.iter().all(|o| *o == StoreOutcome::Stored));
+    let mut per_server = [0; 3];
+    for key in &keys {
+        per_server[c.server_index(key)] += 1;
+    }
+    assert!(per_server.iter().all(|&n| n > 200), "keys spread: {per_server:?}");
+    let mut wanted: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+    wanted.push(b"missing");
+    let (found, failures) = c.get_many(&wanted).unwrap();
+    assert!(failures.is_empty());
+    for (i, item) in found.iter().take(1000).enumerate() {
+        let item = item.as_ref().expect("hit");
+        assert_eq!((&item.value, item.flags), (&values[i], 4));
+    }
+    assert_eq!(found[1000], None);
+    let doomed: Vec<&[u8]> = keys.iter().step_by(2).map(|k| k.as_slice()).collect();
+    assert!(c.delete_many(&doomed).unwrap().is_empty());
+    let (found, _) = c.get_many(&wanted[..1000]).unwrap();
+    for (i, item) in found.iter().enumerate() {
+        assert_eq!(item.is_some(), i % 2 == 1);
+    }
+}
+
+#[test]
+fn a_down_server_fails_fast_and_only_for_its_keys() {
+    let up = Memcached::start();
+    let mut down = Memcached::start();
+    let c = client(&[&up, &down], quick());
+    down.kill();
+    let keys: Vec<Vec<u8>> = (0..200).map(|i| format!("k{i}").into_bytes()).collect();
+    for key in &keys {
+        if c.server_index(key) == 0 {
+            c.store(key, b"v", 0, 0, StoreMode::Set).unwrap();
+        }
+    }
+    let started = Instant::now();
+    let down_key = keys.iter().find(|k| c.server_index(k) == 1).unwrap();
+    assert!(matches!(c.get(down_key), Err(Error::Connect { .. })));
+    assert!(started.elapsed() < Duration::from_millis(300), "refused connection must fail at once");
+    let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+    let (found, failures) = c.get_many(&refs).unwrap();
+    assert_eq!(failures.len(), 1);
+    for (i, key) in keys.iter().enumerate() {
+        let on_up = c.server_index(key) == 0;
+        assert_eq!(found[i].is_some(), on_up);
+        assert_eq!(failures[0].indexes.contains(&i), !on_up);
+    }
+}
+
+#[test]
+fn a_frozen_server_times_out_and_no_late_reply_is_ever_read() {
+    let server = Memcached::start();
+    let c = client(&[&server], quick());
+    for i in 0..50 {
+        let key = format!("key{i}");
+        c.store(key.as_bytes(), key.as_bytes(), 0, 0, StoreMode::Set).unwrap();
+    }
+    for round in 0..5 {
+        server.pause();
+        let started = Instant::now();
+        let result = c.get(format!("key{round}").as_bytes());
+        assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+        assert!(started.elapsed() < Duration::from_millis(1000));
+        server.resume();
+        // The timed-out request's reply now arrives on the old socket; it
+        // must never be taken as the answer to these.
+        for i in 0..50 {
+            let key = format!("key{i}");
+            let item = c.get(key.as_bytes()).unwrap().unwrap();
+            assert_eq!(item.value, key.as_bytes(), "round {round}");
+        }
+    }
+}
+
+#[test]
+fn recovers_after_restart_without_a_new_client() {
+    let mut server = Memcached::start();
+    let c = client(&[&server], quick());
+    c.store(b"k", b"v", 0, 0, StoreMode::Set).unwrap();
+    server.kill();
+    assert!(c.get(b"k").is_err());
+    server.restart();
+    // Pooled connections to the dead process are detected and replaced.
+    assert_eq!(c.get(b"k").unwrap(), None);
+    assert!(c.store(b"k", b"v2", 0, 0, StoreMode::Set).unwrap());
+    assert_eq!(c.get(b"k").unwrap().unwrap().value, b"v2");
+}
+
+#[test]
+fn unix_socket_server() {
+    let server = Memcached::start_unix();
+    let c = client(&[&server], Config::default());
+    c.store(b"k", b"over a unix socket", 0, 0, StoreMode::Set).unwrap();
+    assert_eq!(c.get(b"k").unwrap().unwrap().value, b"over a unix socket");
+}
+
+#[test]
+fn shared_client_under_threads_never_mixes_replies() {
+    let server = Memcached::start();
+    let c = Arc::new(client(&[&server], Config::default()));
+    let mismatches = Arc::new(AtomicUsize::new(0));
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let c = Arc::clone(&c);
+            let mismatches = Arc::clone(&mismatches);
+            thread::spawn(move || {
+                for i in 0..500 {
+                    let key = format!("t{t}:k{}", i % 37);
+                    c.store(key.as_bytes(), key.as_bytes(), 0, 0, StoreMode::Set).unwrap();
+                    let got = c.get(key.as_bytes()).unwrap().map(|item| item.value);
+                    if got.as_deref() != Some(key.as_bytes()) {
+                        mismatches.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    assert_eq!(mismatches.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn concurrent_increments_are_exact() {
+    let server = Memcached::start();
+    let c = Arc::new(client(&[&server], Config::default()));
+    c.store(b"counter", b"0", 2, 0, StoreMode::Set).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let c = Arc::clone(&c);
+            thread::spawn(move || {
+                for _ in 0..1000 {
+                    c.incr(b"counter", 1, false).unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    assert_eq!(c.get(b"counter").unwrap().unwrap().value, b"8000");
+}
+
+#[test]
+fn max_connections_caps_and_queues() {
+    let server = Memcached::start();
+    let config = Config {
+        max_connections: Some(2),
+        pool_size: 2,
+        ..Config::default()
+    };
+    let c = Arc::new(client(&[&server], config));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let c = Arc::clone(&c);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let key = format!("k{t}");
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) && n < 300 {
+                    c.store(key.as_bytes(), b"v", 0, 0, StoreMode::Set).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(total, 8 * 300);
+    assert!(c.idle_connections()[0] <= 2);
+    assert!(server_stats(&server)["curr_connections"] <= 2 + 1 + 1);
+}
+
+/// `stats` from the server through a raw socket.
+fn server_stats(server: &Memcached) -> HashMap<String, u64> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    stream.write_all(b"stats\r\n").unwrap();
+    let mut stats = HashMap::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line.unwrap();
+        if line == "END" {
+            break;
+        }
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let [_, name, value] = parts[..] {
+            if let Ok(value) = value.parse() {
+                stats.insert(name.to_string(), value);
+            }
+        }
+    }
+    stats
+}
+
+#[test]
+fn connections_are_reused() {
+    let server = Memcached::start();
+    let c = client(&[&server], Config::default());
+    let before = server_stats(&server)["total_connections"];
+    for i in 0..500 {
+        c.store(format!("k{i}").as_bytes(), b"v", 0, 0, StoreMode::Set).unwrap();
+        c.get(format!("k{i}").as_bytes()).unwrap();
+    }
+    // One pooled connection for all 1000 calls, plus this stats connection.
+    assert_eq!(server_stats(&server)["total_connections"] - before, 2);
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    assert!(matches!(Client::new::<&str>(&[], Config::default()), Err(Error::Config(_))));
+    assert!(matches!(Client::new(&["a:1", "a:1"], Config::default()), Err(Error::Config(_))));
+    assert!(matches!(Client::new(&["a:x"], Config::default()), Err(Error::Config(_))));
+    let zero = Config {
+        io_timeout: Duration::ZERO,
+        ..Config::default()
+    };
+    assert!(matches!(Client::new(&["a:1"], zero), Err(Error::Config(_))));
+}

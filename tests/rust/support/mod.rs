@@ -1,0 +1,207 @@
+//! Real servers for the Rust integration tests, started on loopback and
+//! free ports and stopped by PID. A missing binary fails the test loudly.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("no free loopback port")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub struct Memcached {
+    pub port: u16,
+    pub socket: Option<PathBuf>,
+    child: Option<Child>,
+    extra: Vec<String>,
+    /// Restarts keep their port.
+    restarting: bool,
+}
+
+impl Memcached {
+    pub fn start() -> Memcached {
+        Memcached::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Memcached {
+        let mut server = Memcached {
+            port: free_port(),
+            socket: None,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            restarting: false,
+        };
+        server.spawn();
+        server
+    }
+
+    /// A server listening on a unix socket in a temp dir.
+    pub fn start_unix() -> Memcached {
+        let dir = std::env::temp_dir().join(format!("racefree-mc-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut server = Memcached {
+            port: 0,
+            socket: Some(dir.join("memcached.sock")),
+            child: None,
+            extra: Vec::new(),
+            restarting: false,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn location(&self) -> String {
+        match &self.socket {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("127.0.0.1:{}", self.port),
+        }
+    }
+
+    fn spawn(&mut self) {
+        for _attempt in 0..5 {
+            if self.try_spawn() {
+                return;
+            }
+            // Another process took the port between our probe and the bind.
+            if self.socket.is_none() && !self.restarting {
+                self.port = free_port();
+            }
+        }
+        panic!("memcached did not start on {}", self.location());
+    }
+
+    fn try_spawn(&mut self) -> bool {
+        let mut command = Command::new("memcached");
+        match &self.socket {
+            Some(path) => command.arg("-s").arg(path).arg("-a").arg("0700"),
+            None => command.args(["-l", "127.0.0.1", "-p", &self.port.to_string()]),
+        };
+        command.args(["-U", "0", "-m", "64", "-t", "2", "-c", "4096"]);
+        command.args(&self.extra);
+        if is_root() {
+            command.args(["-u", "root"]);
+        }
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start memcached: install it (apt-get install memcached)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            // Ready when the process answering is ours.
+            if self.stats_pid() == Some(child.id()) {
+                self.child = Some(child);
+                return true;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn stats_pid(&self) -> Option<u32> {
+        use std::io::{BufRead, BufReader, Write};
+        let (mut writer, reader): (Box<dyn Write>, Box<dyn std::io::Read>) = match &self.socket {
+            Some(path) => {
+                let stream = std::os::unix::net::UnixStream::connect(path).ok()?;
+                (Box::new(stream.try_clone().ok()?), Box::new(stream))
+            }
+            None => {
+                let stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+                (Box::new(stream.try_clone().ok()?), Box::new(stream))
+            }
+        };
+        writer.write_all(b"stats\r\n").ok()?;
+        for line in BufReader::new(reader).lines() {
+            let line = line.ok()?;
+            if line == "END" {
+                break;
+            }
+            if let Some(pid) = line.strip_prefix("STAT pid ") {
+                return pid.trim().parse().ok();
+            }
+        }
+        None
+    }
+
+    /// State letter of the process in /proc (R, S, T, ...).
+    fn state(&self) -> Option<char> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        after_name.trim_start().chars().next()
+    }
+
+    fn wait_for_state(&self, stopped: bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if (self.state() == Some('T')) == stopped {
+                return;
+            }
+            sleep(Duration::from_millis(1));
+        }
+        panic!("memcached did not {}", if stopped { "stop" } else { "resume" });
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child by PID.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    /// Freeze the server: it keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        self.wait_for_state(true);
+    }
+
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+        self.wait_for_state(false);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same port or socket.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.restarting = true;
+        self.spawn();
+        self.restarting = false;
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.kill();
+        if let Some(path) = &self.socket {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}

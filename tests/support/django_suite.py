@@ -1,0 +1,78 @@
+"""Django's own cache test suite, fetched from PyPI at test time.
+
+The sdist of the installed Django version is downloaded with pip (once,
+into build/), and its ``tests/cache`` package is put on sys.path as the
+importable package ``cache`` (its models and ``cache.tests.custom_key_func``
+need that name). Nothing of Django's is committed here.
+
+Tests that assert a stock client's internals are excluded, each with its
+reason, in ``EXCLUDED``; the README lists the same table.
+"""
+
+import sys
+import tarfile
+import subprocess
+import unittest
+from pathlib import Path
+
+import django
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: {test class name: {test name: reason}}
+EXCLUDED = {
+    "RacefreeMemcachedCacheTests": {
+        "test_close": (
+            "mocks disconnect_all() on the stock client class (cache._class) and expects it "
+            "called after every request; racefree keeps its pool instead, see "
+            "test_close_keeps_pooled_connections"
+        ),
+        "test_set_many_returns_failing_keys": (
+            "mocks set_multi() on the stock client class (cache._class); replaced by "
+            "test_set_many_returns_keys_over_item_size, which makes a real server refuse a key"
+        ),
+    },
+}
+
+
+def suite_dir():
+    """Directory holding Django's ``cache`` test package for this Django."""
+    version = django.get_version()
+    target = ROOT / "build" / "django-tests" / version
+    if (target / "cache" / "tests.py").exists():
+        return target
+    downloads = ROOT / "build" / "django-sdist"
+    downloads.mkdir(parents=True, exist_ok=True)
+    archive = downloads / f"django-{version}.tar.gz"
+    if not archive.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+             "--dest", str(downloads), f"Django=={version}"],
+            check=True,
+        )
+        found = sorted(downloads.glob(f"[dD]jango-{version}.tar.gz"))
+        if not found:
+            raise RuntimeError(f"pip did not download the Django {version} sdist into {downloads}")
+        found[0].rename(archive)
+    staging = target.with_name(target.name + ".partial")
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if "/tests/cache/" in m.name and m.isfile()]
+        if not members:
+            raise RuntimeError(f"{archive} has no tests/cache package")
+        for member in members:
+            member.name = "cache/" + member.name.split("/tests/cache/", 1)[1]
+            if hasattr(tarfile, "data_filter"):
+                tar.extract(member, staging, filter="data")
+            else:
+                tar.extract(member, staging)
+    staging.rename(target)
+    return target
+
+
+def exclude(test_class):
+    """Skip, with its reason, each excluded test of ``test_class``."""
+    for name, reason in EXCLUDED.get(test_class.__name__, {}).items():
+        if not hasattr(test_class, name):
+            raise AssertionError(f"{test_class.__name__}.{name} is excluded but does not exist")
+        setattr(test_class, name, unittest.skip(f"excluded: {reason}")(getattr(test_class, name)))
+    return test_class

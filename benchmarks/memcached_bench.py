@@ -5,12 +5,15 @@ PyLibMCCache, on one memcached started here, through Django's cache API.
 
 Every thread uses its own backend instance, as Django's ``caches[...]``
 gives each thread (the stock clients are not thread-safe otherwise).
-Throughput is ops/s summed over threads; ratios are racefree / stock.
+Throughput is ops/s summed over threads; each cell is the median of
+``--rounds`` runs, the backends taking turns within every round so that
+machine noise hits them alike. Ratios are racefree / stock.
 """
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -119,7 +122,8 @@ def measure(path, location, op, size, threads, seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per run")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--quick", action="store_true", help="100 B, fewer cases")
     args = parser.parse_args()
@@ -138,8 +142,12 @@ def main():
     try:
         for op, size, threads in cases:
             row = {"op": op, "size": size, "threads": threads}
-            for name, path in backends.items():
-                row[name] = measure(path, server.location, op, size, threads, args.seconds)
+            runs = {name: [] for name in backends}
+            for _ in range(args.rounds):
+                for name, path in backends.items():
+                    runs[name].append(measure(path, server.location, op, size, threads, args.seconds))
+            for name in backends:
+                row[name] = statistics.median(runs[name])
             results.append(row)
             print(format_row(row, backends), flush=True)
     finally:
@@ -148,7 +156,7 @@ def main():
     print(markdown(results, backends))
     if args.json:
         with open(args.json, "w") as out:
-            json.dump({"results": results, "seconds": args.seconds}, out, indent=2)
+            json.dump({"results": results, "seconds": args.seconds, "rounds": args.rounds}, out, indent=2)
 
 
 def size_label(size):

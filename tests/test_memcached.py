@@ -299,6 +299,49 @@ def test_killed_server_fails_within_the_timeout_and_recovers(fresh_memcached):
     assert time.monotonic() - started < 1.0
 
 
+def test_server_killed_during_load_fails_fast_then_recovers(fresh_memcached):
+    cache = racefree(fresh_memcached.location, CONNECT_TIMEOUT=0.5, IO_TIMEOUT=0.5)
+    stop = threading.Event()
+    restarted_at = []
+    mismatches, failure_durations, recovered_after = [], [], []
+
+    def load(index):
+        n = 0
+        while not stop.is_set():
+            key = f"k{index}-{n % 10}"
+            n += 1
+            for call in (lambda: cache.set(key, key), lambda: cache.get(key)):
+                started = time.monotonic()
+                try:
+                    value = call()
+                except CacheError:
+                    failure_durations.append(time.monotonic() - started)
+                    continue
+                if value not in (None, key):
+                    mismatches.append((key, value))
+                if restarted_at and not recovered_after:
+                    recovered_after.append(time.monotonic() - restarted_at[0])
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        fresh_memcached.kill()
+        time.sleep(1.0)
+        fresh_memcached.restart()
+        restarted_at.append(time.monotonic())
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert mismatches == []
+    assert len(failure_durations) > 10, "calls during the outage must fail"
+    assert max(failure_durations) < 1.0, "each failure within the timeout"
+    assert recovered_after and recovered_after[0] < 1.0, "the same backend recovers after the restart"
+
+
 def test_frozen_server_times_out(fresh_memcached):
     cache = racefree(fresh_memcached.location, IO_TIMEOUT=0.2)
     cache.set("k", "v")
@@ -433,10 +476,11 @@ def test_options_are_checked_at_startup(memcached):
         racefree(location, SERVERS=1)
     with pytest.raises(ImproperlyConfigured, match="MAX_ENTRIES.*not supported"):
         racefree(location, MAX_ENTRIES=10)
-    with pytest.raises(ImproperlyConfigured, match="IO_TIMEOUT.*positive number"):
-        racefree(location, IO_TIMEOUT="1")
-    with pytest.raises(ImproperlyConfigured, match="IO_TIMEOUT.*positive number"):
-        racefree(location, IO_TIMEOUT=0)
+    for bad in ("1", 0, -1, float("nan"), float("inf"), 1e300, True):
+        with pytest.raises(ImproperlyConfigured, match="IO_TIMEOUT.*number of seconds"):
+            racefree(location, IO_TIMEOUT=bad)
+    with pytest.raises(ImproperlyConfigured, match="SPIN_WAIT"):
+        racefree(location, SPIN_WAIT=-1)
     with pytest.raises(ImproperlyConfigured, match="POOL_SIZE"):
         racefree(location, POOL_SIZE=-1)
     with pytest.raises(ImproperlyConfigured, match="IGNORE_EXCEPTIONS"):

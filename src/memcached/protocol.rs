@@ -10,6 +10,10 @@ use super::error::KeyProblem;
 /// Longest key memcached accepts, in bytes.
 pub const MAX_KEY_LENGTH: usize = 250;
 
+/// Largest value block accepted from a server (memcached's own ceiling
+/// for `-I` is 1 GiB); a larger size means a corrupt stream.
+pub const MAX_VALUE_SIZE: usize = 1 << 30;
+
 /// Check a key before it goes anywhere near the wire.
 pub fn check_key(key: &[u8]) -> Result<(), KeyProblem> {
     if key.is_empty() {
@@ -164,8 +168,8 @@ pub fn parse_reply(line: &[u8]) -> Reply {
     };
     let status = match code {
         b"VA" => match tokens.next().and_then(parse_num::<usize>) {
-            Some(size) => Status::Value(size),
-            None => return Reply::Garbage(lossy(line)),
+            Some(size) if size <= MAX_VALUE_SIZE => Status::Value(size),
+            _ => return Reply::Garbage(lossy(line)),
         },
         b"HD" => Status::Stored,
         b"EN" => Status::Miss,
@@ -231,6 +235,8 @@ mod tests {
         assert!(matches!(parse_reply(b"CLIENT_ERROR bad"), Reply::ClientError(_)));
         assert!(matches!(parse_reply(b"VALUE foo 0 3"), Reply::Garbage(_)));
         assert!(matches!(parse_reply(b"VA x"), Reply::Garbage(_)));
+        assert!(matches!(parse_reply(b"VA 18446744073709551615"), Reply::Garbage(_)));
+        assert!(matches!(parse_reply(b"VA 1073741825"), Reply::Garbage(_)));
         assert!(matches!(parse_reply(b"HD Ox"), Reply::Garbage(_)));
         assert!(matches!(parse_reply(b""), Reply::Garbage(_)));
     }

@@ -17,11 +17,19 @@ pub struct MemcachedClient {
     client: Arc<Client>,
 }
 
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    if value.is_finite() && value > 0.0 {
+/// Longest accepted timeout: a day (deadlines are computed by adding it
+/// to the current time).
+const MAX_SECONDS: f64 = 86_400.0;
+
+fn seconds(name: &str, value: f64, zero_ok: bool) -> PyResult<Duration> {
+    let in_range = if zero_ok { value >= 0.0 } else { value > 0.0 };
+    if in_range && value <= MAX_SECONDS {
         Ok(Duration::from_secs_f64(value))
     } else {
-        Err(PyValueError::new_err(format!("{name} must be a positive number of seconds, not {value}")))
+        let lower = if zero_ok { "at least 0" } else { "more than 0" };
+        Err(PyValueError::new_err(format!(
+            "{name} must be {lower} and at most {MAX_SECONDS} seconds, not {value}"
+        )))
     }
 }
 
@@ -79,16 +87,13 @@ impl MemcachedClient {
         idle_timeout: f64,
         spin_wait: f64,
     ) -> PyResult<Self> {
-        if !(spin_wait.is_finite() && spin_wait >= 0.0) {
-            return Err(PyValueError::new_err(format!("spin_wait must be >= 0 seconds, not {spin_wait}")));
-        }
         let config = Config {
-            connect_timeout: seconds("connect_timeout", connect_timeout)?,
-            io_timeout: seconds("io_timeout", io_timeout)?,
+            connect_timeout: seconds("connect_timeout", connect_timeout, false)?,
+            io_timeout: seconds("io_timeout", io_timeout, false)?,
             pool_size,
             max_connections,
-            idle_timeout: seconds("idle_timeout", idle_timeout)?,
-            spin_wait: Duration::from_secs_f64(spin_wait),
+            idle_timeout: seconds("idle_timeout", idle_timeout, false)?,
+            spin_wait: seconds("spin_wait", spin_wait, true)?,
         };
         let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(MemcachedClient {

@@ -20,15 +20,19 @@ class Option:
     aliases: tuple = ()
 
 
+#: Longest accepted timeout, in seconds.
+MAX_SECONDS = 86400
+
+
 def positive_number(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError("a positive number of seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
+        raise ValueError(f"a number of seconds above 0 and at most {MAX_SECONDS}")
     return float(value)
 
 
 def non_negative_number(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError("a number of seconds >= 0")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:
+        raise ValueError(f"a number of seconds from 0 to {MAX_SECONDS}")
     return float(value)
 
 

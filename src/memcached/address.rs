@@ -107,7 +107,10 @@ mod tests {
 
     #[test]
     fn node_names_match_pymemcache() {
-        assert_eq!(Address::parse("127.0.0.1:11211").unwrap().node_name(), "127.0.0.1:11211");
+        assert_eq!(
+            Address::parse("127.0.0.1:11211").unwrap().node_name(),
+            "127.0.0.1:11211"
+        );
         assert_eq!(Address::parse("[::1]:11211").unwrap().node_name(), "::1:11211");
         assert_eq!(Address::parse("localhost").unwrap().node_name(), "localhost:11211");
         assert_eq!(Address::parse("unix:/tmp/mc.sock").unwrap().node_name(), "/tmp/mc.sock");

@@ -154,15 +154,28 @@ impl Client {
         result
     }
 
-    /// Fetch a value.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
+    /// One request on the key's server: build it with a fresh opaque
+    /// token, send it, and hand the verified reply to `answer`.
+    fn single<T>(
+        &self,
+        key: &[u8],
+        build: impl FnOnce(&mut Vec<u8>, u32),
+        answer: impl FnOnce(&mut Connection, &Pool, Reply) -> Result<T>,
+    ) -> Result<T> {
         check_keys([key])?;
         let pool = self.pool(key);
         self.exchange(pool, |conn| {
-            let opaque = conn.opaque();
-            protocol::meta_get(&mut conn.out, key, opaque, true, None, false);
-            conn.send().map_err(io_error(pool))?;
-            match read_reply(conn, pool, Some(opaque))? {
+            let reply = request(conn, pool, build)?;
+            answer(conn, pool, reply)
+        })
+    }
+
+    /// Fetch a value.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
+        self.single(
+            key,
+            |out, opaque| protocol::meta_get(out, key, opaque, true, None, false),
+            |conn, pool, reply| match reply {
                 Reply::Meta {
                     status: Status::Value(size),
                     flags,
@@ -175,8 +188,8 @@ impl Client {
                     status: Status::Miss, ..
                 } => Ok(None),
                 other => Err(unexpected(pool, other)),
-            }
-        })
+            },
+        )
     }
 
     /// Whether the key is present, without fetching the value.
@@ -190,13 +203,10 @@ impl Client {
     }
 
     fn meta_flag(&self, key: &[u8], ttl: Option<i64>) -> Result<bool> {
-        check_keys([key])?;
-        let pool = self.pool(key);
-        self.exchange(pool, |conn| {
-            let opaque = conn.opaque();
-            protocol::meta_get(&mut conn.out, key, opaque, false, ttl, false);
-            conn.send().map_err(io_error(pool))?;
-            match read_reply(conn, pool, Some(opaque))? {
+        self.single(
+            key,
+            |out, opaque| protocol::meta_get(out, key, opaque, false, ttl, false),
+            |_, pool, reply| match reply {
                 Reply::Meta {
                     status: Status::Stored, ..
                 } => Ok(true),
@@ -204,8 +214,8 @@ impl Client {
                     status: Status::Miss, ..
                 } => Ok(false),
                 other => Err(unexpected(pool, other)),
-            }
-        })
+            },
+        )
     }
 
     /// Store a value. `Ok(false)` only for `StoreMode::Add` on a present
@@ -213,13 +223,10 @@ impl Client {
     /// for `StoreMode::Set` the old value is deleted first-hand so it can
     /// never be read as current.
     pub fn store(&self, key: &[u8], value: &[u8], flags: u32, ttl: i64, mode: StoreMode) -> Result<bool> {
-        check_keys([key])?;
-        let pool = self.pool(key);
-        self.exchange(pool, |conn| {
-            let opaque = conn.opaque();
-            protocol::meta_set(&mut conn.out, key, value, flags, ttl, mode, opaque);
-            conn.send().map_err(io_error(pool))?;
-            match read_reply(conn, pool, Some(opaque))? {
+        self.single(
+            key,
+            |out, opaque| protocol::meta_set(out, key, value, flags, ttl, mode, opaque),
+            |conn, pool, reply| match reply {
                 Reply::Meta {
                     status: Status::Stored, ..
                 } => Ok(true),
@@ -237,8 +244,8 @@ impl Client {
                     })
                 }
                 other => Err(unexpected(pool, other)),
-            }
-        })
+            },
+        )
     }
 
     /// Delete a key; true if it was present.
@@ -252,13 +259,10 @@ impl Client {
     /// return the result; `None` if the key is missing. Memcached wraps at
     /// 2**64 on increment and stops at 0 on decrement.
     pub fn incr(&self, key: &[u8], delta: u64, decrement: bool) -> Result<Option<u64>> {
-        check_keys([key])?;
-        let pool = self.pool(key);
-        self.exchange(pool, |conn| {
-            let opaque = conn.opaque();
-            protocol::meta_arithmetic(&mut conn.out, key, delta, decrement, opaque);
-            conn.send().map_err(io_error(pool))?;
-            match read_reply(conn, pool, Some(opaque))? {
+        self.single(
+            key,
+            |out, opaque| protocol::meta_arithmetic(out, key, delta, decrement, opaque),
+            |conn, pool, reply| match reply {
                 Reply::Meta {
                     status: Status::Value(size),
                     ..
@@ -278,8 +282,8 @@ impl Client {
                     server: pool.name.clone(),
                 }),
                 other => Err(unexpected(pool, other)),
-            }
-        })
+            },
+        )
     }
 
     /// Empty every server. Every server is tried; the first error is
@@ -357,12 +361,7 @@ impl Client {
     /// server before reading any reply (servers work in parallel), then
     /// the rest chunk by chunk. A server that fails loses only its own
     /// keys.
-    fn run_batch<Op: BatchOp>(
-        &self,
-        keys: &[&[u8]],
-        results: &mut [Op::Out],
-        op: &Op,
-    ) -> Result<Vec<BatchFailure>> {
+    fn run_batch<Op: BatchOp>(&self, keys: &[&[u8]], results: &mut [Op::Out], op: &Op) -> Result<Vec<BatchFailure>> {
         let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.pools.len()];
         for (index, key) in keys.iter().enumerate() {
             by_server[self.router.route(key)].push(index);
@@ -385,11 +384,10 @@ impl Client {
             }
         }
         for (pool, mut lease, indexes, first_opaque) in started {
-            let mut chunks = indexes.chunks(CHUNK);
             let mut done = 0;
             let mut outcome = Ok(());
             let mut opaque = first_opaque;
-            while let Some(chunk) = chunks.next() {
+            for chunk in indexes.chunks(CHUNK) {
                 if done > 0 {
                     opaque = op.write(lease.conn(), chunk);
                     if let Err(source) = lease.conn().send() {
@@ -418,11 +416,17 @@ impl Client {
     }
 }
 
-fn delete_on(conn: &mut Connection, pool: &Pool, key: &[u8]) -> Result<bool> {
+/// Send one request built with a fresh opaque token and read its reply
+/// line, which must carry that token.
+fn request(conn: &mut Connection, pool: &Pool, build: impl FnOnce(&mut Vec<u8>, u32)) -> Result<Reply> {
     let opaque = conn.opaque();
-    protocol::meta_delete(&mut conn.out, key, opaque, false);
+    build(&mut conn.out, opaque);
     conn.send().map_err(io_error(pool))?;
-    match read_reply(conn, pool, Some(opaque))? {
+    read_reply(conn, pool, Some(opaque))
+}
+
+fn delete_on(conn: &mut Connection, pool: &Pool, key: &[u8]) -> Result<bool> {
+    match request(conn, pool, |out, opaque| protocol::meta_delete(out, key, opaque, false))? {
         Reply::Meta {
             status: Status::Stored, ..
         } => Ok(true),
@@ -441,8 +445,14 @@ trait BatchOp {
     /// Append the chunk's requests to `conn.out`; returns the opaque token
     /// of the first (the others follow consecutively).
     fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32;
-    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first_opaque: u32, out: &mut [Self::Out])
-    -> Result<()>;
+    fn read(
+        &self,
+        conn: &mut Connection,
+        pool: &Pool,
+        chunk: &[usize],
+        first_opaque: u32,
+        out: &mut [Self::Out],
+    ) -> Result<()>;
 }
 
 /// Take consecutive opaque tokens for `n` requests.
@@ -479,25 +489,28 @@ impl BatchOp for GetMany<'_> {
         first
     }
 
-    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first: u32, out: &mut [Option<Item>]) -> Result<()> {
-        // Quiet gets answer hits only; MN closes the pipeline.
-        loop {
-            match read_reply(conn, pool, None)? {
-                Reply::Meta {
-                    status: Status::NoOp, ..
-                } => return Ok(()),
-                Reply::Meta {
-                    status: Status::Value(size),
-                    flags,
-                    opaque,
-                } => {
-                    let pos = chunk_position(pool, opaque, first, chunk.len())?;
-                    let value = conn.read_value(size).map_err(io_error(pool))?;
-                    out[chunk[pos]] = Some(Item { value, flags });
-                }
-                other => return Err(unexpected(pool, other)),
+    fn read(
+        &self,
+        conn: &mut Connection,
+        pool: &Pool,
+        chunk: &[usize],
+        first: u32,
+        out: &mut [Option<Item>],
+    ) -> Result<()> {
+        // Quiet gets answer hits only.
+        until_noop(conn, pool, |conn, reply| match reply {
+            Reply::Meta {
+                status: Status::Value(size),
+                flags,
+                opaque,
+            } => {
+                let pos = chunk_position(pool, opaque, first, chunk.len())?;
+                let value = conn.read_value(size).map_err(io_error(pool))?;
+                out[chunk[pos]] = Some(Item { value, flags });
+                Ok(())
             }
-        }
+            other => Err(unexpected(pool, other)),
+        })
     }
 }
 
@@ -514,12 +527,27 @@ impl BatchOp for SetMany<'_> {
         for (pos, &index) in chunk.iter().enumerate() {
             let entry = &self.entries[index];
             let opaque = first.wrapping_add(pos as u32);
-            protocol::meta_set(&mut conn.out, entry.key, entry.value, entry.flags, self.ttl, StoreMode::Set, opaque);
+            protocol::meta_set(
+                &mut conn.out,
+                entry.key,
+                entry.value,
+                entry.flags,
+                self.ttl,
+                StoreMode::Set,
+                opaque,
+            );
         }
         first
     }
 
-    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first: u32, out: &mut [StoreOutcome]) -> Result<()> {
+    fn read(
+        &self,
+        conn: &mut Connection,
+        pool: &Pool,
+        chunk: &[usize],
+        first: u32,
+        out: &mut [StoreOutcome],
+    ) -> Result<()> {
         // Replies come in request order; error lines carry no token.
         for (pos, &index) in chunk.iter().enumerate() {
             let opaque = first.wrapping_add(pos as u32);
@@ -553,21 +581,31 @@ impl BatchOp for DeleteMany<'_> {
 
     fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first: u32, _out: &mut [()]) -> Result<()> {
         // Quiet deletes stay silent on success; some servers still answer
-        // NF for a missing key. MN closes the pipeline.
-        loop {
-            match read_reply(conn, pool, None)? {
-                Reply::Meta {
-                    status: Status::NoOp, ..
-                } => return Ok(()),
-                Reply::Meta {
-                    status: Status::NotFound | Status::Stored,
-                    opaque,
-                    ..
-                } => {
-                    chunk_position(pool, opaque, first, chunk.len())?;
-                }
-                other => return Err(unexpected(pool, other)),
-            }
+        // NF for a missing key.
+        until_noop(conn, pool, |_, reply| match reply {
+            Reply::Meta {
+                status: Status::NotFound | Status::Stored,
+                opaque,
+                ..
+            } => chunk_position(pool, opaque, first, chunk.len()).map(drop),
+            other => Err(unexpected(pool, other)),
+        })
+    }
+}
+
+/// Read the replies of a quiet pipeline up to its closing MN, handing each
+/// other reply to `each`.
+fn until_noop(
+    conn: &mut Connection,
+    pool: &Pool,
+    mut each: impl FnMut(&mut Connection, Reply) -> Result<()>,
+) -> Result<()> {
+    loop {
+        match read_reply(conn, pool, None)? {
+            Reply::Meta {
+                status: Status::NoOp, ..
+            } => return Ok(()),
+            reply => each(conn, reply)?,
         }
     }
 }

@@ -38,9 +38,8 @@ impl Socket {
                         Err(error) => last_error = Some(error),
                     }
                 }
-                Err(last_error.unwrap_or_else(|| {
-                    io::Error::new(io::ErrorKind::TimedOut, "no address answered in time")
-                }))
+                Err(last_error
+                    .unwrap_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no address answered in time")))
             }
         }
     }
@@ -211,7 +210,10 @@ impl Connection {
         loop {
             let available = self.reader.fill_buf()?;
             if available.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                ));
             }
             match available.iter().position(|&b| b == b'\n') {
                 Some(end) => {
@@ -240,7 +242,10 @@ impl Connection {
         let mut value = vec![0; size + 2];
         self.reader.read_exact(&mut value)?;
         if !value.ends_with(b"\r\n") {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "value block not terminated by CRLF"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "value block not terminated by CRLF",
+            ));
         }
         value.truncate(size);
         Ok(value)

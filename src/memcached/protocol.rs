@@ -138,7 +138,11 @@ pub enum Status {
 /// One parsed reply line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Meta { status: Status, flags: u32, opaque: Option<u32> },
+    Meta {
+        status: Status,
+        flags: u32,
+        opaque: Option<u32>,
+    },
     ClientError(String),
     ServerError(String),
     /// A line that is not a meta reply: the stream cannot be trusted.
@@ -221,13 +225,28 @@ mod tests {
     fn parses_replies() {
         assert_eq!(
             parse_reply(b"VA 3 f16 O7"),
-            Reply::Meta { status: Status::Value(3), flags: 16, opaque: Some(7) }
+            Reply::Meta {
+                status: Status::Value(3),
+                flags: 16,
+                opaque: Some(7)
+            }
         );
         assert_eq!(
             parse_reply(b"EN O5"),
-            Reply::Meta { status: Status::Miss, flags: 0, opaque: Some(5) }
+            Reply::Meta {
+                status: Status::Miss,
+                flags: 0,
+                opaque: Some(5)
+            }
         );
-        assert_eq!(parse_reply(b"MN"), Reply::Meta { status: Status::NoOp, flags: 0, opaque: None });
+        assert_eq!(
+            parse_reply(b"MN"),
+            Reply::Meta {
+                status: Status::NoOp,
+                flags: 0,
+                opaque: None
+            }
+        );
         assert_eq!(
             parse_reply(b"SERVER_ERROR object too large for cache"),
             Reply::ServerError("object too large for cache".into())

@@ -115,18 +115,22 @@ impl MemcachedClient {
     /// `(flags, value)` or None on a miss.
     fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<(u32, Bound<'py, PyBytes>)>> {
         let wire = wire_key(py, key)?;
-        let found = py.detach(|| self.client.get(wire)).map_err(|e| to_pyerr(py, Some(key), e))?;
+        let found = py
+            .detach(|| self.client.get(wire))
+            .map_err(|e| to_pyerr(py, Some(key), e))?;
         Ok(found.map(|item| (item.flags, PyBytes::new(py, &item.value))))
     }
 
     fn has_key(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
         let wire = wire_key(py, key)?;
-        py.detach(|| self.client.contains(wire)).map_err(|e| to_pyerr(py, Some(key), e))
+        py.detach(|| self.client.contains(wire))
+            .map_err(|e| to_pyerr(py, Some(key), e))
     }
 
     fn touch(&self, py: Python<'_>, key: &str, ttl: i64) -> PyResult<bool> {
         let wire = wire_key(py, key)?;
-        py.detach(|| self.client.touch(wire, ttl)).map_err(|e| to_pyerr(py, Some(key), e))
+        py.detach(|| self.client.touch(wire, ttl))
+            .map_err(|e| to_pyerr(py, Some(key), e))
     }
 
     fn set(&self, py: Python<'_>, key: &str, flags: u32, value: &[u8], ttl: i64) -> PyResult<()> {
@@ -145,19 +149,22 @@ impl MemcachedClient {
 
     fn delete(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
         let wire = wire_key(py, key)?;
-        py.detach(|| self.client.delete(wire)).map_err(|e| to_pyerr(py, Some(key), e))
+        py.detach(|| self.client.delete(wire))
+            .map_err(|e| to_pyerr(py, Some(key), e))
     }
 
     /// Atomic increment; None if the key is missing.
     fn incr(&self, py: Python<'_>, key: &str, delta: u64) -> PyResult<Option<u64>> {
         let wire = wire_key(py, key)?;
-        py.detach(|| self.client.incr(wire, delta, false)).map_err(|e| to_pyerr(py, Some(key), e))
+        py.detach(|| self.client.incr(wire, delta, false))
+            .map_err(|e| to_pyerr(py, Some(key), e))
     }
 
     /// Atomic decrement (stops at 0); None if the key is missing.
     fn decr(&self, py: Python<'_>, key: &str, delta: u64) -> PyResult<Option<u64>> {
         let wire = wire_key(py, key)?;
-        py.detach(|| self.client.incr(wire, delta, true)).map_err(|e| to_pyerr(py, Some(key), e))
+        py.detach(|| self.client.incr(wire, delta, true))
+            .map_err(|e| to_pyerr(py, Some(key), e))
     }
 
     /// `{key: (flags, value)}` for the keys found; the dict's keys are the
@@ -166,7 +173,9 @@ impl MemcachedClient {
     fn get_many<'py>(&self, py: Python<'py>, keys: Vec<Bound<'py, PyString>>) -> PyResult<Bound<'py, PyDict>> {
         let texts = wire_keys(py, &keys)?;
         let wire: Vec<&[u8]> = texts.iter().map(|k| k.as_bytes()).collect();
-        let (found, failures) = py.detach(|| self.client.get_many(&wire)).map_err(|e| to_pyerr(py, None, e))?;
+        let (found, failures) = py
+            .detach(|| self.client.get_many(&wire))
+            .map_err(|e| to_pyerr(py, None, e))?;
         let result = PyDict::new(py);
         for (key, item) in keys.iter().zip(found) {
             if let Some(item) = item {
@@ -200,7 +209,9 @@ impl MemcachedClient {
                 flags: *flags,
             })
             .collect();
-        let (outcomes, failures) = py.detach(|| self.client.set_many(&entries, ttl)).map_err(|e| to_pyerr(py, None, e))?;
+        let (outcomes, failures) = py
+            .detach(|| self.client.set_many(&entries, ttl))
+            .map_err(|e| to_pyerr(py, None, e))?;
         let too_large: Vec<usize> = outcomes
             .iter()
             .enumerate()
@@ -217,7 +228,9 @@ impl MemcachedClient {
     fn delete_many(&self, py: Python<'_>, keys: Vec<Bound<'_, PyString>>) -> PyResult<()> {
         let texts = wire_keys(py, &keys)?;
         let wire: Vec<&[u8]> = texts.iter().map(|k| k.as_bytes()).collect();
-        let failures = py.detach(|| self.client.delete_many(&wire)).map_err(|e| to_pyerr(py, None, e))?;
+        let failures = py
+            .detach(|| self.client.delete_many(&wire))
+            .map_err(|e| to_pyerr(py, None, e))?;
         if failures.is_empty() {
             Ok(())
         } else {

@@ -61,7 +61,11 @@ fn arithmetic_is_memcached_native() {
     assert_eq!(c.incr(b"n", 50, true).unwrap(), Some(0));
     let item = c.get(b"n").unwrap().unwrap();
     // memcached rewrites a shrinking number in place, padded with spaces.
-    assert_eq!((item.value.trim_ascii(), item.flags), (&b"0"[..], 2), "flags survive incr");
+    assert_eq!(
+        (item.value.trim_ascii(), item.flags),
+        (&b"0"[..], 2),
+        "flags survive incr"
+    );
     c.store(b"text", b"abc", 16, 0, StoreMode::Set).unwrap();
     assert!(matches!(c.incr(b"text", 1, false), Err(Error::NotANumber { .. })));
     // The connection is still in step after the refusal.
@@ -80,14 +84,25 @@ fn invalid_keys_never_reach_the_wire() {
         (b"nul\0", KeyProblem::BadCharacter),
     ] {
         assert!(matches!(c.get(key), Err(Error::InvalidKey(p)) if p == problem));
-        assert!(matches!(c.store(key, b"v", 0, 0, StoreMode::Set), Err(Error::InvalidKey(_))));
+        assert!(matches!(
+            c.store(key, b"v", 0, 0, StoreMode::Set),
+            Err(Error::InvalidKey(_))
+        ));
         assert!(matches!(c.get_many(&[b"ok", key]), Err(Error::InvalidKey(_))));
     }
     // Nothing partial happened: the valid key of the refused batch was not touched.
     c.store(b"ok", b"v", 0, 0, StoreMode::Set).unwrap();
     let entries = [
-        Entry { key: b"ok", value: b"changed", flags: 0 },
-        Entry { key: b"bad key", value: b"x", flags: 0 },
+        Entry {
+            key: b"ok",
+            value: b"changed",
+            flags: 0,
+        },
+        Entry {
+            key: b"bad key",
+            value: b"x",
+            flags: 0,
+        },
     ];
     assert!(c.set_many(&entries, 0).is_err());
     assert_eq!(c.get(b"ok").unwrap().unwrap().value, b"v");
@@ -100,12 +115,23 @@ fn too_large_value_is_refused_and_old_value_removed() {
     let c = client(&[&server], Config::default());
     c.store(b"k", b"small", 0, 0, StoreMode::Set).unwrap();
     let big = vec![b'x'; 2 * 1024 * 1024];
-    assert!(matches!(c.store(b"k", &big, 0, 0, StoreMode::Set), Err(Error::ValueTooLarge { .. })));
+    assert!(matches!(
+        c.store(b"k", &big, 0, 0, StoreMode::Set),
+        Err(Error::ValueTooLarge { .. })
+    ));
     assert_eq!(c.get(b"k").unwrap(), None, "stale value must not survive a failed set");
     c.store(b"m", b"small", 0, 0, StoreMode::Set).unwrap();
     let entries = [
-        Entry { key: b"m", value: &big, flags: 0 },
-        Entry { key: b"n", value: b"fine", flags: 0 },
+        Entry {
+            key: b"m",
+            value: &big,
+            flags: 0,
+        },
+        Entry {
+            key: b"n",
+            value: b"fine",
+            flags: 0,
+        },
     ];
     let (outcomes, failures) = c.set_many(&entries, 0).unwrap();
     assert!(failures.is_empty(), "{failures:?}");
@@ -119,11 +145,17 @@ fn batches_across_three_servers() {
     let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
     let c = client(&servers.iter().collect::<Vec<_>>(), Config::default());
     let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("key:{i}").into_bytes()).collect();
-    let values: Vec<Vec<u8>> = (0..1000).map(|i| format!("value:{i}").repeat(i % 7 + 1).into_bytes()).collect();
+    let values: Vec<Vec<u8>> = (0..1000)
+        .map(|i| format!("value:{i}").repeat(i % 7 + 1).into_bytes())
+        .collect();
     let entries: Vec<Entry> = keys
         .iter()
         .zip(&values)
-        .map(|(k, v)| Entry { key: k, value: v, flags: 4 })
+        .map(|(k, v)| Entry {
+            key: k,
+            value: v,
+            flags: 4,
+        })
         .collect();
     let (outcomes, failures) = c.set_many(&entries, 0).unwrap();
     assert!(failures.is_empty());
@@ -165,7 +197,10 @@ fn a_down_server_fails_fast_and_only_for_its_keys() {
     let started = Instant::now();
     let down_key = keys.iter().find(|k| c.server_index(k) == 1).unwrap();
     assert!(matches!(c.get(down_key), Err(Error::Connect { .. })));
-    assert!(started.elapsed() < Duration::from_millis(300), "refused connection must fail at once");
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "refused connection must fail at once"
+    );
     let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
     let (found, failures) = c.get_many(&refs).unwrap();
     assert_eq!(failures.len(), 1);
@@ -339,9 +374,18 @@ fn connections_are_reused() {
 
 #[test]
 fn bad_configuration_is_refused() {
-    assert!(matches!(Client::new::<&str>(&[], Config::default()), Err(Error::Config(_))));
-    assert!(matches!(Client::new(&["a:1", "a:1"], Config::default()), Err(Error::Config(_))));
-    assert!(matches!(Client::new(&["a:x"], Config::default()), Err(Error::Config(_))));
+    assert!(matches!(
+        Client::new::<&str>(&[], Config::default()),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        Client::new(&["a:1", "a:1"], Config::default()),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        Client::new(&["a:x"], Config::default()),
+        Err(Error::Config(_))
+    ));
     let zero = Config {
         io_timeout: Duration::ZERO,
         ..Config::default()

@@ -20,6 +20,7 @@ demo: build bench-deps
 ## make bench: throughput side by side with the stock backends
 bench: build bench-deps
 	$(PY) benchmarks/memcached_bench.py --json build/memcached_bench.json
+	$(PY) benchmarks/file_bench.py --dir build --json build/file_bench.json
 	$(PY) benchmarks/race_table.py
 
 system-deps:

@@ -1,20 +1,34 @@
 """The race table: each original bug, run on the stock backend and on
-racefree's, under real threads on real servers.
+racefree's, under real threads and processes on real servers.
 
     python benchmarks/race_table.py [--seconds 5] [--threads 16]
 
-Seed 1 (pylibmc thread-unsafe): Django's cache middleware keeps ONE backend
-instance for the whole process. Threads share it, each storing keys whose
-value is the key itself and checking what comes back. A value that is not
-the key (another request's value, a cached response) is a mismatch.
+Scenarios:
+
+* one client shared by threads (seed 1, pylibmc): Django's cache middleware
+  keeps ONE backend instance for the whole process. Threads share it, each
+  storing keys whose value is the key and checking what comes back; a value
+  that is not the key (another request's value, a cached response) is a
+  mismatch.
+* incr from several processes (seed 5, racy-django): 4 processes x 2
+  threads increment one counter; every increment that returned but is not
+  in the final count is a lost update.
+* add of fresh keys from several processes: 8 processes `add` the same
+  fresh keys; every winner beyond the first per key is a double win (two
+  requests both think they created the value).
+
+Each run happens in a child process, so a stock client that corrupts the
+heap and kills the interpreter is reported as a row, not a crash.
 """
 
 import argparse
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -23,24 +37,33 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-settings.configure()
-django.setup()
+if not settings.configured:
+    settings.configure()
+    django.setup()
 
 from django.http import JsonResponse  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 from support.servers import Memcached, ServerMissing  # noqa: E402
 
-MEMCACHED_PAIRS = [
+MEMCACHED = [
     ("stock", "PyLibMCCache", "django.core.cache.backends.memcached.PyLibMCCache"),
     ("stock", "PyMemcacheCache", "django.core.cache.backends.memcached.PyMemcacheCache"),
     ("racefree", "MemcachedCache", "racefree.backends.memcached.MemcachedCache"),
 ]
+FILE = [
+    ("stock", "FileBasedCache", "django.core.cache.backends.filebased.FileBasedCache"),
+    ("racefree", "FileBasedCache", "racefree.backends.filebased.FileBasedCache"),
+]
+FILE_PARAMS = {"OPTIONS": {"MAX_ENTRIES": 1_000_000}}
 
 
-def shared_instance_race(cache, threads, seconds, report=None):
-    """Seed 1 on one shared backend. Returns {calls, errors, mismatches,
-    example}; ``report`` is called with the same dict every 0.2 s, so a
-    run that crashes the interpreter still leaves its last counts."""
+def backend(path, location):
+    return import_string(path)(location, FILE_PARAMS if "filebased" in path else {})
+
+
+def shared_client(path, location, threads, seconds, report):
+    """Seed 1 on one backend instance shared by every thread."""
+    cache = backend(path, location)
     cache.set("views.cache.response", JsonResponse({"page": "cached"}))
     deadline = time.monotonic() + seconds
     counts = [[0, 0, 0] for _ in range(threads)]  # calls, errors, mismatches
@@ -77,19 +100,96 @@ def shared_instance_race(cache, threads, seconds, report=None):
     for worker in workers:
         worker.start()
     while any(worker.is_alive() for worker in workers):
-        if report:
-            report(totals())
+        report(totals())
         time.sleep(0.2)
     return totals()
 
 
-def run_pair(path, location, threads, seconds):
-    """Run one backend's scenario in a child process: a stock client can
-    corrupt the heap and kill the interpreter, which is a result too."""
-    command = [sys.executable, __file__, "--child", path, location, str(threads), str(seconds)]
+def _incr_worker(path, location, threads, increments, results):
+    cache = backend(path, location)
+    done = [0] * threads
+    errors = [0] * threads
+
+    def loop(index):
+        for _ in range(increments):
+            try:
+                cache.incr("counter")
+                done[index] += 1
+            except Exception:  # noqa: BLE001
+                errors[index] += 1
+
+    workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    results.put((sum(done), sum(errors)))
+
+
+def processes_incr(path, location, threads, seconds, report):
+    """Seed 5: 4 processes x 2 threads x 250 increments of one counter."""
+    cache = backend(path, location)
+    cache.set("counter", 0)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    workers = [context.Process(target=_incr_worker, args=(path, location, 2, 250, results)) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    succeeded = sum(done for done, _ in outcomes)
+    errors = sum(failed for _, failed in outcomes)
+    final = cache.get("counter")
+    lost = succeeded - final
+    # More than returned: replies were mixed up and increments counted twice.
+    example = f"{succeeded} increments returned, counter is {final}" if lost else ""
+    return {"calls": succeeded + errors, "errors": errors, "mismatches": 0, "lost": lost, "example": example}
+
+
+def _add_worker(path, location, keys, results):
+    cache = backend(path, location)
+    wins = errors = 0
+    for key in keys:
+        try:
+            wins += bool(cache.add(key, os.getpid()))
+        except Exception:  # noqa: BLE001
+            errors += 1
+    results.put((wins, errors))
+
+
+def processes_add(path, location, threads, seconds, report):
+    """8 processes add the same 300 fresh keys: one winner per key."""
+    keys = [f"fresh-{i}" for i in range(300)]
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    workers = [context.Process(target=_add_worker, args=(path, location, keys, results)) for _ in range(8)]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=600) for _ in workers]
+    for worker in workers:
+        worker.join()
+    wins = sum(won for won, _ in outcomes)
+    errors = sum(failed for _, failed in outcomes)
+    extra = wins - len(keys)
+    example = f"{wins} adds succeeded for {len(keys)} fresh keys" if extra else ""
+    return {"calls": 8 * len(keys), "errors": errors, "mismatches": 0, "lost": extra, "example": example}
+
+
+SCENARIOS = {
+    "shared_client": ("seed 1: one client shared by 16 threads", shared_client),
+    "processes_incr": ("seeds 2, 5: incr from 4 processes x 2 threads", processes_incr),
+    "processes_add": ("add of 300 fresh keys from 8 processes", processes_add),
+}
+
+
+def run_child(scenario, path, location, threads, seconds):
+    """One scenario on one backend in a child process; returns (counts or
+    None, failure text)."""
+    command = [sys.executable, __file__, "--child", scenario, path, location, str(threads), str(seconds)]
     grace = 20
     try:
-        child = subprocess.run(command, capture_output=True, text=True, timeout=seconds + grace)
+        child = subprocess.run(command, capture_output=True, text=True, timeout=seconds + grace + 120)
         stdout, returncode = child.stdout, child.returncode
     except subprocess.TimeoutExpired as timeout:
         stdout, returncode = timeout.stdout or "", None
@@ -98,7 +198,7 @@ def run_pair(path, location, threads, seconds):
     reports = [line for line in stdout.splitlines() if line.startswith("{")]
     last = json.loads(reports[-1]) if reports else None
     if returncode is None:
-        return last, f"threads hung: still blocked {grace} s after the run ended"
+        return last, "threads hung: still blocked long after the run ended"
     if returncode < 0:
         return last, f"interpreter crashed ({signal.Signals(-returncode).name})"
     if returncode != 0:
@@ -106,16 +206,39 @@ def run_pair(path, location, threads, seconds):
     return last, ""
 
 
-def child_main(path, location, threads, seconds):
-    cache = import_string(path)(location, {})
-
+def child_main(scenario, path, location, threads, seconds):
     def report(totals):
         print(json.dumps(totals), flush=True)
 
-    report(shared_instance_race(cache, int(threads), float(seconds), report))
+    report(SCENARIOS[scenario][1](path, location, int(threads), float(seconds), report))
     sys.stdout.flush()
     # Threads stuck in a stock client would keep the interpreter alive.
     os._exit(0)
+
+
+def plan(args):
+    """(scenario, kind, name, path, location) rows to run, and notes."""
+    rows, notes, cleanup = [], [], []
+    file_root = tempfile.mkdtemp(prefix="racefree-race-")
+    cleanup.append(lambda: __import__("shutil").rmtree(file_root, ignore_errors=True))
+    for scenario in ("processes_incr", "processes_add"):
+        for kind, name, path in FILE:
+            rows.append((scenario, kind, name, path, os.path.join(file_root, f"{scenario}-{kind}")))
+    try:
+        server = Memcached()
+    except ServerMissing as exc:
+        notes.append(f"memcached rows skipped: {exc}")
+    else:
+        cleanup.append(server.stop)
+        for kind, name, path in MEMCACHED:
+            try:
+                backend(path, server.location)
+            except ImportError as exc:
+                notes.append(f"{name} rows skipped: not installed ({exc})")
+                continue
+            rows.append(("shared_client", kind, name, path, server.location))
+            rows.append(("processes_incr", kind, name, path, server.location))
+    return rows, notes, cleanup
 
 
 def main():
@@ -124,43 +247,53 @@ def main():
     parser.add_argument("--threads", type=int, default=16)
     args = parser.parse_args()
 
-    rows = []
+    rows, notes, cleanup = plan(args)
+    for note in notes:
+        print(note)
+    table = []
     try:
-        server = Memcached()
-    except ServerMissing as exc:
-        print(f"memcached rows skipped: {exc}")
-        server = None
-    if server is not None:
-        try:
-            for kind, name, path in MEMCACHED_PAIRS:
+        for scenario, kind, name, path, location in rows:
+            title = SCENARIOS[scenario][0]
+            print(f"running {title} on {kind} {name}...", flush=True)
+            result, failure = run_child(scenario, path, location, args.threads, args.seconds)
+            result = result or {}
+            seen = "; ".join(part for part in (result.get("example", ""), failure) if part)
+            table.append((title, f"{kind} {name}", result, seen))
+            if scenario == "shared_client" or kind == "stock":
                 try:
-                    import_string(path)(server.location, {}).get("probe")
-                except ImportError as exc:
-                    print(f"{name}: not installed ({exc}); row skipped")
-                    continue
-                print(f"running seed 1 on {name} ({args.threads} threads, {args.seconds:.0f} s)...", flush=True)
-                result, failure = run_pair(path, server.location, args.threads, args.seconds)
-                bug = "1: one client shared by threads"
-                result = result or {"calls": None, "errors": None, "mismatches": None, "example": ""}
-                seen = "; ".join(part for part in (result["example"], failure) if part)
-                rows.append((bug, f"{kind} {name}", result["calls"], result["errors"], result["mismatches"], seen))
-                import_string(path)(server.location, {}).clear()
-        finally:
-            server.stop()
+                    backend(path, location).clear()
+                except Exception:  # noqa: BLE001 - a raced stock client may be broken
+                    pass
+    finally:
+        for step in cleanup:
+            step()
     print()
-    print("| bug | backend | calls | errors | mismatches | first failure seen |")
-    print("|---|---|---|---|---|---|")
-    for bug, backend, calls, errors, mismatches, example in rows:
-        counts = [f"{n:,}" if n is not None else "-" for n in (calls, errors, mismatches)]
-        print(f"| {bug} | {backend} | {' | '.join(counts)} | {example[:140]} |")
-    failed_ours = [row for row in rows if row[1].startswith("racefree") and (row[2] is None or row[3] or row[4] or row[5])]
-    if failed_ours:
+    print("| bug | backend | calls | errors | mismatches | lost updates / double wins | first failure seen |")
+    print("|---|---|---|---|---|---|---|")
+
+    def cell(result, name):
+        if name not in result:
+            return "-"
+        if name == "lost" and result[name] < 0:
+            return f"{-result[name]:,} phantom"
+        return f"{result[name]:,}"
+
+    for title, backend_name, result, seen in table:
+        counts = " | ".join(cell(result, name) for name in ("calls", "errors", "mismatches", "lost"))
+        print(f"| {title} | {backend_name} | {counts} | {seen[:140]} |")
+    bad = [
+        row
+        for row in table
+        if row[1].startswith("racefree")
+        and (not row[2] or row[3] or any(row[2].get(name) for name in ("errors", "mismatches", "lost")))
+    ]
+    if bad:
         print("\nracefree rows must show zeros: FAILED")
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--child":
+    if len(sys.argv) == 7 and sys.argv[1] == "--child":
         child_main(*sys.argv[2:])
     else:
         main()

@@ -1,10 +1,16 @@
-"""Cache key rules shared by the Rust binding and the Python backends."""
+"""Cache key rules shared by the Rust binding and the Python backends:
+Django's rules, without Django's per-call overhead when the key rules are
+the stock ones."""
+
+import re
 
 from django.core.cache.backends.base import (
     MEMCACHE_MAX_KEY_LENGTH,
     InvalidCacheKey,
+    default_key_func,
     memcache_key_warnings,
 )
+
 
 
 def memcached_key_error(key):
@@ -24,3 +30,32 @@ def memcached_key_error(key):
             "(longer than %s bytes once UTF-8 encoded)" % (key, MEMCACHE_MAX_KEY_LENGTH)
         )
     return None
+
+
+# Django's memcached_error_chars_re: what memcached cannot take in a key.
+UNPORTABLE = re.compile(r"[\x00-\x20\x7f]")
+
+
+class KeyMaking:
+    """Mixin for a BaseCache subclass. ``_key(key, version)`` is
+    ``make_and_validate_key`` with the default key function inlined.
+
+    ``checks_keys_natively``: the store itself refuses invalid keys (with
+    Django's message), so the stock path skips the Python check; otherwise
+    the stock path calls ``validate_key`` only for a key that would fail it.
+    """
+
+    checks_keys_natively = False
+
+    def _init_key_making(self, base_class):
+        # A subclass with its own make_key or validate_key gets them called.
+        cls = type(self)
+        self._stock_key_rules = cls.make_key is base_class.make_key and cls.validate_key is base_class.validate_key
+
+    def _key(self, key, version):
+        if self._stock_key_rules and self.key_func is default_key_func:
+            key = "%s:%s:%s" % (self.key_prefix, self.version if version is None else version, key)
+            if not self.checks_keys_natively and (len(key) > MEMCACHE_MAX_KEY_LENGTH or UNPORTABLE.search(key)):
+                self.validate_key(key)
+            return key
+        return self.make_and_validate_key(key, version=version)

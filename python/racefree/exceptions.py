@@ -19,6 +19,10 @@ class CacheTimeoutError(CacheError, TimeoutError):
     """The server did not answer within the configured timeout."""
 
 
+class LockTimeoutError(CacheTimeoutError):
+    """Another process held a cache lock longer than LOCK_TIMEOUT."""
+
+
 class CacheProtocolError(CacheError):
     """The server's reply did not answer the request; the connection was
     discarded so no later call can read it."""

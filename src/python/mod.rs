@@ -3,6 +3,7 @@
 //! exceptions in `racefree.exceptions`. Serialization stays in Python.
 
 mod errors;
+mod filestore;
 mod memcached;
 
 use pyo3::prelude::*;
@@ -17,6 +18,7 @@ fn _after_fork_in_child() {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<memcached::MemcachedClient>()?;
+    m.add_class::<filestore::FileStore>()?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     Ok(())
 }

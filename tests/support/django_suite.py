@@ -19,8 +19,29 @@ import django
 
 ROOT = Path(__file__).resolve().parents[2]
 
+_FILE_BASED = {
+    "test_get_does_not_ignore_non_filenotfound_exceptions": (
+        "mocks builtins.open, which the stock class reads files with (racefree reads them in Rust); "
+        "replaced by test_real_io_error_is_raised"
+    ),
+    "test_empty_cache_file_considered_expired": (
+        "calls the stock class's _is_expired(file) helper; replaced by "
+        "test_empty_file_reads_as_a_miss_and_is_removed"
+    ),
+    "test_has_key_race_handling": (
+        "mocks builtins.open to fake a vanished file; replaced by test_has_key_after_the_file_vanished "
+        "and the multi-process stress tests"
+    ),
+    "test_touch": (
+        "fakes the clock of django.core.cache.backends.filebased (the stock module); replaced by "
+        "test_touch_real_clock, BaseCacheTests.test_touch with real sleeps"
+    ),
+}
+
 #: {test class name: {test name: reason}}
 EXCLUDED = {
+    "RacefreeFileBasedCacheTests": _FILE_BASED,
+    "RacefreeFileBasedCachePathLibTests": _FILE_BASED,
     "RacefreeMemcachedCacheTests": {
         "test_close": (
             "mocks disconnect_all() on the stock client class (cache._class) and expects it "

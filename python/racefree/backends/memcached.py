@@ -15,11 +15,11 @@ import re
 import threading
 import time
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache, default_key_func
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 
 from racefree._core import MemcachedClient
-from racefree._keys import memcached_key_error
+from racefree._keys import KeyMaking, memcached_key_error
 from racefree.backends._options import (
     Option,
     boolean,
@@ -32,24 +32,12 @@ from racefree.backends._options import (
     read_options,
 )
 from racefree.exceptions import CacheError
+from racefree.serialization import decode_or, encode, pickle_protocol
 
 logger = logging.getLogger("racefree")
 
-# pymemcache's serializer flags (pymemcache.serde), so values are shared.
-FLAG_BYTES = 0
-FLAG_PICKLE = 1 << 0
-FLAG_INTEGER = 1 << 1
-FLAG_LONG = 1 << 2
-FLAG_TEXT = 1 << 4
-
 # Memcached reads expiry times above 30 days as Unix timestamps.
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
-
-
-def pickle_protocol(value):
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= pickle.HIGHEST_PROTOCOL:
-        raise ValueError(f"a pickle protocol between 0 and {pickle.HIGHEST_PROTOCOL}")
-    return value
 
 
 OPTIONS = [
@@ -114,20 +102,10 @@ def split_location(location):
     return list(location)
 
 
-def decode(flags, data):
-    """A value stored with pymemcache's flags."""
-    if flags == FLAG_BYTES:
-        return data
-    if flags & FLAG_TEXT:
-        return data.decode()
-    if flags & (FLAG_INTEGER | FLAG_LONG):
-        return int(data)
-    if flags & FLAG_PICKLE:
-        return pickle.loads(data)
-    return data
+class MemcachedCache(KeyMaking, BaseCache):
+    # The store refuses invalid keys itself, before anything is sent.
+    checks_keys_natively = True
 
-
-class MemcachedCache(BaseCache):
     def __init__(self, server, params):
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
         options = read_options(backend, params.get("OPTIONS"), OPTIONS, UNSUPPORTED)
@@ -140,11 +118,7 @@ class MemcachedCache(BaseCache):
             raise ImproperlyConfigured(f"{backend}: {exc}") from None
         self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
         self._pickle_protocol = options["PICKLE_PROTOCOL"]
-        # Key making and checking run inline unless a subclass changes them.
-        cls = type(self)
-        self._stock_key_rules = (
-            cls.make_key is MemcachedCache.make_key and cls.validate_key is MemcachedCache.validate_key
-        )
+        self._init_key_making(MemcachedCache)
 
     @property
     def client_servers(self):
@@ -169,32 +143,6 @@ class MemcachedCache(BaseCache):
         if error is not None:
             raise error
 
-    def _key(self, key, version):
-        # The store checks every key before sending it (InvalidCacheKey);
-        # only custom key rules need the Python call here.
-        if self._stock_key_rules and self.key_func is default_key_func:
-            return "%s:%s:%s" % (self.key_prefix, self.version if version is None else version, key)
-        return self.make_and_validate_key(key, version=version)
-
-    def _encode(self, value):
-        kind = type(value)
-        if kind is bytes:
-            return FLAG_BYTES, value
-        if kind is str:
-            return FLAG_TEXT, value.encode()
-        if kind is int:
-            return FLAG_INTEGER, b"%d" % value
-        return FLAG_PICKLE, pickle.dumps(value, self._pickle_protocol)
-
-    def _decode(self, key, flags, data, default):
-        try:
-            return decode(flags, data)
-        except Exception:
-            # A value that cannot be loaded (a class that moved, a corrupt
-            # pickle) is a miss, as in pymemcache, but it is logged.
-            logger.warning("memcached: cannot load the value of %r; treated as a miss", key, exc_info=True)
-            return default
-
     def _server_failed(self, operation, error):
         """After a CacheError: re-raise it, or with IGNORE_EXCEPTIONS log it
         and let the caller fall back."""
@@ -211,7 +159,7 @@ class MemcachedCache(BaseCache):
             return default
         if item is None:
             return default
-        return self._decode(key, item[0], item[1], default)
+        return decode_or(default, key, *item)
 
     def has_key(self, key, version=None):
         key = self._key(key, version)
@@ -223,7 +171,7 @@ class MemcachedCache(BaseCache):
 
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        flags, data = self._encode(value)
+        flags, data = encode(value, self._pickle_protocol)
         try:
             self._client.set(key, flags, data, self.get_backend_timeout(timeout))
         except CacheError as error:
@@ -231,7 +179,7 @@ class MemcachedCache(BaseCache):
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        flags, data = self._encode(value)
+        flags, data = encode(value, self._pickle_protocol)
         try:
             return self._client.add(key, flags, data, self.get_backend_timeout(timeout))
         except CacheError as error:
@@ -283,7 +231,7 @@ class MemcachedCache(BaseCache):
         missing = object()
         result = {}
         for key, (flags, data) in found.items():
-            value = self._decode(key, flags, data, missing)
+            value = decode_or(missing, key, flags, data)
             if value is not missing:
                 result[key_map[key]] = value
         return result
@@ -294,7 +242,7 @@ class MemcachedCache(BaseCache):
         for key, value in data.items():
             made = self._key(key, version)
             original_keys[made] = key
-            items.append((made, *self._encode(value)))
+            items.append((made, *encode(value, self._pickle_protocol)))
         if not items:
             return []
         try:

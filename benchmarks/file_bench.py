@@ -1,0 +1,199 @@
+"""File caches side by side: racefree vs Django's FileBasedCache vs
+diskcache's DjangoCache, on the same disk, through Django's cache API.
+
+    python benchmarks/file_bench.py [--seconds 1] [--rounds 3] [--json out.json]
+
+Each case runs with 1,000 and with 100,000 entries already present, for
+one thread and for four processes (summed). Each cell is the median of
+``--rounds`` runs, the backends taking turns. Django's backend is filled
+without its per-set directory listing (that listing is what it measures
+when it sets).
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import django
+from django.conf import settings
+
+if not settings.configured:
+    settings.configure()
+    django.setup()
+
+BACKENDS = {
+    "racefree": "racefree.backends.filebased.FileBasedCache",
+    "FileBasedCache": "django.core.cache.backends.filebased.FileBasedCache",
+    "diskcache": "diskcache.DjangoCache",
+}
+PARAMS = {"TIMEOUT": None, "OPTIONS": {"MAX_ENTRIES": 10_000_000}}
+
+
+def make(name, directory):
+    from django.utils.module_loading import import_string
+
+    return import_string(BACKENDS[name])(directory, PARAMS)
+
+
+def fill(name, directory, entries, size):
+    cache = make(name, directory)
+    if name == "FileBasedCache":
+        cache._cull = lambda: None  # fill without listing the directory per set
+    value = b"x" * size
+    for i in range(entries):
+        cache.set(f"entry:{i}", value)
+    cache.set("counter", 0)
+    if hasattr(cache, "close"):
+        cache.close()
+
+
+def operation(op, cache, entries, size, worker):
+    value = b"y" * size
+    if op == "get-hit":
+        state = [worker]
+
+        def get_hit():
+            state[0] = (state[0] * 7919 + 1) % entries
+            return cache.get(f"entry:{state[0]}")
+
+        return get_hit
+    if op == "get-miss":
+        return lambda: cache.get("absent")
+    if op == "set":
+        state = [0]
+
+        def set_value():
+            state[0] = (state[0] + 1) % 100
+            cache.set(f"fresh:{worker}:{state[0]}", value)
+
+        return set_value
+    if op == "incr":
+        return lambda: cache.incr("counter")
+    raise ValueError(op)
+
+
+def _worker(name, directory, op, entries, size, worker, seconds, start, results):
+    cache = make(name, directory)
+    call = operation(op, cache, entries, size, worker)
+    call()
+    start.wait()
+    deadline = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < deadline:
+        call()
+        n += 1
+    results.put(n / seconds)
+
+
+def measure(name, directory, op, entries, size, processes, seconds):
+    if processes == 1:
+        cache = make(name, directory)
+        call = operation(op, cache, entries, size, 0)
+        call()
+        deadline = time.perf_counter() + seconds
+        n = 0
+        while time.perf_counter() < deadline:
+            call()
+            n += 1
+        return n / seconds
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(processes + 1)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_worker, args=(name, directory, op, entries, size, i, seconds, start, results))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    total = sum(results.get(timeout=seconds + 60) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json")
+    parser.add_argument("--entries", type=int, nargs="+", default=[1_000, 100_000])
+    parser.add_argument("--dir", help="where to put the caches (default: a temp dir)")
+    args = parser.parse_args()
+
+    available = {}
+    for name in BACKENDS:
+        try:
+            make(name, tempfile.mkdtemp())
+            available[name] = True
+        except ImportError as exc:
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+    names = [name for name in BACKENDS if name in available]
+    base = tempfile.mkdtemp(prefix="racefree-file-bench-", dir=args.dir)
+    results = []
+    try:
+        for entries in args.entries:
+            for size in (100, 10 * 1024):
+                directories = {}
+                for name in names:
+                    directories[name] = os.path.join(base, f"{name}-{entries}-{size}")
+                    started = time.perf_counter()
+                    fill(name, directories[name], entries, size)
+                    os.sync()  # start every backend without a write-back backlog
+                    print(f"filled {name} with {entries:,} x {size} B in {time.perf_counter() - started:.1f} s",
+                          flush=True)
+                for op in ("get-hit", "get-miss", "set", "incr"):
+                    if op in ("get-miss", "incr") and size != 100:
+                        continue
+                    for processes in (1, 4):
+                        row = {"op": op, "size": size, "entries": entries, "processes": processes}
+                        runs = {name: [] for name in names}
+                        for _ in range(args.rounds):
+                            for name in names:
+                                runs[name].append(
+                                    measure(name, directories[name], op, entries, size, processes, args.seconds)
+                                )
+                        for name in names:
+                            row[name] = statistics.median(runs[name])
+                        results.append(row)
+                        print(format_row(row, names), flush=True)
+                for directory in directories.values():
+                    shutil.rmtree(directory, ignore_errors=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print()
+    print(markdown(results, names))
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"results": results, "seconds": args.seconds, "rounds": args.rounds}, out, indent=2)
+
+
+def size_label(size):
+    return f"{size // 1024} KB" if size >= 1024 else f"{size} B"
+
+
+def format_row(row, names):
+    cells = "  ".join(f"{name} {row[name]:>9.0f}/s" for name in names)
+    return f"{row['op']:<9} {size_label(row['size']):>6} {row['entries']:>7,} entries {row['processes']}P  {cells}"
+
+
+def markdown(results, names):
+    others = [name for name in names if name != "racefree"]
+    header = ["operation", "value", "entries", "procs", *[f"{n} ops/s" for n in names], *[f"vs {n}" for n in others]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results:
+        cells = [row["op"], size_label(row["size"]), f"{row['entries']:,}", str(row["processes"])]
+        cells += [f"{row[name]:,.0f}" for name in names]
+        cells += [f"{row['racefree'] / row[name]:.2f}x" for name in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

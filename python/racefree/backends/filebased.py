@@ -1,0 +1,141 @@
+"""File-system cache safe for many threads and processes on one host.
+
+A drop-in for Django's ``FileBasedCache``: the same LOCATION, TIMEOUT,
+MAX_ENTRIES and CULL_FREQUENCY, and Django's semantics. Unlike the stock
+backend, a reader never sees a partial file, ``add``/``incr``/``touch``
+are atomic across processes, removing an expired file cannot remove a
+fresh value another process just wrote, and ``set`` does not list the
+directory to decide whether to cull.
+
+Local disks only: on NFS, ``flock`` and ``rename`` do not give these
+guarantees. For several hosts, use the memcached or PostgreSQL backends.
+"""
+
+import os
+import pickle
+import threading
+import time
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+
+from racefree._core import FileStore
+from racefree._keys import KeyMaking
+from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, read_options
+from racefree.serialization import decode_or, encode, pickle_protocol
+
+OPTIONS = [
+    Option("MAX_ENTRIES", 300, positive_int),
+    Option("CULL_FREQUENCY", 3, non_negative_int),
+    Option("LOCK_TIMEOUT", 5.0, positive_number),
+    Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
+]
+
+_stores = {}
+_stores_lock = threading.Lock()
+
+
+def shared_store(directory, lock_timeout):
+    """One store per directory and process: they share the mapped count."""
+    with _stores_lock:
+        store = _stores.get((directory, lock_timeout))
+        if store is None:
+            store = _stores[(directory, lock_timeout)] = FileStore(directory, lock_timeout=lock_timeout)
+        return store
+
+
+class FileBasedCache(KeyMaking, BaseCache):
+    def __init__(self, dir, params):
+        backend = f"{type(self).__module__}.{type(self).__qualname__}"
+        options = read_options(backend, params.get("OPTIONS"), OPTIONS)
+        super().__init__(params)
+        self._dir = os.path.abspath(os.fspath(dir))
+        self._store = shared_store(self._dir, options["LOCK_TIMEOUT"])
+        self._pickle_protocol = options["PICKLE_PROTOCOL"]
+        self._init_key_making(FileBasedCache)
+
+    def _expiry(self, timeout):
+        """Absolute expiry in Unix seconds; 0.0 means never."""
+        expires = self.get_backend_timeout(timeout)
+        if expires is None:
+            return 0.0
+        # A past expiry must stay distinguishable from "never".
+        return max(expires, 1e-6)
+
+    def _key_to_file(self, key, version=None):
+        """The file that holds ``key`` (as Django's backend offers)."""
+        return str(self._store.path_for(self.make_and_validate_key(key, version=version)))
+
+    def get(self, key, default=None, version=None):
+        key = self._key(key, version)
+        item = self._store.get(key, time.time())
+        if item is None:
+            return default
+        return decode_or(default, key, *item)
+
+    def has_key(self, key, version=None):
+        key = self._key(key, version)
+        return self._store.has_key(key, time.time())
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        flags, data = encode(value, self._pickle_protocol)
+        self._store.set(
+            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+        )
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        flags, data = encode(value, self._pickle_protocol)
+        return self._store.add(
+            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+        )
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        return self._store.touch(key, self._expiry(timeout), time.time())
+
+    def delete(self, key, version=None):
+        key = self._key(key, version)
+        return self._store.delete(key, time.time())
+
+    def incr(self, key, delta=1, version=None):
+        """Atomic across threads and processes; keeps the key's expiry. A
+        missing key raises ValueError, a non-integer value TypeError."""
+        key = self._key(key, version)
+        value = self._store.incr(key, delta, time.time())
+        if value is None:
+            raise ValueError("Key '%s' not found" % key)
+        return value
+
+    def get_many(self, keys, version=None):
+        key_map = {self._key(key, version): key for key in keys}
+        if not key_map:
+            return {}
+        found = self._store.get_many(list(key_map), time.time())
+        missing = object()
+        result = {}
+        for key, (flags, data) in found.items():
+            value = decode_or(missing, key, flags, data)
+            if value is not missing:
+                result[key_map[key]] = value
+        return result
+
+    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        items = [
+            (self._key(key, version), *encode(value, self._pickle_protocol))
+            for key, value in data.items()
+        ]
+        if items:
+            self._store.set_many(
+                items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+            )
+        return []
+
+    def delete_many(self, keys, version=None):
+        keys = [self._key(key, version) for key in keys]
+        if keys:
+            self._store.delete_many(keys, time.time())
+
+    def clear(self):
+        """Remove every entry; other files in the directory stay."""
+        self._store.clear()

@@ -5,23 +5,25 @@ diskcache's DjangoCache, on the same disk, through Django's cache API.
 
 Each case runs with 1,000 and with 100,000 entries already present, for
 one thread and for four processes (summed). Each cell is the median of
-``--rounds`` runs, the backends taking turns. Django's backend is filled
-without its per-set directory listing (that listing is what it measures
-when it sets).
+``--rounds`` runs, the backends taking turns, each run after a ``sync`` so
+that no backend pays for the previous one's disk writes. Django's backend
+is filled without its per-set directory listing (that listing is what it
+measures when it sets).
 """
 
 import argparse
-import json
 import multiprocessing
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 
 import django
 from django.conf import settings
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _report import markdown, median_row, save, size_label  # noqa: E402
 
 if not settings.configured:
     settings.configure()
@@ -125,10 +127,11 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--entries", type=int, nargs="+", default=[1_000, 100_000])
     parser.add_argument("--dir", help="where to put the caches (default: a temp dir)")
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
     args = parser.parse_args()
 
     available = {}
-    for name in BACKENDS:
+    for name in args.backends:
         try:
             make(name, tempfile.mkdtemp())
             available[name] = True
@@ -153,14 +156,14 @@ def main():
                         continue
                     for processes in (1, 4):
                         row = {"op": op, "size": size, "entries": entries, "processes": processes}
-                        runs = {name: [] for name in names}
-                        for _ in range(args.rounds):
-                            for name in names:
-                                runs[name].append(
-                                    measure(name, directories[name], op, entries, size, processes, args.seconds)
-                                )
-                        for name in names:
-                            row[name] = statistics.median(runs[name])
+                        median_row(
+                            row,
+                            names,
+                            args.rounds,
+                            lambda name: measure(name, directories[name], op, entries, size, processes, args.seconds),
+                            # Each backend starts without the last one's write-back backlog.
+                            settle=os.sync,
+                        )
                         results.append(row)
                         print(format_row(row, names), flush=True)
                 for directory in directories.values():
@@ -168,31 +171,19 @@ def main():
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print()
-    print(markdown(results, names))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"results": results, "seconds": args.seconds, "rounds": args.rounds}, out, indent=2)
-
-
-def size_label(size):
-    return f"{size // 1024} KB" if size >= 1024 else f"{size} B"
+    columns = [
+        ("operation", lambda row: row["op"]),
+        ("value", lambda row: size_label(row["size"])),
+        ("entries", lambda row: f"{row['entries']:,}"),
+        ("procs", lambda row: str(row["processes"])),
+    ]
+    print(markdown(results, names, columns))
+    save(args.json, results, seconds=args.seconds, rounds=args.rounds)
 
 
 def format_row(row, names):
     cells = "  ".join(f"{name} {row[name]:>9.0f}/s" for name in names)
     return f"{row['op']:<9} {size_label(row['size']):>6} {row['entries']:>7,} entries {row['processes']}P  {cells}"
-
-
-def markdown(results, names):
-    others = [name for name in names if name != "racefree"]
-    header = ["operation", "value", "entries", "procs", *[f"{n} ops/s" for n in names], *[f"vs {n}" for n in others]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in results:
-        cells = [row["op"], size_label(row["size"]), f"{row['entries']:,}", str(row["processes"])]
-        cells += [f"{row[name]:,.0f}" for name in names]
-        cells += [f"{row['racefree'] / row[name]:.2f}x" for name in others]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ machine noise hits them alike. Ratios are racefree / stock.
 """
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -26,6 +25,7 @@ from django.conf import settings  # noqa: E402
 settings.configure()
 django.setup()
 
+from _report import markdown, median_row, save, size_label  # noqa: E402
 from support.servers import Memcached  # noqa: E402
 
 BACKENDS = {
@@ -142,42 +142,29 @@ def main():
     try:
         for op, size, threads in cases:
             row = {"op": op, "size": size, "threads": threads}
-            runs = {name: [] for name in backends}
-            for _ in range(args.rounds):
-                for name, path in backends.items():
-                    runs[name].append(measure(path, server.location, op, size, threads, args.seconds))
-            for name in backends:
-                row[name] = statistics.median(runs[name])
+            median_row(
+                row,
+                list(backends),
+                args.rounds,
+                lambda name: measure(backends[name], server.location, op, size, threads, args.seconds),
+            )
             results.append(row)
             print(format_row(row, backends), flush=True)
     finally:
         server.stop()
     print()
-    print(markdown(results, backends))
-    if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"results": results, "seconds": args.seconds, "rounds": args.rounds}, out, indent=2)
-
-
-def size_label(size):
-    return f"{size // 1024} KB" if size >= 1024 else f"{size} B"
+    columns = [
+        ("operation", lambda row: row["op"]),
+        ("value", lambda row: size_label(row["size"])),
+        ("threads", lambda row: str(row["threads"])),
+    ]
+    print(markdown(results, list(backends), columns))
+    save(args.json, results, seconds=args.seconds, rounds=args.rounds)
 
 
 def format_row(row, backends):
     cells = [f"{name} {row[name]:>9.0f}/s" for name in backends]
     return f"{row['op']:<14} {size_label(row['size']):>6} {row['threads']}T  " + "  ".join(cells)
-
-
-def markdown(results, backends):
-    stock = [name for name in backends if name != "racefree"]
-    header = ["operation", "value", "threads", *[f"{n} ops/s" for n in backends], *[f"vs {n}" for n in stock]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in results:
-        cells = [row["op"], size_label(row["size"]), str(row["threads"])]
-        cells += [f"{row[name]:,.0f}" for name in backends]
-        cells += [f"{row['racefree'] / row[name]:.2f}x" for name in stock]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,18 @@ def decode_or(default, key, flags, data):
         return default
 
 
+def decode_found(found, key_map):
+    """``get_many``'s result: ``{original key: value}`` from a store's
+    ``{made key: (flags, data)}``; values that cannot be loaded are misses."""
+    missing = object()
+    result = {}
+    for key, (flags, data) in found.items():
+        value = decode_or(missing, key, flags, data)
+        if value is not missing:
+            result[key_map[key]] = value
+    return result
+
+
 def pickle_protocol(value):
     """Option check for PICKLE_PROTOCOL."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= pickle.HIGHEST_PROTOCOL:

@@ -87,10 +87,8 @@ impl SharedCount {
 
     fn current(&self) -> io::Result<Arc<Mapping>> {
         let stale = self.checked_at.read().elapsed() > RECHECK;
-        if !stale {
-            if let Some(mapping) = self.mapping.read().as_ref() {
-                return Ok(Arc::clone(mapping));
-            }
+        if !stale && let Some(mapping) = self.mapping.read().as_ref() {
+            return Ok(Arc::clone(mapping));
         }
         let mut slot = self.mapping.write();
         let still_ours = match (slot.as_ref(), std::fs::metadata(&self.path)) {

@@ -83,7 +83,11 @@ enum Found {
     /// Empty, truncated or otherwise not an entry.
     Damaged,
     Expired,
-    Live { flags: u32, value: Vec<u8>, expires: f64 },
+    Live {
+        flags: u32,
+        value: Vec<u8>,
+        expires: f64,
+    },
 }
 
 struct Location {
@@ -355,7 +359,10 @@ impl FileStore {
 
     pub fn contains(&self, key: &[u8], now: f64) -> Result<bool> {
         let location = self.locate(key);
-        Ok(matches!(self.read(&location.path, key, now, false)?, Found::Live { .. }))
+        Ok(matches!(
+            self.read(&location.path, key, now, false)?,
+            Found::Live { .. }
+        ))
     }
 
     /// Store a value; an already expired one deletes the key instead.
@@ -494,10 +501,11 @@ impl FileStore {
             let item = item.map_err(|e| Error::io("list", &self.root, e))?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
-            if name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-                if let Ok(shard) = u8::from_str_radix(name, 16) {
-                    shards.push(shard);
-                }
+            if name.len() == 2
+                && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                && let Ok(shard) = u8::from_str_radix(name, 16)
+            {
+                shards.push(shard);
             }
         }
         shards.sort_unstable();
@@ -645,7 +653,8 @@ fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
 
-    let to_c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let to_c =
+        |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let (a, b) = (to_c(a)?, to_c(b)?);
     // SAFETY: two valid NUL-terminated paths relative to the cwd.
     let result = unsafe {

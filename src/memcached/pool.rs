@@ -222,10 +222,11 @@ impl Pool {
             return;
         }
         let mut slots = self.slots.lock();
-        if let Some(generation) = closed {
-            if slots.generation == generation && slots.open > 0 {
-                slots.open -= 1;
-            }
+        if let Some(generation) = closed
+            && slots.generation == generation
+            && slots.open > 0
+        {
+            slots.open -= 1;
         }
         self.freed.notify_one();
     }

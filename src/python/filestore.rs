@@ -111,7 +111,8 @@ impl FileStore {
     }
 
     fn touch(&self, py: Python<'_>, key: &str, expires: f64, now: f64) -> PyResult<bool> {
-        py.detach(|| self.store.touch(key.as_bytes(), expires, now)).map_err(to_pyerr)
+        py.detach(|| self.store.touch(key.as_bytes(), expires, now))
+            .map_err(to_pyerr)
     }
 
     fn delete(&self, py: Python<'_>, key: &str, now: f64) -> PyResult<bool> {
@@ -120,12 +121,18 @@ impl FileStore {
 
     /// Atomic add to a stored integer, keeping its expiry; None if missing.
     fn incr(&self, py: Python<'_>, key: &str, delta: i128, now: f64) -> PyResult<Option<i128>> {
-        py.detach(|| self.store.incr(key.as_bytes(), delta, now)).map_err(to_pyerr)
+        py.detach(|| self.store.incr(key.as_bytes(), delta, now))
+            .map_err(to_pyerr)
     }
 
     /// `{key: (flags, value)}` for the live keys; the dict's keys are the
     /// given key objects.
-    fn get_many<'py>(&self, py: Python<'py>, keys: Vec<Bound<'py, PyString>>, now: f64) -> PyResult<Bound<'py, PyDict>> {
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<Bound<'py, PyString>>,
+        now: f64,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let texts = keys.iter().map(|k| k.to_str()).collect::<PyResult<Vec<&str>>>()?;
         let found = py
             .detach(|| {

@@ -95,19 +95,27 @@ fn add_touch_delete_incr() {
     assert!(!s.add(b"a", 0, b"2", 0.0, NOW, ROOMY).unwrap());
     assert_eq!(s.get(b"a", NOW).unwrap(), value(0, b"1"));
     s.set(b"e", 0, b"old", NOW + 1.0, NOW, ROOMY).unwrap();
-    assert!(s.add(b"e", 0, b"new", 0.0, NOW + 2.0, ROOMY).unwrap(), "add over an expired value");
+    assert!(
+        s.add(b"e", 0, b"new", 0.0, NOW + 2.0, ROOMY).unwrap(),
+        "add over an expired value"
+    );
     assert!(s.touch(b"a", NOW + 5.0, NOW).unwrap());
     assert_eq!(s.get(b"a", NOW + 6.0).unwrap(), None);
     assert!(!s.touch(b"missing", NOW + 5.0, NOW).unwrap());
     s.set(b"n", INTEGER_FLAG, b"41", NOW + 100.0, NOW, ROOMY).unwrap();
     assert_eq!(s.incr(b"n", 1, NOW).unwrap(), Some(42));
     assert_eq!(s.incr(b"n", -50, NOW).unwrap(), Some(-8));
-    assert_eq!(s.get(b"n", NOW + 99.0).unwrap(), integer(b"-8"), "incr keeps the expiry");
+    assert_eq!(
+        s.get(b"n", NOW + 99.0).unwrap(),
+        integer(b"-8"),
+        "incr keeps the expiry"
+    );
     assert_eq!(s.get(b"n", NOW + 100.0).unwrap(), None);
     assert_eq!(s.incr(b"missing", 1, NOW).unwrap(), None);
     s.set(b"text", 16, b"abc", 0.0, NOW, ROOMY).unwrap();
     assert!(matches!(s.incr(b"text", 1, NOW), Err(Error::NotAnInteger)));
-    s.set(b"huge", INTEGER_FLAG, i128::MAX.to_string().as_bytes(), 0.0, NOW, ROOMY).unwrap();
+    s.set(b"huge", INTEGER_FLAG, i128::MAX.to_string().as_bytes(), 0.0, NOW, ROOMY)
+        .unwrap();
     assert!(matches!(s.incr(b"huge", 1, NOW), Err(Error::Overflow)));
     assert!(s.delete(b"text", NOW).unwrap());
     assert!(!s.delete(b"text", NOW).unwrap());
@@ -181,7 +189,8 @@ fn culling_follows_django() {
             cull_frequency: frequency,
         };
         for i in 1..50 {
-            s.set(format!("cull{i}").as_bytes(), 0, b"value", 0.0, NOW, limits).unwrap();
+            s.set(format!("cull{i}").as_bytes(), 0, b"value", 0.0, NOW, limits)
+                .unwrap();
         }
         let left = (1..50)
             .filter(|i| s.contains(format!("cull{i}").as_bytes(), NOW).unwrap())

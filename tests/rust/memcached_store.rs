@@ -350,10 +350,10 @@ fn server_stats(server: &Memcached) -> HashMap<String, u64> {
             break;
         }
         let parts: Vec<&str> = line.split_whitespace().collect();
-        if let [_, name, value] = parts[..] {
-            if let Ok(value) = value.parse() {
-                stats.insert(name.to_string(), value);
-            }
+        if let [_, name, value] = parts[..]
+            && let Ok(value) = value.parse()
+        {
+            stats.insert(name.to_string(), value);
         }
     }
     stats

@@ -21,7 +21,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from racefree._core import FileStore
 from racefree._keys import KeyMaking
 from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, read_options
-from racefree.serialization import decode_or, encode, pickle_protocol
+from racefree.serialization import decode_found, decode_or, encode, pickle_protocol
 
 OPTIONS = [
     Option("MAX_ENTRIES", 300, positive_int),
@@ -112,13 +112,7 @@ class FileBasedCache(KeyMaking, BaseCache):
         if not key_map:
             return {}
         found = self._store.get_many(list(key_map), time.time())
-        missing = object()
-        result = {}
-        for key, (flags, data) in found.items():
-            value = decode_or(missing, key, flags, data)
-            if value is not missing:
-                result[key_map[key]] = value
-        return result
+        return decode_found(found, key_map)
 
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         items = [

@@ -32,7 +32,7 @@ from racefree.backends._options import (
     read_options,
 )
 from racefree.exceptions import CacheError
-from racefree.serialization import decode_or, encode, pickle_protocol
+from racefree.serialization import decode_found, decode_or, encode, pickle_protocol
 
 logger = logging.getLogger("racefree")
 
@@ -228,13 +228,7 @@ class MemcachedCache(KeyMaking, BaseCache):
         except CacheError as error:
             self._server_failed("get_many", error)
             found = getattr(error, "partial", {})
-        missing = object()
-        result = {}
-        for key, (flags, data) in found.items():
-            value = decode_or(missing, key, flags, data)
-            if value is not missing:
-                result[key_map[key]] = value
-        return result
+        return decode_found(found, key_map)
 
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         original_keys = {}

@@ -198,10 +198,10 @@ impl Drop for Memcached {
     fn drop(&mut self) {
         self.signal(libc::SIGCONT);
         self.kill();
-        if let Some(path) = &self.socket {
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::remove_dir_all(dir);
-            }
+        if let Some(path) = &self.socket
+            && let Some(dir) = path.parent()
+        {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

@@ -1,0 +1,45 @@
+"""What the benchmarks share: medians over alternating rounds, and the
+markdown table with ratios against the stock backends."""
+
+import json
+import statistics
+
+
+def size_label(size):
+    return f"{size // 1024} KB" if size >= 1024 else f"{size} B"
+
+
+def median_row(row, names, rounds, run, settle=None):
+    """Fill ``row[name]`` with the median of ``rounds`` calls of
+    ``run(name)``; backends take turns within each round, so that machine
+    noise hits them alike. ``settle()`` runs before each call (e.g. to let
+    the previous backend's disk writes drain)."""
+    runs = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            if settle:
+                settle()
+            runs[name].append(run(name))
+    for name in names:
+        row[name] = statistics.median(runs[name])
+    return row
+
+
+def markdown(results, names, columns):
+    """A table: ``columns`` as (title, row -> text), then ops/s per backend,
+    then racefree's ratio to each other backend."""
+    others = [name for name in names if name != "racefree"]
+    header = [title for title, _ in columns] + [f"{n} ops/s" for n in names] + [f"vs {n}" for n in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results:
+        cells = [text(row) for _, text in columns]
+        cells += [f"{row[name]:,.0f}" for name in names]
+        cells += [f"{row['racefree'] / row[name]:.2f}x" for name in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def save(path, results, **settings):
+    if path:
+        with open(path, "w") as out:
+            json.dump({"results": results, **settings}, out, indent=2)

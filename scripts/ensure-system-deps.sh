@@ -8,6 +8,16 @@ need=()
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
+# The PostgreSQL server may be installed without being on PATH (Debian keeps
+# it in /usr/lib/postgresql/<version>/bin; pg_config --bindir finds it).
+have_initdb() {
+    command -v initdb >/dev/null 2>&1 && return 0
+    if command -v pg_config >/dev/null 2>&1 && [[ -x "$(pg_config --bindir)/initdb" ]]; then
+        return 0
+    fi
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+have_initdb || need+=(postgresql)
 if [[ "${1:-}" == "bench" ]]; then
     # pylibmc (Django's PyLibMCCache) builds against libmemcached.
     pkg-config --exists libmemcached 2>/dev/null || need+=(libmemcached-dev pkg-config zlib1g-dev)

@@ -7,6 +7,16 @@
 pub mod filestore;
 pub mod fork;
 pub mod memcached;
+pub mod pgstore;
+
+/// Django's MAX_ENTRIES and CULL_FREQUENCY, passed with every write so a
+/// backend's settings may change at run time (Django's tests do).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_entries: i64,
+    /// Cull `count / cull_frequency` entries; 0 empties the cache.
+    pub cull_frequency: i64,
+}
 
 #[cfg(feature = "python")]
 mod python;

@@ -7,6 +7,7 @@ server binary fails the run; nothing is skipped.
 
 import os
 import sys
+import time
 
 import django
 import pytest
@@ -16,7 +17,7 @@ from django.test.utils import setup_databases, setup_test_environment, teardown_
 sys.path.insert(0, os.path.dirname(__file__))
 
 from support import django_suite  # noqa: E402
-from support.servers import Memcached  # noqa: E402
+from support.servers import Memcached, Postgres  # noqa: E402
 
 SERVERS = {}
 _teardown = []
@@ -24,17 +25,32 @@ _teardown = []
 
 def pytest_configure(config):
     SERVERS["memcached"] = Memcached()
+    SERVERS["postgres"] = Postgres()
     sys.path.insert(0, str(django_suite.suite_dir()))
+    postgres = SERVERS["postgres"]
     settings.configure(
         SECRET_KEY="racefree-tests",
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        # Django's own tables and the DB cache's table live on a real
+        # PostgreSQL; the test runner creates test_racefree and test_other.
+        DATABASES={
+            "default": postgres.settings("racefree"),
+            "other": postgres.settings("other"),
+            # For the DB cache's refusal of anything but PostgreSQL.
+            "sqlite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+        },
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "cache"],
         CACHES={
             "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
         },
         USE_TZ=False,
+        # Not UTC on purpose: the DB cache must agree with Django on
+        # instants however Django reads and writes its naive datetimes.
+        TIME_ZONE="America/Chicago",
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
     )
+    # What Django's module-based settings do for TIME_ZONE (configure() does not).
+    os.environ["TZ"] = settings.TIME_ZONE
+    time.tzset()
     django.setup()
     setup_test_environment()
     _teardown.append(setup_databases(verbosity=0, interactive=False))
@@ -45,7 +61,7 @@ def pytest_unconfigure(config):
         teardown_databases(_teardown.pop(), verbosity=0)
         teardown_test_environment()
     for server in SERVERS.values():
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +75,7 @@ def fresh_memcached():
     """A memcached of this test's own, which it may kill or freeze."""
     server = Memcached()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -68,4 +84,12 @@ def memcached_cluster():
     servers = [Memcached() for _ in range(3)]
     yield servers
     for server in servers:
-        server.stop()
+        server.close()
+
+
+@pytest.fixture
+def fresh_postgres():
+    """A PostgreSQL server of this test's own, which it may stop or crash."""
+    server = Postgres()
+    yield server
+    server.close()

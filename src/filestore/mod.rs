@@ -8,4 +8,5 @@ mod lock;
 mod store;
 
 pub use error::{Error, Result};
-pub use store::{FileStore, INTEGER_FLAG, Limits, SHARDS, Value};
+pub use crate::Limits;
+pub use store::{FileStore, INTEGER_FLAG, SHARDS, Value};

@@ -32,6 +32,7 @@ use super::count::SharedCount;
 use super::entry::{self, HEADER_LEN, is_expired};
 use super::error::{Error, Result};
 use super::lock::{self, Held};
+use crate::Limits;
 
 pub const SHARDS: usize = 256;
 const ENTRY_SUFFIX: &str = ".rfcache";
@@ -58,15 +59,6 @@ const IN_PLACE_MAX: usize = 4096;
 /// Re-reads of a file whose checksum failed before calling it damaged: a
 /// reader may catch an in-place rewrite half done.
 const READ_ATTEMPTS: usize = 3;
-
-/// Django's MAX_ENTRIES and CULL_FREQUENCY, passed with every write so a
-/// backend's settings may change at run time (Django's tests do).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_entries: i64,
-    /// Cull `count / cull_frequency` entries; 0 empties the cache.
-    pub cull_frequency: i64,
-}
 
 /// A live value.
 #[derive(Debug, Clone, PartialEq, Eq)]

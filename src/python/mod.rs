@@ -5,6 +5,7 @@
 mod errors;
 mod filestore;
 mod memcached;
+mod pgstore;
 
 use pyo3::prelude::*;
 
@@ -19,6 +20,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<memcached::MemcachedClient>()?;
     m.add_class::<filestore::FileStore>()?;
+    m.add_class::<pgstore::PgStore>()?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     Ok(())
 }

@@ -140,3 +140,158 @@ class Memcached:
     def stop(self):
         self.kill()
         shutil.rmtree(self.tempdir, ignore_errors=True)
+
+    close = stop
+
+
+def postgres_bindir():
+    """Directory of initdb/postgres: on PATH, from pg_config, or Debian's
+    /usr/lib/postgresql/<version>/bin (installed but not on PATH)."""
+    found = shutil.which("initdb")
+    if found:
+        # Often a symlink into the versioned bin directory holding the rest.
+        return os.path.dirname(os.path.realpath(found))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+        if os.path.exists(os.path.join(bindir, "initdb")):
+            return bindir
+    candidates = sorted(
+        (path for path in _glob("/usr/lib/postgresql/*/bin/initdb")), key=lambda p: int(p.split("/")[4])
+    )
+    if candidates:
+        return os.path.dirname(candidates[-1])
+    raise ServerMissing(
+        "the PostgreSQL server (initdb) is not installed: run `make test` as root, "
+        "or `apt-get install postgresql`"
+    )
+
+
+def _glob(pattern):
+    import glob
+
+    return [path for path in glob.glob(pattern) if path.split("/")[4].isdigit()]
+
+
+def _unprivileged_user():
+    """initdb refuses to run as root: run the server as this user then."""
+    import pwd
+
+    for name in ("postgres", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise RuntimeError("running as root, but there is no postgres or nobody user to run PostgreSQL as")
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster in a temp dir on 127.0.0.1 and a free
+    port. fsync is off (the data is throwaway and the OS does not crash in
+    tests), but commits stay synchronous so that a killed server loses
+    nothing it acknowledged. ``settings()`` is a DATABASES entry."""
+
+    def __init__(self):
+        self.bindir = postgres_bindir()
+        self.tempdir = tempfile.mkdtemp(prefix="racefree-postgres-")
+        self.datadir = os.path.join(self.tempdir, "data")
+        self.socketdir = os.path.join(self.tempdir, "socket")
+        self.port = free_port()
+        self.user = None
+        if os.geteuid() == 0:
+            self.user = _unprivileged_user()
+            os.chown(self.tempdir, self.user.pw_uid, self.user.pw_gid)
+        self._run([os.path.join(self.bindir, "initdb"), "-D", self.datadir, "-U", "postgres", "-A", "trust",
+                   "-E", "UTF8", "--locale=C", "--no-sync"])
+        os.makedirs(self.socketdir, exist_ok=True)
+        if self.user:
+            os.chown(self.socketdir, self.user.pw_uid, self.user.pw_gid)
+        self.process = None
+        self.start()
+
+    def _as_server_user(self, command):
+        if self.user is None:
+            return command
+        return ["runuser", "-u", self.user.pw_name, "--", *command]
+
+    def _run(self, command):
+        result = subprocess.run(self._as_server_user(command), capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+
+    @property
+    def dsn(self):
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    def settings(self, name="postgres"):
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": name,
+            "USER": "postgres",
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+        }
+
+    def start(self, keep_port=False):
+        for _attempt in range(5):
+            command = [
+                os.path.join(self.bindir, "postgres"), "-D", self.datadir, "-p", str(self.port),
+                "-k", self.socketdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                "-c", "full_page_writes=off", "-c", "max_connections=200",
+            ]
+            self.log = open(os.path.join(self.tempdir, "server.log"), "ab")
+            self.process = subprocess.Popen(
+                self._as_server_user(command), stdout=self.log, stderr=self.log, start_new_session=True
+            )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and self.process.poll() is None:
+                ready = subprocess.run(
+                    [os.path.join(self.bindir, "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+                )
+                if ready.returncode == 0:
+                    return
+                time.sleep(0.05)
+            self.kill()
+            if not keep_port:
+                self.port = free_port()
+        with open(os.path.join(self.tempdir, "server.log")) as log:
+            tail = log.read()[-2000:]
+        raise RuntimeError(f"PostgreSQL did not start on port {self.port}:\n{tail}")
+
+    def _signal(self, signum):
+        """Signal the postmaster (runuser's child when running as root)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        pid_file = os.path.join(self.datadir, "postmaster.pid")
+        try:
+            with open(pid_file) as pids:
+                os.kill(int(pids.readline()), signum)
+        except (OSError, ValueError):
+            os.kill(self.process.pid, signum)
+
+    def stop(self, mode="fast"):
+        """Stop the server: "fast" (SIGINT) or "immediate" (SIGQUIT, a crash)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self._signal(signal.SIGQUIT if mode == "immediate" else signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self):
+        if self.process is not None and self.process.poll() is None:
+            self._signal(signal.SIGKILL)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def restart(self, mode="fast"):
+        self.stop(mode)
+        self.start(keep_port=True)
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.tempdir, ignore_errors=True)

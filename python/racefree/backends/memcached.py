@@ -9,7 +9,6 @@ exchange, so a timed-out or failed call can never hand its reply to a
 later one.
 """
 
-import logging
 import pickle
 import re
 import threading
@@ -20,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from racefree._core import MemcachedClient
 from racefree._keys import KeyMaking, memcached_key_error
+from racefree.backends._failures import FailurePolicy
 from racefree.backends._options import (
     Option,
     boolean,
@@ -33,8 +33,6 @@ from racefree.backends._options import (
 )
 from racefree.exceptions import CacheError
 from racefree.serialization import decode_found, decode_or, encode, pickle_protocol
-
-logger = logging.getLogger("racefree")
 
 # Memcached reads expiry times above 30 days as Unix timestamps.
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
@@ -102,9 +100,10 @@ def split_location(location):
     return list(location)
 
 
-class MemcachedCache(KeyMaking, BaseCache):
+class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
     # The store refuses invalid keys itself, before anything is sent.
     checks_keys_natively = True
+    server_kind = "memcached"
 
     def __init__(self, server, params):
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -142,13 +141,6 @@ class MemcachedCache(KeyMaking, BaseCache):
         error = memcached_key_error(key)
         if error is not None:
             raise error
-
-    def _server_failed(self, operation, error):
-        """After a CacheError: re-raise it, or with IGNORE_EXCEPTIONS log it
-        and let the caller fall back."""
-        if not self._ignore_exceptions:
-            raise error
-        logger.warning("memcached %s failed, ignored (IGNORE_EXCEPTIONS): %s", operation, error)
 
     def get(self, key, default=None, version=None):
         key = self._key(key, version)

@@ -205,3 +205,176 @@ impl Drop for Memcached {
         }
     }
 }
+
+/// Directory of PostgreSQL's server binaries (on PATH, from pg_config, or
+/// Debian's /usr/lib/postgresql/<version>/bin).
+fn postgres_bindir() -> PathBuf {
+    if let Ok(output) = Command::new("sh").args(["-c", "command -v initdb"]).output() {
+        let found = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        if !found.is_empty() {
+            if let Ok(real) = std::fs::canonicalize(&found) {
+                return real.parent().expect("initdb has a directory").to_path_buf();
+            }
+        }
+    }
+    if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if dir.join("initdb").exists() {
+            return dir;
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions
+        .pop()
+        .map(|(_, bin)| bin)
+        .expect("PostgreSQL server (initdb) not installed: apt-get install postgresql")
+}
+
+/// The user to run PostgreSQL as when we are root (initdb refuses root).
+fn server_user() -> Option<(String, u32, u32)> {
+    if !is_root() {
+        return None;
+    }
+    for name in ["postgres", "nobody"] {
+        let c_name = std::ffi::CString::new(name).ok()?;
+        // SAFETY: getpwnam with a valid C string; fields copied at once.
+        let entry = unsafe { libc::getpwnam(c_name.as_ptr()) };
+        if !entry.is_null() {
+            // SAFETY: non-null entry from getpwnam.
+            let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+            return Some((name.to_string(), uid, gid));
+        }
+    }
+    panic!("running as root without a postgres or nobody user to run PostgreSQL as");
+}
+
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    bindir: PathBuf,
+    user: Option<(String, u32, u32)>,
+    child: Option<Child>,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = std::env::temp_dir().join(format!("racefree-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let user = server_user();
+        if let Some((_, uid, gid)) = &user {
+            std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid)).expect("chown temp dir");
+        }
+        let mut server = Postgres {
+            port: free_port(),
+            bindir: postgres_bindir(),
+            dir,
+            user,
+            child: None,
+        };
+        let data = server.dir.join("data");
+        let status = server
+            .command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run initdb");
+        assert!(status.success(), "initdb failed");
+        server.spawn();
+        server
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bindir.join(program);
+        match &self.user {
+            Some((name, _, _)) => {
+                let mut command = Command::new("runuser");
+                command.args(["-u", name, "--"]).arg(path);
+                command
+            }
+            None => Command::new(path),
+        }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let socket_dir = self.dir.join("socket");
+        let _ = std::fs::create_dir_all(&socket_dir);
+        if let Some((_, uid, gid)) = &self.user {
+            let _ = std::os::unix::fs::chown(&socket_dir, Some(*uid), Some(*gid));
+        }
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(&socket_dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let ready = Command::new(self.bindir.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            sleep(Duration::from_millis(50));
+        }
+        panic!("postgres did not start on port {}", self.port);
+    }
+
+    fn postmaster_pid(&self) -> Option<i32> {
+        let pid_file = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid")).ok()?;
+        pid_file.lines().next()?.trim().parse().ok()
+    }
+
+    /// Stop: SIGINT (fast) or SIGQUIT (immediate, like a crash).
+    pub fn stop(&mut self, immediate: bool) {
+        if let Some(pid) = self.postmaster_pid() {
+            let signal = if immediate { libc::SIGQUIT } else { libc::SIGINT };
+            // SAFETY: signalling the server we started.
+            unsafe { libc::kill(pid, signal) };
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.postmaster_pid().is_some() && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self, immediate: bool) {
+        self.stop(immediate);
+        self.spawn();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop(false);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

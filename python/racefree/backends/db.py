@@ -1,0 +1,310 @@
+"""PostgreSQL cache that stays correct under any number of workers.
+
+A drop-in for Django's ``DatabaseCache`` on PostgreSQL: the same table
+(``createcachetable`` creates it), columns and value encoding, so entries
+are shared with Django's backend and switching keeps the cache warm.
+Unlike the stock backend, concurrent ``set``s of a new key cannot raise
+``IntegrityError`` (an upsert), ``add`` has exactly one winner, ``incr``
+and ``decr`` lose no update (advisory and row locks), batches are one
+round trip, and the table is not counted on every write.
+"""
+
+import os
+import pickle
+import threading
+import time
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+from django.core.cache.backends.db import BaseDatabaseCache
+from django.core.exceptions import ImproperlyConfigured
+
+from racefree._core import PgStore
+from racefree._keys import KeyMaking
+from racefree.backends._failures import FailurePolicy
+from racefree.backends._options import (
+    Option,
+    boolean,
+    non_negative_int,
+    optional,
+    positive_int,
+    positive_number,
+    read_options,
+)
+from racefree.exceptions import CacheError
+from racefree.serialization import logger, pickle_protocol
+
+
+def text(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+OPTIONS = [
+    Option("MAX_ENTRIES", 300, positive_int),
+    Option("CULL_FREQUENCY", 3, non_negative_int),
+    Option("DATABASE", None, optional(text)),
+    Option("DSN", None, optional(text)),
+    Option("POOL_SIZE", 10, positive_int),
+    Option("CONNECT_TIMEOUT", 5.0, positive_number),
+    Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number)),
+    Option("IGNORE_EXCEPTIONS", False, boolean),
+    Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
+]
+
+# Django DATABASES OPTIONS that only concern Django's own connection.
+DJANGO_ONLY_OPTIONS = {"pool", "server_side_binding", "isolation_level", "assume_role", "client_encoding"}
+# libpq settings racefree passes on to its own connections.
+LIBPQ_OPTIONS = {"options", "application_name"}
+
+_stores = {}
+_stores_lock = threading.Lock()
+
+
+def libpq_params(alias):
+    """Connection parameters of ``DATABASES[alias]``, which must be
+    PostgreSQL; ``ImproperlyConfigured`` otherwise."""
+    from django.db import connections
+
+    if alias not in connections:
+        raise ImproperlyConfigured(f"racefree DatabaseCache: DATABASES has no {alias!r} entry")
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        raise ImproperlyConfigured(
+            f"racefree DatabaseCache needs PostgreSQL, but DATABASES[{alias!r}] uses "
+            f"{connection.settings_dict['ENGINE']!r}; point OPTIONS['DATABASE'] at a PostgreSQL "
+            "alias or give OPTIONS['DSN']"
+        )
+    settings = connection.settings_dict
+    params = {}
+    host = settings.get("HOST") or (
+        "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "localhost"
+    )
+    params["host"] = host
+    for name, key in (("port", "PORT"), ("user", "USER"), ("password", "PASSWORD"), ("dbname", "NAME")):
+        if settings.get(key):
+            params[name] = str(settings[key])
+    for name, value in (settings.get("OPTIONS") or {}).items():
+        if name in DJANGO_ONLY_OPTIONS:
+            continue
+        if name in LIBPQ_OPTIONS:
+            params[name] = str(value)
+        elif name == "sslmode" and value in ("disable", "allow", "prefer"):
+            continue
+        else:
+            raise ImproperlyConfigured(
+                f"racefree DatabaseCache cannot use DATABASES[{alias!r}]['OPTIONS'][{name!r}] "
+                "(TLS and other libpq settings are not supported yet); give OPTIONS['DSN']"
+            )
+    return params
+
+
+def shared_store(table, params, dsn, options):
+    """One pool per process and settings, shared by every backend instance."""
+    key = (
+        table,
+        tuple(sorted(params.items())),
+        dsn,
+        options["POOL_SIZE"],
+        options["CONNECT_TIMEOUT"],
+        options["STATEMENT_TIMEOUT"],
+    )
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            try:
+                store = PgStore(
+                    table,
+                    params,
+                    dsn=dsn,
+                    pool_size=options["POOL_SIZE"],
+                    connect_timeout=options["CONNECT_TIMEOUT"],
+                    statement_timeout=options["STATEMENT_TIMEOUT"],
+                )
+            except ValueError as exc:
+                raise ImproperlyConfigured(f"racefree DatabaseCache: {exc}") from None
+            _stores[key] = store
+            _close_before_test_databases_drop()
+        return store
+
+
+def close_pools():
+    """Close every pooled connection of this process (they reopen on
+    demand), e.g. before the database they point at is dropped."""
+    with _stores_lock:
+        for store in _stores.values():
+            store.close_idle()
+
+
+_patched = False
+
+
+def _close_before_test_databases_drop():
+    """Django's test runner drops the test database at the end, which
+    PostgreSQL refuses while other sessions (this pool's) are connected."""
+    global _patched
+    if _patched:
+        return
+    _patched = True
+    try:
+        from django.db.backends.postgresql.creation import DatabaseCreation
+    except ImportError:  # psycopg missing: Django cannot use PostgreSQL either
+        return
+    destroy = DatabaseCreation._destroy_test_db
+
+    def destroy_after_closing_pools(self, *args, **kwargs):
+        close_pools()
+        return destroy(self, *args, **kwargs)
+
+    DatabaseCreation._destroy_test_db = destroy_after_closing_pools
+
+
+class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
+    server_kind = "PostgreSQL cache"
+
+    def __init__(self, table, params):
+        backend = f"{type(self).__module__}.{type(self).__qualname__}"
+        options = read_options(backend, params.get("OPTIONS"), OPTIONS)
+        super().__init__(table, params)
+        self._options = options
+        self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
+        self._pickle_protocol = options["PICKLE_PROTOCOL"]
+        self._init_key_making(DatabaseCache)
+        if options["DSN"]:
+            params_for_store = {}
+        else:
+            from django.db import router
+
+            alias = options["DATABASE"] or router.db_for_write(self.cache_model_class)
+            params_for_store = libpq_params(alias)
+        self._store = shared_store(self._table, params_for_store, options["DSN"], options)
+
+    def _expiry(self, timeout):
+        """Absolute expiry in Unix seconds; 0.0 means never."""
+        expires = self.get_backend_timeout(timeout)
+        return 0.0 if expires is None else max(expires, 1e-6)
+
+    def _load(self, key, data, default):
+        try:
+            return pickle.loads(data)
+        except Exception:
+            logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
+            return default
+
+    def get(self, key, default=None, version=None):
+        key = self._key(key, version)
+        try:
+            data = self._store.get(key, time.time())
+        except CacheError as error:
+            self._server_failed("get", error)
+            return default
+        return default if data is None else self._load(key, data, default)
+
+    def get_many(self, keys, version=None):
+        key_map = {self._key(key, version): key for key in keys}
+        if not key_map:
+            return {}
+        try:
+            found = self._store.get_many(list(key_map), time.time())
+        except CacheError as error:
+            self._server_failed("get_many", error)
+            return {}
+        missing = object()
+        result = {}
+        for key, data in found.items():
+            value = self._load(key, data, missing)
+            if value is not missing:
+                result[key_map[key]] = value
+        return result
+
+    def has_key(self, key, version=None):
+        key = self._key(key, version)
+        try:
+            return self._store.has_key(key, time.time())
+        except CacheError as error:
+            self._server_failed("has_key", error)
+            return False
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        data = pickle.dumps(value, self._pickle_protocol)
+        try:
+            self._store.set(
+                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+            )
+        except CacheError as error:
+            self._server_failed("set", error)
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        data = pickle.dumps(value, self._pickle_protocol)
+        try:
+            return self._store.add(
+                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+            )
+        except CacheError as error:
+            self._server_failed("add", error)
+            return False
+
+    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        items = [(self._key(key, version), pickle.dumps(value, self._pickle_protocol)) for key, value in data.items()]
+        if not items:
+            return []
+        try:
+            self._store.set_many(items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
+        except CacheError as error:
+            self._server_failed("set_many", error)
+            return list(data)
+        return []
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        key = self._key(key, version)
+        try:
+            return self._store.touch(key, self._expiry(timeout), time.time())
+        except CacheError as error:
+            self._server_failed("touch", error)
+            return False
+
+    def delete(self, key, version=None):
+        key = self._key(key, version)
+        try:
+            return self._store.delete(key, time.time())
+        except CacheError as error:
+            self._server_failed("delete", error)
+            return False
+
+    def delete_many(self, keys, version=None):
+        keys = [self._key(key, version) for key in keys]
+        if not keys:
+            return
+        try:
+            self._store.delete_many(keys)
+        except CacheError as error:
+            self._server_failed("delete_many", error)
+
+    def incr(self, key, delta=1, version=None):
+        """Atomic across every worker: the key is locked (advisory and row
+        locks) while ``value + delta`` is computed and written. Keeps the
+        key's expiry. A missing key raises ValueError."""
+        key = self._key(key, version)
+        results = []
+
+        def add_delta(data):
+            value = pickle.loads(data) + delta
+            results.append(value)
+            return pickle.dumps(value, self._pickle_protocol)
+
+        try:
+            written = self._store.update(key, time.time(), add_delta)
+        except CacheError as error:
+            self._server_failed("incr", error)
+            written = None
+        if written is None:
+            raise ValueError("Key '%s' not found" % key)
+        return results[-1]
+
+    def clear(self):
+        try:
+            self._store.clear()
+        except CacheError as error:
+            self._server_failed("clear", error)

@@ -1,0 +1,10 @@
+//! PostgreSQL store on Django's cache table: upserts, advisory-locked
+//! read-modify-write, one round trip per batch, a pool that drops broken
+//! connections.
+
+mod error;
+mod pool;
+mod store;
+
+pub use error::{Error, Result};
+pub use store::{MAX_KEY_CHARS, PgStore, Settings, expiry, moment, quote_table};

@@ -1,0 +1,611 @@
+//! The PostgreSQL store, on Django's own cache table.
+//!
+//! Same table, columns and value encoding as Django's `DatabaseCache`
+//! (`createcachetable`; `value` is base64 of the pickle, `expires` a
+//! timestamptz), so either backend reads the other's entries. Every write
+//! is one statement that cannot race: `set` is an upsert, `add` an upsert
+//! that only replaces an expired row. Read-modify-write (`update`, behind
+//! `incr`/`decr`) runs in a transaction holding a transaction-scoped
+//! advisory lock on a 64-bit hash of the key (so it also works behind
+//! PgBouncer in transaction mode) and a row lock (so a concurrent `set` is
+//! not overwritten with a value computed from the old one). Statements are
+//! sent unprepared with typed parameters (`query_typed`): one round trip
+//! each, and nothing a transaction-mode pooler could lose.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use postgres::types::{ToSql, Type};
+use postgres::{Row, Transaction};
+use xxhash_rust::xxh3::xxh3_64;
+
+use super::error::{Error, Result};
+use super::pool::{Manager, PgConnection, QuietErrors};
+use crate::Limits;
+
+/// Django stores "never expires" as `datetime.max` without microseconds;
+/// this is the same moment in UTC.
+const NEVER_SECONDS: u64 = 253_402_300_799;
+/// Django's `cache_key` column is `varchar(255)`.
+pub const MAX_KEY_CHARS: usize = 255;
+/// Recount at least this often when below the cull threshold.
+const RECOUNT: Duration = Duration::from_secs(5);
+
+/// Connection and pool settings.
+pub struct Settings {
+    pub config: postgres::Config,
+    pub table: String,
+    pub pool_size: u32,
+    /// Longest wait for a connection (dialing included).
+    pub connect_timeout: Duration,
+}
+
+/// An expiry as Unix seconds; 0 means never (Python's convention here).
+pub fn expiry(seconds: f64) -> SystemTime {
+    if seconds <= 0.0 || !seconds.is_finite() {
+        UNIX_EPOCH + Duration::from_secs(NEVER_SECONDS)
+    } else {
+        UNIX_EPOCH + Duration::from_secs_f64(seconds.min(NEVER_SECONDS as f64))
+    }
+}
+
+/// A moment as Unix seconds.
+pub fn moment(seconds: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs_f64(seconds.clamp(0.0, NEVER_SECONDS as f64))
+}
+
+/// Quote a table name as Django's PostgreSQL backend does, escaping
+/// embedded quotes; a name already in double quotes is taken as is.
+pub fn quote_table(name: &str) -> String {
+    if name.len() >= 2 && name.starts_with('"') && name.ends_with('"') {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.contains('\0') {
+        return Err(Error::InvalidKey("contains a NUL character, which PostgreSQL text cannot hold".into()));
+    }
+    let chars = key.chars().count();
+    if chars > MAX_KEY_CHARS {
+        return Err(Error::InvalidKey(format!(
+            "is {chars} characters long; the cache table's column holds {MAX_KEY_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+struct Statements {
+    get: String,
+    get_many: String,
+    contains: String,
+    set: String,
+    add: String,
+    set_many: String,
+    touch: String,
+    delete: String,
+    delete_many: String,
+    lock_row: String,
+    rewrite: String,
+    count: String,
+    delete_expired: String,
+    nth_key: String,
+    delete_below: String,
+    clear: String,
+}
+
+impl Statements {
+    fn new(table: &str) -> Statements {
+        let t = quote_table(table);
+        let upsert = format!(
+            "INSERT INTO {t} AS c (\"cache_key\", \"value\", \"expires\") VALUES ($1, $2, $3) \
+             ON CONFLICT (\"cache_key\") DO UPDATE SET \"value\" = EXCLUDED.\"value\", \"expires\" = EXCLUDED.\"expires\""
+        );
+        Statements {
+            get: format!("SELECT \"value\" FROM {t} WHERE \"cache_key\" = $1 AND \"expires\" > $2"),
+            get_many: format!(
+                "SELECT \"cache_key\", \"value\" FROM {t} WHERE \"cache_key\" = ANY($1) AND \"expires\" > $2"
+            ),
+            contains: format!("SELECT 1 FROM {t} WHERE \"cache_key\" = $1 AND \"expires\" > $2"),
+            // xmax = 0 only on a row this statement inserted.
+            set: format!("{upsert} RETURNING (xmax = 0)"),
+            add: format!("{upsert} WHERE c.\"expires\" <= $4 RETURNING (xmax = 0)"),
+            set_many: format!(
+                "INSERT INTO {t} AS c (\"cache_key\", \"value\", \"expires\") \
+                 SELECT k, v, $3 FROM unnest($1::text[], $2::text[]) AS u(k, v) \
+                 ON CONFLICT (\"cache_key\") DO UPDATE SET \"value\" = EXCLUDED.\"value\", \
+                 \"expires\" = EXCLUDED.\"expires\" RETURNING (xmax = 0)"
+            ),
+            touch: format!(
+                "UPDATE {t} SET \"expires\" = $2 WHERE \"cache_key\" = $1 AND \"expires\" > $3 RETURNING 1"
+            ),
+            delete: format!("DELETE FROM {t} WHERE \"cache_key\" = $1 RETURNING \"expires\" > $2"),
+            delete_many: format!(
+                "WITH gone AS (DELETE FROM {t} WHERE \"cache_key\" = ANY($1) RETURNING 1) SELECT count(*) FROM gone"
+            ),
+            lock_row: format!(
+                "SELECT \"value\" FROM {t} WHERE \"cache_key\" = $1 AND \"expires\" > $2 FOR UPDATE"
+            ),
+            rewrite: format!("UPDATE {t} SET \"value\" = $2 WHERE \"cache_key\" = $1"),
+            count: format!("SELECT count(*) FROM {t}"),
+            delete_expired: format!(
+                "WITH gone AS (DELETE FROM {t} WHERE \"expires\" < $1 RETURNING 1) SELECT count(*) FROM gone"
+            ),
+            // Django's cache_key_culling_sql for PostgreSQL.
+            nth_key: format!("SELECT \"cache_key\" FROM {t} ORDER BY \"cache_key\" LIMIT 1 OFFSET $1"),
+            delete_below: format!(
+                "WITH gone AS (DELETE FROM {t} WHERE \"cache_key\" < $1 RETURNING 1) SELECT count(*) FROM gone"
+            ),
+            clear: format!("WITH gone AS (DELETE FROM {t} RETURNING 1) SELECT count(*) FROM gone"),
+        }
+    }
+}
+
+/// The entry count: exact after a count, then adjusted by this process's
+/// own inserts and deletes, and counted again only near the cull threshold
+/// or every few seconds, not on every write.
+struct Census {
+    known: AtomicI64,
+    counted_at: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl Census {
+    fn needs_count(&self, max_entries: i64) -> bool {
+        let known = self.known.load(Ordering::Acquire);
+        let margin = (max_entries / 16).max(1);
+        let stale = self.counted_at.lock().is_none_or(|at| at.elapsed() > RECOUNT);
+        stale || known.saturating_add(margin) > max_entries
+    }
+
+    fn counted(&self, n: i64) {
+        self.known.store(n, Ordering::Release);
+        *self.counted_at.lock() = Some(Instant::now());
+    }
+
+    fn add(&self, delta: i64) {
+        if delta != 0 {
+            self.known.fetch_add(delta, Ordering::AcqRel);
+        }
+    }
+}
+
+pub struct PgStore {
+    /// Replaced wholesale by `close_idle` (r2d2 cannot drain a pool) and
+    /// after a fork.
+    pool: parking_lot::RwLock<r2d2::Pool<Manager>>,
+    /// Fork generation the pool belongs to.
+    generation: AtomicU64,
+    config: postgres::Config,
+    pool_size: u32,
+    connect_timeout: Duration,
+    sql: Statements,
+    table: String,
+    census: Census,
+    round_trips: AtomicU64,
+}
+
+fn decode(text: &str) -> Option<Vec<u8>> {
+    BASE64.decode(text.trim()).ok()
+}
+
+fn count_of(rows: &[Row]) -> Result<i64> {
+    rows.first()
+        .and_then(|row| row.try_get::<_, i64>(0).ok())
+        .ok_or_else(|| Error::Database {
+            code: String::new(),
+            message: "count query returned no number".into(),
+        })
+}
+
+fn inserted(rows: &[Row]) -> i64 {
+    rows.iter().filter(|row| row.try_get::<_, bool>(0).unwrap_or(false)).count() as i64
+}
+
+fn build_pool(config: &postgres::Config, size: u32, connect_timeout: Duration) -> r2d2::Pool<Manager> {
+    r2d2::Pool::builder()
+        .max_size(size)
+        .min_idle(Some(0))
+        .test_on_check_out(false)
+        .connection_timeout(connect_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .error_handler(Box::new(QuietErrors))
+        .build_unchecked(Manager { config: config.clone() })
+}
+
+impl PgStore {
+    /// A store; no connection is made until the first call.
+    pub fn new(settings: Settings) -> Result<PgStore> {
+        if settings.pool_size == 0 {
+            return Err(Error::Config("POOL_SIZE must be at least 1".into()));
+        }
+        let pool = build_pool(&settings.config, settings.pool_size, settings.connect_timeout);
+        Ok(PgStore {
+            pool: parking_lot::RwLock::new(pool),
+            generation: AtomicU64::new(crate::fork::generation()),
+            config: settings.config,
+            pool_size: settings.pool_size,
+            connect_timeout: settings.connect_timeout,
+            sql: Statements::new(&settings.table),
+            table: settings.table,
+            census: Census {
+                known: AtomicI64::new(-1),
+                counted_at: parking_lot::Mutex::new(None),
+            },
+            round_trips: AtomicU64::new(0),
+        })
+    }
+
+    /// Statements sent so far (each one round trip).
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// Connections open now (idle and in use).
+    pub fn connections(&self) -> u32 {
+        self.pool.read().state().connections
+    }
+
+    /// Close the idle connections; calls in flight finish on theirs, which
+    /// are closed when they come back. The next call connects again.
+    pub fn close_idle(&self) {
+        let fresh = build_pool(&self.config, self.pool_size, self.connect_timeout);
+        let old = std::mem::replace(&mut *self.pool.write(), fresh);
+        drop(old);
+    }
+
+    fn checkout(&self) -> Result<r2d2::PooledConnection<Manager>> {
+        let generation = crate::fork::generation();
+        if self.generation.load(Ordering::Acquire) != generation {
+            self.after_fork(generation);
+        }
+        let pool = self.pool.read().clone();
+        pool.get().map_err(|e| Error::Connect(e.to_string()))
+    }
+
+    /// In a forked child: the inherited pool's sockets belong to the
+    /// parent (two processes on one connection read each other's replies)
+    /// and its worker threads did not survive the fork. Start a new pool
+    /// and leak the old one rather than run its destructor here.
+    #[cold]
+    fn after_fork(&self, generation: u64) {
+        let mut pool = self.pool.write();
+        if self.generation.load(Ordering::Acquire) != generation {
+            let inherited = std::mem::replace(&mut *pool, build_pool(&self.config, self.pool_size, self.connect_timeout));
+            std::mem::forget(inherited);
+            self.generation.store(generation, Ordering::Release);
+        }
+    }
+
+    fn query(&self, conn: &mut PgConnection, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        conn.client.query_typed(sql, params).map_err(|e| {
+            let error = Error::from_pg(&e);
+            if error.is_connection_loss() {
+                conn.poison();
+            }
+            error
+        })
+    }
+
+    fn tx_query(&self, tx: &mut Transaction<'_>, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        tx.query_typed(sql, params).map_err(|e| Error::from_pg(&e))
+    }
+
+    /// Run one statement. `retry`: the statement may run twice (it is
+    /// idempotent), so a pooled connection found dead (a restarted
+    /// server) is replaced and the statement sent once more.
+    fn statement(&self, retry: bool, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
+        let mut conn = self.checkout()?;
+        match self.query(&mut conn, sql, params) {
+            Err(error) if retry && error.is_connection_loss() => {
+                drop(conn);
+                let mut conn = self.checkout()?;
+                self.query(&mut conn, sql, params)
+            }
+            other => other,
+        }
+    }
+
+    fn lock_id(&self, key: &str) -> i64 {
+        let mut input = Vec::with_capacity(self.table.len() + 1 + key.len());
+        input.extend_from_slice(self.table.as_bytes());
+        input.push(0);
+        input.extend_from_slice(key.as_bytes());
+        xxh3_64(&input) as i64
+    }
+
+    pub fn get(&self, key: &str, now: SystemTime) -> Result<Option<Vec<u8>>> {
+        check_key(key)?;
+        let rows = self.statement(true, &self.sql.get, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
+        Ok(rows
+            .first()
+            .and_then(|row| row.try_get::<_, &str>(0).ok())
+            .and_then(decode))
+    }
+
+    /// `(key, value)` for the live keys among `keys`, one round trip.
+    pub fn get_many(&self, keys: &[&str], now: SystemTime) -> Result<Vec<(String, Vec<u8>)>> {
+        keys.iter().try_for_each(|key| check_key(key))?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self.statement(
+            true,
+            &self.sql.get_many,
+            &[(&keys, Type::TEXT_ARRAY), (&now, Type::TIMESTAMPTZ)],
+        )?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let key: String = row.try_get(0).ok()?;
+                let value = decode(row.try_get::<_, &str>(1).ok()?)?;
+                Some((key, value))
+            })
+            .collect())
+    }
+
+    pub fn contains(&self, key: &str, now: SystemTime) -> Result<bool> {
+        check_key(key)?;
+        let rows = self.statement(true, &self.sql.contains, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
+        Ok(!rows.is_empty())
+    }
+
+    pub fn set(&self, key: &str, value: &[u8], expires: SystemTime, now: SystemTime, limits: Limits) -> Result<()> {
+        check_key(key)?;
+        self.cull_if_full(now, limits)?;
+        let encoded = BASE64.encode(value);
+        let rows = self.statement(
+            true,
+            &self.sql.set,
+            &[(&key, Type::TEXT), (&encoded, Type::TEXT), (&expires, Type::TIMESTAMPTZ)],
+        )?;
+        self.census.add(inserted(&rows));
+        Ok(())
+    }
+
+    /// Store only if the key is absent or expired; true if stored.
+    pub fn add(&self, key: &str, value: &[u8], expires: SystemTime, now: SystemTime, limits: Limits) -> Result<bool> {
+        check_key(key)?;
+        self.cull_if_full(now, limits)?;
+        let encoded = BASE64.encode(value);
+        // Not retried: a lost reply may hide a success, and a second try
+        // would then report failure.
+        let rows = self.statement(
+            false,
+            &self.sql.add,
+            &[
+                (&key, Type::TEXT),
+                (&encoded, Type::TEXT),
+                (&expires, Type::TIMESTAMPTZ),
+                (&now, Type::TIMESTAMPTZ),
+            ],
+        )?;
+        self.census.add(inserted(&rows));
+        Ok(!rows.is_empty())
+    }
+
+    /// Store many values with one expiry, one round trip.
+    pub fn set_many(&self, items: &[(&str, &[u8])], expires: SystemTime, now: SystemTime, limits: Limits) -> Result<()> {
+        items.iter().try_for_each(|(key, _)| check_key(key))?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.cull_if_full(now, limits)?;
+        // One row per key, the last value winning (a key twice in one
+        // upsert is an error in PostgreSQL).
+        let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for (index, (key, _)) in items.iter().enumerate() {
+            last.insert(key, index);
+        }
+        let mut keys = Vec::with_capacity(last.len());
+        let mut values = Vec::with_capacity(last.len());
+        for (index, (key, value)) in items.iter().enumerate() {
+            if last.get(key) == Some(&index) {
+                keys.push(*key);
+                values.push(BASE64.encode(value));
+            }
+        }
+        let rows = self.statement(
+            true,
+            &self.sql.set_many,
+            &[(&keys, Type::TEXT_ARRAY), (&values, Type::TEXT_ARRAY), (&expires, Type::TIMESTAMPTZ)],
+        )?;
+        self.census.add(inserted(&rows));
+        Ok(())
+    }
+
+    /// New expiry for a live key; true if it had one.
+    pub fn touch(&self, key: &str, expires: SystemTime, now: SystemTime) -> Result<bool> {
+        check_key(key)?;
+        let rows = self.statement(
+            true,
+            &self.sql.touch,
+            &[(&key, Type::TEXT), (&expires, Type::TIMESTAMPTZ), (&now, Type::TIMESTAMPTZ)],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Delete a key; true if it had a live value.
+    pub fn delete(&self, key: &str, now: SystemTime) -> Result<bool> {
+        check_key(key)?;
+        let rows = self.statement(true, &self.sql.delete, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
+        self.census.add(-(rows.len() as i64));
+        Ok(rows.first().and_then(|row| row.try_get::<_, bool>(0).ok()).unwrap_or(false))
+    }
+
+    /// Delete many keys, one round trip.
+    pub fn delete_many(&self, keys: &[&str]) -> Result<()> {
+        keys.iter().try_for_each(|key| check_key(key))?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let rows = self.statement(true, &self.sql.delete_many, &[(&keys, Type::TEXT_ARRAY)])?;
+        self.census.add(-count_of(&rows)?);
+        Ok(())
+    }
+
+    /// Read-modify-write a live value atomically: `change` gets the
+    /// current value and returns the new one. `Ok(None)`: no live value.
+    /// If `change` fails, nothing is written and its error is returned.
+    pub fn update<E>(
+        &self,
+        key: &str,
+        now: SystemTime,
+        change: impl FnOnce(&[u8]) -> std::result::Result<Vec<u8>, E>,
+    ) -> Result<std::result::Result<Option<Vec<u8>>, E>> {
+        check_key(key)?;
+        let lock = self.lock_id(key);
+        let mut conn = self.checkout()?;
+        // The transaction's first round trip (BEGIN) changes nothing, so a
+        // dead pooled connection there is replaced, once.
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = conn.client.batch_execute("BEGIN") {
+            let error = Error::from_pg(&error);
+            if !error.is_connection_loss() {
+                conn.poison();
+                return Err(error);
+            }
+            conn.poison();
+            drop(conn);
+            conn = self.checkout()?;
+            self.round_trips.fetch_add(1, Ordering::Relaxed);
+            conn.client.batch_execute("BEGIN").map_err(|e| {
+                conn.poison();
+                Error::from_pg(&e)
+            })?;
+        }
+        let outcome = self.update_in_transaction(&mut conn, key, lock, now, change);
+        let finish = match &outcome {
+            Ok(Ok(Some(_))) => "COMMIT",
+            _ => "ROLLBACK",
+        };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        if let Err(error) = conn.client.batch_execute(finish) {
+            // The transaction's fate is unknown to us: never reuse the
+            // connection, and report the failure.
+            conn.poison();
+            if finish == "COMMIT" {
+                return Err(Error::from_pg(&error));
+            }
+        }
+        if outcome.is_err() {
+            conn.poison();
+        }
+        outcome
+    }
+
+    fn update_in_transaction<E>(
+        &self,
+        conn: &mut PgConnection,
+        key: &str,
+        lock: i64,
+        now: SystemTime,
+        change: impl FnOnce(&[u8]) -> std::result::Result<Vec<u8>, E>,
+    ) -> Result<std::result::Result<Option<Vec<u8>>, E>> {
+        self.query(conn, "SELECT pg_advisory_xact_lock($1)", &[(&lock, Type::INT8)])?;
+        let rows = self.query(conn, &self.sql.lock_row, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
+        let Some(current) = rows.first().and_then(|row| row.try_get::<_, &str>(0).ok()).and_then(decode) else {
+            return Ok(Ok(None));
+        };
+        let new = match change(&current) {
+            Ok(new) => new,
+            Err(error) => return Ok(Err(error)),
+        };
+        let encoded = BASE64.encode(&new);
+        self.query(conn, &self.sql.rewrite, &[(&key, Type::TEXT), (&encoded, Type::TEXT)])?;
+        Ok(Ok(Some(new)))
+    }
+
+    /// Remove every entry.
+    pub fn clear(&self) -> Result<()> {
+        let rows = self.statement(true, &self.sql.clear, &[])?;
+        self.census.add(-count_of(&rows)?);
+        Ok(())
+    }
+
+    /// Django's culling, before a write: with more than MAX_ENTRIES rows,
+    /// delete the expired ones, then if still too many the first
+    /// `remaining / CULL_FREQUENCY` in key order (all of them for 0). The
+    /// table is counted only near the threshold or every few seconds.
+    fn cull_if_full(&self, now: SystemTime, limits: Limits) -> Result<()> {
+        if !self.census.needs_count(limits.max_entries) {
+            return Ok(());
+        }
+        let rows = self.statement(true, &self.sql.count, &[])?;
+        let count = count_of(&rows)?;
+        self.census.counted(count);
+        if count <= limits.max_entries {
+            return Ok(());
+        }
+        let mut conn = self.checkout()?;
+        let result = self.cull(&mut conn, count, now, limits);
+        if result.is_err() {
+            conn.poison();
+        }
+        let removed = result?;
+        self.census.add(-removed);
+        Ok(())
+    }
+
+    fn cull(&self, conn: &mut PgConnection, count: i64, now: SystemTime, limits: Limits) -> Result<i64> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut tx = conn.client.transaction().map_err(|e| Error::from_pg(&e))?;
+        // One culler at a time; anyone else goes on writing.
+        let cull_lock = self.lock_id("\0cull") ^ 0x5bd1_e995;
+        let got = self.tx_query(&mut tx, "SELECT pg_try_advisory_xact_lock($1)", &[(&cull_lock, Type::INT8)])?;
+        if !got.first().and_then(|row| row.try_get::<_, bool>(0).ok()).unwrap_or(false) {
+            return Ok(0);
+        }
+        let removed = if limits.cull_frequency <= 0 {
+            count_of(&self.tx_query(&mut tx, &self.sql.clear, &[])?)?
+        } else {
+            let expired = count_of(&self.tx_query(&mut tx, &self.sql.delete_expired, &[(&now, Type::TIMESTAMPTZ)])?)?;
+            let remaining = count - expired;
+            let mut culled = 0;
+            if remaining > limits.max_entries {
+                let offset = remaining / limits.cull_frequency;
+                let nth = self.tx_query(&mut tx, &self.sql.nth_key, &[(&offset, Type::INT8)])?;
+                if let Some(boundary) = nth.first().and_then(|row| row.try_get::<_, String>(0).ok()) {
+                    culled = count_of(&self.tx_query(&mut tx, &self.sql.delete_below, &[(&boundary, Type::TEXT)])?)?;
+                }
+            }
+            expired + culled
+        };
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        tx.commit().map_err(|e| Error::from_pg(&e))?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_quoted_identifiers() {
+        assert_eq!(quote_table("my_cache"), "\"my_cache\"");
+        assert_eq!(quote_table("test cache table"), "\"test cache table\"");
+        assert_eq!(quote_table("evil\"; DROP TABLE x; --"), "\"evil\"\"; DROP TABLE x; --\"");
+        assert_eq!(quote_table("\"Already\""), "\"Already\"");
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(check_key(&"a".repeat(255)).is_ok());
+        assert!(check_key(&"é".repeat(255)).is_ok(), "characters, not bytes");
+        assert!(matches!(check_key(&"a".repeat(256)), Err(Error::InvalidKey(_))));
+        assert!(matches!(check_key("a\0b"), Err(Error::InvalidKey(_))));
+    }
+
+    #[test]
+    fn expiry_conventions() {
+        assert_eq!(expiry(0.0), UNIX_EPOCH + Duration::from_secs(NEVER_SECONDS));
+        assert_eq!(expiry(10.5), UNIX_EPOCH + Duration::from_secs_f64(10.5));
+        assert_eq!(moment(-5.0), UNIX_EPOCH);
+    }
+}

@@ -1,0 +1,69 @@
+"""Django's own database-cache tests (``DBCacheTests``,
+``DBCacheWithTimeZoneTests``, ``CreateCacheTableForDBCacheTests`` from the
+sdist of the installed Django) against racefree's PostgreSQL backend, plus
+replacements for the excluded ones."""
+
+import time
+
+import cache.tests as django_tests
+from django.core.cache import cache
+from django.test import override_settings
+from support.django_suite import exclude
+
+RACEFREE = django_tests.caches_setting_for_tests(
+    BACKEND="racefree.backends.db.DatabaseCache",
+    # Spaces, as in Django's tests, so the table name must be quoted.
+    LOCATION="test cache table",
+)
+
+
+class RoundTripTests:
+    """Equivalents of the excluded query-counting tests, on the store's own
+    round-trip counter."""
+
+    def round_trips(self, action):
+        store = cache._store
+        before = store.round_trips
+        action()
+        return store.round_trips - before
+
+    def test_get_many_is_one_round_trip(self):
+        cache.set_many({"a": 1, "b": 2})
+        cache.set("expired", "expired", 0.01)
+        self.assertEqual(self.round_trips(lambda: self.assertEqual(cache.get_many(["a", "b"]), {"a": 1, "b": 2})), 1)
+        time.sleep(0.02)
+        self.assertEqual(
+            self.round_trips(lambda: self.assertEqual(cache.get_many(["a", "b", "expired"]), {"a": 1, "b": 2})), 1
+        )
+
+    def test_delete_many_is_one_round_trip(self):
+        cache.set_many({"a": 1, "b": 2, "c": 3})
+        self.assertEqual(self.round_trips(lambda: cache.delete_many(["a", "b", "c"])), 1)
+        self.assertEqual(cache.get_many(["a", "b", "c"]), {})
+
+    def test_table_is_not_counted_on_every_write(self):
+        cache.set("first", 1)  # may count the table once
+        self.assertEqual(self.round_trips(lambda: [cache.set(f"k{i}", i) for i in range(50)]), 50)
+
+    def test_has_key_is_one_round_trip(self):
+        cache.set("key", "value")
+        self.assertEqual(self.round_trips(lambda: self.assertIs(cache.has_key("key"), True)), 1)
+
+
+@exclude
+@override_settings(CACHES=RACEFREE)
+class RacefreeDBCacheTests(RoundTripTests, django_tests.DBCacheTests):
+    pass
+
+
+@exclude
+@override_settings(CACHES=RACEFREE)
+class RacefreeDBCacheWithTimeZoneTests(RoundTripTests, django_tests.DBCacheWithTimeZoneTests):
+    pass
+
+
+@override_settings(
+    CACHES={"default": {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": "my_cache_table"}},
+)
+class RacefreeCreateCacheTableForDBCacheTests(django_tests.CreateCacheTableForDBCacheTests):
+    pass

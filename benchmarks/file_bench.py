@@ -23,7 +23,7 @@ import django
 from django.conf import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _report import markdown, median_row, save, size_label  # noqa: E402
+from _common import cycling_get, markdown, median_row, save, size_label  # noqa: E402
 
 if not settings.configured:
     settings.configure()
@@ -58,13 +58,7 @@ def fill(name, directory, entries, size):
 def operation(op, cache, entries, size, worker):
     value = b"y" * size
     if op == "get-hit":
-        state = [worker]
-
-        def get_hit():
-            state[0] = (state[0] * 7919 + 1) % entries
-            return cache.get(f"entry:{state[0]}")
-
-        return get_hit
+        return cycling_get(cache, [f"entry:{i}" for i in range(entries)], worker)
     if op == "get-miss":
         return lambda: cache.get("absent")
     if op == "set":

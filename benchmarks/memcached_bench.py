@@ -13,8 +13,6 @@ machine noise hits them alike. Ratios are racefree / stock.
 import argparse
 import os
 import sys
-import threading
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -25,7 +23,7 @@ from django.conf import settings  # noqa: E402
 settings.configure()
 django.setup()
 
-from _report import markdown, median_row, save, size_label  # noqa: E402
+from _common import cycling_get, markdown, median_row, save, size_label, threaded_rate  # noqa: E402
 from support.servers import Memcached  # noqa: E402
 
 BACKENDS = {
@@ -61,8 +59,7 @@ def workload(op, cache, value, thread):
     """A callable doing one operation (or one request) per call."""
     keys = [f"bench:{i}" for i in range(100)]
     if op == "get-hit":
-        counter = iter(range(10**12))
-        return lambda: cache.get(keys[next(counter) % 100])
+        return cycling_get(cache, keys, thread)
     if op == "get-miss":
         return lambda: cache.get("bench:absent")
     if op == "set":
@@ -93,31 +90,7 @@ def measure(path, location, op, size, threads, seconds):
     seed = make_backend(path, location)
     for i in range(100):
         seed.set(f"bench:{i}", value)
-    counts = [0] * threads
-    start_barrier = threading.Barrier(threads + 1)
-    stop = threading.Event()
-
-    def run(index):
-        cache = make_backend(path, location)
-        call = workload(op, cache, value, index)
-        call()
-        start_barrier.wait()
-        n = 0
-        while not stop.is_set():
-            call()
-            n += 1
-        counts[index] = n
-
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    start_barrier.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for worker in workers:
-        worker.join()
-    return sum(counts) / (time.perf_counter() - started)
+    return threaded_rate(threads, seconds, lambda index: workload(op, make_backend(path, location), value, index))
 
 
 def main():

@@ -17,6 +17,10 @@ Scenarios:
   fresh keys; every winner beyond the first per key is a double win (two
   requests both think they created the value).
 
+Backends: memcached (stock PyLibMCCache and PyMemcacheCache), the file
+system (stock FileBasedCache) and PostgreSQL (stock DatabaseCache), each
+against racefree's, on servers started here.
+
 Each run happens in a child process, so a stock client that corrupts the
 heap and kills the interpreter is reported as a row, not a crash.
 """
@@ -38,12 +42,14 @@ import django  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 if not settings.configured:
-    settings.configure()
+    # The database-cache rows run against the PostgreSQL started by main().
+    database = os.environ.get("RACEFREE_RACE_DATABASE")
+    settings.configure(DATABASES={"default": json.loads(database)} if database else {}, USE_TZ=True)
     django.setup()
 
 from django.http import JsonResponse  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
-from support.servers import Memcached, ServerMissing  # noqa: E402
+from support.servers import Memcached, Postgres, ServerMissing  # noqa: E402
 
 MEMCACHED = [
     ("stock", "PyLibMCCache", "django.core.cache.backends.memcached.PyLibMCCache"),
@@ -54,11 +60,29 @@ FILE = [
     ("stock", "FileBasedCache", "django.core.cache.backends.filebased.FileBasedCache"),
     ("racefree", "FileBasedCache", "racefree.backends.filebased.FileBasedCache"),
 ]
-FILE_PARAMS = {"OPTIONS": {"MAX_ENTRIES": 1_000_000}}
+DATABASE = [
+    ("stock", "DatabaseCache", "django.core.cache.backends.db.DatabaseCache"),
+    ("racefree", "DatabaseCache", "racefree.backends.db.DatabaseCache"),
+]
+ROOMY = {"OPTIONS": {"MAX_ENTRIES": 1_000_000}}
+# Django's createcachetable DDL for PostgreSQL.
+CACHE_TABLE_DDL = (
+    'CREATE TABLE "{}" ("cache_key" varchar(255) NOT NULL PRIMARY KEY, "value" text NOT NULL, '
+    '"expires" timestamp with time zone NOT NULL)'
+)
 
 
 def backend(path, location):
-    return import_string(path)(location, FILE_PARAMS if "filebased" in path else {})
+    return import_string(path)(location, ROOMY if "filebased" in path or ".db." in path else {})
+
+
+def fork_context():
+    """Fork after closing Django's connections: a forked child must not
+    share its parent's database socket."""
+    from django.db import connections
+
+    connections.close_all()
+    return multiprocessing.get_context("fork")
 
 
 def shared_client(path, location, threads, seconds, report):
@@ -130,7 +154,7 @@ def processes_incr(path, location, threads, seconds, report):
     """Seed 5: 4 processes x 2 threads x 250 increments of one counter."""
     cache = backend(path, location)
     cache.set("counter", 0)
-    context = multiprocessing.get_context("fork")
+    context = fork_context()
     results = context.Queue()
     workers = [context.Process(target=_incr_worker, args=(path, location, 2, 250, results)) for _ in range(4)]
     for worker in workers:
@@ -161,7 +185,7 @@ def _add_worker(path, location, keys, results):
 def processes_add(path, location, threads, seconds, report):
     """8 processes add the same 300 fresh keys: one winner per key."""
     keys = [f"fresh-{i}" for i in range(300)]
-    context = multiprocessing.get_context("fork")
+    context = fork_context()
     results = context.Queue()
     workers = [context.Process(target=_add_worker, args=(path, location, keys, results)) for _ in range(8)]
     for worker in workers:
@@ -224,6 +248,22 @@ def plan(args):
     for scenario in ("processes_incr", "processes_add"):
         for kind, name, path in FILE:
             rows.append((scenario, kind, name, path, os.path.join(file_root, f"{scenario}-{kind}")))
+    try:
+        postgres = Postgres()
+    except ServerMissing as exc:
+        notes.append(f"database rows skipped: {exc}")
+    else:
+        cleanup.append(postgres.close)
+        import psycopg
+
+        os.environ["RACEFREE_RACE_DATABASE"] = json.dumps(postgres.settings("postgres"))
+        with psycopg.connect(postgres.dsn, autocommit=True) as admin:
+            for scenario in ("processes_incr", "processes_add"):
+                for kind, _, _ in DATABASE:
+                    admin.execute(CACHE_TABLE_DDL.format(f"{scenario}_{kind}"))
+        for scenario in ("processes_incr", "processes_add"):
+            for kind, name, path in DATABASE:
+                rows.append((scenario, kind, name, path, f"{scenario}_{kind}"))
     try:
         server = Memcached()
     except ServerMissing as exc:

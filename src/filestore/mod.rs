@@ -7,6 +7,6 @@ mod error;
 mod lock;
 mod store;
 
-pub use error::{Error, Result};
 pub use crate::Limits;
+pub use error::{Error, Result};
 pub use store::{FileStore, INTEGER_FLAG, SHARDS, Value};

@@ -68,7 +68,9 @@ pub fn quote_table(name: &str) -> String {
 
 fn check_key(key: &str) -> Result<()> {
     if key.contains('\0') {
-        return Err(Error::InvalidKey("contains a NUL character, which PostgreSQL text cannot hold".into()));
+        return Err(Error::InvalidKey(
+            "contains a NUL character, which PostgreSQL text cannot hold".into(),
+        ));
     }
     let chars = key.chars().count();
     if chars > MAX_KEY_CHARS {
@@ -120,16 +122,12 @@ impl Statements {
                  ON CONFLICT (\"cache_key\") DO UPDATE SET \"value\" = EXCLUDED.\"value\", \
                  \"expires\" = EXCLUDED.\"expires\" RETURNING (xmax = 0)"
             ),
-            touch: format!(
-                "UPDATE {t} SET \"expires\" = $2 WHERE \"cache_key\" = $1 AND \"expires\" > $3 RETURNING 1"
-            ),
+            touch: format!("UPDATE {t} SET \"expires\" = $2 WHERE \"cache_key\" = $1 AND \"expires\" > $3 RETURNING 1"),
             delete: format!("DELETE FROM {t} WHERE \"cache_key\" = $1 RETURNING \"expires\" > $2"),
             delete_many: format!(
                 "WITH gone AS (DELETE FROM {t} WHERE \"cache_key\" = ANY($1) RETURNING 1) SELECT count(*) FROM gone"
             ),
-            lock_row: format!(
-                "SELECT \"value\" FROM {t} WHERE \"cache_key\" = $1 AND \"expires\" > $2 FOR UPDATE"
-            ),
+            lock_row: format!("SELECT \"value\" FROM {t} WHERE \"cache_key\" = $1 AND \"expires\" > $2 FOR UPDATE"),
             rewrite: format!("UPDATE {t} SET \"value\" = $2 WHERE \"cache_key\" = $1"),
             count: format!("SELECT count(*) FROM {t}"),
             delete_expired: format!(
@@ -202,7 +200,9 @@ fn count_of(rows: &[Row]) -> Result<i64> {
 }
 
 fn inserted(rows: &[Row]) -> i64 {
-    rows.iter().filter(|row| row.try_get::<_, bool>(0).unwrap_or(false)).count() as i64
+    rows.iter()
+        .filter(|row| row.try_get::<_, bool>(0).unwrap_or(false))
+        .count() as i64
 }
 
 fn build_pool(config: &postgres::Config, size: u32, connect_timeout: Duration) -> r2d2::Pool<Manager> {
@@ -274,7 +274,10 @@ impl PgStore {
     fn after_fork(&self, generation: u64) {
         let mut pool = self.pool.write();
         if self.generation.load(Ordering::Acquire) != generation {
-            let inherited = std::mem::replace(&mut *pool, build_pool(&self.config, self.pool_size, self.connect_timeout));
+            let inherited = std::mem::replace(
+                &mut *pool,
+                build_pool(&self.config, self.pool_size, self.connect_timeout),
+            );
             std::mem::forget(inherited);
             self.generation.store(generation, Ordering::Release);
         }
@@ -291,7 +294,12 @@ impl PgStore {
         })
     }
 
-    fn tx_query(&self, tx: &mut Transaction<'_>, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
+    fn tx_query(
+        &self,
+        tx: &mut Transaction<'_>,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
         tx.query_typed(sql, params).map_err(|e| Error::from_pg(&e))
     }
@@ -351,7 +359,11 @@ impl PgStore {
 
     pub fn contains(&self, key: &str, now: SystemTime) -> Result<bool> {
         check_key(key)?;
-        let rows = self.statement(true, &self.sql.contains, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
+        let rows = self.statement(
+            true,
+            &self.sql.contains,
+            &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+        )?;
         Ok(!rows.is_empty())
     }
 
@@ -362,7 +374,11 @@ impl PgStore {
         let rows = self.statement(
             true,
             &self.sql.set,
-            &[(&key, Type::TEXT), (&encoded, Type::TEXT), (&expires, Type::TIMESTAMPTZ)],
+            &[
+                (&key, Type::TEXT),
+                (&encoded, Type::TEXT),
+                (&expires, Type::TIMESTAMPTZ),
+            ],
         )?;
         self.census.add(inserted(&rows));
         Ok(())
@@ -390,7 +406,13 @@ impl PgStore {
     }
 
     /// Store many values with one expiry, one round trip.
-    pub fn set_many(&self, items: &[(&str, &[u8])], expires: SystemTime, now: SystemTime, limits: Limits) -> Result<()> {
+    pub fn set_many(
+        &self,
+        items: &[(&str, &[u8])],
+        expires: SystemTime,
+        now: SystemTime,
+        limits: Limits,
+    ) -> Result<()> {
         items.iter().try_for_each(|(key, _)| check_key(key))?;
         if items.is_empty() {
             return Ok(());
@@ -413,7 +435,11 @@ impl PgStore {
         let rows = self.statement(
             true,
             &self.sql.set_many,
-            &[(&keys, Type::TEXT_ARRAY), (&values, Type::TEXT_ARRAY), (&expires, Type::TIMESTAMPTZ)],
+            &[
+                (&keys, Type::TEXT_ARRAY),
+                (&values, Type::TEXT_ARRAY),
+                (&expires, Type::TIMESTAMPTZ),
+            ],
         )?;
         self.census.add(inserted(&rows));
         Ok(())
@@ -425,7 +451,11 @@ impl PgStore {
         let rows = self.statement(
             true,
             &self.sql.touch,
-            &[(&key, Type::TEXT), (&expires, Type::TIMESTAMPTZ), (&now, Type::TIMESTAMPTZ)],
+            &[
+                (&key, Type::TEXT),
+                (&expires, Type::TIMESTAMPTZ),
+                (&now, Type::TIMESTAMPTZ),
+            ],
         )?;
         Ok(!rows.is_empty())
     }
@@ -435,7 +465,10 @@ impl PgStore {
         check_key(key)?;
         let rows = self.statement(true, &self.sql.delete, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
         self.census.add(-(rows.len() as i64));
-        Ok(rows.first().and_then(|row| row.try_get::<_, bool>(0).ok()).unwrap_or(false))
+        Ok(rows
+            .first()
+            .and_then(|row| row.try_get::<_, bool>(0).ok())
+            .unwrap_or(false))
     }
 
     /// Delete many keys, one round trip.
@@ -459,12 +492,14 @@ impl PgStore {
         change: impl FnOnce(&[u8]) -> std::result::Result<Vec<u8>, E>,
     ) -> Result<std::result::Result<Option<Vec<u8>>, E>> {
         check_key(key)?;
-        let lock = self.lock_id(key);
+        // BEGIN and the lock in one round trip; the lock id is a number we
+        // computed, not a value from the caller.
+        let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({})", self.lock_id(key));
         let mut conn = self.checkout()?;
-        // The transaction's first round trip (BEGIN) changes nothing, so a
-        // dead pooled connection there is replaced, once.
+        // The first round trip changes nothing, so a dead pooled connection
+        // there is replaced, once.
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = conn.client.batch_execute("BEGIN") {
+        if let Err(error) = conn.client.batch_execute(&begin) {
             let error = Error::from_pg(&error);
             if !error.is_connection_loss() {
                 conn.poison();
@@ -474,12 +509,12 @@ impl PgStore {
             drop(conn);
             conn = self.checkout()?;
             self.round_trips.fetch_add(1, Ordering::Relaxed);
-            conn.client.batch_execute("BEGIN").map_err(|e| {
+            conn.client.batch_execute(&begin).map_err(|e| {
                 conn.poison();
                 Error::from_pg(&e)
             })?;
         }
-        let outcome = self.update_in_transaction(&mut conn, key, lock, now, change);
+        let outcome = self.update_in_transaction(&mut conn, key, now, change);
         let finish = match &outcome {
             Ok(Ok(Some(_))) => "COMMIT",
             _ => "ROLLBACK",
@@ -503,13 +538,21 @@ impl PgStore {
         &self,
         conn: &mut PgConnection,
         key: &str,
-        lock: i64,
         now: SystemTime,
         change: impl FnOnce(&[u8]) -> std::result::Result<Vec<u8>, E>,
     ) -> Result<std::result::Result<Option<Vec<u8>>, E>> {
-        self.query(conn, "SELECT pg_advisory_xact_lock($1)", &[(&lock, Type::INT8)])?;
-        let rows = self.query(conn, &self.sql.lock_row, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
-        let Some(current) = rows.first().and_then(|row| row.try_get::<_, &str>(0).ok()).and_then(decode) else {
+        // A new statement after the lock: READ COMMITTED gives it a fresh
+        // snapshot, with every increment committed before ours.
+        let rows = self.query(
+            conn,
+            &self.sql.lock_row,
+            &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+        )?;
+        let Some(current) = rows
+            .first()
+            .and_then(|row| row.try_get::<_, &str>(0).ok())
+            .and_then(decode)
+        else {
             return Ok(Ok(None));
         };
         let new = match change(&current) {
@@ -557,8 +600,16 @@ impl PgStore {
         let mut tx = conn.client.transaction().map_err(|e| Error::from_pg(&e))?;
         // One culler at a time; anyone else goes on writing.
         let cull_lock = self.lock_id("\0cull") ^ 0x5bd1_e995;
-        let got = self.tx_query(&mut tx, "SELECT pg_try_advisory_xact_lock($1)", &[(&cull_lock, Type::INT8)])?;
-        if !got.first().and_then(|row| row.try_get::<_, bool>(0).ok()).unwrap_or(false) {
+        let got = self.tx_query(
+            &mut tx,
+            "SELECT pg_try_advisory_xact_lock($1)",
+            &[(&cull_lock, Type::INT8)],
+        )?;
+        if !got
+            .first()
+            .and_then(|row| row.try_get::<_, bool>(0).ok())
+            .unwrap_or(false)
+        {
             return Ok(0);
         }
         let removed = if limits.cull_frequency <= 0 {
@@ -590,7 +641,10 @@ mod tests {
     fn table_names_are_quoted_identifiers() {
         assert_eq!(quote_table("my_cache"), "\"my_cache\"");
         assert_eq!(quote_table("test cache table"), "\"test cache table\"");
-        assert_eq!(quote_table("evil\"; DROP TABLE x; --"), "\"evil\"\"; DROP TABLE x; --\"");
+        assert_eq!(
+            quote_table("evil\"; DROP TABLE x; --"),
+            "\"evil\"\"; DROP TABLE x; --\""
+        );
         assert_eq!(quote_table("\"Already\""), "\"Already\"");
     }
 

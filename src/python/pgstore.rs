@@ -77,7 +77,9 @@ fn connection_config(dsn: Option<&str>, params: &HashMap<String, String>) -> PyR
                 config.application_name(value);
             }
             other => {
-                return Err(PyValueError::new_err(format!("unsupported PostgreSQL connection parameter {other:?}")));
+                return Err(PyValueError::new_err(format!(
+                    "unsupported PostgreSQL connection parameter {other:?}"
+                )));
             }
         }
     }
@@ -148,9 +150,16 @@ impl PgStore {
     }
 
     /// `{key: value}` for the live keys, one round trip.
-    fn get_many<'py>(&self, py: Python<'py>, keys: Vec<Bound<'py, PyString>>, now: f64) -> PyResult<Bound<'py, PyDict>> {
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<Bound<'py, PyString>>,
+        now: f64,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let texts = keys.iter().map(|k| k.to_str()).collect::<PyResult<Vec<&str>>>()?;
-        let found = py.detach(|| self.store.get_many(&texts, moment(now))).map_err(to_pyerr)?;
+        let found = py
+            .detach(|| self.store.get_many(&texts, moment(now)))
+            .map_err(to_pyerr)?;
         let result = PyDict::new(py);
         for (key, value) in found {
             result.set_item(key, PyBytes::new(py, &value))?;
@@ -244,7 +253,7 @@ impl PgStore {
                 self.store.update(key, moment(now), |current| {
                     Python::attach(|py| {
                         let new = change.call1(py, (PyBytes::new(py, current),))?;
-                        new.extract::<Vec<u8>>(py).map_err(PyErr::from)
+                        new.extract::<Vec<u8>>(py)
                     })
                 })
             })

@@ -75,7 +75,10 @@ fn operations_on_django_s_table() {
     assert_eq!(s.get("old", now()).unwrap(), Some(b"fresh".to_vec()));
     assert!(s.touch("new", in_secs(-1.0), now()).unwrap());
     assert!(!s.contains("new", now()).unwrap());
-    assert!(!s.touch("new", expiry(0.0), now()).unwrap(), "touch does not revive an expired row");
+    assert!(
+        !s.touch("new", expiry(0.0), now()).unwrap(),
+        "touch does not revive an expired row"
+    );
     assert!(s.delete("k", now()).unwrap());
     assert!(!s.delete("k", now()).unwrap());
     s.set_many(&[("a", b"1"), ("b", b"2"), ("a", b"3")], expiry(0.0), now(), ROOMY)
@@ -165,9 +168,12 @@ fn culling_follows_django_s_database_cache() {
             cull_frequency: frequency,
         };
         for i in 1..50 {
-            s.set(&format!("cull{i}"), b"value", in_secs(1000.0), now(), limits).unwrap();
+            s.set(&format!("cull{i}"), b"value", in_secs(1000.0), now(), limits)
+                .unwrap();
         }
-        let left = (1..50).filter(|i| s.contains(&format!("cull{i}"), now()).unwrap()).count();
+        let left = (1..50)
+            .filter(|i| s.contains(&format!("cull{i}"), now()).unwrap())
+            .count();
         assert_eq!(left, expected, "CULL_FREQUENCY={frequency}");
     }
 }
@@ -179,7 +185,10 @@ fn invalid_keys_are_refused_before_sending() {
     let s = store(&server, "keys");
     let before = s.round_trips();
     assert!(matches!(s.get(&"a".repeat(256), now()), Err(Error::InvalidKey(_))));
-    assert!(matches!(s.set("nul\0", b"v", expiry(0.0), now(), ROOMY), Err(Error::InvalidKey(_))));
+    assert!(matches!(
+        s.set("nul\0", b"v", expiry(0.0), now(), ROOMY),
+        Err(Error::InvalidKey(_))
+    ));
     assert!(matches!(s.get_many(&["ok", "nul\0"], now()), Err(Error::InvalidKey(_))));
     assert_eq!(s.round_trips(), before);
 }

@@ -211,10 +211,10 @@ impl Drop for Memcached {
 fn postgres_bindir() -> PathBuf {
     if let Ok(output) = Command::new("sh").args(["-c", "command -v initdb"]).output() {
         let found = String::from_utf8_lossy(&output.stdout).trim().to_string();
-        if !found.is_empty() {
-            if let Ok(real) = std::fs::canonicalize(&found) {
-                return real.parent().expect("initdb has a directory").to_path_buf();
-            }
+        if !found.is_empty()
+            && let Ok(real) = std::fs::canonicalize(&found)
+        {
+            return real.parent().expect("initdb has a directory").to_path_buf();
         }
     }
     if let Ok(output) = Command::new("pg_config").arg("--bindir").output() {

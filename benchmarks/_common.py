@@ -1,8 +1,11 @@
-"""What the benchmarks share: medians over alternating rounds, and the
-markdown table with ratios against the stock backends."""
+"""What the benchmarks share: a threaded rate measurement, medians over
+alternating rounds, and the markdown table with ratios against the stock
+backends."""
 
 import json
 import statistics
+import threading
+import time
 
 
 def size_label(size):
@@ -43,3 +46,46 @@ def save(path, results, **settings):
     if path:
         with open(path, "w") as out:
             json.dump({"results": results, **settings}, out, indent=2)
+
+
+def threaded_rate(threads, seconds, prepare, finish=None):
+    """Calls per second summed over ``threads`` threads, each calling the
+    callable ``prepare(index)`` returns (once before the clock starts)
+    until ``seconds`` are up; ``finish()`` runs in each thread at the end."""
+    counts = [0] * threads
+    barrier = threading.Barrier(threads + 1)
+    stop = threading.Event()
+
+    def run(index):
+        call = prepare(index)
+        call()
+        barrier.wait()
+        n = 0
+        while not stop.is_set():
+            call()
+            n += 1
+        counts[index] = n
+        if finish:
+            finish()
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def cycling_get(cache, keys, start=0):
+    """A get of a different key each call, in a scattered order."""
+    state = [start]
+
+    def get():
+        state[0] = (state[0] * 7919 + 1) % len(keys)
+        return cache.get(keys[state[0]])
+
+    return get

@@ -1,0 +1,114 @@
+"""Database caches side by side: racefree vs Django's DatabaseCache on one
+PostgreSQL server started here (fsync off), through Django's cache API.
+
+    python benchmarks/db_bench.py [--seconds 1] [--rounds 3] [--json out.json]
+
+Each backend has its own table (created by ``createcachetable``) holding
+1,000 entries. Every thread uses its own backend instance and Django its
+own connection per thread. Each cell is the median of ``--rounds`` runs,
+the backends taking turns; ratios are racefree / Django.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
+
+import django  # noqa: E402
+from django.conf import settings  # noqa: E402
+from support.servers import Postgres  # noqa: E402
+
+from _common import cycling_get, markdown, median_row, save, size_label, threaded_rate  # noqa: E402
+
+BACKENDS = {
+    "racefree": ("racefree.backends.db.DatabaseCache", "bench_racefree"),
+    "DatabaseCache": ("django.core.cache.backends.db.DatabaseCache", "bench_stock"),
+}
+ENTRIES = 1_000
+
+
+def make(name):
+    from django.utils.module_loading import import_string
+
+    path, table = BACKENDS[name]
+    return import_string(path)(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000}})
+
+
+def workload(op, cache, value, thread):
+    keys = [f"entry:{i}" for i in range(100)]
+    if op == "get-hit":
+        return cycling_get(cache, [f"entry:{i}" for i in range(ENTRIES)], thread)
+    if op == "set":
+        state = [0]
+
+        def set_value():
+            state[0] = (state[0] + 1) % 100
+            cache.set(f"fresh:{thread}:{state[0]}", value)
+
+        return set_value
+    if op == "incr":
+        key = f"counter:{thread}"
+        cache.set(key, 0)
+        return lambda: cache.incr(key)
+    if op == "get_many(100)":
+        return lambda: cache.get_many(keys)
+    raise ValueError(op)
+
+
+def measure(name, op, size, threads, seconds):
+    from django.db import connections
+
+    return threaded_rate(
+        threads,
+        seconds,
+        lambda index: workload(op, make(name), b"x" * size, index),
+        # Django opened a connection in each thread.
+        finish=connections.close_all,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    server = Postgres()
+    try:
+        settings.configure(DATABASES={"default": server.settings("postgres")}, USE_TZ=True)
+        django.setup()
+        from django.core.management import call_command
+
+        names = list(BACKENDS)
+        for name in names:
+            call_command("createcachetable", BACKENDS[name][1], verbosity=0)
+            cache = make(name)
+            cache.set_many({f"entry:{i}": b"x" * 100 for i in range(ENTRIES)}, None)
+        results = []
+        for op in ("get-hit", "set", "incr", "get_many(100)"):
+            for threads in (1, 8):
+                row = {"op": op, "size": 100, "threads": threads}
+                median_row(row, names, args.rounds, lambda name: measure(name, op, 100, threads, args.seconds))
+                results.append(row)
+                cells = "  ".join(f"{name} {row[name]:>8.0f}/s" for name in names)
+                print(f"{op:<14} {threads}T  {cells}", flush=True)
+    finally:
+        from racefree.backends.db import close_pools
+
+        close_pools()
+        server.close()
+    print()
+    columns = [
+        ("operation", lambda row: row["op"]),
+        ("value", lambda row: size_label(row["size"])),
+        ("threads", lambda row: str(row["threads"])),
+    ]
+    print(markdown(results, names, columns))
+    save(args.json, results, seconds=args.seconds, rounds=args.rounds)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,11 +12,11 @@ def size_label(size):
     return f"{size // 1024} KB" if size >= 1024 else f"{size} B"
 
 
-def median_row(row, names, rounds, run, settle=None):
-    """Fill ``row[name]`` with the median of ``rounds`` calls of
-    ``run(name)``; backends take turns within each round, so that machine
-    noise hits them alike. ``settle()`` runs before each call (e.g. to let
-    the previous backend's disk writes drain)."""
+def median_row(row, names, rounds, run, settle=None, pick=statistics.median):
+    """Fill ``row[name]`` with the median (or ``pick``) of ``rounds`` calls
+    of ``run(name)``; backends take turns within each round, so that
+    machine noise hits them alike. ``settle()`` runs before each call (e.g.
+    to let the previous backend's disk writes drain)."""
     runs = {name: [] for name in names}
     for _ in range(rounds):
         for name in names:
@@ -24,7 +24,7 @@ def median_row(row, names, rounds, run, settle=None):
                 settle()
             runs[name].append(run(name))
     for name in names:
-        row[name] = statistics.median(runs[name])
+        row[name] = pick(runs[name])
     return row
 
 

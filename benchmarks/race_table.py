@@ -16,6 +16,11 @@ Scenarios:
 * add of fresh keys from several processes: 8 processes `add` the same
   fresh keys; every winner beyond the first per key is a double win (two
   requests both think they created the value).
+* a forwarding backend reset during traffic (seed 3, djblets): 16 threads
+  use one forwarding instance while another thread resets it to a new
+  target every millisecond. Errors are calls that failed (the unsafe
+  pattern reaches a None backend); mismatches are calls that ran on a
+  target already closed.
 
 Backends: memcached (stock PyLibMCCache and PyMemcacheCache), the file
 system (stock FileBasedCache) and PostgreSQL (stock DatabaseCache), each
@@ -37,6 +42,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
 
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -59,6 +65,10 @@ MEMCACHED = [
 FILE = [
     ("stock", "FileBasedCache", "django.core.cache.backends.filebased.FileBasedCache"),
     ("racefree", "FileBasedCache", "racefree.backends.filebased.FileBasedCache"),
+]
+FORWARDING = [
+    ("stock", "reset-to-None (djblets 0.8)", "unsafe_forwarding.UnsafeForwardingCache"),
+    ("racefree", "ForwardingCache", "racefree.backends.forwarding.ForwardingCache"),
 ]
 DATABASE = [
     ("stock", "DatabaseCache", "django.core.cache.backends.db.DatabaseCache"),
@@ -83,6 +93,22 @@ def fork_context():
 
     connections.close_all()
     return multiprocessing.get_context("fork")
+
+
+def run_users(user, threads, totals, report, also=None):
+    """Run ``user(index)`` on ``threads`` daemon threads (and ``also()`` on
+    one more), reporting ``totals()`` until they end; returns the totals.
+    Daemon threads: a thread stuck in a stock client must not keep the
+    child alive."""
+    workers = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(threads)]
+    if also:
+        workers.append(threading.Thread(target=also, daemon=True))
+    for worker in workers:
+        worker.start()
+    while any(worker.is_alive() for worker in workers):
+        report(totals())
+        time.sleep(0.2)
+    return totals()
 
 
 def shared_client(path, location, threads, seconds, report):
@@ -120,13 +146,7 @@ def shared_client(path, location, threads, seconds, report):
                 if not example:
                     example.append(f"{type(exc).__name__}: {exc}")
 
-    workers = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    while any(worker.is_alive() for worker in workers):
-        report(totals())
-        time.sleep(0.2)
-    return totals()
+    return run_users(user, threads, totals, report)
 
 
 def _incr_worker(path, location, threads, increments, results):
@@ -200,10 +220,59 @@ def processes_add(path, location, threads, seconds, report):
     return {"calls": 8 * len(keys), "errors": errors, "mismatches": 0, "lost": extra, "example": example}
 
 
+def forwarding_reset(path, location, threads, seconds, report):
+    """Seed 3: resets of one shared forwarding instance during traffic."""
+    from support import tracked_backends
+
+    # Switch threads often (as many cores would run them at once), for
+    # both rows alike.
+    sys.setswitchinterval(0.0001)
+    settings.CACHES["forwarded_backend"] = {"BACKEND": "support.tracked_backends.TrackedLocMemCache"}
+    cache = backend(path, "")
+    deadline = time.monotonic() + seconds
+    counts = [[0, 0] for _ in range(threads)]  # calls, errors
+    resets = [0]
+    example = []
+
+    def totals():
+        calls, errors = (sum(c[i] for c in counts) for i in range(2))
+        closed_calls = sum(target.calls_after_close for target in list(tracked_backends.built))
+        seen = example[:1] + ([f"{closed_calls:,} calls ran on a closed target"] if closed_calls else [])
+        return {"calls": calls, "errors": errors, "mismatches": closed_calls, "resets": resets[0],
+                "example": "; ".join(seen)}
+
+    def user(index):
+        mine = counts[index]
+        n = 0
+        while time.monotonic() < deadline:
+            key = f"page-{index}-{n % 20}"
+            n += 1
+            try:
+                if cache.get(key) is None:
+                    cache.set(key, key)
+                mine[0] += 1
+            except Exception as exc:  # noqa: BLE001 - counted, as a 500 would be
+                mine[1] += 1
+                if not example:
+                    example.append(f"{type(exc).__name__}: {exc}")
+
+    def admin():
+        while time.monotonic() < deadline:
+            location = f"target-{resets[0] % 2}"
+            settings.CACHES["forwarded_backend"] = {
+                "BACKEND": "support.tracked_backends.TrackedLocMemCache", "LOCATION": location}
+            cache.reset_backend()
+            resets[0] += 1
+            time.sleep(0.001)
+
+    return run_users(user, threads, totals, report, also=admin)
+
+
 SCENARIOS = {
     "shared_client": ("seed 1: one client shared by 16 threads", shared_client),
     "processes_incr": ("seeds 2, 5: incr from 4 processes x 2 threads", processes_incr),
     "processes_add": ("add of 300 fresh keys from 8 processes", processes_add),
+    "forwarding_reset": ("seed 3: forwarding reset during traffic, 16 threads", forwarding_reset),
 }
 
 
@@ -245,6 +314,8 @@ def plan(args):
     rows, notes, cleanup = [], [], []
     file_root = tempfile.mkdtemp(prefix="racefree-race-")
     cleanup.append(lambda: __import__("shutil").rmtree(file_root, ignore_errors=True))
+    for kind, name, path in FORWARDING:
+        rows.append(("forwarding_reset", kind, name, path, "-"))
     for scenario in ("processes_incr", "processes_add"):
         for kind, name, path in FILE:
             rows.append((scenario, kind, name, path, os.path.join(file_root, f"{scenario}-{kind}")))
@@ -285,9 +356,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--scenarios", nargs="+", choices=sorted(SCENARIOS), default=sorted(SCENARIOS),
+                        help="run only these")
     args = parser.parse_args()
 
     rows, notes, cleanup = plan(args)
+    rows = [row for row in rows if row[0] in args.scenarios]
     for note in notes:
         print(note)
     table = []
@@ -299,7 +373,7 @@ def main():
             result = result or {}
             seen = "; ".join(part for part in (result.get("example", ""), failure) if part)
             table.append((title, f"{kind} {name}", result, seen))
-            if scenario == "shared_client" or kind == "stock":
+            if scenario != "forwarding_reset" and (scenario == "shared_client" or kind == "stock"):
                 try:
                     backend(path, location).clear()
                 except Exception:  # noqa: BLE001 - a raced stock client may be broken

@@ -6,6 +6,7 @@
 
 pub mod filestore;
 pub mod fork;
+pub mod forwarding;
 pub mod memcached;
 pub mod pgstore;
 

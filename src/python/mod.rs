@@ -4,6 +4,7 @@
 
 mod errors;
 mod filestore;
+mod forwarding;
 mod memcached;
 mod pgstore;
 
@@ -21,6 +22,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<memcached::MemcachedClient>()?;
     m.add_class::<filestore::FileStore>()?;
     m.add_class::<pgstore::PgStore>()?;
+    m.add_class::<forwarding::ForwardingCore>()?;
+    m.add_class::<forwarding::Lease>()?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     Ok(())
 }

@@ -56,23 +56,26 @@ _DATABASE = {
     ),
 }
 
+_MEMCACHED = {
+    "test_close": (
+        "mocks disconnect_all() on the stock client class (cache._class) and expects it "
+        "called after every request; racefree keeps its pool instead, see "
+        "test_close_keeps_pooled_connections"
+    ),
+    "test_set_many_returns_failing_keys": (
+        "mocks set_multi() on the stock client class (cache._class); replaced by "
+        "test_set_many_returns_keys_over_item_size, which makes a real server refuse a key"
+    ),
+}
+
 #: {test class name: {test name: reason}}
 EXCLUDED = {
     "RacefreeDBCacheTests": _DATABASE,
     "RacefreeDBCacheWithTimeZoneTests": _DATABASE,
     "RacefreeFileBasedCacheTests": _FILE_BASED,
     "RacefreeFileBasedCachePathLibTests": _FILE_BASED,
-    "RacefreeMemcachedCacheTests": {
-        "test_close": (
-            "mocks disconnect_all() on the stock client class (cache._class) and expects it "
-            "called after every request; racefree keeps its pool instead, see "
-            "test_close_keeps_pooled_connections"
-        ),
-        "test_set_many_returns_failing_keys": (
-            "mocks set_multi() on the stock client class (cache._class); replaced by "
-            "test_set_many_returns_keys_over_item_size, which makes a real server refuse a key"
-        ),
-    },
+    "RacefreeMemcachedCacheTests": _MEMCACHED,
+    "ForwardingToMemcachedCacheTests": _MEMCACHED,
 }
 
 

@@ -1,0 +1,260 @@
+"""Generation-safe forwarding backend.
+
+Forwards every cache call to the backend configured under another alias of
+``CACHES`` (LOCATION; ``"forwarded_backend"`` by default, as djblets'
+``ForwardingCacheBackend``), and can switch to a new configuration at run
+time with ``reset()`` while other threads keep serving requests.
+
+The target is one backend object per configuration, built by the forwarder
+from ``settings.CACHES`` and shared by every thread and every per-thread
+instance of the alias (the generation state lives in the Rust
+``ForwardingCore``, one per forwarded alias and process). A call that began
+on the old target finishes on it; the old target is closed once, after its
+last call returned; a failed build leaves the old target serving.
+"""
+
+import copy
+import functools
+import inspect
+import logging
+import threading
+
+from django.conf import settings
+from django.core.cache.backends.base import BaseCache, InvalidCacheBackendError
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+from racefree._core import ForwardingCore
+
+logger = logging.getLogger("racefree.forwarding")
+
+DEFAULT_ALIAS = "forwarded_backend"
+
+# Settings that belong on the forwarded alias; on the forwarder they would
+# be silently ignored.
+TARGET_SETTINGS = ("TIMEOUT", "KEY_PREFIX", "VERSION", "KEY_FUNCTION")
+
+_cores = {}
+_cores_lock = threading.Lock()
+
+
+def forwarded_settings(alias):
+    """A copy of ``settings.CACHES[alias]``, read now (run-time changes to
+    ``settings.CACHES`` count, unlike Django's cached ``caches.settings``)."""
+    try:
+        params = settings.CACHES[alias]
+    except KeyError:
+        raise InvalidCacheBackendError(f"ForwardingCache: the forwarded alias {alias!r} is not in CACHES") from None
+    params = dict(params)
+    if isinstance(params.get("OPTIONS"), dict):
+        params["OPTIONS"] = dict(params["OPTIONS"])
+    return params
+
+
+def _forwarding_chain_error(alias):
+    """Why forwarding to ``alias`` never reaches a real backend, or None."""
+    seen = []
+    while True:
+        if alias in seen:
+            return "forwarding loops: " + " -> ".join([*seen, alias])
+        seen.append(alias)
+        params = settings.CACHES.get(alias, {})
+        backend = params.get("BACKEND")
+        if backend != f"{__name__}.ForwardingCache":
+            return None
+        alias = params.get("LOCATION") or DEFAULT_ALIAS
+
+
+def build_target(alias):
+    """A new backend object from ``CACHES[alias]``, and the settings used."""
+    params = forwarded_settings(alias)
+    source = copy.copy(params)
+    backend = params.pop("BACKEND", None)
+    if not backend:
+        raise ImproperlyConfigured(f"ForwardingCache: CACHES[{alias!r}] has no BACKEND")
+    location = params.pop("LOCATION", "")
+    try:
+        backend_class = import_string(backend)
+    except ImportError as exc:
+        raise InvalidCacheBackendError(f"Could not find backend '{backend}': {exc}") from exc
+    if issubclass(backend_class, ForwardingCache):
+        loop = _forwarding_chain_error(alias)
+        if loop:
+            raise ImproperlyConfigured(f"ForwardingCache: {loop}")
+    return backend_class(location, params), source
+
+
+def close_target(target):
+    # Runs on whichever thread ends the old target's last call: log, never raise.
+    try:
+        target.close()
+    except Exception:
+        logger.exception("racefree: closing a replaced cache backend %r failed", target)
+
+
+def shared_core(alias):
+    """The process-wide forwarding state of ``alias``."""
+    with _cores_lock:
+        core = _cores.get(alias)
+        if core is None:
+
+            def report_failure(error):
+                logger.error(
+                    "racefree: rebuilding the cache backend of %r failed; the previous one keeps serving",
+                    alias,
+                    exc_info=(type(error), error, error.__traceback__),
+                )
+
+            core = ForwardingCore(functools.partial(build_target, alias), close_target, report_failure)
+            _cores[alias] = core
+        return core
+
+
+def _settings_changed(setting, **kwargs):
+    # override_settings(CACHES=...) in tests: every forwarder rebuilds its
+    # target from the new settings at its next call.
+    if setting == "CACHES":
+        with _cores_lock:
+            cores = list(_cores.values())
+        for core in cores:
+            core.invalidate()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="racefree.backends.forwarding")
+
+
+class ForwardingCache(BaseCache):
+    """Forward every call to the backend configured under LOCATION."""
+
+    def __init__(self, location, params):
+        # BaseCache.__init__ is not called on purpose: default_timeout,
+        # key_prefix, version, key_func, _max_entries... are the target's,
+        # read through __getattr__.
+        misplaced = [name for name in TARGET_SETTINGS if name in params]
+        if misplaced:
+            raise ImproperlyConfigured(
+                f"ForwardingCache: {', '.join(misplaced)} belong on the forwarded alias's settings, "
+                "not on the forwarding cache's"
+            )
+        options = params.get("OPTIONS") or {}
+        if options:
+            raise ImproperlyConfigured(f"ForwardingCache: unknown OPTIONS {sorted(options)}; it takes none")
+        if location and not isinstance(location, str):
+            raise ImproperlyConfigured("ForwardingCache: LOCATION must be the name of an alias in CACHES")
+        alias = location or DEFAULT_ALIAS
+        object.__setattr__(self, "_alias", alias)
+        object.__setattr__(self, "_core", shared_core(alias))
+        # Bound once: every forwarded call goes through it.
+        object.__setattr__(self, "_call", self._core.call)
+
+    @property
+    def forwarded_alias(self):
+        return self._alias
+
+    @property
+    def backend(self):
+        """The current target (djblets' attribute name)."""
+        return self._core.target()
+
+    @property
+    def generation(self):
+        """Increases by one with every target built."""
+        return self._core.generation
+
+    def reset(self):
+        """Switch every thread to a target built from the current settings.
+
+        Calls in flight finish on the old target, which is closed after the
+        last of them. Concurrent resets of one generation build once. If the
+        build fails, the error is logged and raised here, and the old
+        target keeps serving.
+        """
+        core = self._core
+        try:
+            if core.reset(core.generation):
+                return
+            # Another thread's reset of this generation built instead; it
+            # may have read the settings before this caller changed them.
+            if core.source() != forwarded_settings(self._alias):
+                core.reset(core.generation)
+        except Exception:
+            logger.exception("racefree: building the cache backend of %r failed; the previous one keeps serving",
+                             self._alias)
+            raise
+
+    #: djblets' name.
+    reset_backend = reset
+
+    def stats(self):
+        """The forwarding counters (generation, builds, build_failures,
+        closes, in_flight, retiring), and the target's own stats() where it
+        has one, under ``"target"``."""
+        stats = self._core.stats()
+        target_stats = getattr(self._core.target(), "stats", None)
+        if callable(target_stats):
+            stats["target"] = target_stats()
+        return stats
+
+    def close(self, **kwargs):
+        """Django calls this after every request, on each thread's instance;
+        the target is shared by every thread, so it is not closed here. A
+        target is closed when a reset replaces it."""
+
+    async def aclose(self, **kwargs):
+        """See close()."""
+
+    def __getattr__(self, name):
+        # Only for names the forwarder itself lacks: the target's attributes
+        # (default_timeout, key_prefix, _cache, ...).
+        core = self.__dict__.get("_core")
+        if core is None:
+            raise AttributeError(name)
+        return getattr(core.target(), name)
+
+    def __setattr__(self, name, value):
+        # Attributes set on the forwarder are the target's (Django's tests
+        # and user code set e.g. _max_entries on a cache object).
+        setattr(self._core.target(), name, value)
+
+    def __delattr__(self, name):
+        delattr(self._core.target(), name)
+
+    def __repr__(self):
+        return f"<ForwardingCache to {self._alias!r}, generation {self._core.generation}>"
+
+
+def _forward(name):
+    @functools.wraps(getattr(BaseCache, name))
+    def forward(self, *args, **kwargs):
+        return self._call(name, args, kwargs)
+
+    forward.__qualname__ = f"ForwardingCache.{name}"
+    return forward
+
+
+def _forward_async(name):
+    @functools.wraps(getattr(BaseCache, name))
+    async def forward(self, *args, **kwargs):
+        # The lease keeps the target open across the await.
+        with self._core.lease() as target:
+            return await getattr(target, name)(*args, **kwargs)
+
+    forward.__qualname__ = f"ForwardingCache.{name}"
+    return forward
+
+
+def _forwarded_methods():
+    """Every public method of BaseCache but close/aclose, so methods a
+    newer Django adds are forwarded too."""
+    return [
+        name
+        for name, value in vars(BaseCache).items()
+        if callable(value) and not name.startswith("_") and name not in ("close", "aclose")
+    ]
+
+
+for _name in _forwarded_methods():
+    _forwarder = _forward_async if inspect.iscoroutinefunction(getattr(BaseCache, _name)) else _forward
+    setattr(ForwardingCache, _name, _forwarder(_name))
+del _name, _forwarder

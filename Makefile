@@ -23,6 +23,7 @@ bench: build bench-deps
 	$(PY) benchmarks/file_bench.py --dir build --json build/file_bench.json
 	$(PY) benchmarks/db_bench.py --json build/db_bench.json
 	$(PY) benchmarks/forwarding_bench.py --json build/forwarding_bench.json
+	$(PY) benchmarks/async_bench.py --json build/async_bench.json
 	$(PY) benchmarks/race_table.py
 
 system-deps:

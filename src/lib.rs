@@ -19,5 +19,14 @@ pub struct Limits {
     pub cull_frequency: i64,
 }
 
+impl Limits {
+    pub fn new(max_entries: i64, cull_frequency: i64) -> Self {
+        Limits {
+            max_entries,
+            cull_frequency,
+        }
+    }
+}
+
 #[cfg(feature = "python")]
 mod python;

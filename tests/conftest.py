@@ -8,6 +8,7 @@ server binary fails the run; nothing is skipped.
 import os
 import sys
 import time
+import uuid
 
 import django
 import pytest
@@ -93,3 +94,16 @@ def fresh_postgres():
     server = Postgres()
     yield server
     server.close()
+
+
+@pytest.fixture
+def table():
+    """A fresh Django cache table (createcachetable's DDL) in the test DB."""
+    from django.core.management import call_command
+    from django.db import connection
+
+    name = f"cache {uuid.uuid4().hex[:8]}"
+    call_command("createcachetable", name, database="default", verbosity=0)
+    yield name
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE %s" % connection.ops.quote_name(name))

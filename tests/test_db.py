@@ -6,13 +6,11 @@ import logging
 import multiprocessing
 import threading
 import time
-import uuid
 
 import pytest
 from django.core.cache import CacheKeyWarning, InvalidCacheKey
 from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management import call_command
 from django.db import connection, connections
 from django.test import override_settings
 
@@ -27,14 +25,6 @@ def dsn_of_test_db():
     return f"host={settings['HOST']} port={settings['PORT']} user={settings['USER']} dbname={settings['NAME']}"
 
 
-@pytest.fixture
-def table():
-    """A fresh Django cache table (createcachetable's DDL) in the test DB."""
-    name = f"cache {uuid.uuid4().hex[:8]}"
-    call_command("createcachetable", name, database="default", verbosity=0)
-    yield name
-    with connection.cursor() as cursor:
-        cursor.execute("DROP TABLE %s" % connection.ops.quote_name(name))
 
 
 def racefree(table, **options):

@@ -62,6 +62,18 @@ class RacefreeDBCacheWithTimeZoneTests(RoundTripTests, django_tests.DBCacheWithT
     pass
 
 
+# The same tests through the async API (support/through_async.py).
+THROUGH_ASYNC = django_tests.caches_setting_for_tests(
+    BACKEND="support.through_async.DatabaseCacheThroughAsync", LOCATION="test cache table"
+)
+
+
+@exclude
+@override_settings(CACHES=THROUGH_ASYNC)
+class RacefreeDBCacheThroughAsyncTests(RoundTripTests, django_tests.DBCacheTests):
+    pass
+
+
 @override_settings(
     CACHES={"default": {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": "my_cache_table"}},
 )

@@ -68,3 +68,13 @@ class RacefreeFileBasedCacheTests(ReplacementTests, django_tests.FileBasedCacheT
 @override_settings(CACHES=RACEFREE)
 class RacefreeFileBasedCachePathLibTests(ReplacementTests, django_tests.FileBasedCachePathLibTests):
     pass
+
+
+# The same tests through the async API (support/through_async.py).
+THROUGH_ASYNC = django_tests.caches_setting_for_tests(BACKEND="support.through_async.FileBasedCacheThroughAsync")
+
+
+@exclude
+@override_settings(CACHES=THROUGH_ASYNC)
+class RacefreeFileBasedCacheThroughAsyncTests(ReplacementTests, django_tests.FileBasedCacheTests):
+    pass

@@ -43,3 +43,13 @@ class RacefreeMemcachedCacheTests(BaseMemcachedTests, TestCase):
         self.assertEqual(failing, ["big"])
         self.assertIsNone(cache.get("big"), "the old value must not survive")
         self.assertEqual(cache.get("small"), "fine")
+
+
+# The same tests through the async API (support/through_async.py).
+THROUGH_ASYNC = {**PARAMS, "BACKEND": "support.through_async.MemcachedCacheThroughAsync"}
+
+
+@exclude
+@override_settings(CACHES=caches_setting_for_tests(base=THROUGH_ASYNC, exclude=memcached_excluded_caches))
+class RacefreeMemcachedCacheThroughAsyncTests(RacefreeMemcachedCacheTests):
+    base_params = THROUGH_ASYNC

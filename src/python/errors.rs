@@ -14,19 +14,24 @@ pyo3::import_exception!(racefree.exceptions, CacheServerError);
 pyo3::import_exception!(racefree.exceptions, ValueTooLargeError);
 
 pub(crate) fn to_pyerr(py: Python<'_>, key: Option<&str>, error: Error) -> PyErr {
+    match (error, key) {
+        (Error::InvalidKey(_), Some(key)) => invalid_key(py, key),
+        (error, _) => store_error(error),
+    }
+}
+
+/// The exception for `error`, created without the GIL (for calls finished
+/// on the blocking pool; their keys were checked before they were sent).
+pub(crate) fn store_error(error: Error) -> PyErr {
     let message = error.to_string();
     match error {
-        Error::InvalidKey(_) => match key {
-            Some(key) => invalid_key(py, key),
-            None => PyValueError::new_err(message),
-        },
+        Error::InvalidKey(_) | Error::Config(_) => PyValueError::new_err(message),
         Error::Connect { .. } | Error::Io { .. } => CacheConnectionError::new_err(message),
         Error::Timeout { .. } => CacheTimeoutError::new_err(message),
         Error::Protocol { .. } => CacheProtocolError::new_err(message),
         Error::Server { .. } => CacheServerError::new_err(message),
         Error::ValueTooLarge { .. } => ValueTooLargeError::new_err(message),
         Error::NotANumber { .. } => PyTypeError::new_err(message),
-        Error::Config(_) => PyValueError::new_err(message),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `racefree._core.FileStore`: the locking file store for Python.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+use super::aio::{self, Bytes};
 use crate::filestore::{Error, FileStore as Store, Limits};
 
 pyo3::import_exception!(racefree.exceptions, LockTimeoutError);
@@ -81,10 +83,7 @@ impl FileStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<()> {
-        let limits = Limits {
-            max_entries,
-            cull_frequency,
-        };
+        let limits = Limits::new(max_entries, cull_frequency);
         py.detach(|| self.store.set(key.as_bytes(), flags, value, expires, now, limits))
             .map_err(to_pyerr)
     }
@@ -102,10 +101,7 @@ impl FileStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<bool> {
-        let limits = Limits {
-            max_entries,
-            cull_frequency,
-        };
+        let limits = Limits::new(max_entries, cull_frequency);
         py.detach(|| self.store.add(key.as_bytes(), flags, value, expires, now, limits))
             .map_err(to_pyerr)
     }
@@ -161,10 +157,7 @@ impl FileStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<()> {
-        let limits = Limits {
-            max_entries,
-            cull_frequency,
-        };
+        let limits = Limits::new(max_entries, cull_frequency);
         let entries = items
             .iter()
             .map(|(key, flags, value)| Ok((key.to_str()?, *flags, value.as_bytes())))
@@ -190,6 +183,123 @@ impl FileStore {
     /// Remove every entry; other files in the directory are left alone.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.store.clear()).map_err(to_pyerr)
+    }
+
+    // The async versions: the same calls on the blocking pool, each
+    // returning an asyncio.Future (see aio.rs).
+
+    fn aget<'py>(&self, py: Python<'py>, key: String, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            let found = store.get(key.as_bytes(), now).map_err(to_pyerr)?;
+            Ok(found.map(|v| (v.flags, Bytes(v.value))))
+        })
+    }
+
+    fn ahas_key<'py>(&self, py: Python<'py>, key: String, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.contains(key.as_bytes(), now).map_err(to_pyerr))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn aset<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        flags: u32,
+        value: Vec<u8>,
+        expires: f64,
+        now: f64,
+        max_entries: i64,
+        cull_frequency: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (store, limits) = (Arc::clone(&self.store), Limits::new(max_entries, cull_frequency));
+        aio::spawn(py, move || {
+            store
+                .set(key.as_bytes(), flags, &value, expires, now, limits)
+                .map_err(to_pyerr)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn aadd<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        flags: u32,
+        value: Vec<u8>,
+        expires: f64,
+        now: f64,
+        max_entries: i64,
+        cull_frequency: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (store, limits) = (Arc::clone(&self.store), Limits::new(max_entries, cull_frequency));
+        aio::spawn(py, move || {
+            store
+                .add(key.as_bytes(), flags, &value, expires, now, limits)
+                .map_err(to_pyerr)
+        })
+    }
+
+    fn atouch<'py>(&self, py: Python<'py>, key: String, expires: f64, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.touch(key.as_bytes(), expires, now).map_err(to_pyerr))
+    }
+
+    fn adelete<'py>(&self, py: Python<'py>, key: String, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.delete(key.as_bytes(), now).map_err(to_pyerr))
+    }
+
+    fn aincr<'py>(&self, py: Python<'py>, key: String, delta: i128, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.incr(key.as_bytes(), delta, now).map_err(to_pyerr))
+    }
+
+    /// `{key: (flags, value)}` for the live keys.
+    fn aget_many<'py>(&self, py: Python<'py>, keys: Vec<String>, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            let mut found = HashMap::new();
+            for key in keys {
+                if let Some(value) = store.get(key.as_bytes(), now).map_err(to_pyerr)? {
+                    found.insert(key, (value.flags, Bytes(value.value)));
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn aset_many<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(String, u32, Vec<u8>)>,
+        expires: f64,
+        now: f64,
+        max_entries: i64,
+        cull_frequency: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (store, limits) = (Arc::clone(&self.store), Limits::new(max_entries, cull_frequency));
+        aio::spawn(py, move || {
+            items
+                .iter()
+                .try_for_each(|(key, flags, value)| store.set(key.as_bytes(), *flags, value, expires, now, limits))
+                .map_err(to_pyerr)
+        })
+    }
+
+    fn adelete_many<'py>(&self, py: Python<'py>, keys: Vec<String>, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            keys.iter()
+                .try_for_each(|key| store.delete(key.as_bytes(), now).map(drop))
+                .map_err(to_pyerr)
+        })
+    }
+
+    fn aclear<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.clear().map_err(to_pyerr))
     }
 
     /// Entries in the cache, as counted in shared memory.

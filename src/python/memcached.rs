@@ -7,8 +7,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-use super::errors::{invalid_key, to_pyerr};
-use crate::memcached::{BatchFailure, Client, Config, Entry, StoreMode, StoreOutcome, protocol};
+use super::aio::{self, Bytes, Finish, Finished};
+use super::errors::{invalid_key, store_error, to_pyerr};
+use crate::memcached::{BatchFailure, Client, Config, Entry, Item, StoreMode, StoreOutcome, protocol};
 
 /// A pooled, thread-safe memcached client. Values are `(flags, bytes)`
 /// pairs; the flags are pymemcache's serializer flags, set in Python.
@@ -72,6 +73,87 @@ fn batch_error(
         value.setattr("partial", partial)?;
     }
     Ok(error)
+}
+
+/// `get_many`'s dict (keyed by the given key objects), or its first failure.
+fn get_many_result<'py>(
+    py: Python<'py>,
+    keys: &[Bound<'py, PyString>],
+    found: Vec<Option<Item>>,
+    failures: Vec<BatchFailure>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let result = PyDict::new(py);
+    for (key, item) in keys.iter().zip(found) {
+        if let Some(item) = item {
+            result.set_item(key, (item.flags, PyBytes::new(py, &item.value)))?;
+        }
+    }
+    if failures.is_empty() {
+        Ok(result)
+    } else {
+        Err(batch_error(py, keys, failures, Vec::new(), Some(result))?)
+    }
+}
+
+/// `set_many`'s keys not stored (too large), or its first failure.
+fn set_many_result<'py>(
+    py: Python<'py>,
+    keys: &[Bound<'py, PyString>],
+    outcomes: &[StoreOutcome],
+    failures: Vec<BatchFailure>,
+) -> PyResult<Bound<'py, PyList>> {
+    let too_large: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, outcome)| **outcome == StoreOutcome::TooLarge)
+        .map(|(index, _)| index)
+        .collect();
+    if !failures.is_empty() {
+        return Err(batch_error(py, keys, failures, too_large, None)?);
+    }
+    PyList::new(py, too_large.iter().map(|&index| &keys[index]))
+}
+
+/// A batch's key objects (returned with the result) and their checked
+/// bytes (owned, for the call on the blocking pool).
+type OwnedKeys = (Vec<Py<PyString>>, Vec<Vec<u8>>);
+
+fn owned_keys(py: Python<'_>, keys: &[Bound<'_, PyString>]) -> PyResult<OwnedKeys> {
+    let wire = wire_keys(py, keys)?
+        .into_iter()
+        .map(|key| key.as_bytes().to_vec())
+        .collect();
+    Ok((keys.iter().map(|key| key.clone().unbind()).collect(), wire))
+}
+
+fn bind_all<'py>(py: Python<'py>, keys: Vec<Py<PyString>>) -> Vec<Bound<'py, PyString>> {
+    keys.into_iter().map(|key| key.into_bound(py)).collect()
+}
+
+/// What an async batch call brings back to the event loop thread.
+enum BatchOutcome {
+    Get(Vec<Py<PyString>>, Vec<Option<Item>>, Vec<BatchFailure>),
+    Set(Vec<Py<PyString>>, Vec<StoreOutcome>, Vec<BatchFailure>),
+    Delete(Vec<Py<PyString>>, Vec<BatchFailure>),
+}
+
+impl Finish for BatchOutcome {
+    fn finish(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self {
+            BatchOutcome::Get(keys, found, failures) => get_many_result(py, &bind_all(py, keys), found, failures)?
+                .into_any()
+                .unbind(),
+            BatchOutcome::Set(keys, outcomes, failures) => {
+                set_many_result(py, &bind_all(py, keys), &outcomes, failures)?
+                    .into_any()
+                    .unbind()
+            }
+            BatchOutcome::Delete(_, failures) if failures.is_empty() => py.None(),
+            BatchOutcome::Delete(keys, failures) => {
+                return Err(batch_error(py, &bind_all(py, keys), failures, Vec::new(), None)?);
+            }
+        })
+    }
 }
 
 #[pymethods]
@@ -176,17 +258,7 @@ impl MemcachedClient {
         let (found, failures) = py
             .detach(|| self.client.get_many(&wire))
             .map_err(|e| to_pyerr(py, None, e))?;
-        let result = PyDict::new(py);
-        for (key, item) in keys.iter().zip(found) {
-            if let Some(item) = item {
-                result.set_item(key, (item.flags, PyBytes::new(py, &item.value)))?;
-            }
-        }
-        if failures.is_empty() {
-            Ok(result)
-        } else {
-            Err(batch_error(py, &keys, failures, Vec::new(), Some(result))?)
-        }
+        get_many_result(py, &keys, found, failures)
     }
 
     /// Store `(key, flags, value)` triples; returns the keys not stored
@@ -212,16 +284,7 @@ impl MemcachedClient {
         let (outcomes, failures) = py
             .detach(|| self.client.set_many(&entries, ttl))
             .map_err(|e| to_pyerr(py, None, e))?;
-        let too_large: Vec<usize> = outcomes
-            .iter()
-            .enumerate()
-            .filter(|(_, outcome)| **outcome == StoreOutcome::TooLarge)
-            .map(|(index, _)| index)
-            .collect();
-        if !failures.is_empty() {
-            return Err(batch_error(py, &keys, failures, too_large, None)?);
-        }
-        PyList::new(py, too_large.iter().map(|&index| &keys[index]))
+        set_many_result(py, &keys, &outcomes, failures)
     }
 
     /// Delete keys; a failed server raises, with `failed_keys`.
@@ -231,10 +294,9 @@ impl MemcachedClient {
         let failures = py
             .detach(|| self.client.delete_many(&wire))
             .map_err(|e| to_pyerr(py, None, e))?;
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(batch_error(py, &keys, failures, Vec::new(), None)?)
+        match failures.is_empty() {
+            true => Ok(()),
+            false => Err(batch_error(py, &keys, failures, Vec::new(), None)?),
         }
     }
 
@@ -248,8 +310,137 @@ impl MemcachedClient {
         py.detach(|| self.client.close_idle());
     }
 
+    // The async versions: the same calls, run on the blocking pool; each
+    // returns an asyncio.Future (see aio.rs). Keys are checked here, with
+    // the GIL, so the InvalidCacheKey message is Django's.
+
+    fn aget<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        let (client, wire) = (Arc::clone(&self.client), wire_key(py, key)?.to_vec());
+        aio::spawn(py, move || {
+            let found = client.get(&wire).map_err(store_error)?;
+            Ok(found.map(|item| (item.flags, Bytes(item.value))))
+        })
+    }
+
+    fn ahas_key<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        let (client, wire) = (Arc::clone(&self.client), wire_key(py, key)?.to_vec());
+        aio::spawn(py, move || client.contains(&wire).map_err(store_error))
+    }
+
+    fn atouch<'py>(&self, py: Python<'py>, key: &str, ttl: i64) -> PyResult<Bound<'py, PyAny>> {
+        let (client, wire) = (Arc::clone(&self.client), wire_key(py, key)?.to_vec());
+        aio::spawn(py, move || client.touch(&wire, ttl).map_err(store_error))
+    }
+
+    fn aset<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        flags: u32,
+        value: Vec<u8>,
+        ttl: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.astore(py, key, flags, value, ttl, StoreMode::Set)
+    }
+
+    fn aadd<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        flags: u32,
+        value: Vec<u8>,
+        ttl: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.astore(py, key, flags, value, ttl, StoreMode::Add)
+    }
+
+    fn adelete<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+        let (client, wire) = (Arc::clone(&self.client), wire_key(py, key)?.to_vec());
+        aio::spawn(py, move || client.delete(&wire).map_err(store_error))
+    }
+
+    fn aincr<'py>(&self, py: Python<'py>, key: &str, delta: u64) -> PyResult<Bound<'py, PyAny>> {
+        self.aarithmetic(py, key, delta, false)
+    }
+
+    fn adecr<'py>(&self, py: Python<'py>, key: &str, delta: u64) -> PyResult<Bound<'py, PyAny>> {
+        self.aarithmetic(py, key, delta, true)
+    }
+
+    fn aget_many<'py>(&self, py: Python<'py>, keys: Vec<Bound<'py, PyString>>) -> PyResult<Bound<'py, PyAny>> {
+        let client = Arc::clone(&self.client);
+        let (keys, wire) = owned_keys(py, &keys)?;
+        aio::spawn(py, move || {
+            let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
+            let (found, failures) = client.get_many(&wire).map_err(store_error)?;
+            Ok(Finished(BatchOutcome::Get(keys, found, failures)))
+        })
+    }
+
+    fn aset_many<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(Bound<'py, PyString>, u32, Vec<u8>)>,
+        ttl: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let client = Arc::clone(&self.client);
+        let keys: Vec<Bound<'py, PyString>> = items.iter().map(|(key, _, _)| key.clone()).collect();
+        let (keys, wire) = owned_keys(py, &keys)?;
+        let values: Vec<(u32, Vec<u8>)> = items.into_iter().map(|(_, flags, value)| (flags, value)).collect();
+        aio::spawn(py, move || {
+            let entries: Vec<Entry> = wire
+                .iter()
+                .zip(&values)
+                .map(|(key, (flags, value))| Entry {
+                    key,
+                    value,
+                    flags: *flags,
+                })
+                .collect();
+            let (outcomes, failures) = client.set_many(&entries, ttl).map_err(store_error)?;
+            Ok(Finished(BatchOutcome::Set(keys, outcomes, failures)))
+        })
+    }
+
+    fn adelete_many<'py>(&self, py: Python<'py>, keys: Vec<Bound<'py, PyString>>) -> PyResult<Bound<'py, PyAny>> {
+        let client = Arc::clone(&self.client);
+        let (keys, wire) = owned_keys(py, &keys)?;
+        aio::spawn(py, move || {
+            let wire: Vec<&[u8]> = wire.iter().map(Vec::as_slice).collect();
+            let failures = client.delete_many(&wire).map_err(store_error)?;
+            Ok(Finished(BatchOutcome::Delete(keys, failures)))
+        })
+    }
+
+    fn aflush_all<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let client = Arc::clone(&self.client);
+        aio::spawn(py, move || client.flush_all().map_err(store_error))
+    }
+
     /// Idle pooled connections per server.
     fn idle_connections(&self) -> Vec<usize> {
         self.client.idle_connections()
+    }
+}
+
+impl MemcachedClient {
+    fn astore<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        flags: u32,
+        value: Vec<u8>,
+        ttl: i64,
+        mode: StoreMode,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (client, wire) = (Arc::clone(&self.client), wire_key(py, key)?.to_vec());
+        aio::spawn(py, move || {
+            client.store(&wire, &value, flags, ttl, mode).map_err(store_error)
+        })
+    }
+
+    fn aarithmetic<'py>(&self, py: Python<'py>, key: &str, delta: u64, decrement: bool) -> PyResult<Bound<'py, PyAny>> {
+        let (client, wire) = (Arc::clone(&self.client), wire_key(py, key)?.to_vec());
+        aio::spawn(py, move || client.incr(&wire, delta, decrement).map_err(store_error))
     }
 }

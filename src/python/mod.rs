@@ -2,6 +2,7 @@
 //! releases the GIL around every I/O call, and maps store errors to the
 //! exceptions in `racefree.exceptions`. Serialization stays in Python.
 
+mod aio;
 mod errors;
 mod filestore;
 mod forwarding;
@@ -25,5 +26,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<forwarding::ForwardingCore>()?;
     m.add_class::<forwarding::Lease>()?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(aio::_close_async_gate, m)?)?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyString};
 
+use super::aio::{self, Bytes};
 use super::errors::{CacheConnectionError, CacheServerError, CacheTimeoutError};
 use crate::Limits;
 use crate::pgstore::{Error, PgStore as Store, Settings, expiry, moment};
@@ -31,13 +32,6 @@ fn to_pyerr(error: Error) -> PyErr {
         Error::Database { .. } => CacheServerError::new_err(message),
         Error::InvalidKey(_) => InvalidCacheKey::new_err(message),
         Error::Config(_) => PyValueError::new_err(message),
-    }
-}
-
-fn limits(max_entries: i64, cull_frequency: i64) -> Limits {
-    Limits {
-        max_entries,
-        cull_frequency,
     }
 }
 
@@ -182,7 +176,7 @@ impl PgStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<()> {
-        let limits = limits(max_entries, cull_frequency);
+        let limits = Limits::new(max_entries, cull_frequency);
         py.detach(|| self.store.set(key, value, expiry(expires), moment(now), limits))
             .map_err(to_pyerr)
     }
@@ -199,7 +193,7 @@ impl PgStore {
         max_entries: i64,
         cull_frequency: i64,
     ) -> PyResult<bool> {
-        let limits = limits(max_entries, cull_frequency);
+        let limits = Limits::new(max_entries, cull_frequency);
         py.detach(|| self.store.add(key, value, expiry(expires), moment(now), limits))
             .map_err(to_pyerr)
     }
@@ -218,7 +212,7 @@ impl PgStore {
             .iter()
             .map(|(key, value)| Ok((key.to_str()?, value.as_bytes())))
             .collect::<PyResult<Vec<_>>>()?;
-        let limits = limits(max_entries, cull_frequency);
+        let limits = Limits::new(max_entries, cull_frequency);
         py.detach(|| self.store.set_many(&pairs, expiry(expires), moment(now), limits))
             .map_err(to_pyerr)
     }
@@ -264,6 +258,131 @@ impl PgStore {
     /// Remove every entry.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         py.detach(|| self.store.clear()).map_err(to_pyerr)
+    }
+
+    // The async versions: the same calls on the blocking pool, each
+    // returning an asyncio.Future (see aio.rs).
+
+    fn aget<'py>(&self, py: Python<'py>, key: String, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            Ok(store.get(&key, moment(now)).map_err(to_pyerr)?.map(Bytes))
+        })
+    }
+
+    fn aget_many<'py>(&self, py: Python<'py>, keys: Vec<String>, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let found = store.get_many(&keys, moment(now)).map_err(to_pyerr)?;
+            Ok(found
+                .into_iter()
+                .map(|(key, value)| (key, Bytes(value)))
+                .collect::<HashMap<_, _>>())
+        })
+    }
+
+    fn ahas_key<'py>(&self, py: Python<'py>, key: String, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.contains(&key, moment(now)).map_err(to_pyerr))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn aset<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        value: Vec<u8>,
+        expires: f64,
+        now: f64,
+        max_entries: i64,
+        cull_frequency: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (store, limits) = (Arc::clone(&self.store), Limits::new(max_entries, cull_frequency));
+        aio::spawn(py, move || {
+            store
+                .set(&key, &value, expiry(expires), moment(now), limits)
+                .map_err(to_pyerr)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn aadd<'py>(
+        &self,
+        py: Python<'py>,
+        key: String,
+        value: Vec<u8>,
+        expires: f64,
+        now: f64,
+        max_entries: i64,
+        cull_frequency: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (store, limits) = (Arc::clone(&self.store), Limits::new(max_entries, cull_frequency));
+        aio::spawn(py, move || {
+            store
+                .add(&key, &value, expiry(expires), moment(now), limits)
+                .map_err(to_pyerr)
+        })
+    }
+
+    fn aset_many<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(String, Vec<u8>)>,
+        expires: f64,
+        now: f64,
+        max_entries: i64,
+        cull_frequency: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (store, limits) = (Arc::clone(&self.store), Limits::new(max_entries, cull_frequency));
+        aio::spawn(py, move || {
+            let pairs: Vec<(&str, &[u8])> = items
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_slice()))
+                .collect();
+            store
+                .set_many(&pairs, expiry(expires), moment(now), limits)
+                .map_err(to_pyerr)
+        })
+    }
+
+    fn atouch<'py>(&self, py: Python<'py>, key: String, expires: f64, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            store.touch(&key, expiry(expires), moment(now)).map_err(to_pyerr)
+        })
+    }
+
+    fn adelete<'py>(&self, py: Python<'py>, key: String, now: f64) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.delete(&key, moment(now)).map_err(to_pyerr))
+    }
+
+    fn adelete_many<'py>(&self, py: Python<'py>, keys: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            store.delete_many(&keys).map_err(to_pyerr)
+        })
+    }
+
+    /// `update`, awaited: `change` runs (with the GIL) on a pool thread
+    /// while the key is locked, so the read-add-write stays one transaction.
+    fn aupdate<'py>(&self, py: Python<'py>, key: String, now: f64, change: Py<PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || {
+            let outcome = store
+                .update(&key, moment(now), |current| {
+                    aio::with_python(|py| change.call1(py, (PyBytes::new(py, current),))?.extract::<Vec<u8>>(py))
+                })
+                .map_err(to_pyerr)?;
+            Ok(outcome?.map(Bytes))
+        })
+    }
+
+    fn aclear<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let store = Arc::clone(&self.store);
+        aio::spawn(py, move || store.clear().map_err(to_pyerr))
     }
 
     /// Close idle connections (e.g. before the database is dropped).

@@ -237,7 +237,7 @@ class Postgres:
             command = [
                 os.path.join(self.bindir, "postgres"), "-D", self.datadir, "-p", str(self.port),
                 "-k", self.socketdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=200",
+                "-c", "full_page_writes=off", "-c", "max_connections=400",
             ]
             self.log = open(os.path.join(self.tempdir, "server.log"), "ab")
             self.process = subprocess.Popen(

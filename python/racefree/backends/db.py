@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from racefree._core import PgStore
 from racefree._keys import KeyMaking
 from racefree.backends._failures import FailurePolicy
+from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import (
     Option,
     boolean,
@@ -159,6 +160,7 @@ def _close_before_test_databases_drop():
     DatabaseCreation._destroy_test_db = destroy_after_closing_pools
 
 
+@with_async_twins
 class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
     server_kind = "PostgreSQL cache"
 
@@ -191,21 +193,23 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
             logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
             return default
 
+    @store_operation
     def get(self, key, default=None, version=None):
         key = self._key(key, version)
         try:
-            data = self._store.get(key, time.time())
+            data = yield self._store.get, (key, time.time())
         except CacheError as error:
             self._server_failed("get", error)
             return default
         return default if data is None else self._load(key, data, default)
 
+    @store_operation
     def get_many(self, keys, version=None):
         key_map = {self._key(key, version): key for key in keys}
         if not key_map:
             return {}
         try:
-            found = self._store.get_many(list(key_map), time.time())
+            found = yield self._store.get_many, (list(key_map), time.time())
         except CacheError as error:
             self._server_failed("get_many", error)
             return {}
@@ -217,71 +221,75 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
                 result[key_map[key]] = value
         return result
 
+    @store_operation
     def has_key(self, key, version=None):
         key = self._key(key, version)
         try:
-            return self._store.has_key(key, time.time())
+            return (yield self._store.has_key, (key, time.time()))
         except CacheError as error:
             self._server_failed("has_key", error)
             return False
 
+    @store_operation
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         data = pickle.dumps(value, self._pickle_protocol)
         try:
-            self._store.set(
-                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-            )
+            yield self._store.set, (key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
         except CacheError as error:
             self._server_failed("set", error)
 
+    @store_operation
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         data = pickle.dumps(value, self._pickle_protocol)
         try:
-            return self._store.add(
-                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-            )
+            return (yield self._store.add, (key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency))
         except CacheError as error:
             self._server_failed("add", error)
             return False
 
+    @store_operation
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         items = [(self._key(key, version), pickle.dumps(value, self._pickle_protocol)) for key, value in data.items()]
         if not items:
             return []
         try:
-            self._store.set_many(items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
+            yield self._store.set_many, (items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
         except CacheError as error:
             self._server_failed("set_many", error)
             return list(data)
         return []
 
+    @store_operation
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         try:
-            return self._store.touch(key, self._expiry(timeout), time.time())
+            return (yield self._store.touch, (key, self._expiry(timeout), time.time()))
         except CacheError as error:
             self._server_failed("touch", error)
             return False
 
+    @store_operation
     def delete(self, key, version=None):
         key = self._key(key, version)
         try:
-            return self._store.delete(key, time.time())
+            return (yield self._store.delete, (key, time.time()))
         except CacheError as error:
             self._server_failed("delete", error)
             return False
 
+    @store_operation
     def delete_many(self, keys, version=None):
         keys = [self._key(key, version) for key in keys]
         if not keys:
             return
         try:
-            self._store.delete_many(keys)
+            yield self._store.delete_many, (keys,)
         except CacheError as error:
             self._server_failed("delete_many", error)
 
+    @store_operation
     def incr(self, key, delta=1, version=None):
         """Atomic across every worker: the key is locked (advisory and row
         locks) while ``value + delta`` is computed and written. Keeps the
@@ -295,7 +303,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
             return pickle.dumps(value, self._pickle_protocol)
 
         try:
-            written = self._store.update(key, time.time(), add_delta)
+            written = yield self._store.update, (key, time.time(), add_delta)
         except CacheError as error:
             self._server_failed("incr", error)
             written = None
@@ -303,8 +311,9 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
             raise ValueError("Key '%s' not found" % key)
         return results[-1]
 
+    @store_operation
     def clear(self):
         try:
-            self._store.clear()
+            yield self._store.clear, ()
         except CacheError as error:
             self._server_failed("clear", error)

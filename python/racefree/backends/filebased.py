@@ -20,6 +20,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
 from racefree._core import FileStore
 from racefree._keys import KeyMaking
+from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, read_options
 from racefree.serialization import decode_found, decode_or, encode, pickle_protocol
 
@@ -43,6 +44,7 @@ def shared_store(directory, lock_timeout):
         return store
 
 
+@with_async_twins
 class FileBasedCache(KeyMaking, BaseCache):
     def __init__(self, dir, params):
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -65,71 +67,76 @@ class FileBasedCache(KeyMaking, BaseCache):
         """The file that holds ``key`` (as Django's backend offers)."""
         return str(self._store.path_for(self.make_and_validate_key(key, version=version)))
 
+    @store_operation
     def get(self, key, default=None, version=None):
         key = self._key(key, version)
-        item = self._store.get(key, time.time())
+        item = yield self._store.get, (key, time.time())
         if item is None:
             return default
         return decode_or(default, key, *item)
 
+    @store_operation
     def has_key(self, key, version=None):
         key = self._key(key, version)
-        return self._store.has_key(key, time.time())
+        return (yield self._store.has_key, (key, time.time()))
 
+    @store_operation
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         flags, data = encode(value, self._pickle_protocol)
-        self._store.set(
-            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-        )
+        yield self._store.set, (key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
 
+    @store_operation
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         flags, data = encode(value, self._pickle_protocol)
-        return self._store.add(
-            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-        )
+        return (yield self._store.add, (key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency))
 
+    @store_operation
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        return self._store.touch(key, self._expiry(timeout), time.time())
+        return (yield self._store.touch, (key, self._expiry(timeout), time.time()))
 
+    @store_operation
     def delete(self, key, version=None):
         key = self._key(key, version)
-        return self._store.delete(key, time.time())
+        return (yield self._store.delete, (key, time.time()))
 
+    @store_operation
     def incr(self, key, delta=1, version=None):
         """Atomic across threads and processes; keeps the key's expiry. A
         missing key raises ValueError, a non-integer value TypeError."""
         key = self._key(key, version)
-        value = self._store.incr(key, delta, time.time())
+        value = yield self._store.incr, (key, delta, time.time())
         if value is None:
             raise ValueError("Key '%s' not found" % key)
         return value
 
+    @store_operation
     def get_many(self, keys, version=None):
         key_map = {self._key(key, version): key for key in keys}
         if not key_map:
             return {}
-        found = self._store.get_many(list(key_map), time.time())
+        found = yield self._store.get_many, (list(key_map), time.time())
         return decode_found(found, key_map)
 
+    @store_operation
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         items = [
             (self._key(key, version), *encode(value, self._pickle_protocol))
             for key, value in data.items()
         ]
         if items:
-            self._store.set_many(
-                items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-            )
+            yield self._store.set_many, (items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
         return []
 
+    @store_operation
     def delete_many(self, keys, version=None):
         keys = [self._key(key, version) for key in keys]
         if keys:
-            self._store.delete_many(keys, time.time())
+            yield self._store.delete_many, (keys, time.time())
 
+    @store_operation
     def clear(self):
         """Remove every entry; other files in the directory stay."""
-        self._store.clear()
+        yield self._store.clear, ()

@@ -20,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from racefree._core import MemcachedClient
 from racefree._keys import KeyMaking, memcached_key_error
 from racefree.backends._failures import FailurePolicy
+from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import (
     Option,
     boolean,
@@ -100,6 +101,7 @@ def split_location(location):
     return list(location)
 
 
+@with_async_twins
 class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
     # The store refuses invalid keys itself, before anything is sent.
     checks_keys_natively = True
@@ -142,10 +144,11 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
         if error is not None:
             raise error
 
+    @store_operation
     def get(self, key, default=None, version=None):
         key = self._key(key, version)
         try:
-            item = self._client.get(key)
+            item = yield self._client.get, (key,)
         except CacheError as error:
             self._server_failed("get", error)
             return default
@@ -153,47 +156,53 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
             return default
         return decode_or(default, key, *item)
 
+    @store_operation
     def has_key(self, key, version=None):
         key = self._key(key, version)
         try:
-            return self._client.has_key(key)
+            return (yield self._client.has_key, (key,))
         except CacheError as error:
             self._server_failed("has_key", error)
             return False
 
+    @store_operation
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         flags, data = encode(value, self._pickle_protocol)
         try:
-            self._client.set(key, flags, data, self.get_backend_timeout(timeout))
+            yield self._client.set, (key, flags, data, self.get_backend_timeout(timeout))
         except CacheError as error:
             self._server_failed("set", error)
 
+    @store_operation
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         flags, data = encode(value, self._pickle_protocol)
         try:
-            return self._client.add(key, flags, data, self.get_backend_timeout(timeout))
+            return (yield self._client.add, (key, flags, data, self.get_backend_timeout(timeout)))
         except CacheError as error:
             self._server_failed("add", error)
             return False
 
+    @store_operation
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         try:
-            return self._client.touch(key, self.get_backend_timeout(timeout))
+            return (yield self._client.touch, (key, self.get_backend_timeout(timeout)))
         except CacheError as error:
             self._server_failed("touch", error)
             return False
 
+    @store_operation
     def delete(self, key, version=None):
         key = self._key(key, version)
         try:
-            return self._client.delete(key)
+            return (yield self._client.delete, (key,))
         except CacheError as error:
             self._server_failed("delete", error)
             return False
 
+    @store_operation
     def incr(self, key, delta=1, version=None):
         """Memcached's atomic increment. A missing key raises ValueError;
         a value memcached cannot count with raises TypeError; as in
@@ -201,9 +210,9 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
         key = self._key(key, version)
         try:
             if delta < 0:
-                value = self._client.decr(key, -delta)
+                value = yield self._client.decr, (key, -delta)
             else:
-                value = self._client.incr(key, delta)
+                value = yield self._client.incr, (key, delta)
         except CacheError as error:
             self._server_failed("incr", error)
             value = None
@@ -211,17 +220,19 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
             raise ValueError("Key '%s' not found" % key)
         return value
 
+    @store_operation
     def get_many(self, keys, version=None):
         key_map = {self._key(key, version): key for key in keys}
         if not key_map:
             return {}
         try:
-            found = self._client.get_many(list(key_map))
+            found = yield self._client.get_many, (list(key_map),)
         except CacheError as error:
             self._server_failed("get_many", error)
             found = getattr(error, "partial", {})
         return decode_found(found, key_map)
 
+    @store_operation
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         original_keys = {}
         items = []
@@ -232,27 +243,30 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
         if not items:
             return []
         try:
-            failed = self._client.set_many(items, self.get_backend_timeout(timeout))
+            failed = yield self._client.set_many, (items, self.get_backend_timeout(timeout))
         except CacheError as error:
             self._server_failed("set_many", error)
             failed = getattr(error, "failed_keys", list(original_keys))
         return [original_keys[key] for key in failed]
 
+    @store_operation
     def delete_many(self, keys, version=None):
         keys = [self._key(key, version) for key in keys]
         if not keys:
             return
         try:
-            self._client.delete_many(keys)
+            yield self._client.delete_many, (keys,)
         except CacheError as error:
             self._server_failed("delete_many", error)
 
+    @store_operation
     def clear(self):
         """Empty every server of LOCATION (memcached ``flush_all``)."""
         try:
-            self._client.flush_all()
+            yield self._client.flush_all, ()
         except CacheError as error:
             self._server_failed("clear", error)
+
 
     def close(self, **kwargs):
         """Keep the pooled connections: Django calls this after every

@@ -1,0 +1,299 @@
+"""The native async methods on real servers: exact results under 200
+concurrent tasks, calls that really overlap, several loops and threads,
+cancellation and loop shutdown with calls in flight, errors, and a clean
+interpreter exit. (Every behaviour test of Django's suite also runs through
+the async API: see support/through_async.py.)"""
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.core.cache import InvalidCacheKey
+from django.db import connection
+
+from racefree.backends.db import DatabaseCache
+from racefree.backends.filebased import FileBasedCache
+from racefree.backends.memcached import MemcachedCache
+from racefree.exceptions import CacheConnectionError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+
+
+@pytest.fixture(params=["memcached", "file", "database"])
+def backend(request, memcached, tmp_path):
+    """Each racefree backend, on its real server (or directory)."""
+    if request.param == "memcached":
+        cache = MemcachedCache(memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:8]})
+    elif request.param == "file":
+        cache = FileBasedCache(str(tmp_path), {"OPTIONS": {"MAX_ENTRIES": 1_000_000}})
+    else:
+        cache = DatabaseCache(request.getfixturevalue("table"), {"OPTIONS": {"MAX_ENTRIES": 1_000_000}})
+    return cache
+
+
+def test_async_methods_are_native_coroutines(backend):
+    # Overridden on the backend itself, not BaseCache's sync_to_async hops.
+    for name in ("aget", "aset", "aadd", "atouch", "adelete", "aget_many", "aset_many", "adelete_many",
+                 "ahas_key", "aincr", "aclear"):
+        method = getattr(type(backend), name)
+        assert asyncio.iscoroutinefunction(method), name
+        assert method.__module__.startswith("racefree."), name
+
+
+def test_two_hundred_tasks_on_one_loop_get_exact_results(backend):
+    tasks, rounds = 200, 5
+
+    async def worker(index):
+        mine = 0
+        for n in range(rounds):
+            await backend.aset(f"value-{index}", (index, n))
+            assert await backend.aget(f"value-{index}") == (index, n)
+            await backend.aincr("counter")
+            mine += 1
+        return mine
+
+    async def main():
+        await backend.aset("counter", 0)
+        done = await asyncio.gather(*(worker(i) for i in range(tasks)))
+        values = await backend.aget_many([f"value-{i}" for i in range(tasks)])
+        return sum(done), await backend.aget("counter"), values
+
+    increments, counter, values = asyncio.run(main())
+    assert increments == tasks * rounds
+    assert counter == tasks * rounds, "every aincr counted exactly once"
+    assert values == {f"value-{i}": (i, rounds - 1) for i in range(tasks)}
+
+
+def test_aadd_has_exactly_one_winner_among_concurrent_tasks(backend):
+    async def main():
+        return await asyncio.gather(*(backend.aadd("fresh", i) for i in range(100)))
+
+    wins = asyncio.run(main())
+    assert wins.count(True) == 1
+    assert backend.get("fresh") == wins.index(True)
+
+
+def test_loops_in_several_threads_at_once(backend):
+    backend.set("shared", 0)
+    errors = []
+
+    def thread(index):
+        async def main():
+            for n in range(50):
+                await backend.aincr("shared")
+                await backend.aset(f"t{index}", n)
+            return await backend.aget(f"t{index}")
+
+        try:
+            assert asyncio.run(main()) == 49
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=thread, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert backend.get("shared") == 200
+
+
+def test_async_errors_are_the_sync_errors(backend):
+    async def main():
+        with pytest.raises(ValueError, match="not found"):
+            await backend.aincr("missing")
+        await backend.aset("text", "not a number")
+        with pytest.raises(TypeError):
+            await backend.aincr("text")
+
+    asyncio.run(main())
+
+
+def test_async_invalid_key_is_djangos_error(memcached):
+    cache = MemcachedCache(memcached.location, {})
+
+    async def main():
+        with pytest.raises(InvalidCacheKey, match="will cause errors if used with memcached"):
+            await cache.aget("has space")
+        with pytest.raises(InvalidCacheKey):
+            await cache.aset_many({"a b": 1})
+
+    asyncio.run(main())
+
+
+def test_async_down_server_raises_or_reads_as_a_miss(fresh_memcached):
+    location = fresh_memcached.location
+    fresh_memcached.stop()
+    strict = MemcachedCache(location, {"OPTIONS": {"CONNECT_TIMEOUT": 0.5}})
+    lenient = MemcachedCache(location, {"OPTIONS": {"CONNECT_TIMEOUT": 0.5, "IGNORE_EXCEPTIONS": True}})
+
+    async def main():
+        with pytest.raises(CacheConnectionError):
+            await strict.aget("k")
+        assert await lenient.aget("k", "miss") == "miss"
+        assert await lenient.aget_many(["a", "b"]) == {}
+        await lenient.aset("k", 1)  # dropped, not raised
+
+    started = time.monotonic()
+    asyncio.run(main())
+    assert time.monotonic() - started < 5
+
+
+def test_awaits_overlap_on_a_slow_server(table):
+    # Every write to this table takes 0.4 s on the server (a trigger calls
+    # pg_sleep): two concurrent awaits take about one delay, not two.
+    quoted = connection.ops.quote_name(table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.4); RETURN NEW; END $$"
+        )
+        cursor.execute(f"CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON {quoted} FOR EACH ROW EXECUTE FUNCTION slow_write()")
+    try:
+        cache = DatabaseCache(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000}})
+
+        async def timed(*calls):
+            started = time.monotonic()
+            await asyncio.gather(*calls)
+            return time.monotonic() - started
+
+        one = asyncio.run(timed(cache.aset("a", 1)))
+        two = asyncio.run(timed(cache.aset("b", 1), cache.aset("c", 1)))
+        assert one >= 0.4
+        assert two < 0.7, f"two concurrent awaits took {two:.2f} s, one takes {one:.2f} s"
+        assert cache.get_many(["a", "b", "c"]) == {"a": 1, "b": 1, "c": 1}
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER slow ON {quoted}")
+            cursor.execute("DROP FUNCTION slow_write()")
+
+
+def test_cancelled_increments_never_half_apply(table):
+    cache = DatabaseCache(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000, "POOL_SIZE": 4}})
+    cache.set("counter", 0)
+
+    async def main():
+        tasks = [asyncio.ensure_future(cache.aincr("counter")) for _ in range(100)]
+        await asyncio.sleep(0.005)
+        for task in tasks[::2]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return [r for r in results if not isinstance(r, BaseException)]
+
+    completed = asyncio.run(main())
+    # Cancelled calls finish (or not) on the pool; wait until they settle.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        value = cache.get("counter")
+        time.sleep(0.2)
+        if cache.get("counter") == value:
+            break
+    assert isinstance(value, int)
+    assert len(completed) <= value <= 100
+    assert sorted(completed) == sorted(set(completed)), "each completed aincr saw its own value"
+    # No connection was lost to a cancelled call: the pool of 4 still serves.
+    for _ in range(10):
+        assert cache.incr("counter") == value + 1
+        value += 1
+
+
+def test_loop_shutdown_with_calls_in_flight_leaks_no_connection(table):
+    cache = DatabaseCache(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000, "POOL_SIZE": 2, "CONNECT_TIMEOUT": 2}})
+
+    async def main():
+        for i in range(50):
+            asyncio.ensure_future(cache.aset(f"k{i}", i))
+        await asyncio.sleep(0)  # then return: asyncio.run cancels the rest and closes the loop
+
+    asyncio.run(main())
+    loop = asyncio.new_event_loop()
+    tasks = [loop.create_task(cache.aset(f"closed{i}", i)) for i in range(10)]
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()  # pending calls whose loop is gone
+    del tasks
+    time.sleep(0.5)
+    started = time.monotonic()
+    for i in range(20):
+        cache.set(f"after{i}", i)
+        assert cache.get(f"after{i}") == i
+    assert time.monotonic() - started < 2, "a pooled connection was left checked out"
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    sys.path.insert(0, {tests!r})
+    import django
+    from django.conf import settings
+    settings.configure(CACHES={{
+        "default": {{"BACKEND": "racefree.backends.memcached.MemcachedCache", "LOCATION": {location!r}}},
+        "file": {{"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": {directory!r}}},
+    }})
+    django.setup()
+    from django.core.cache import caches
+
+    async def main():
+        memcached, files = caches["default"], caches["file"]
+        await asyncio.gather(*(memcached.aset(f"exit{{i}}", i) for i in range(20)))
+        await asyncio.gather(*(files.aset(f"exit{{i}}", i) for i in range(5)))
+        values = await asyncio.gather(*(memcached.aget(f"exit{{i}}") for i in range(20)))
+        assert values == list(range(20)), values
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_interpreter_exit_right_after_awaited_calls_is_clean(memcached, tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT.format(tests=os.path.join(ROOT, "tests"), location=memcached.location,
+                                         directory=str(tmp_path / "files")))
+
+    def run(_):
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+        return done.returncode, done.stderr
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(run, range(200)))
+    failures = [(code, err[-500:]) for code, err in outcomes if code != 0 or err.strip()]
+    assert failures == [], f"{len(failures)} of 200 runs failed, e.g. {failures[:2]}"
+
+
+def test_aset_of_an_evaluated_queryset_with_deferred_fields(backend):
+    # Replaces Django's *_for_model_instance_with_deferred through the async
+    # API: pickling happens in the caller's coroutine, so a QuerySet is
+    # evaluated (off the loop) before it is cached.
+    from asgiref.sync import sync_to_async
+    from cache.models import Poll, expensive_calculation
+    from django.core.exceptions import SynchronousOnlyOperation
+
+    expensive_calculation.num_runs = 0  # what Django's tests set before using Poll
+    Poll.objects.all().delete()
+    Poll.objects.create(question="What?")
+
+    async def main():
+        lazy = Poll.objects.defer("question")
+        with pytest.raises(SynchronousOnlyOperation):
+            await backend.aset("lazy", lazy)
+        def evaluate():
+            try:
+                return list(lazy)
+            finally:
+                connection.close()  # this worker thread's own connection
+
+        polls = await sync_to_async(evaluate)()
+        await backend.aset("polls", polls)
+        return await backend.aget("polls")
+
+    (poll,) = asyncio.run(main())
+    assert poll.get_deferred_fields() == {"question"}
+    assert poll.pk == Poll.objects.get().pk

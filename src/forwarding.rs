@@ -137,26 +137,23 @@ impl<T> Forwarder<T> {
     /// A lease on the current target, or None when there is none yet or it
     /// was invalidated. Never blocks.
     pub fn try_lease(&self) -> Option<Lease<T>> {
-        loop {
-            if self.stale.load(SeqCst) {
-                return None;
-            }
-            let slot = self.current.load_full()?;
+        self.with_slot(|slot| {
+            // Counted while the call below still holds its own count, so
+            // the slot cannot close in between.
             slot.in_flight.fetch_add(1, SeqCst);
-            let lease = Lease { slot };
-            if !lease.slot.retired.load(SeqCst) {
-                return Some(lease);
-            }
-            // Replaced between the load and the count: its retirement may
-            // not have seen this call, so use the new target instead.
-            drop(lease);
-        }
+            Lease { slot: Arc::clone(slot) }
+        })
     }
 
     /// Run `f` on the current target, holding it open meanwhile, without
     /// taking an owned lease (cheaper: no reference count traffic). None
     /// when `try_lease` would return None.
     pub fn with_current<R>(&self, f: impl FnOnce(&T) -> R) -> Option<R> {
+        self.with_slot(|slot| f(&slot.target))
+    }
+
+    /// Run `f` on the current slot with a call counted in its `in_flight`.
+    fn with_slot<R>(&self, f: impl FnOnce(&Arc<Slot<T>>) -> R) -> Option<R> {
         loop {
             if self.stale.load(SeqCst) {
                 return None;
@@ -164,10 +161,12 @@ impl<T> Forwarder<T> {
             let guard = self.current.load();
             let slot = guard.as_ref()?;
             slot.in_flight.fetch_add(1, SeqCst);
-            let call = InFlight(slot);
+            let _call = InFlight(slot);
             if !slot.retired.load(SeqCst) {
-                return Some(f(&call.0.target));
+                return Some(f(slot));
             }
+            // Replaced between the load and the count: its retirement may
+            // not have seen this call, so use the new target instead.
         }
     }
 

@@ -68,42 +68,61 @@ pub(crate) struct Pool {
 }
 
 /// A connection checked out of a pool. Dropped without `release`, the
-/// connection is closed, never reused.
+/// connection is closed, never reused (and its slot given back).
 pub(crate) struct Lease<'a> {
-    pool: &'a Pool,
-    pub(crate) conn: Option<Connection>,
+    conn: Connection,
+    slot: Slot<'a>,
     _in_flight: InFlight,
 }
 
-impl Lease<'_> {
+/// The pool slot a lease occupies; given back when dropped, unless
+/// `release` already returned the connection to the idle list.
+struct Slot<'a> {
+    pool: &'a Pool,
+    generation: u64,
+    returned: bool,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if !self.returned {
+            self.pool.give_back_slot(Some(self.generation));
+        }
+    }
+}
+
+impl<'a> Lease<'a> {
+    fn new(pool: &'a Pool, conn: Connection) -> Self {
+        let generation = conn.generation;
+        Lease {
+            conn,
+            slot: Slot {
+                pool,
+                generation,
+                returned: false,
+            },
+            _in_flight: InFlight::start(),
+        }
+    }
+
     pub(crate) fn conn(&mut self) -> &mut Connection {
-        // A lease holds its connection until release or drop.
-        self.conn.as_mut().expect("lease holds a connection")
+        &mut self.conn
     }
 
     /// Return the connection to the pool: call only after a complete,
     /// in-step exchange.
-    pub(crate) fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.idle_since = Instant::now();
-            let mut idle = self.pool.idle.lock();
-            if idle.len() < self.pool.config.pool_size && conn.generation == crate::fork::generation() {
-                idle.push(conn);
-                drop(idle);
-                self.pool.give_back_slot(None);
-                return;
-            }
+    pub(crate) fn release(self) {
+        let Lease { mut conn, mut slot, .. } = self;
+        let pool = slot.pool;
+        conn.idle_since = Instant::now();
+        let mut idle = pool.idle.lock();
+        if idle.len() < pool.config.pool_size && conn.generation == crate::fork::generation() {
+            idle.push(conn);
             drop(idle);
-            self.pool.give_back_slot(Some(conn.generation));
+            slot.returned = true;
+            pool.give_back_slot(None);
         }
-    }
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.give_back_slot(Some(conn.generation));
-        }
+        // Otherwise `conn` closes here and `slot` gives its slot back.
     }
 }
 
@@ -135,11 +154,7 @@ impl Pool {
         let mut deadline = None;
         loop {
             if let Some(conn) = self.pop_live_idle(generation) {
-                return Ok(Lease {
-                    pool: self,
-                    conn: Some(conn),
-                    _in_flight: InFlight::start(),
-                });
+                return Ok(Lease::new(self, conn));
             }
             if self.try_take_slot(generation) {
                 return self.dial(generation);
@@ -163,11 +178,7 @@ impl Pool {
     fn dial(&self, generation: u64) -> Result<Lease<'_>> {
         let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
         match Connection::open(&self.address, connect, io, Arc::clone(&self.spin)) {
-            Ok(conn) => Ok(Lease {
-                pool: self,
-                conn: Some(conn),
-                _in_flight: InFlight::start(),
-            }),
+            Ok(conn) => Ok(Lease::new(self, conn)),
             Err(source) => {
                 self.give_back_slot(Some(generation));
                 Err(Error::Connect {

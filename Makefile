@@ -13,9 +13,9 @@ test: build
 	cargo test --quiet
 	$(PY) -m pytest
 
-## make demo: build, then the race table (stock vs racefree) on real servers
+## make demo: build, then every original bug under gunicorn + locust, stock vs racefree
 demo: build bench-deps
-	$(PY) benchmarks/race_table.py
+	$(PY) django_example/run_demo.py
 
 ## make bench: throughput side by side with the stock backends
 bench: build bench-deps
@@ -41,6 +41,8 @@ build: system-deps $(VENV)/.installed
 bench-deps: build
 	@scripts/ensure-system-deps.sh bench || echo "racefree: stock pylibmc rows will be skipped"
 	@$(PY) -m pip install --quiet -r requirements/bench.txt || echo "racefree: pylibmc could not be built; its rows will be skipped"
+	@# djblets pins Django 4.2; the demo uses only its forwarding module, which imports nothing else.
+	@$(PY) -m pip install --quiet --no-deps "djblets>=5" || echo "racefree: djblets could not be installed; its row will be skipped"
 
 clean:
 	rm -rf target build $(VENV) .pytest_cache

@@ -3,7 +3,7 @@ Django's stock backends' default async methods (sync_to_async), 200
 concurrent tasks, on a memcached and a PostgreSQL started here and a temp
 directory.
 
-    python benchmarks/async_bench.py [--seconds 3] [--tasks 200] [--json out.json]
+    python benchmarks/async_bench.py [--seconds 3] [--tasks 200] [--stores memcached,file,database] [--json out.json]
 
 Two settings: outside any request context (all of Django's
 thread-sensitive hops queue onto one thread) and with each task inside its
@@ -86,8 +86,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--stores", default=",".join(PAIRS), help="comma-separated: " + ", ".join(PAIRS))
     parser.add_argument("--json")
     args = parser.parse_args()
+    stores = args.stores.split(",")
 
     memcached, postgres, directory = Memcached(), Postgres(), tempfile.mkdtemp(prefix="racefree-async-bench-")
     results = []
@@ -101,6 +103,8 @@ def main():
         locations = {"memcached": memcached.location, "file": directory, "database": "async_bench"}
         call_command("createcachetable", "async_bench", verbosity=0)
         for kind, pair in PAIRS.items():
+            if kind not in stores:
+                continue
             for context in (False, True):
                 row = {"store": kind, "context": "per task" if context else "none"}
                 for name, path in pair:

@@ -43,6 +43,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "django_example"))
 
 import django  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -67,7 +68,7 @@ FILE = [
     ("racefree", "FileBasedCache", "racefree.backends.filebased.FileBasedCache"),
 ]
 FORWARDING = [
-    ("stock", "reset-to-None (djblets 0.8)", "unsafe_forwarding.UnsafeForwardingCache"),
+    ("stock", "reset-to-None (djblets 0.8)", "races.unsafe_forwarding.UnsafeForwardingCache"),
     ("racefree", "ForwardingCache", "racefree.backends.forwarding.ForwardingCache"),
 ]
 DATABASE = [

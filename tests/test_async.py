@@ -73,6 +73,36 @@ def test_two_hundred_tasks_on_one_loop_get_exact_results(backend):
     assert values == {f"value-{i}": (i, rounds - 1) for i in range(tasks)}
 
 
+class LoopWithoutReaders(asyncio.SelectorEventLoop):
+    """A loop that cannot watch file descriptors (as a proactor loop)."""
+
+    def add_reader(self, fd, callback, *args):
+        raise NotImplementedError
+
+
+def test_loop_without_add_reader_gets_results_from_the_delivery_thread(backend):
+    async def main():
+        await backend.aset("counter", 0)
+        await asyncio.gather(*(backend.aincr("counter") for _ in range(200)))
+        await asyncio.gather(*(backend.aset(f"k{i}", i) for i in range(50)))
+        return await backend.aget("counter"), await asyncio.gather(*(backend.aget(f"k{i}") for i in range(50)))
+
+    loop = LoopWithoutReaders()
+    try:
+        counter, values = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert counter == 200
+    assert values == list(range(50))
+
+
+def test_loops_started_one_after_another_on_one_thread(backend):
+    # Each new loop gets its own reader; results never go to a closed loop.
+    for round in range(5):
+        assert asyncio.run(backend.aset(f"round-{round}", round)) is None
+        assert asyncio.run(backend.aget(f"round-{round}")) == round
+
+
 def test_aadd_has_exactly_one_winner_among_concurrent_tasks(backend):
     async def main():
         return await asyncio.gather(*(backend.aadd("fresh", i) for i in range(100)))

@@ -9,6 +9,7 @@ pub mod fork;
 pub mod forwarding;
 pub mod memcached;
 pub mod pgstore;
+mod sync;
 
 /// Django's MAX_ENTRIES and CULL_FREQUENCY, passed with every write so a
 /// backend's settings may change at run time (Django's tests do).

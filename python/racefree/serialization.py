@@ -1,11 +1,25 @@
-"""Values as ``(flags, bytes)``, with pymemcache's serializer flags.
+"""How values become stored bytes and come back.
 
-Both the memcached and the file store keep values this way: bytes as
-they are, str as UTF-8, int as decimal digits (so the stores can count
-with them atomically), anything else pickled. The memcached flags are
-pymemcache's, so entries are shared with Django's ``PyMemcacheCache``.
+Defaults are Django's: pickle, so entries are shared with the stock
+backends. Two options change that, on every backend:
+
+- ``SERIALIZER: "json"``: values other than bytes, str and int are stored
+  as JSON; nothing read is ever unpickled.
+- ``SIGN_VALUES: True``: every stored value carries an HMAC-SHA256 of its
+  bytes (and kind) under the first of the signing keys (``SIGNING_KEYS``,
+  else Django's ``SECRET_KEY`` followed by ``SECRET_KEY_FALLBACKS``); a
+  value that no current key verifies is a miss, logged, and is never
+  loaded. Integers stay plain digits, so memcached and the file store can
+  still count with them atomically; reading one runs no code.
+
+The memcached and file stores keep ``(flags, bytes)`` with pymemcache's
+flags (bytes as they are, str as UTF-8, int as decimal digits, anything
+else pickled); the PostgreSQL store keeps bytes only.
 """
 
+import hashlib
+import hmac
+import json
 import logging
 import pickle
 
@@ -16,53 +30,17 @@ FLAG_PICKLE = 1 << 0
 FLAG_INTEGER = 1 << 1
 FLAG_LONG = 1 << 2
 FLAG_TEXT = 1 << 4
+# racefree's own, unused by pymemcache.
+FLAG_JSON = 1 << 8
+FLAG_SIGNED = 1 << 9
+
+FORMATS = ("pickle", "json")
+MAC_SIZE = hashlib.sha256().digest_size
 
 
-def encode(value, pickle_protocol):
-    """``(flags, bytes)`` for ``value``; exact types only, so a subclass of
-    str or int is pickled and comes back as itself."""
-    kind = type(value)
-    if kind is bytes:
-        return FLAG_BYTES, value
-    if kind is str:
-        return FLAG_TEXT, value.encode()
-    if kind is int:
-        return FLAG_INTEGER, b"%d" % value
-    return FLAG_PICKLE, pickle.dumps(value, pickle_protocol)
-
-
-def decode(flags, data):
-    if flags == FLAG_BYTES:
-        return data
-    if flags & FLAG_TEXT:
-        return data.decode()
-    if flags & (FLAG_INTEGER | FLAG_LONG):
-        return int(data)
-    if flags & FLAG_PICKLE:
-        return pickle.loads(data)
-    return data
-
-
-def decode_or(default, key, flags, data):
-    """The stored value, or ``default`` (logged) if it cannot be loaded: a
-    class that moved, a corrupt pickle. A cache miss is the safe answer."""
-    try:
-        return decode(flags, data)
-    except Exception:
-        logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
-        return default
-
-
-def decode_found(found, key_map):
-    """``get_many``'s result: ``{original key: value}`` from a store's
-    ``{made key: (flags, data)}``; values that cannot be loaded are misses."""
-    missing = object()
-    result = {}
-    for key, (flags, data) in found.items():
-        value = decode_or(missing, key, flags, data)
-        if value is not missing:
-            result[key_map[key]] = value
-    return result
+class UnverifiedValue(ValueError):
+    """A stored value this cache must not load (unsigned, signed with an
+    unknown key, or of a kind its serializer refuses)."""
 
 
 def pickle_protocol(value):
@@ -70,3 +48,180 @@ def pickle_protocol(value):
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= pickle.HIGHEST_PROTOCOL:
         raise ValueError(f"a pickle protocol between 0 and {pickle.HIGHEST_PROTOCOL}")
     return value
+
+
+def serializer_format(value):
+    """Option check for SERIALIZER."""
+    if value not in FORMATS:
+        raise ValueError(" or ".join(repr(name) for name in FORMATS))
+    return value
+
+
+def signing_keys(value):
+    """Option check for SIGNING_KEYS: the key that signs, then any older
+    ones still accepted."""
+    if isinstance(value, (str, bytes)):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value or not all(
+        isinstance(key, (str, bytes)) and key for key in value
+    ):
+        raise ValueError("a non-empty list of non-empty strings (the signing key first, then older ones)")
+    return list(value)
+
+
+def _derived(secret):
+    # A key of its own for cache values, so a leaked MAC says nothing
+    # about other uses of SECRET_KEY.
+    raw = secret.encode() if isinstance(secret, str) else secret
+    return hashlib.sha256(b"racefree.cache.sign-values:" + raw).digest()
+
+
+class Serializer:
+    def __init__(self, format="pickle", pickle_protocol=pickle.HIGHEST_PROTOCOL, keys=None):
+        self.format = format
+        self.pickle_protocol = pickle_protocol
+        self._keys = [_derived(key) for key in keys] if keys else None
+
+    @property
+    def signed(self):
+        return self._keys is not None
+
+    # -- the body of a value: pickle or JSON ------------------------------
+
+    def _dump_object(self, value):
+        if self.format == "json":
+            try:
+                return FLAG_JSON, json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+            except (TypeError, ValueError) as error:
+                raise TypeError(
+                    f"cannot store a {type(value).__name__} with SERIALIZER 'json': {error}"
+                ) from None
+        return FLAG_PICKLE, pickle.dumps(value, self.pickle_protocol)
+
+    def _load_object(self, kind, data):
+        if kind & FLAG_JSON:
+            return json.loads(data)
+        if kind & FLAG_PICKLE:
+            if self.format == "json":
+                raise UnverifiedValue("a pickled value, read by a cache with SERIALIZER 'json'")
+            return pickle.loads(data)
+        raise UnverifiedValue(f"unknown value flags {kind}")
+
+    # -- signatures -------------------------------------------------------
+
+    def _mac(self, key, kind, data):
+        return hmac.new(key, kind.to_bytes(4, "big") + data, hashlib.sha256).digest()
+
+    def _sign(self, kind, data):
+        return self._mac(self._keys[0], kind, data) + data
+
+    def _verified(self, kind, signed):
+        mac, data = signed[:MAC_SIZE], signed[MAC_SIZE:]
+        if len(mac) == MAC_SIZE and any(hmac.compare_digest(mac, self._mac(key, kind, data)) for key in self._keys):
+            return data
+        raise UnverifiedValue("not signed with a current signing key")
+
+    # -- (flags, bytes): memcached and the file store ---------------------
+
+    def encode(self, value):
+        """``(flags, bytes)`` for ``value``; exact types only, so a subclass
+        of str or int is serialized and comes back as itself."""
+        kind = type(value)
+        if kind is int:
+            return FLAG_INTEGER, b"%d" % value
+        if kind is bytes:
+            flags, data = FLAG_BYTES, value
+        elif kind is str:
+            flags, data = FLAG_TEXT, value.encode()
+        else:
+            flags, data = self._dump_object(value)
+        if self._keys:
+            return flags | FLAG_SIGNED, self._sign(flags, data)
+        return flags, data
+
+    def decode(self, flags, data):
+        if flags & (FLAG_INTEGER | FLAG_LONG) and not flags & FLAG_SIGNED:
+            return int(data)
+        if self._keys:
+            if not flags & FLAG_SIGNED:
+                raise UnverifiedValue("not signed")
+            flags &= ~FLAG_SIGNED
+            data = self._verified(flags, data)
+        elif flags & FLAG_SIGNED:
+            raise UnverifiedValue("a signed value, read by a cache without SIGN_VALUES")
+        if flags == FLAG_BYTES:
+            return data
+        if flags & FLAG_TEXT:
+            return data.decode()
+        return self._load_object(flags, data)
+
+    def decode_or(self, default, key, flags, data):
+        """The stored value, or ``default`` (logged) if it cannot be loaded:
+        unverified, a class that moved, corrupt bytes. A miss is the safe
+        answer."""
+        try:
+            return self.decode(flags, data)
+        except Exception:
+            logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
+            return default
+
+    def decode_found(self, found, key_map):
+        """``get_many``'s result: ``{original key: value}`` from a store's
+        ``{made key: (flags, data)}``; values that cannot be loaded are
+        misses."""
+        missing = object()
+        result = {}
+        for key, (flags, data) in found.items():
+            value = self.decode_or(missing, key, flags, data)
+            if value is not missing:
+                result[key_map[key]] = value
+        return result
+
+    # -- bytes only: the PostgreSQL store ---------------------------------
+
+    def dumps(self, value):
+        kind, data = self._dump_object(value)
+        return self._sign(kind, data) if self._keys else data
+
+    def loads(self, data):
+        kind = FLAG_JSON if self.format == "json" else FLAG_PICKLE
+        if self._keys:
+            data = self._verified(kind, data)
+        return self._load_object(kind, data)
+
+    def load_or(self, default, key, data):
+        try:
+            return self.loads(data)
+        except Exception:
+            logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
+            return default
+
+
+def serializer_options():
+    """The OPTIONS every backend takes for its serializer."""
+    from racefree.backends._options import Option, boolean, optional
+
+    return [
+        Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
+        Option("SERIALIZER", "pickle", serializer_format),
+        Option("SIGN_VALUES", False, boolean),
+        Option("SIGNING_KEYS", None, optional(signing_keys)),
+    ]
+
+
+def serializer_from(backend, options):
+    """The serializer the read OPTIONS ask for; ImproperlyConfigured for
+    a combination that cannot work."""
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    keys = None
+    if options["SIGN_VALUES"]:
+        keys = options["SIGNING_KEYS"]
+        if keys is None:
+            keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+            if not settings.SECRET_KEY:
+                raise ImproperlyConfigured(f"{backend}: SIGN_VALUES needs SIGNING_KEYS or a SECRET_KEY")
+    elif options["SIGNING_KEYS"] is not None:
+        raise ImproperlyConfigured(f"{backend}: OPTIONS['SIGNING_KEYS'] is set but SIGN_VALUES is not True")
+    return Serializer(options["SERIALIZER"], options["PICKLE_PROTOCOL"], keys)

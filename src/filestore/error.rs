@@ -29,6 +29,11 @@ impl Error {
             source,
         }
     }
+
+    /// A file or directory the call needed was not there.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
 }
 
 impl fmt::Display for Error {

@@ -359,6 +359,10 @@ impl FileStore {
 
     /// Store a value; an already expired one deletes the key instead.
     pub fn set(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<()> {
+        retrying_if_removed(|| self.set_once(key, flags, value, expires, now, limits))
+    }
+
+    fn set_once(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<()> {
         self.cull_if_full(limits)?;
         let location = self.locate(key);
         let temp = self.prepare(&location, key, flags, value, expires, now)?;
@@ -390,6 +394,10 @@ impl FileStore {
 
     /// Store only if the key has no live value; true if stored.
     pub fn add(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<bool> {
+        retrying_if_removed(|| self.add_once(key, flags, value, expires, now, limits))
+    }
+
+    fn add_once(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<bool> {
         self.cull_if_full(limits)?;
         let location = self.locate(key);
         let temp = self.prepare(&location, key, flags, value, expires, now)?;
@@ -413,6 +421,10 @@ impl FileStore {
 
     /// Give a live key a new expiry; true if it had a live value.
     pub fn touch(&self, key: &[u8], expires: f64, now: f64) -> Result<bool> {
+        retrying_if_removed(|| self.touch_once(key, expires, now))
+    }
+
+    fn touch_once(&self, key: &[u8], expires: f64, now: f64) -> Result<bool> {
         let location = self.locate(key);
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
@@ -437,6 +449,10 @@ impl FileStore {
 
     /// Delete a key; true if it had a live value.
     pub fn delete(&self, key: &[u8], now: f64) -> Result<bool> {
+        retrying_if_removed(|| self.delete_once(key, now))
+    }
+
+    fn delete_once(&self, key: &[u8], now: f64) -> Result<bool> {
         let location = self.locate(key);
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
@@ -457,6 +473,10 @@ impl FileStore {
     /// Add `delta` to a stored integer, keeping its expiry; None if the
     /// key has no live value.
     pub fn incr(&self, key: &[u8], delta: i128, now: f64) -> Result<Option<i128>> {
+        retrying_if_removed(|| self.incr_once(key, delta, now))
+    }
+
+    fn incr_once(&self, key: &[u8], delta: i128, now: f64) -> Result<Option<i128>> {
         let location = self.locate(key);
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(None);
@@ -607,6 +627,20 @@ fn stored_form(flags: u32, value: &[u8]) -> Cow<'_, [u8]> {
         Cow::Owned(padded)
     } else {
         Cow::Borrowed(value)
+    }
+}
+
+/// A write whose directories were removed under it (`rm -rf` of the
+/// cache while in use) starts over, recreating them, up to this many times.
+const VANISHED_ATTEMPTS: usize = 3;
+
+fn retrying_if_removed<T>(mut operation: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 1;
+    loop {
+        match operation() {
+            Err(error) if attempt < VANISHED_ATTEMPTS && error.is_not_found() => attempt += 1,
+            outcome => return outcome,
+        }
     }
 }
 

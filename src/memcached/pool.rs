@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use std::sync::Arc;
+use crate::sync::locked;
 
 use super::address::Address;
 use super::connection::Connection;
@@ -115,7 +115,7 @@ impl<'a> Lease<'a> {
         let Lease { mut conn, mut slot, .. } = self;
         let pool = slot.pool;
         conn.idle_since = Instant::now();
-        let mut idle = pool.idle.lock();
+        let mut idle = locked(&pool.idle);
         if idle.len() < pool.config.pool_size && conn.generation == crate::fork::generation() {
             idle.push(conn);
             drop(idle);
@@ -160,18 +160,24 @@ impl Pool {
                 return self.dial(generation);
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.config.connect_timeout);
-            let mut slots = self.slots.lock();
+            let slots = locked(&self.slots);
             // Re-check under the lock that `release` takes to notify, so a
             // connection returned in between is not missed.
             let cap = self.config.max_connections.unwrap_or(usize::MAX);
-            if slots.open < cap || !self.idle.lock().is_empty() {
+            if slots.open < cap || !locked(&self.idle).is_empty() {
                 continue;
             }
-            if self.freed.wait_until(&mut slots, deadline).timed_out() {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(Error::Timeout {
                     server: format!("{} (all {cap} connections busy)", self.name),
                 });
             }
+            drop(
+                self.freed
+                    .wait_timeout(slots, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
         }
     }
 
@@ -192,12 +198,12 @@ impl Pool {
     /// Pop idle connections until one is fit for a new request.
     fn pop_live_idle(&self, generation: u64) -> Option<Connection> {
         loop {
-            let conn = self.idle.lock().pop()?;
+            let conn = locked(&self.idle).pop()?;
             if conn.generation != generation {
                 // Inherited across fork: the parent owns this socket. Closing
                 // our copy of the descriptor does not disturb the parent.
                 drop(conn);
-                self.idle.lock().retain(|c| c.generation == generation);
+                locked(&self.idle).retain(|c| c.generation == generation);
                 continue;
             }
             if conn.idle_since.elapsed() <= self.config.idle_timeout && conn.is_reusable() {
@@ -214,7 +220,7 @@ impl Pool {
         let Some(cap) = self.config.max_connections else {
             return true;
         };
-        let mut slots = self.slots.lock();
+        let mut slots = locked(&self.slots);
         if slots.generation != generation {
             // Connections counted before the fork belong to the parent.
             *slots = Slots { generation, open: 0 };
@@ -232,7 +238,7 @@ impl Pool {
         if self.config.max_connections.is_none() {
             return;
         }
-        let mut slots = self.slots.lock();
+        let mut slots = locked(&self.slots);
         if let Some(generation) = closed
             && slots.generation == generation
             && slots.open > 0
@@ -244,7 +250,7 @@ impl Pool {
 
     /// Close every idle connection (used by `close_all`).
     pub(crate) fn close_idle(&self) {
-        let drained: Vec<Connection> = std::mem::take(&mut *self.idle.lock());
+        let drained: Vec<Connection> = std::mem::take(&mut *locked(&self.idle));
         for conn in drained {
             self.give_back_slot(Some(conn.generation));
         }
@@ -252,6 +258,6 @@ impl Pool {
 
     /// Idle connections now in the pool.
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        locked(&self.idle).len()
     }
 }

@@ -1,10 +1,27 @@
-//! An r2d2 pool of PostgreSQL connections.
+//! A pool of PostgreSQL connections, per fork generation.
 //!
-//! Like `r2d2_postgres`, plus a poison flag: a connection whose state is in
-//! doubt (a failed call inside a transaction, a lost connection) is
-//! discarded when it comes back instead of handed to the next caller.
+//! A connection whose state is in doubt (a failed call inside a
+//! transaction, a lost connection) is poisoned and discarded when it comes
+//! back instead of handed to the next caller. Dials happen in the calling
+//! thread, so a refused connection fails at once.
+//!
+//! Why not r2d2: its pools start background threads that park on
+//! parking_lot locks, which can hang a forked child (see `crate::sync`;
+//! seen here in 2 of 9 runs of
+//! `test_a_forked_child_does_not_reuse_the_parents_connections`). This pool
+//! has no threads and uses `std` locks, and a forked child builds a new
+//! pool instead of touching the inherited one.
+
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use crate::sync::locked;
+use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
+
+use super::error::{Error, Result};
 
 pub(crate) struct PgConnection {
     pub(crate) client: Client,
@@ -15,36 +32,168 @@ impl PgConnection {
     pub(crate) fn poison(&mut self) {
         self.poisoned = true;
     }
-}
 
-pub(crate) struct Manager {
-    pub(crate) config: postgres::Config,
-}
-
-impl r2d2::ManageConnection for Manager {
-    type Connection = PgConnection;
-    type Error = postgres::Error;
-
-    fn connect(&self) -> Result<PgConnection, postgres::Error> {
-        Ok(PgConnection {
-            client: self.config.connect(NoTls)?,
-            poisoned: false,
-        })
-    }
-
-    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), postgres::Error> {
-        conn.client.simple_query("").map(drop)
-    }
-
-    fn has_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.poisoned || conn.client.is_closed()
+    fn is_broken(&self) -> bool {
+        self.poisoned || self.client.is_closed()
     }
 }
 
-/// Logs why new connections fail (r2d2 retries them in the background).
-#[derive(Debug)]
-pub(crate) struct QuietErrors;
+/// Idle connections older than this are closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-impl<E> r2d2::HandleError<E> for QuietErrors {
-    fn handle_error(&self, _error: E) {}
+struct State {
+    idle: Vec<(PgConnection, Instant)>,
+    /// Connections open now: idle, checked out, or being dialed.
+    open: usize,
+}
+
+pub(crate) struct Pool {
+    config: postgres::Config,
+    size: usize,
+    /// Longest wait for a free connection when all `size` are in use.
+    wait_timeout: Duration,
+    /// The fork generation this pool's connections belong to.
+    pub(crate) generation: u64,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+/// A checked-out connection; back to the pool when dropped (closed
+/// instead if it is broken or poisoned).
+pub(crate) struct Pooled {
+    pool: Arc<Pool>,
+    conn: ManuallyDrop<PgConnection>,
+}
+
+impl Pool {
+    pub(crate) fn new(config: postgres::Config, size: usize, wait_timeout: Duration) -> Pool {
+        Pool {
+            config,
+            size: size.max(1),
+            wait_timeout,
+            generation: crate::fork::generation(),
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        locked(&self.state)
+    }
+
+    /// Connections open now.
+    pub(crate) fn connections(&self) -> usize {
+        self.state().open
+    }
+
+    pub(crate) fn get(self: &Arc<Self>) -> Result<Pooled> {
+        let deadline = Instant::now() + self.wait_timeout;
+        let mut stale = Vec::new();
+        let mut state = self.state();
+        loop {
+            while let Some((conn, since)) = state.idle.pop() {
+                if since.elapsed() > IDLE_TIMEOUT || conn.is_broken() {
+                    state.open -= 1;
+                    stale.push(conn);
+                    continue;
+                }
+                drop(state);
+                drop(stale); // closed outside the lock
+                return Ok(Pooled {
+                    pool: Arc::clone(self),
+                    conn: ManuallyDrop::new(conn),
+                });
+            }
+            if state.open < self.size {
+                state.open += 1;
+                drop(state);
+                drop(stale);
+                return match self.config.connect(NoTls) {
+                    Ok(client) => Ok(Pooled {
+                        pool: Arc::clone(self),
+                        conn: ManuallyDrop::new(PgConnection {
+                            client,
+                            poisoned: false,
+                        }),
+                    }),
+                    Err(error) => {
+                        self.give_back_slot();
+                        Err(Error::Connect(error.to_string()))
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Connect(format!(
+                    "all {} pooled connections stayed in use for {:.1} s (POOL_SIZE)",
+                    self.size,
+                    self.wait_timeout.as_secs_f64()
+                )));
+            }
+            state = self
+                .freed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn give_back_slot(&self) {
+        self.state().open -= 1;
+        self.freed.notify_one();
+    }
+
+    /// Close the idle connections; checked-out ones are kept.
+    pub(crate) fn close_idle(&self) {
+        let idle = {
+            let mut state = self.state();
+            let idle = std::mem::take(&mut state.idle);
+            state.open -= idle.len();
+            idle
+        };
+        drop(idle);
+        self.freed.notify_all();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if self.generation != crate::fork::generation() {
+            // Inherited through fork: the sockets are the parent's, and
+            // closing them here would end the parent's sessions.
+            let idle = std::mem::take(&mut self.state.get_mut().unwrap_or_else(PoisonError::into_inner).idle);
+            std::mem::forget(idle);
+        }
+    }
+}
+
+impl Deref for Pooled {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // SAFETY: `conn` is taken once, here, and never used again.
+        let conn = unsafe { ManuallyDrop::take(&mut self.conn) };
+        if conn.is_broken() {
+            drop(conn);
+            self.pool.give_back_slot();
+            return;
+        }
+        self.pool.state().idle.push((conn, Instant::now()));
+        self.pool.freed.notify_one();
+    }
 }

@@ -12,7 +12,10 @@
 //! sent unprepared with typed parameters (`query_typed`): one round trip
 //! each, and nothing a transaction-mode pooler could lose.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -22,7 +25,7 @@ use postgres::{Row, Transaction};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::error::{Error, Result};
-use super::pool::{Manager, PgConnection, QuietErrors};
+use super::pool::{PgConnection, Pool, Pooled};
 use crate::Limits;
 
 /// Django stores "never expires" as `datetime.max` without microseconds;
@@ -148,20 +151,27 @@ impl Statements {
 /// or every few seconds, not on every write.
 struct Census {
     known: AtomicI64,
-    counted_at: parking_lot::Mutex<Option<Instant>>,
+    /// When it was last counted, in milliseconds after `epoch`; 0: never.
+    counted_at: AtomicU64,
+    epoch: Instant,
 }
 
 impl Census {
     fn needs_count(&self, max_entries: i64) -> bool {
         let known = self.known.load(Ordering::Acquire);
         let margin = (max_entries / 16).max(1);
-        let stale = self.counted_at.lock().is_none_or(|at| at.elapsed() > RECOUNT);
+        let counted_at = self.counted_at.load(Ordering::Acquire);
+        let stale = counted_at == 0 || self.millis_now().saturating_sub(counted_at) > RECOUNT.as_millis() as u64;
         stale || known.saturating_add(margin) > max_entries
     }
 
     fn counted(&self, n: i64) {
         self.known.store(n, Ordering::Release);
-        *self.counted_at.lock() = Some(Instant::now());
+        self.counted_at.store(self.millis_now().max(1), Ordering::Release);
+    }
+
+    fn millis_now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn add(&self, delta: i64) {
@@ -172,11 +182,9 @@ impl Census {
 }
 
 pub struct PgStore {
-    /// Replaced wholesale by `close_idle` (r2d2 cannot drain a pool) and
-    /// after a fork.
-    pool: parking_lot::RwLock<r2d2::Pool<Manager>>,
-    /// Fork generation the pool belongs to.
-    generation: AtomicU64,
+    /// Replaced after a fork (the child never touches the inherited pool's
+    /// locks or sockets); lock-free to read.
+    pool: ArcSwap<Pool>,
     config: postgres::Config,
     pool_size: u32,
     connect_timeout: Duration,
@@ -205,27 +213,19 @@ fn inserted(rows: &[Row]) -> i64 {
         .count() as i64
 }
 
-fn build_pool(config: &postgres::Config, size: u32, connect_timeout: Duration) -> r2d2::Pool<Manager> {
-    r2d2::Pool::builder()
-        .max_size(size)
-        .min_idle(Some(0))
-        .test_on_check_out(false)
-        .connection_timeout(connect_timeout)
-        .idle_timeout(Some(Duration::from_secs(300)))
-        .error_handler(Box::new(QuietErrors))
-        .build_unchecked(Manager { config: config.clone() })
-}
-
 impl PgStore {
     /// A store; no connection is made until the first call.
     pub fn new(settings: Settings) -> Result<PgStore> {
         if settings.pool_size == 0 {
             return Err(Error::Config("POOL_SIZE must be at least 1".into()));
         }
-        let pool = build_pool(&settings.config, settings.pool_size, settings.connect_timeout);
+        let pool = Pool::new(
+            settings.config.clone(),
+            settings.pool_size as usize,
+            settings.connect_timeout,
+        );
         Ok(PgStore {
-            pool: parking_lot::RwLock::new(pool),
-            generation: AtomicU64::new(crate::fork::generation()),
+            pool: ArcSwap::from_pointee(pool),
             config: settings.config,
             pool_size: settings.pool_size,
             connect_timeout: settings.connect_timeout,
@@ -233,7 +233,8 @@ impl PgStore {
             table: settings.table,
             census: Census {
                 known: AtomicI64::new(-1),
-                counted_at: parking_lot::Mutex::new(None),
+                counted_at: AtomicU64::new(0),
+                epoch: Instant::now(),
             },
             round_trips: AtomicU64::new(0),
         })
@@ -246,41 +247,41 @@ impl PgStore {
 
     /// Connections open now (idle and in use).
     pub fn connections(&self) -> u32 {
-        self.pool.read().state().connections
+        self.pool.load().connections() as u32
     }
 
     /// Close the idle connections; calls in flight finish on theirs, which
-    /// are closed when they come back. The next call connects again.
+    /// go back to the pool. The next call connects again.
     pub fn close_idle(&self) {
-        let fresh = build_pool(&self.config, self.pool_size, self.connect_timeout);
-        let old = std::mem::replace(&mut *self.pool.write(), fresh);
-        drop(old);
+        self.current_pool().close_idle();
     }
 
-    fn checkout(&self) -> Result<r2d2::PooledConnection<Manager>> {
+    fn current_pool(&self) -> Arc<Pool> {
+        let pool = self.pool.load_full();
         let generation = crate::fork::generation();
-        if self.generation.load(Ordering::Acquire) != generation {
-            self.after_fork(generation);
+        if pool.generation == generation {
+            return pool;
         }
-        let pool = self.pool.read().clone();
-        pool.get().map_err(|e| Error::Connect(e.to_string()))
+        // In a forked child: the inherited pool's sockets belong to the
+        // parent (two processes on one connection read each other's
+        // replies). Swap in a new pool; the inherited one leaks its idle
+        // connections when dropped (see `Pool`'s Drop).
+        let fresh = Arc::new(Pool::new(
+            self.config.clone(),
+            self.pool_size as usize,
+            self.connect_timeout,
+        ));
+        let previous = self.pool.compare_and_swap(&pool, fresh);
+        if Arc::ptr_eq(&previous, &pool) {
+            self.pool.load_full()
+        } else {
+            // Another thread of the child swapped first.
+            Arc::clone(&previous)
+        }
     }
 
-    /// In a forked child: the inherited pool's sockets belong to the
-    /// parent (two processes on one connection read each other's replies)
-    /// and its worker threads did not survive the fork. Start a new pool
-    /// and leak the old one rather than run its destructor here.
-    #[cold]
-    fn after_fork(&self, generation: u64) {
-        let mut pool = self.pool.write();
-        if self.generation.load(Ordering::Acquire) != generation {
-            let inherited = std::mem::replace(
-                &mut *pool,
-                build_pool(&self.config, self.pool_size, self.connect_timeout),
-            );
-            std::mem::forget(inherited);
-            self.generation.store(generation, Ordering::Release);
-        }
+    fn checkout(&self) -> Result<Pooled> {
+        self.current_pool().get()
     }
 
     fn query(&self, conn: &mut PgConnection, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {

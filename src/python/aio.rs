@@ -38,7 +38,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use crate::sync::locked;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
@@ -88,7 +90,7 @@ enum Route {
 
 fn engine() -> Result<&'static Engine, String> {
     let generation = crate::fork::generation();
-    let mut current = ENGINE.lock();
+    let mut current = locked(&ENGINE);
     if let Some((built_in, engine)) = *current
         && built_in == generation
     {
@@ -126,7 +128,7 @@ impl Deliveries {
     fn push(&self, route: Route, step: Step) {
         match route {
             Route::Loop => {
-                let mut waiting = self.on_loops.lock();
+                let mut waiting = locked(&self.on_loops);
                 waiting.push(step);
                 if waiting.len() == 1 {
                     // A full socket already holds a wake-up: nothing lost.
@@ -134,7 +136,7 @@ impl Deliveries {
                 }
             }
             Route::Thread => {
-                let mut waiting = self.for_thread.lock();
+                let mut waiting = locked(&self.for_thread);
                 waiting.push(step);
                 if waiting.len() == 1 {
                     self.arrived.notify_one();
@@ -147,7 +149,7 @@ impl Deliveries {
     fn drain_on_loop(&self) {
         let mut discard = [0u8; 256];
         while matches!((&self.wake.1).read(&mut discard), Ok(n) if n > 0) {}
-        let batch = std::mem::take(&mut *self.on_loops.lock());
+        let batch = std::mem::take(&mut *locked(&self.on_loops));
         run_steps(batch);
     }
 
@@ -156,18 +158,18 @@ impl Deliveries {
     fn run_thread(&self) {
         loop {
             {
-                let mut waiting = self.for_thread.lock();
+                let mut waiting = locked(&self.for_thread);
                 while waiting.is_empty() {
-                    self.arrived.wait(&mut waiting);
+                    waiting = self.arrived.wait(waiting).unwrap_or_else(PoisonError::into_inner);
                 }
             }
             let Some(_passage) = InPython::enter() else {
                 // Exiting: never touch Python; the steps' Python references
                 // are leaked, as the process is ending.
-                std::mem::forget(std::mem::take(&mut *self.for_thread.lock()));
+                std::mem::forget(std::mem::take(&mut *locked(&self.for_thread)));
                 continue;
             };
-            Python::attach(|_py| run_steps(std::mem::take(&mut *self.for_thread.lock())));
+            Python::attach(|_py| run_steps(std::mem::take(&mut *locked(&self.for_thread))));
         }
     }
 }

@@ -10,7 +10,6 @@ round trip, and the table is not counted on every write.
 """
 
 import os
-import pickle
 import threading
 import time
 
@@ -32,7 +31,7 @@ from racefree.backends._options import (
     read_options,
 )
 from racefree.exceptions import CacheError
-from racefree.serialization import logger, pickle_protocol
+from racefree.serialization import UnverifiedValue, logger, serializer_from, serializer_options
 
 
 def text(value):
@@ -50,7 +49,7 @@ OPTIONS = [
     Option("CONNECT_TIMEOUT", 5.0, positive_number),
     Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number)),
     Option("IGNORE_EXCEPTIONS", False, boolean),
-    Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
+    *serializer_options(),
 ]
 
 # Django DATABASES OPTIONS that only concern Django's own connection.
@@ -170,7 +169,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
         super().__init__(table, params)
         self._options = options
         self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
-        self._pickle_protocol = options["PICKLE_PROTOCOL"]
+        self._serializer = serializer_from(backend, options)
         self._init_key_making(DatabaseCache)
         if options["DSN"]:
             params_for_store = {}
@@ -186,13 +185,6 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
         expires = self.get_backend_timeout(timeout)
         return 0.0 if expires is None else max(expires, 1e-6)
 
-    def _load(self, key, data, default):
-        try:
-            return pickle.loads(data)
-        except Exception:
-            logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
-            return default
-
     @store_operation
     def get(self, key, default=None, version=None):
         key = self._key(key, version)
@@ -201,7 +193,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
         except CacheError as error:
             self._server_failed("get", error)
             return default
-        return default if data is None else self._load(key, data, default)
+        return default if data is None else self._serializer.load_or(default, key, data)
 
     @store_operation
     def get_many(self, keys, version=None):
@@ -216,7 +208,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
         missing = object()
         result = {}
         for key, data in found.items():
-            value = self._load(key, data, missing)
+            value = self._serializer.load_or(missing, key, data)
             if value is not missing:
                 result[key_map[key]] = value
         return result
@@ -233,7 +225,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
     @store_operation
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        data = pickle.dumps(value, self._pickle_protocol)
+        data = self._serializer.dumps(value)
         try:
             yield self._store.set, (key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
         except CacheError as error:
@@ -242,7 +234,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
     @store_operation
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        data = pickle.dumps(value, self._pickle_protocol)
+        data = self._serializer.dumps(value)
         try:
             return (yield self._store.add, (key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency))
         except CacheError as error:
@@ -251,7 +243,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
 
     @store_operation
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
-        items = [(self._key(key, version), pickle.dumps(value, self._pickle_protocol)) for key, value in data.items()]
+        items = [(self._key(key, version), self._serializer.dumps(value)) for key, value in data.items()]
         if not items:
             return []
         try:
@@ -298,12 +290,17 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
         results = []
 
         def add_delta(data):
-            value = pickle.loads(data) + delta
+            value = self._serializer.loads(data) + delta
             results.append(value)
-            return pickle.dumps(value, self._pickle_protocol)
+            return self._serializer.dumps(value)
 
         try:
             written = yield self._store.update, (key, time.time(), add_delta)
+        except UnverifiedValue:
+            # Not this cache's value to count with (logged by nothing
+            # else): as if missing. The transaction was rolled back.
+            logger.warning("cannot load the cached value of %r; incr treats it as missing", key)
+            written = None
         except CacheError as error:
             self._server_failed("incr", error)
             written = None

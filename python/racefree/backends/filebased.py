@@ -12,7 +12,6 @@ guarantees. For several hosts, use the memcached or PostgreSQL backends.
 """
 
 import os
-import pickle
 import threading
 import time
 
@@ -22,13 +21,13 @@ from racefree._core import FileStore
 from racefree._keys import KeyMaking
 from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, read_options
-from racefree.serialization import decode_found, decode_or, encode, pickle_protocol
+from racefree.serialization import serializer_from, serializer_options
 
 OPTIONS = [
     Option("MAX_ENTRIES", 300, positive_int),
     Option("CULL_FREQUENCY", 3, non_negative_int),
     Option("LOCK_TIMEOUT", 5.0, positive_number),
-    Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
+    *serializer_options(),
 ]
 
 _stores = {}
@@ -52,7 +51,7 @@ class FileBasedCache(KeyMaking, BaseCache):
         super().__init__(params)
         self._dir = os.path.abspath(os.fspath(dir))
         self._store = shared_store(self._dir, options["LOCK_TIMEOUT"])
-        self._pickle_protocol = options["PICKLE_PROTOCOL"]
+        self._serializer = serializer_from(backend, options)
         self._init_key_making(FileBasedCache)
 
     def _expiry(self, timeout):
@@ -73,7 +72,7 @@ class FileBasedCache(KeyMaking, BaseCache):
         item = yield self._store.get, (key, time.time())
         if item is None:
             return default
-        return decode_or(default, key, *item)
+        return self._serializer.decode_or(default, key, *item)
 
     @store_operation
     def has_key(self, key, version=None):
@@ -83,13 +82,13 @@ class FileBasedCache(KeyMaking, BaseCache):
     @store_operation
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        flags, data = encode(value, self._pickle_protocol)
+        flags, data = self._serializer.encode(value)
         yield self._store.set, (key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
 
     @store_operation
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        flags, data = encode(value, self._pickle_protocol)
+        flags, data = self._serializer.encode(value)
         return (yield self._store.add, (key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency))
 
     @store_operation
@@ -118,12 +117,12 @@ class FileBasedCache(KeyMaking, BaseCache):
         if not key_map:
             return {}
         found = yield self._store.get_many, (list(key_map), time.time())
-        return decode_found(found, key_map)
+        return self._serializer.decode_found(found, key_map)
 
     @store_operation
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         items = [
-            (self._key(key, version), *encode(value, self._pickle_protocol))
+            (self._key(key, version), *self._serializer.encode(value))
             for key, value in data.items()
         ]
         if items:

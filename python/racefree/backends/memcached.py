@@ -9,7 +9,6 @@ exchange, so a timed-out or failed call can never hand its reply to a
 later one.
 """
 
-import pickle
 import re
 import threading
 import time
@@ -33,7 +32,7 @@ from racefree.backends._options import (
     read_options,
 )
 from racefree.exceptions import CacheError
-from racefree.serialization import decode_found, decode_or, encode, pickle_protocol
+from racefree.serialization import serializer_from, serializer_options
 
 # Memcached reads expiry times above 30 days as Unix timestamps.
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
@@ -47,7 +46,7 @@ OPTIONS = [
     Option("IDLE_TIMEOUT", 60.0, positive_number, aliases=("pool_idle_timeout",)),
     Option("SPIN_WAIT", 0.00005, non_negative_number),
     Option("IGNORE_EXCEPTIONS", False, boolean, aliases=("ignore_exc",)),
-    Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
+    *serializer_options(),
     # pymemcache spellings of what racefree always does.
     Option("no_delay", True, must_be_true),
     Option("use_pooling", True, must_be_true),
@@ -118,7 +117,7 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
         except ValueError as exc:
             raise ImproperlyConfigured(f"{backend}: {exc}") from None
         self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
-        self._pickle_protocol = options["PICKLE_PROTOCOL"]
+        self._serializer = serializer_from(backend, options)
         self._init_key_making(MemcachedCache)
 
     @property
@@ -154,7 +153,7 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
             return default
         if item is None:
             return default
-        return decode_or(default, key, *item)
+        return self._serializer.decode_or(default, key, *item)
 
     @store_operation
     def has_key(self, key, version=None):
@@ -168,7 +167,7 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
     @store_operation
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        flags, data = encode(value, self._pickle_protocol)
+        flags, data = self._serializer.encode(value)
         try:
             yield self._client.set, (key, flags, data, self.get_backend_timeout(timeout))
         except CacheError as error:
@@ -177,7 +176,7 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
     @store_operation
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
-        flags, data = encode(value, self._pickle_protocol)
+        flags, data = self._serializer.encode(value)
         try:
             return (yield self._client.add, (key, flags, data, self.get_backend_timeout(timeout)))
         except CacheError as error:
@@ -230,7 +229,7 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
         except CacheError as error:
             self._server_failed("get_many", error)
             found = getattr(error, "partial", {})
-        return decode_found(found, key_map)
+        return self._serializer.decode_found(found, key_map)
 
     @store_operation
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
@@ -239,7 +238,7 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
         for key, value in data.items():
             made = self._key(key, version)
             original_keys[made] = key
-            items.append((made, *encode(value, self._pickle_protocol)))
+            items.append((made, *self._serializer.encode(value)))
         if not items:
             return []
         try:

@@ -1,0 +1,130 @@
+"""A thread interrupted inside a cache call (KeyboardInterrupt, SystemExit)
+never leaves a pooled connection checked out or a lock held: with pools
+of one connection, the next call still works at once."""
+
+import ctypes
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from racefree.backends.db import DatabaseCache
+from racefree.backends.filebased import FileBasedCache
+from racefree.backends.memcached import MemcachedCache
+
+
+def raise_in_thread(thread, exception):
+    """Deliver ``exception`` asynchronously to ``thread`` (raised when it
+    next runs Python, e.g. when a Rust call returns to it)."""
+    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exception))
+    assert changed == 1
+
+
+def single_connection_memcached(location):
+    return MemcachedCache(location, {
+        "KEY_PREFIX": uuid.uuid4().hex[:8],
+        "OPTIONS": {"POOL_SIZE": 1, "MAX_CONNECTIONS": 1, "IO_TIMEOUT": 2.0, "CONNECT_TIMEOUT": 0.5},
+    })
+
+
+def test_keyboard_interrupt_during_a_memcached_call_returns_its_connection(fresh_memcached):
+    cache = single_connection_memcached(fresh_memcached.location)
+    cache.set("k", "before")
+    fresh_memcached.pause()  # the next call waits for a reply
+
+    def interrupt_then_resume():
+        time.sleep(0.3)
+        signal.raise_signal(signal.SIGINT)  # Python raises it in the main thread
+        time.sleep(0.2)
+        fresh_memcached.resume()
+
+    helper = threading.Thread(target=interrupt_then_resume)
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cache.get("k")
+            time.sleep(5)  # (only if the call itself returned before the signal)
+    finally:
+        helper.join()
+        fresh_memcached.resume()
+    started = time.monotonic()
+    cache.set("k", "after")  # would wait for the only connection, then fail
+    assert cache.get("k") == "after"
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.parametrize("exception", [SystemExit, KeyboardInterrupt])
+def test_async_exception_in_a_thread_inside_a_memcached_call(fresh_memcached, exception):
+    cache = single_connection_memcached(fresh_memcached.location)
+    cache.set("k", 1)
+    fresh_memcached.pause()
+    caught = []
+
+    def worker():
+        try:
+            cache.incr("k")
+            time.sleep(5)
+        except BaseException as error:  # noqa: BLE001 - what we check
+            caught.append(type(error))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    time.sleep(0.3)
+    raise_in_thread(thread, exception)
+    time.sleep(0.2)
+    fresh_memcached.resume()
+    thread.join(10)
+    assert caught == [exception]
+    started = time.monotonic()
+    value = cache.incr("k")
+    assert value in (2, 3)  # the interrupted incr either happened or not
+    assert time.monotonic() - started < 0.5
+
+
+def test_interrupt_inside_a_pg_transaction_rolls_back_and_frees_the_connection(table):
+    cache = DatabaseCache(table, {"OPTIONS": {"POOL_SIZE": 1, "CONNECT_TIMEOUT": 1, "MAX_ENTRIES": 1_000_000}})
+    cache.set("n", 10)
+    key = cache._key("n", None)
+
+    def interrupted(data):
+        raise KeyboardInterrupt  # Python code run inside the incr transaction
+
+    with pytest.raises(KeyboardInterrupt):
+        cache._store.update(key, time.time(), interrupted)
+    started = time.monotonic()
+    assert cache.incr("n") == 11  # row and advisory locks were released
+    assert time.monotonic() - started < 0.5
+
+
+def test_async_exception_in_a_thread_incrementing_files_leaves_no_lock(tmp_path):
+    cache = FileBasedCache(str(tmp_path), {"OPTIONS": {"LOCK_TIMEOUT": 5.0}})
+    cache.set("n", 0)
+    caught = []
+
+    def worker(count):
+        try:
+            for _ in range(count):
+                cache.incr("n")
+        except BaseException as error:  # noqa: BLE001
+            caught.append(type(error))
+
+    busy = [threading.Thread(target=worker, args=(2000,)) for _ in range(4)]
+    for thread in busy:
+        thread.start()
+    time.sleep(0.1)
+    raise_in_thread(busy[0], SystemExit)
+    for thread in busy:
+        thread.join(60)
+    assert caught == [SystemExit]
+    # Every lock was released: a full round of increments completes, and
+    # the count is exact but for the interrupted thread's (3 x 2000 plus
+    # whatever it finished before the exception).
+    started = time.monotonic()
+    before = cache.get("n")
+    for _ in range(100):
+        cache.incr("n")
+    assert cache.get("n") == before + 100
+    assert 6000 <= before <= 8000
+    assert time.monotonic() - started < 2

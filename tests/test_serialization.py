@@ -1,0 +1,195 @@
+"""Serializer options on every backend, on the real servers: signed values
+(SIGN_VALUES, SIGNING_KEYS with rotation) and JSON (SERIALIZER 'json').
+A value this cache must not load is a miss, and is never unpickled."""
+
+import logging
+import uuid
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
+
+from racefree.backends.db import DatabaseCache
+from racefree.backends.filebased import FileBasedCache
+from racefree.backends.memcached import MemcachedCache
+
+#: Set by unpickling a Trap: proof that a value was loaded.
+sprung = []
+
+
+def spring(tag):
+    sprung.append(tag)
+    return tag
+
+
+class Trap:
+    """A value whose unpickling runs code (as a forged pickle would)."""
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def __reduce__(self):
+        return spring, (self.tag,)
+
+
+@pytest.fixture
+def make(request, memcached, tmp_path):
+    """make(options) -> a backend of the parametrized kind on one shared
+    location, so differently configured instances see each other's
+    entries."""
+    kind = request.param
+    prefix = uuid.uuid4().hex[:8]
+    table = request.getfixturevalue("table") if kind == "database" else None
+    sprung.clear()
+
+    def build(**options):
+        params = {"KEY_PREFIX": prefix, "OPTIONS": options}
+        if kind == "memcached":
+            return MemcachedCache(memcached.location, params)
+        if kind == "file":
+            return FileBasedCache(str(tmp_path), params)
+        return DatabaseCache(table, params)
+
+    return build
+
+
+backends = pytest.mark.parametrize("make", ["memcached", "file", "database"], indirect=True)
+
+VALUES = [{"a": [1, 2.5, None]}, "text", b"\x00bytes", 42, -7, True, [1, "x"], ("t", 1)]
+
+
+@backends
+def test_signed_values_round_trip(make):
+    cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    for index, value in enumerate(VALUES):
+        cache.set(f"v{index}", value)
+        assert cache.get(f"v{index}") == value
+    assert cache.get_many([f"v{i}" for i in range(len(VALUES))]) == {f"v{i}": v for i, v in enumerate(VALUES)}
+    cache.set("n", 10)
+    assert cache.incr("n", 5) == 15
+    assert cache.decr("n", 3) == 12
+    assert cache.get("n") == 12
+
+
+@backends
+def test_unsigned_value_is_a_miss_and_never_unpickled(make, caplog):
+    writer = make()  # plain pickle, as a stock backend or an attacker would write
+    reader = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    writer.set("forged", Trap("unsigned"))
+    assert sprung == []  # (pickling does not run it)
+    with caplog.at_level(logging.WARNING, logger="racefree"):
+        assert reader.get("forged", "miss") == "miss"
+        assert reader.get_many(["forged"]) == {}
+    assert sprung == []
+    assert "treated as a miss" in caplog.text
+    writer.get("forged")  # the same bytes, loaded by a cache that does not sign
+    assert sprung == ["unsigned"]
+
+
+@backends
+def test_value_signed_with_another_key_is_a_miss(make):
+    make(SIGN_VALUES=True, SIGNING_KEYS=["attacker"]).set("forged", Trap("other key"))
+    assert make(SIGN_VALUES=True, SIGNING_KEYS=["k1"]).get("forged") is None
+    assert sprung == []
+
+
+@backends
+def test_key_rotation_accepts_older_keys_and_signs_with_the_first(make):
+    old = make(SIGN_VALUES=True, SIGNING_KEYS=["old"])
+    rotated = make(SIGN_VALUES=True, SIGNING_KEYS=["new", "old"])
+    new_only = make(SIGN_VALUES=True, SIGNING_KEYS=["new"])
+    old.set("before", {"v": 1})
+    assert rotated.get("before") == {"v": 1}
+    assert new_only.get("before") is None
+    rotated.set("after", {"v": 2})
+    assert new_only.get("after") == {"v": 2}
+    assert old.get("after") is None
+
+
+@backends
+def test_signing_uses_secret_key_and_its_fallbacks_by_default(make):
+    with override_settings(SECRET_KEY="first-secret", SECRET_KEY_FALLBACKS=[]):
+        make(SIGN_VALUES=True).set("k", [1])
+    with override_settings(SECRET_KEY="second-secret", SECRET_KEY_FALLBACKS=["first-secret"]):
+        assert make(SIGN_VALUES=True).get("k") == [1]
+    with override_settings(SECRET_KEY="second-secret", SECRET_KEY_FALLBACKS=[]):
+        assert make(SIGN_VALUES=True).get("k") is None
+
+
+@pytest.mark.parametrize("make", ["memcached", "file"], indirect=True)
+def test_tampered_bytes_or_flags_are_misses(make):
+    cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    cache.set("k", "a text value")
+    key = cache._key("k", None)
+    store = cache._client if hasattr(cache, "_client") else cache._store
+    flags, data = store.get(key) if hasattr(cache, "_client") else store.get(key, 0.0)
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    # Same signed bytes under other flags (text -> pickle), then flipped bytes.
+    for new_flags, new_data in ((flags ^ (1 << 4) | 1, data), (flags, tampered)):
+        if hasattr(cache, "_client"):
+            store.set(key, new_flags, new_data, 0)
+        else:
+            store.set(key, new_flags, new_data, 0.0, 0.0, 1_000_000, 3)
+        assert cache.get("k") is None
+
+
+@backends
+def test_json_round_trip_and_refusal_of_other_values(make):
+    cache = make(SERIALIZER="json")
+    # bytes are kept raw by the (flags, bytes) stores; JSON has no bytes.
+    raw = [b"raw"] if not isinstance(cache, DatabaseCache) else []
+    for value in ({"a": [1, 2.5, None, "x"]}, [1, 2], "text", 3, *raw):
+        cache.set("k", value)
+        assert cache.get("k") == value
+    cache.set("kept", {"v": 1})
+    with pytest.raises(TypeError, match="SERIALIZER 'json'"):
+        cache.set("kept", object())
+    with pytest.raises(TypeError, match="SERIALIZER 'json'"):
+        cache.set_many({"kept": {1, 2}})
+    assert cache.get("kept") == {"v": 1}  # nothing lost
+    cache.set("n", 1)
+    assert cache.incr("n", 2) == 3
+
+
+@backends
+def test_json_cache_never_unpickles(make):
+    make().set("pickled", Trap("json reader"))
+    assert make(SERIALIZER="json").get("pickled", "miss") == "miss"
+    assert sprung == []
+
+
+@backends
+def test_signed_json(make):
+    cache = make(SERIALIZER="json", SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    cache.set("k", {"nested": {"ok": True}})
+    assert cache.get("k") == {"nested": {"ok": True}}
+    assert make(SERIALIZER="json", SIGN_VALUES=True, SIGNING_KEYS=["k2"]).get("k") is None
+
+
+@backends
+def test_unverified_value_cannot_be_incremented(make):
+    make().set("n", Trap("incr"))
+    cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    # memcached and the file store count on the server / in the file and
+    # refuse a non-integer (TypeError); the PostgreSQL cache treats an
+    # unverified value as missing (ValueError). Neither loads it.
+    with pytest.raises(TypeError if isinstance(cache, (MemcachedCache, FileBasedCache)) else ValueError):
+        cache.incr("n")
+    assert sprung == []
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"SERIALIZER": "yaml"}, "SERIALIZER"),
+    ({"SIGN_VALUES": "yes"}, "SIGN_VALUES"),
+    ({"SIGNING_KEYS": ["k"]}, "SIGN_VALUES is not True"),
+    ({"SIGN_VALUES": True, "SIGNING_KEYS": []}, "SIGNING_KEYS"),
+    ({"SIGN_VALUES": True, "SIGNING_KEYS": ["ok", ""]}, "SIGNING_KEYS"),
+])
+def test_bad_serializer_options_fail_at_startup(tmp_path, options, message):
+    with pytest.raises(ImproperlyConfigured, match=message):
+        FileBasedCache(str(tmp_path), {"OPTIONS": options})
+
+
+def test_signing_without_any_key_fails_at_startup(tmp_path):
+    with override_settings(SECRET_KEY=""), pytest.raises(ImproperlyConfigured, match="SECRET_KEY"):
+        FileBasedCache(str(tmp_path), {"OPTIONS": {"SIGN_VALUES": True}})

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use racefree::filestore::{Error, FileStore, INTEGER_FLAG, Limits, Value};
+use proptest::prelude::*;
+use racefree::filestore::{Error, FileStore, INTEGER_FLAG, Limits, Value, entry};
 
 const NOW: f64 = 1_000_000.0;
 const ROOMY: Limits = Limits {
@@ -350,4 +351,32 @@ fn readers_racing_in_place_increments_see_whole_values() {
     }
     assert_eq!(s.get(b"n", NOW).unwrap(), integer(b"4000"));
     assert!(reads > 10);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Garbage where an entry file should be (random bytes, with or
+    /// without the format's magic) reads as a miss from every operation,
+    /// and a new value replaces it.
+    #[test]
+    fn garbage_files_are_misses_for_every_operation(
+        garbage in proptest::collection::vec(any::<u8>(), 0..400),
+        with_magic in any::<bool>(),
+    ) {
+        let dir = TempDir::new();
+        let store = store(&dir);
+        store.set(b"k", INTEGER_FLAG, b"1", 0.0, NOW, ROOMY).expect("set");
+        let path = store.entry_path(b"k");
+        let mut bytes = if with_magic { entry::MAGIC.to_vec() } else { Vec::new() };
+        bytes.extend_from_slice(&garbage);
+        fs::write(&path, &bytes).expect("write garbage");
+        prop_assert!(store.get(b"k", NOW).expect("get").is_none());
+        prop_assert!(!store.contains(b"k", NOW).expect("contains"));
+        prop_assert!(store.incr(b"k", 1, NOW).expect("incr").is_none());
+        fs::write(&path, &bytes).expect("write garbage");
+        prop_assert!(!store.touch(b"k", 0.0, NOW).expect("touch"));
+        store.set(b"k", 0, b"fresh", 0.0, NOW, ROOMY).expect("set over garbage");
+        prop_assert_eq!(store.get(b"k", NOW).expect("get").map(|v| v.value), Some(b"fresh".to_vec()));
+    }
 }

@@ -10,11 +10,12 @@
 //! Generic over the target so it is tested as plain Rust; the Python layer
 //! uses it with Python backend objects.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use arc_swap::ArcSwapOption;
-use parking_lot::{Condvar, Mutex};
+
+use crate::sync::locked;
 
 /// Called once with each replaced target, after its last call returned.
 pub type Close<T> = Arc<dyn Fn(&T) + Send + Sync>;
@@ -223,7 +224,7 @@ impl<T> Forwarder<T> {
 
     fn rebuild<E>(&self, want: Want, build: &mut impl FnMut() -> Result<T, E>) -> Result<bool, E> {
         {
-            let mut building = self.building.lock();
+            let mut building = locked(&self.building);
             loop {
                 if !self.wanted(want) {
                     return Ok(false);
@@ -232,7 +233,7 @@ impl<T> Forwarder<T> {
                     *building = true;
                     break;
                 }
-                self.built.wait(&mut building);
+                building = self.built.wait(building).unwrap_or_else(PoisonError::into_inner);
             }
         }
         // Clears the flag and wakes the waiters however the build ends,
@@ -296,7 +297,7 @@ struct BuildDone<'a, T>(&'a Forwarder<T>);
 
 impl<T> Drop for BuildDone<'_, T> {
     fn drop(&mut self) {
-        *self.0.building.lock() = false;
+        *locked(&self.0.building) = false;
         self.0.built.notify_all();
     }
 }

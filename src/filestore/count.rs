@@ -11,12 +11,11 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use memmap2::MmapMut;
-use parking_lot::RwLock;
 
 const MAGIC: u64 = u64::from_le_bytes(*b"RFCOUNT1");
 const MAP_LEN: u64 = 4096;
@@ -86,11 +85,11 @@ impl SharedCount {
     }
 
     fn current(&self) -> io::Result<Arc<Mapping>> {
-        let stale = self.checked_at.read().elapsed() > RECHECK;
-        if !stale && let Some(mapping) = self.mapping.read().as_ref() {
+        let stale = self.checked_at.read().unwrap_or_else(PoisonError::into_inner).elapsed() > RECHECK;
+        if !stale && let Some(mapping) = self.mapping.read().unwrap_or_else(PoisonError::into_inner).as_ref() {
             return Ok(Arc::clone(mapping));
         }
-        let mut slot = self.mapping.write();
+        let mut slot = self.mapping.write().unwrap_or_else(PoisonError::into_inner);
         let still_ours = match (slot.as_ref(), std::fs::metadata(&self.path)) {
             (Some(mapping), Ok(meta)) => meta.ino() == mapping.inode,
             _ => false,
@@ -98,7 +97,7 @@ impl SharedCount {
         if !still_ours {
             *slot = Some(Arc::new(Mapping::open(&self.path)?));
         }
-        *self.checked_at.write() = Instant::now();
+        *self.checked_at.write().unwrap_or_else(PoisonError::into_inner) = Instant::now();
         slot.as_ref()
             .map(Arc::clone)
             .ok_or_else(|| io::Error::other("state file not mapped"))

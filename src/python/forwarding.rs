@@ -6,9 +6,9 @@
 //! needs it), and a replaced target is closed by a Python callable once its
 //! last call has returned.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use parking_lot::Mutex;
+use crate::sync::locked;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
@@ -167,7 +167,7 @@ impl Lease {
     /// End the call; may close a target that was replaced meanwhile.
     /// Calling it again does nothing.
     fn release(&self) {
-        let lease = self.lease.lock().take();
+        let lease = locked(&self.lease).take();
         drop(lease);
     }
 

@@ -38,7 +38,7 @@ fn closing() -> Close<Shared> {
 /// Builds targets with increasing ids and remembers every one.
 #[derive(Default, Clone)]
 struct Factory {
-    built: Arc<parking_lot::Mutex<Vec<Shared>>>,
+    built: Arc<std::sync::Mutex<Vec<Shared>>>,
     builds: Arc<AtomicUsize>,
 }
 
@@ -49,7 +49,7 @@ impl Factory {
             id,
             ..Target::default()
         });
-        self.built.lock().push(Arc::clone(&target));
+        self.built.lock().unwrap().push(Arc::clone(&target));
         Ok(target)
     }
 
@@ -98,7 +98,7 @@ fn a_replaced_target_without_calls_closes_at_once() {
     let forwarder = Forwarder::new(closing());
     drop(forwarder.lease(|| factory.build()).unwrap());
     forwarder.replace(1, || factory.build()).unwrap();
-    assert_eq!(factory.built.lock()[0].closes.load(SeqCst), 1);
+    assert_eq!(factory.built.lock().unwrap()[0].closes.load(SeqCst), 1);
 }
 
 #[test]
@@ -132,7 +132,7 @@ fn threads_calling_while_another_resets_a_thousand_times() {
     stop.store(true, SeqCst);
     let calls: u64 = callers.into_iter().map(|caller| caller.join().unwrap()).sum();
     assert!(calls > 0);
-    let built = factory.built.lock();
+    let built = factory.built.lock().unwrap();
     assert_eq!(built.len(), 1001, "the first target and one per reset");
     let (retired, current) = built.split_at(built.len() - 1);
     for target in retired {

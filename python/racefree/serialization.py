@@ -23,6 +23,11 @@ import json
 import logging
 import pickle
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from racefree.backends._options import Option, boolean, optional
+
 logger = logging.getLogger("racefree")
 
 FLAG_BYTES = 0
@@ -159,11 +164,7 @@ class Serializer:
         """The stored value, or ``default`` (logged) if it cannot be loaded:
         unverified, a class that moved, corrupt bytes. A miss is the safe
         answer."""
-        try:
-            return self.decode(flags, data)
-        except Exception:
-            logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
-            return default
+        return _loaded_or(default, key, self.decode, flags, data)
 
     def decode_found(self, found, key_map):
         """``get_many``'s result: ``{original key: value}`` from a store's
@@ -190,17 +191,19 @@ class Serializer:
         return self._load_object(kind, data)
 
     def load_or(self, default, key, data):
-        try:
-            return self.loads(data)
-        except Exception:
-            logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
-            return default
+        return _loaded_or(default, key, self.loads, data)
+
+
+def _loaded_or(default, key, load, *stored):
+    try:
+        return load(*stored)
+    except Exception:
+        logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
+        return default
 
 
 def serializer_options():
     """The OPTIONS every backend takes for its serializer."""
-    from racefree.backends._options import Option, boolean, optional
-
     return [
         Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
         Option("SERIALIZER", "pickle", serializer_format),
@@ -212,9 +215,6 @@ def serializer_options():
 def serializer_from(backend, options):
     """The serializer the read OPTIONS ask for; ImproperlyConfigured for
     a combination that cannot work."""
-    from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
-
     keys = None
     if options["SIGN_VALUES"]:
         keys = options["SIGNING_KEYS"]

@@ -271,9 +271,9 @@ impl PgStore {
             self.pool_size as usize,
             self.connect_timeout,
         ));
-        let previous = self.pool.compare_and_swap(&pool, fresh);
+        let previous = self.pool.compare_and_swap(&pool, Arc::clone(&fresh));
         if Arc::ptr_eq(&previous, &pool) {
-            self.pool.load_full()
+            fresh
         } else {
             // Another thread of the child swapped first.
             Arc::clone(&previous)

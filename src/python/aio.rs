@@ -266,8 +266,25 @@ struct Racefree;
 thread_local! {
     /// Set while a pool thread runs an awaited call's future.
     static RUNNING_CALL: Cell<bool> = const { Cell::new(false) };
-    /// Where the result of that call goes.
-    static ROUTE: Cell<Route> = const { Cell::new(Route::Thread) };
+    /// Where the result of that call goes, and the engine that takes it.
+    static DELIVERY: Cell<Option<(Route, &'static Engine)>> = const { Cell::new(None) };
+}
+
+/// Marks this pool thread as running an awaited call, until dropped (a
+/// panicking call included).
+struct RunningCall;
+
+impl RunningCall {
+    fn enter() -> RunningCall {
+        RUNNING_CALL.set(true);
+        RunningCall
+    }
+}
+
+impl Drop for RunningCall {
+    fn drop(&mut self) {
+        RUNNING_CALL.set(false);
+    }
 }
 
 /// A panic inside an awaited call's future, as pyo3-async-runtimes reports
@@ -318,11 +335,10 @@ impl generic::Runtime for Racefree {
         // Outside a pool thread only from `spawn` below, inside
         // `runtime.enter()`.
         let call = tokio::task::spawn_blocking(move || {
-            RUNNING_CALL.set(true);
+            let _running = RunningCall::enter();
             // Not tokio's block_on: the store's own clients (the postgres
             // crate) start their runtimes inside the call.
             pollster::block_on(fut);
-            RUNNING_CALL.set(false);
         });
         Box::pin(async move {
             call.await.map_err(|error| match error.try_into_panic() {
@@ -337,11 +353,13 @@ impl generic::Runtime for Racefree {
         F: FnOnce() + Send + 'static,
     {
         // pyo3-async-runtimes completes each asyncio future this way, with
-        // the GIL: queued for the delivery thread (see `Deliveries::run`).
-        match engine() {
-            Ok(engine) => engine.deliveries.push(ROUTE.get(), Box::new(f)),
-            // Only if the engine could not be built, which `spawn` checked.
-            Err(_) => std::mem::forget(f),
+        // the GIL, right after the call on the same pool thread: queued for
+        // the caller's loop or the delivery thread (`Deliveries::push`).
+        match DELIVERY.get() {
+            Some((route, engine)) => engine.deliveries.push(route, Box::new(f)),
+            // Not after one of our calls: nowhere to deliver (and never
+            // Python to touch here).
+            None => std::mem::forget(f),
         }
         Box::pin(std::future::ready(Ok(())))
     }
@@ -376,7 +394,7 @@ where
     let _entered = engine.runtime.enter();
     generic::future_into_py_with_locals::<Racefree, _, T>(py, locals, async move {
         // pyo3-async-runtimes delivers the result from this thread next.
-        ROUTE.set(route);
+        DELIVERY.set(Some((route, engine)));
         call()
     })
 }

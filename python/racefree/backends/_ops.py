@@ -65,16 +65,22 @@ class _MarkedCalls(ast.NodeTransformer):
     visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
 
 
-def _compiled(steps, awaited):
-    """The function compiled from ``steps``' source, or None when its
-    source cannot be read or it closes over variables."""
+def _compiled_pair(steps):
+    """The sync function and its async twin compiled from ``steps``'
+    source, or None when the source cannot be read or ``steps`` closes
+    over variables."""
     if steps.__code__.co_freevars:
         return None
     try:
         lines, first_line = inspect.getsourcelines(steps)
     except (OSError, TypeError):
         return None
-    tree = ast.parse(textwrap.dedent("".join(lines)))
+    source = textwrap.dedent("".join(lines))
+    return _compiled(steps, source, first_line, awaited=False), _compiled(steps, source, first_line, awaited=True)
+
+
+def _compiled(steps, source, first_line, awaited):
+    tree = ast.parse(source)
     ast.increment_lineno(tree, first_line - 1)
     definition = tree.body[0]
     definition.decorator_list = []
@@ -151,10 +157,7 @@ def _driven(steps):
 def store_operation(steps, *, compile_source=True):
     """The sync method for the generator method ``steps``; its async twin
     is the ``asynchronous`` attribute of the result."""
-    method = compile_source and _compiled(steps, awaited=False)
-    asynchronous = compile_source and _compiled(steps, awaited=True)
-    if not (method and asynchronous):
-        method, asynchronous = _driven(steps)
+    method, asynchronous = (compile_source and _compiled_pair(steps)) or _driven(steps)
     method.asynchronous = asynchronous
     return method
 

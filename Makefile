@@ -24,6 +24,7 @@ bench: build bench-deps
 	$(PY) benchmarks/db_bench.py --json build/db_bench.json
 	$(PY) benchmarks/forwarding_bench.py --json build/forwarding_bench.json
 	$(PY) benchmarks/async_bench.py --json build/async_bench.json
+	$(PY) benchmarks/stampede_bench.py --json build/stampede_bench.json
 	$(PY) benchmarks/race_table.py
 
 system-deps:

@@ -23,6 +23,11 @@ class LockTimeoutError(CacheTimeoutError):
     """Another process held a cache lock longer than LOCK_TIMEOUT."""
 
 
+class LockNotAcquired(TimeoutError):
+    """``with cache.lock(...)`` waited its ``wait`` seconds and another
+    holder still had the lock."""
+
+
 class CacheProtocolError(CacheError):
     """The server's reply did not answer the request; the connection was
     discarded so no later call can read it."""

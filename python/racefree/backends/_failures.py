@@ -1,8 +1,24 @@
 """IGNORE_EXCEPTIONS, shared by the backends that talk to a server."""
 
+import contextlib
+import contextvars
 import logging
 
 logger = logging.getLogger("racefree")
+
+# Set while a cache lock is taken or given back: a lock must know that the
+# server failed, not read a swallowed error as "someone else holds it".
+_failures_raise = contextvars.ContextVar("racefree_failures_raise", default=False)
+
+
+@contextlib.contextmanager
+def failures_raised():
+    """Within the block, server failures raise even with IGNORE_EXCEPTIONS."""
+    token = _failures_raise.set(True)
+    try:
+        yield
+    finally:
+        _failures_raise.reset(token)
 
 
 class FailurePolicy:
@@ -15,6 +31,6 @@ class FailurePolicy:
     server_kind = "cache"
 
     def _server_failed(self, operation, error):
-        if not self._ignore_exceptions:
+        if not self._ignore_exceptions or _failures_raise.get():
             raise error
         logger.warning("%s %s failed, ignored (IGNORE_EXCEPTIONS): %s", self.server_kind, operation, error)

@@ -30,6 +30,7 @@ from racefree.backends._options import (
     positive_number,
     read_options,
 )
+from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
 from racefree.exceptions import CacheError
 from racefree.serialization import UnverifiedValue, logger, serializer_from, serializer_options
 
@@ -50,6 +51,7 @@ OPTIONS = [
     Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number)),
     Option("IGNORE_EXCEPTIONS", False, boolean),
     *serializer_options(),
+    *stampede_options(),
 ]
 
 # Django DATABASES OPTIONS that only concern Django's own connection.
@@ -160,7 +162,7 @@ def _close_before_test_databases_drop():
 
 
 @with_async_twins
-class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
+class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
     server_kind = "PostgreSQL cache"
 
     def __init__(self, table, params):
@@ -170,6 +172,7 @@ class DatabaseCache(KeyMaking, FailurePolicy, BaseDatabaseCache):
         self._options = options
         self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
         self._serializer = serializer_from(backend, options)
+        self._stampede = Stampede.from_options(options)
         self._init_key_making(DatabaseCache)
         if options["DSN"]:
             params_for_store = {}

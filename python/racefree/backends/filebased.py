@@ -21,6 +21,7 @@ from racefree._core import FileStore
 from racefree._keys import KeyMaking
 from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, read_options
+from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
 from racefree.serialization import serializer_from, serializer_options
 
 OPTIONS = [
@@ -28,6 +29,7 @@ OPTIONS = [
     Option("CULL_FREQUENCY", 3, non_negative_int),
     Option("LOCK_TIMEOUT", 5.0, positive_number),
     *serializer_options(),
+    *stampede_options(),
 ]
 
 _stores = {}
@@ -44,7 +46,7 @@ def shared_store(directory, lock_timeout):
 
 
 @with_async_twins
-class FileBasedCache(KeyMaking, BaseCache):
+class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
     def __init__(self, dir, params):
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
         options = read_options(backend, params.get("OPTIONS"), OPTIONS)
@@ -52,6 +54,7 @@ class FileBasedCache(KeyMaking, BaseCache):
         self._dir = os.path.abspath(os.fspath(dir))
         self._store = shared_store(self._dir, options["LOCK_TIMEOUT"])
         self._serializer = serializer_from(backend, options)
+        self._stampede = Stampede.from_options(options)
         self._init_key_making(FileBasedCache)
 
     def _expiry(self, timeout):

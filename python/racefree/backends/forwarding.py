@@ -26,6 +26,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from racefree._core import ForwardingCore
+from racefree.backends._stampede import CacheLock, Stampede
 
 logger = logging.getLogger("racefree.forwarding")
 
@@ -185,6 +186,12 @@ class ForwardingCache(BaseCache):
 
     #: djblets' name.
     reset_backend = reset
+
+    def lock(self, key, timeout=None, wait=None, version=None):
+        """A cache lock taken through the forwarder (see racefree's
+        ``lock``); the lease defaults to the target's LOCK_LEASE."""
+        settings = getattr(self._core.target(), "_stampede", None) or Stampede()
+        return CacheLock(self, key, settings.lease if timeout is None else timeout, wait, version)
 
     def stats(self):
         """The forwarding counters (generation, builds, build_failures,

@@ -9,6 +9,7 @@ exchange, so a timed-out or failed call can never hand its reply to a
 later one.
 """
 
+import math
 import re
 import threading
 import time
@@ -31,6 +32,7 @@ from racefree.backends._options import (
     positive_number,
     read_options,
 )
+from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
 from racefree.exceptions import CacheError
 from racefree.serialization import serializer_from, serializer_options
 
@@ -47,6 +49,7 @@ OPTIONS = [
     Option("SPIN_WAIT", 0.00005, non_negative_number),
     Option("IGNORE_EXCEPTIONS", False, boolean, aliases=("ignore_exc",)),
     *serializer_options(),
+    *stampede_options(),
     # pymemcache spellings of what racefree always does.
     Option("no_delay", True, must_be_true),
     Option("use_pooling", True, must_be_true),
@@ -101,7 +104,7 @@ def split_location(location):
 
 
 @with_async_twins
-class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
+class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
     # The store refuses invalid keys itself, before anything is sent.
     checks_keys_natively = True
     server_kind = "memcached"
@@ -118,6 +121,7 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
             raise ImproperlyConfigured(f"{backend}: {exc}") from None
         self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
         self._serializer = serializer_from(backend, options)
+        self._stampede = Stampede.from_options(options)
         self._init_key_making(MemcachedCache)
 
     @property
@@ -137,6 +141,11 @@ class MemcachedCache(KeyMaking, FailurePolicy, BaseCache):
         if timeout > MAX_RELATIVE_TTL:
             timeout += int(time.time())
         return timeout
+
+    def lock_entry_timeout(self, lease):
+        # Memcached's clock ticks in whole seconds: a TTL of n ends within
+        # (n - 1, n] seconds, so one more keeps a lock at least its lease.
+        return math.ceil(lease) + 1
 
     def validate_key(self, key):
         error = memcached_key_error(key)

@@ -1,0 +1,293 @@
+"""One computation per miss: ``get_or_set`` and ``lock`` on any backend
+with an atomic ``add``.
+
+Django's ``get_or_set`` is get → compute → add, so when a hot entry
+expires every caller that misses at once computes it. Here the callers
+that miss race to ``add`` a lock entry for the key (memcached's atomic
+``add``, the file store's ``add`` under its file lock, the PostgreSQL
+store's ``add`` under an advisory lock): the one that adds it computes;
+the others poll for its value, backing off. The lock entry expires after
+``LOCK_LEASE`` seconds, so a computer that crashed frees it without
+anyone's help, and a caller that has waited ``GET_OR_SET_WAIT`` seconds
+computes itself rather than hang. A hit costs what Django's costs: one get.
+
+``EARLY_REFRESH`` (seconds, off by default): ``get_or_set`` also writes a
+"fresh" marker that expires that long before the value; the first caller
+to find the value without its marker recomputes it under the lock while
+everyone else keeps reading the old value.
+"""
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+
+from racefree.backends._failures import failures_raised
+from racefree.backends._ops import store_operation, with_async_twins
+from racefree.backends._options import Option, non_negative_number, positive_number
+from racefree.exceptions import CacheError, LockNotAcquired
+
+logger = logging.getLogger("racefree")
+
+MISSING = object()
+#: First and longest pause between polls of a waiting caller.
+FIRST_PAUSE = 0.005
+LONGEST_PAUSE = 0.05
+
+
+def stampede_options():
+    """The OPTIONS every racefree backend takes for get_or_set and lock."""
+    return [
+        Option("LOCK_LEASE", 10.0, positive_number),
+        Option("GET_OR_SET_WAIT", 20.0, positive_number),
+        Option("EARLY_REFRESH", 0.0, non_negative_number),
+    ]
+
+
+class Stampede:
+    """The get_or_set and lock settings read from OPTIONS."""
+
+    __slots__ = ("lease", "wait", "early_refresh")
+
+    def __init__(self, lease=10.0, wait=20.0, early_refresh=0.0):
+        self.lease = lease
+        self.wait = wait
+        self.early_refresh = early_refresh
+
+    @classmethod
+    def from_options(cls, options):
+        return cls(options["LOCK_LEASE"], options["GET_OR_SET_WAIT"], options["EARLY_REFRESH"])
+
+
+def _named(kind, key):
+    # A fixed-length name: the key's own length limit (memcached's 250
+    # bytes) must not be exceeded by a suffix.
+    digest = hashlib.blake2b(str(key).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"racefree.{kind}:{digest}"
+
+
+class _Pause:
+    """Waiting between polls; the async form yields to the event loop."""
+
+    sleep = staticmethod(time.sleep)
+    asleep = staticmethod(asyncio.sleep)
+
+
+@with_async_twins
+class CacheLock:
+    """A lock named by a cache key, shared by every thread, process and
+    host using the cache: a cache entry holding a random token, added
+    atomically, expiring after ``lease`` seconds so a crashed holder cannot
+    keep it (on memcached, whose clock ticks in whole seconds, after
+    between ``lease`` and ``lease + 1`` rounded up).
+
+    ``with cache.lock("name"):`` waits up to ``wait`` seconds (None: until
+    it is free) and raises ``LockNotAcquired`` after that; ``async with``
+    works too. Not reentrant. Give it back only while the lease lasts: a
+    release after the lease ran out leaves the next holder's lock alone.
+    """
+
+    def __init__(self, cache, name, lease, wait=None, version=None):
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+            raise ValueError(f"a lock's lease must be a number of seconds above 0, not {lease!r}")
+        if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0):
+            raise ValueError(f"a lock's wait must be None or a number of seconds >= 0, not {wait!r}")
+        self._cache = cache
+        self._key = _named("lock", name)
+        self._version = version
+        self.name = name
+        self.lease = lease
+        self.wait = wait
+        self._token = None
+
+    @property
+    def held(self):
+        """Whether this object took the lock (and has not given it back)."""
+        return self._token is not None
+
+    @store_operation
+    def try_acquire(self):
+        """Take the lock if it is free, without waiting. A server failure
+        raises, even with IGNORE_EXCEPTIONS."""
+        if self._token is not None:
+            raise RuntimeError(f"the cache lock {self.name!r} is already held by this object")
+        token = secrets.token_hex(16)
+        with failures_raised():
+            won = yield self._cache.add, (self._key, token, self._cache.lock_entry_timeout(self.lease), self._version)
+        if won:
+            self._token = token
+        return won
+
+    @store_operation
+    def acquire(self, wait=MISSING):
+        """Take the lock, waiting up to ``wait`` seconds (default: the
+        lock's own ``wait``); True if taken."""
+        wait = self.wait if wait is MISSING else wait
+        deadline = None if wait is None else time.monotonic() + wait
+        pause = FIRST_PAUSE
+        while True:
+            if (yield self.try_acquire, ()):
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            yield _Pause.sleep, (pause if left is None else min(pause, left),)
+            pause = min(pause * 2, LONGEST_PAUSE)
+
+    @store_operation
+    def release(self):
+        """Give the lock back; False (and a warning) if its lease ran out
+        first. A server failure is logged, not raised: the lease frees the
+        lock anyway."""
+        token, self._token = self._token, None
+        if token is None:
+            raise RuntimeError(f"the cache lock {self.name!r} is not held by this object")
+        try:
+            with failures_raised():
+                holder = yield self._cache.get, (self._key, None, self._version)
+                if holder == token:
+                    yield self._cache.delete, (self._key, self._version)
+                    return True
+        except CacheError as error:
+            logger.warning("cache lock %r: release failed, its lease will free it: %s", self.name, error)
+            return False
+        logger.warning("cache lock %r was held past its lease of %ss", self.name, self.lease)
+        return False
+
+    def __enter__(self):
+        if not self.acquire():
+            raise LockNotAcquired(f"cache lock {self.name!r} not acquired within {self.wait}s")
+        return self
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+    async def __aenter__(self):
+        if not await self.aacquire():
+            raise LockNotAcquired(f"cache lock {self.name!r} not acquired within {self.wait}s")
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.arelease()
+
+    def __repr__(self):
+        return f"<CacheLock {self.name!r} {'held' if self.held else 'free'}>"
+
+
+@with_async_twins
+class StampedeSafe:
+    """Mixin for a BaseCache subclass: stampede-safe ``get_or_set`` /
+    ``aget_or_set`` and ``lock``. The subclass sets ``_stampede``."""
+
+    _stampede = Stampede()
+
+    def lock_entry_timeout(self, lease):
+        """The timeout of a lock entry held for at least ``lease`` seconds."""
+        return lease
+
+    def lock(self, key, timeout=None, wait=None, version=None):
+        """A lock named ``key``, shared with every user of this cache.
+
+        ``timeout``: its lease in seconds (default: OPTIONS LOCK_LEASE);
+        ``wait``: how long ``with`` waits for it (None: until it is free).
+        """
+        return CacheLock(self, key, self._stampede.lease if timeout is None else timeout, wait, version)
+
+    def _refresh_window(self, timeout):
+        """The early-refresh window for this timeout, or 0."""
+        window = self._stampede.early_refresh
+        if not window:
+            return 0
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        if timeout is None or timeout <= window:
+            return 0
+        return window
+
+    @store_operation
+    def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+        """Django's get_or_set; when several callers miss at once, the
+        callable ``default`` runs in one of them and the rest get its value."""
+        window = self._refresh_window(timeout) if callable(default) else 0
+        if window:
+            fresh = _named("fresh", key)
+            found = yield self.get_many, ([key, fresh], version)
+            if key in found:
+                if fresh in found:
+                    return found[key]
+                # Near expiry: one caller recomputes, the others read on.
+                return (yield self._refreshed, (key, found[key], default, timeout, version))
+        else:
+            value = yield self.get, (key, MISSING, version)
+            if value is not MISSING:
+                return value
+        if not callable(default):
+            return (yield self._added, (key, default, timeout, version))
+        lock = CacheLock(self, key, self._stampede.lease, version=version)
+        deadline = time.monotonic() + self._stampede.wait
+        pause = FIRST_PAUSE
+        while True:
+            try:
+                won = yield lock.try_acquire, ()
+            except CacheError as error:
+                # Only reached with IGNORE_EXCEPTIONS (the get above raised
+                # otherwise): compute, as Django would.
+                logger.warning("get_or_set %r: no lock (%s); computing without one", key, error)
+                return (yield self._added, (key, default(), timeout, version))
+            if won:
+                try:
+                    # The previous holder may have stored it since our miss.
+                    value = yield self.get, (key, MISSING, version)
+                    if value is MISSING:
+                        value = yield self._added, (key, default(), timeout, version)
+                finally:
+                    yield lock.release, ()
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.warning("get_or_set %r: waited %ss for another caller's value; computing", key,
+                               self._stampede.wait)
+                return (yield self._added, (key, default(), timeout, version))
+            yield _Pause.sleep, (min(pause, left),)
+            pause = min(pause * 2, LONGEST_PAUSE)
+            value = yield self.get, (key, MISSING, version)
+            if value is not MISSING:
+                return value
+
+    @store_operation
+    def _added(self, key, value, timeout, version):
+        """Django's ending: add (someone else's value wins), then read back."""
+        yield self.add, (key, value, timeout, version)
+        yield self._mark_fresh, (key, timeout, version)
+        return (yield self.get, (key, value, version))
+
+    @store_operation
+    def _mark_fresh(self, key, timeout, version):
+        """With EARLY_REFRESH, the marker that expires ``window`` seconds
+        before the value."""
+        window = self._refresh_window(timeout)
+        if window:
+            timeout = self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
+            yield self.set, (_named("fresh", key), 1, timeout - window, version)
+
+    @store_operation
+    def _refreshed(self, key, old, default, timeout, version):
+        """The value recomputed by this caller if it gets the lock first,
+        else the old one."""
+        lock = CacheLock(self, key, self._stampede.lease, version=version)
+        try:
+            won = yield lock.try_acquire, ()
+        except CacheError:
+            return old
+        if not won:
+            return old
+        try:
+            value = default()
+            yield self.set, (key, value, timeout, version)
+            yield self._mark_fresh, (key, timeout, version)
+        finally:
+            yield lock.release, ()
+        return value

@@ -1,0 +1,418 @@
+"""Stampede-safe get_or_set and cache locks, on every racefree backend and
+its real server: one computation per miss across threads and processes, a
+killed computer's lease running out, a failing computation, locks that
+exclude, leases that expire, early refresh, and a hit that costs one get."""
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test import override_settings
+from django.utils.module_loading import import_string
+
+from racefree.backends._stampede import _named
+from racefree.backends.forwarding import ForwardingCache
+from racefree.backends.memcached import MemcachedCache
+from racefree.exceptions import LockNotAcquired
+
+CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "get_or_set_child.py")
+COMPUTE_SECONDS = 0.2
+
+
+def backend_spec(request, memcached, tmp_path):
+    """How to build the backend, here and in child processes."""
+    options = {}
+    if request.param == "memcached":
+        spec = {"backend": "racefree.backends.memcached.MemcachedCache", "location": memcached.location,
+                "params": {"KEY_PREFIX": uuid.uuid4().hex[:8]}}
+    elif request.param in ("file", "forwarding"):
+        options = {"MAX_ENTRIES": 1_000_000}
+        spec = {"backend": "racefree.backends.filebased.FileBasedCache", "location": str(tmp_path / "cache")}
+    else:
+        options = {"MAX_ENTRIES": 1_000_000}
+        spec = {"backend": "racefree.backends.db.DatabaseCache", "location": request.getfixturevalue("table")}
+    spec.setdefault("params", {})["OPTIONS"] = options
+    db = connection.settings_dict
+    spec["databases"] = {"default": {name: db[name] for name in ("ENGINE", "NAME", "USER", "HOST", "PORT")}}
+    spec["time_zone"] = settings.TIME_ZONE
+    spec["kind"] = request.param
+    if request.param != "forwarding":
+        yield spec
+        return
+    # Forwarding to the file cache, configured in CACHES for the whole test.
+    spec["alias"] = f"target-{uuid.uuid4().hex[:6]}"
+    target = {"BACKEND": spec["backend"], "LOCATION": spec["location"], **spec["params"]}
+    with override_settings(CACHES={**settings.CACHES, spec["alias"]: target}):
+        yield spec
+
+
+@pytest.fixture(params=["memcached", "file", "database", "forwarding"])
+def spec(request, memcached, tmp_path):
+    """Every racefree backend (the forwarding one to a file cache)."""
+    yield from backend_spec(request, memcached, tmp_path)
+
+
+@pytest.fixture(params=["memcached", "file", "database"])
+def store_spec(request, memcached, tmp_path):
+    """The backends with a store of their own, for child processes and
+    their own OPTIONS."""
+    yield from backend_spec(request, memcached, tmp_path)
+
+
+def make(spec, **options):
+    if spec["kind"] == "forwarding":
+        assert not options, "the forwarded alias's OPTIONS are set by the fixture"
+        return ForwardingCache(spec["alias"], {})
+    params = dict(spec["params"], OPTIONS={**spec["params"].get("OPTIONS", {}), **options})
+    return import_string(spec["backend"])(spec["location"], params)
+
+
+class Calls:
+    """Computations, counted in a file every process appends to."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def record(self, what):
+        with open(self.path, "a") as f:
+            f.write(f"{what} {os.getpid()} {threading.get_ident()}\n")
+
+    def count(self, what):
+        if not os.path.exists(self.path):
+            return 0
+        with open(self.path) as f:
+            return sum(1 for line in f if line.split()[0] == what)
+
+    def computation(self, value="value", seconds=COMPUTE_SECONDS, error=None):
+        def compute():
+            self.record("start")
+            time.sleep(seconds)
+            if error is not None:
+                self.record("raised")
+                raise error
+            self.record("done")
+            return value
+
+        return compute
+
+
+def run_threads(count, target):
+    results, errors = [], []
+
+    def run(index):
+        try:
+            results.append(target(index))
+        except BaseException as error:  # collected and asserted on
+            errors.append((index, error))
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return results, errors
+
+
+def test_thirty_two_threads_missing_at_once_compute_once(spec, tmp_path):
+    calls = Calls(tmp_path / "calls")
+    compute = calls.computation("computed")
+    start = threading.Barrier(32, timeout=30)
+
+    def call(index):
+        cache = make(spec)  # each thread its own backend object, as caches[...] gives
+        start.wait()
+        return cache.get_or_set("hot", compute, 60)
+
+    results, errors = run_threads(32, call)
+    assert errors == []
+    assert results == ["computed"] * 32
+    assert calls.count("start") == 1
+
+
+def test_four_processes_of_eight_threads_compute_once(store_spec, tmp_path):
+    calls = tmp_path / "calls"
+    child_spec = dict(store_spec, key="hot", threads=8, start_at=time.time() + 1.5, sleep=COMPUTE_SECONDS,
+                      calls=str(calls), mode="compute")
+    children = [subprocess.Popen([sys.executable, CHILD, json.dumps(child_spec)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    reports = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        reports.extend(json.loads(out))
+    assert len(reports) == 32
+    assert [r for r in reports if "error" in r] == []
+    values = {r["value"] for r in reports}
+    assert len(values) == 1 and values.pop().startswith("value-")
+    assert Calls(calls).count("start") == 1
+
+
+def test_a_killed_computer_frees_the_key_within_its_lease(store_spec, tmp_path):
+    lease = 2
+    store_spec = dict(store_spec, params=dict(store_spec["params"], OPTIONS={**store_spec["params"]["OPTIONS"], "LOCK_LEASE": lease}))
+    calls = Calls(tmp_path / "calls")
+    child_spec = dict(store_spec, key="hot", threads=1, start_at=0, sleep=0, calls=calls.path, mode="hang")
+    child = subprocess.Popen([sys.executable, CHILD, json.dumps(child_spec)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while calls.count("start") == 0:
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, "the child never started computing"
+            time.sleep(0.02)
+        locked_at = time.monotonic()
+        waiting = threading.Barrier(9, timeout=30)
+
+        def call(index):
+            cache = make(store_spec)
+            waiting.wait()
+            value = cache.get_or_set("hot", calls.computation("recomputed"), 60)
+            return value, time.monotonic()
+
+        holder = threading.Thread(target=lambda: (waiting.wait(), time.sleep(0.3), child.kill()))
+        holder.start()
+        results, errors = run_threads(8, call)
+        holder.join()
+    finally:
+        child.kill()
+        child.wait()
+    assert errors == []
+    assert [value for value, _ in results] == ["recomputed"] * 8
+    # Started: the killed child's computation, then exactly one waiter's.
+    assert calls.count("start") == 2 and calls.count("done") == 1
+    # Everyone had the value once the lease ran out (memcached counts whole
+    # seconds, so up to a second sooner) and one computation ran.
+    slowest = max(at for _, at in results) - locked_at
+    assert slowest < lease + 1 + COMPUTE_SECONDS + 1.0
+
+
+def test_a_failing_computation_raises_for_its_caller_only_and_the_next_computes(spec, tmp_path):
+    calls = Calls(tmp_path / "calls")
+    failing = calls.computation(error=RuntimeError("database is down"))
+    cache = make(spec)
+    first_error = []
+
+    def first():
+        try:
+            cache.get_or_set("hot", failing, 60)
+        except RuntimeError as error:
+            first_error.append(error)
+
+    computing = threading.Thread(target=first)
+    computing.start()
+    while calls.count("start") == 0:
+        time.sleep(0.01)
+
+    def call(index):
+        return make(spec).get_or_set("hot", calls.computation("second try"), 60)
+
+    results, errors = run_threads(8, call)
+    computing.join()
+    assert [str(e) for e in first_error] == ["database is down"]
+    assert errors == []
+    assert results == ["second try"] * 8
+    assert calls.count("raised") == 1 and calls.count("done") == 1
+    assert cache.get("hot") == "second try"
+
+
+def test_tasks_on_four_loops_compute_once(spec, tmp_path):
+    calls = Calls(tmp_path / "calls")
+    compute = calls.computation("async value", seconds=0.05)
+
+    def loop(index):
+        cache = make(spec)
+
+        async def tasks():
+            return await asyncio.gather(*(cache.aget_or_set("hot", compute, 60) for _ in range(25)))
+
+        return asyncio.run(tasks())
+
+    results, errors = run_threads(4, loop)
+    assert errors == []
+    assert [value for values in results for value in values] == ["async value"] * 100
+    assert calls.count("start") == 1
+
+
+def test_lock_excludes_across_threads(spec):
+    """Eight threads read-modify-write one entry (get, then set: not
+    atomic) under the lock: no update is lost."""
+    make(spec).set("counter", 0)
+    rounds = 25
+
+    def work(index):
+        cache = make(spec)
+        for _ in range(rounds):
+            with cache.lock("counter lock", wait=30):
+                cache.set("counter", cache.get("counter") + 1)
+
+    _, errors = run_threads(8, work)
+    assert errors == []
+    assert make(spec).get("counter") == 8 * rounds
+
+
+def test_lock_wait_runs_out_and_a_lease_expires(spec):
+    cache = make(spec)
+    holder = cache.lock("name", timeout=1)
+    assert holder.acquire(wait=0)
+    started = time.monotonic()
+    with pytest.raises(LockNotAcquired):
+        with cache.lock("name", wait=0.3):
+            pass
+    assert 0.25 < time.monotonic() - started < 2
+    # Never given back: the lease (1 s, counted in whole seconds) frees it.
+    later = cache.lock("name", wait=3)
+    assert later.acquire()
+    # The first holder's late release must not free the new holder's lock.
+    assert holder.release() is False
+    assert cache.lock("name").acquire(wait=0) is False
+    assert later.release() is True
+    assert cache.lock("name").acquire(wait=0) is True
+
+
+def test_async_lock(spec):
+    cache = make(spec)
+
+    async def use():
+        async with cache.lock("async name", wait=1) as lock:
+            assert lock.held
+            assert await cache.lock("async name").aacquire(wait=0) is False
+        assert await cache.lock("async name").aacquire(wait=0) is True
+
+    asyncio.run(use())
+
+
+def test_lock_keys_are_versioned_and_fit_any_key(spec):
+    cache = make(spec)
+    long_name = "k" * 240  # with the lock's own suffix it would pass memcached's 250 bytes
+    with cache.lock(long_name, version=1):
+        with cache.lock(long_name, version=2, wait=0):
+            pass
+        with pytest.raises(LockNotAcquired):
+            with cache.lock(long_name, version=1, wait=0):
+                pass
+
+
+def test_lock_arguments_are_checked(spec):
+    cache = make(spec)
+    for bad in (0, -1, "10", True):
+        with pytest.raises(ValueError):
+            cache.lock("x", timeout=bad)
+    with pytest.raises(ValueError):
+        cache.lock("x", wait=-1)
+    lock = cache.lock("x")
+    with pytest.raises(RuntimeError):
+        lock.release()
+    with lock:
+        with pytest.raises(RuntimeError):
+            lock.acquire()
+
+
+def test_early_refresh_recomputes_once_while_others_read_the_old_value(store_spec, tmp_path):
+    cache = make(store_spec, EARLY_REFRESH=3)
+    calls = Calls(tmp_path / "calls")
+    # Value for 6 s, "fresh" for 3 (memcached: up to a second less).
+    assert cache.get_or_set("hot", calls.computation("old", seconds=0), 6) == "old"
+    assert cache.get_or_set("hot", calls.computation("unused", seconds=0), 6) == "old"
+    assert calls.count("start") == 1
+    time.sleep(3.3)
+    slow_refresh = calls.computation("new", seconds=0.5)
+    start = threading.Barrier(8, timeout=30)
+
+    def call(index):
+        mine = make(store_spec, EARLY_REFRESH=3)
+        start.wait()
+        began = time.monotonic()
+        return mine.get_or_set("hot", slow_refresh, 6), time.monotonic() - began
+
+    results, errors = run_threads(8, call)
+    assert errors == []
+    values = sorted(value for value, _ in results)
+    # One caller refreshed; the other seven read the old value without waiting.
+    assert values == ["new"] + ["old"] * 7
+    assert all(seconds < 0.4 for value, seconds in results if value == "old")
+    assert calls.count("start") == 2
+    assert cache.get_or_set("hot", calls.computation("unused", seconds=0), 6) == "new"
+    assert calls.count("start") == 2
+
+
+def test_early_refresh_is_off_by_default_and_skips_short_timeouts(store_spec, tmp_path):
+    calls = Calls(tmp_path / "calls")
+    cache = make(store_spec)
+    cache.get_or_set("k", calls.computation(seconds=0), 60)
+    assert cache.get("k") == "value"
+    assert not cache.has_key(_named("fresh", "k"))
+    short = make(store_spec, EARLY_REFRESH=30)
+    assert short.get_or_set("short", calls.computation("v", seconds=0), 10) == "v"
+    assert not short.has_key(_named("fresh", "short"))
+    assert short.get_or_set("short", calls.computation("w", seconds=0), 10) == "v"
+    assert calls.count("start") == 2
+
+
+def memcached_stats(location):
+    host, port = location.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            data += conn.recv(65536)
+    return {
+        fields[1]: fields[2]
+        for fields in (line.split() for line in data.decode().splitlines())
+        if len(fields) == 3 and fields[0] == "STAT"
+    }
+
+
+def test_a_hit_costs_one_get_and_nothing_else(memcached):
+    cache = MemcachedCache(memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:8]})
+    cache.set("hot", "value")
+    before = memcached_stats(memcached.location)
+    for _ in range(10):
+        assert cache.get_or_set("hot", lambda: "other", 60) == "value"
+    after = memcached_stats(memcached.location)
+
+    def delta(name):
+        return int(after[name]) - int(before[name])
+
+    assert delta("cmd_get") == 10 and delta("get_hits") == 10
+    assert delta("cmd_set") == 0 and delta("cmd_touch") == 0 and delta("delete_hits") + delta("delete_misses") == 0
+
+
+def test_an_uncontended_miss_is_django_s_add_then_get_plus_the_lock(memcached):
+    cache = MemcachedCache(memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:8]})
+    before = memcached_stats(memcached.location)
+    assert cache.get_or_set("cold", lambda: "value", 60) == "value"
+    after = memcached_stats(memcached.location)
+
+    def delta(name):
+        return int(after[name]) - int(before[name])
+
+    # get (miss), lock add, get under the lock, add, get; lock release: get + delete.
+    assert delta("cmd_get") == 4
+    assert delta("cmd_set") == 2  # memcached counts add as a set command
+    assert delta("delete_hits") == 1
+
+
+def test_a_down_server_with_ignore_exceptions_computes_at_once(fresh_memcached):
+    fresh_memcached.kill()
+    cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"IGNORE_EXCEPTIONS": True}})
+    started = time.monotonic()
+    assert cache.get_or_set("k", lambda: "computed", 60) == "computed"
+    assert time.monotonic() - started < 1.0
+
+
+def test_stampede_options_are_checked(memcached):
+    from django.core.exceptions import ImproperlyConfigured
+
+    for name, bad in (("LOCK_LEASE", 0), ("GET_OR_SET_WAIT", "5"), ("EARLY_REFRESH", -1)):
+        with pytest.raises(ImproperlyConfigured, match=name):
+            MemcachedCache(memcached.location, {"OPTIONS": {name: bad}})
+

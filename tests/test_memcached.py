@@ -4,6 +4,7 @@ interop with Django's PyMemcacheCache, races, faults, options, bad input."""
 import logging
 import multiprocessing
 import os
+import signal
 import pickle
 import threading
 import time
@@ -278,6 +279,53 @@ def test_forked_children_do_not_share_the_parents_sockets(memcached):
         loader.join()
     assert results == [0, 0, 0, 0]
     assert parent_bad == []
+
+
+def test_children_forked_while_parent_threads_use_the_pool_never_hang(memcached):
+    """A fork can land while a parent thread holds a pool's lock; the
+    child must never wait on it (it builds pools of its own)."""
+    cache = racefree(memcached.location)
+    stop = threading.Event()
+
+    def hammer(index):
+        n = 0
+        while not stop.is_set():
+            cache.set(f"busy-{index}", n)
+            cache.get_many([f"busy-{index}", "busy-x"])
+            n += 1
+
+    loaders = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for loader in loaders:
+        loader.start()
+    hung = []
+    try:
+        for i in range(60):
+            pid = os.fork()
+            if pid == 0:  # child: one exchange, then leave at once
+                code = 1
+                try:
+                    key = f"forked-{os.getpid()}"
+                    cache.set(key, key)
+                    code = 0 if cache.get(key) == key else 3
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 10
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    break
+                if time.monotonic() > deadline:
+                    hung.append(i)
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.005)
+    finally:
+        stop.set()
+        for loader in loaders:
+            loader.join()
+    assert hung == []
 
 
 # -- Faults ---------------------------------------------------------------------

@@ -1,6 +1,10 @@
 //! The memcached client: routing, single-key exchanges and pipelined
 //! batches over per-server pools.
 
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, Guard};
+
 use super::address::Address;
 use super::connection::Connection;
 use super::error::{Error, Result};
@@ -46,8 +50,25 @@ pub enum StoreOutcome {
 }
 
 pub struct Client {
-    pools: Vec<Pool>,
+    pools: ArcSwap<Pools>,
+    addresses: Vec<Address>,
+    config: Config,
     router: Rendezvous,
+}
+
+/// One pool per server, for one fork generation.
+struct Pools {
+    generation: u64,
+    list: Vec<Pool>,
+}
+
+impl Pools {
+    fn new(addresses: &[Address], config: &Config) -> Pools {
+        Pools {
+            generation: crate::fork::generation(),
+            list: addresses.iter().map(|a| Pool::new(a.clone(), config.clone())).collect(),
+        }
+    }
 }
 
 impl Error {
@@ -110,34 +131,54 @@ impl Client {
         if config.max_connections == Some(0) {
             return Err(Error::Config("MAX_CONNECTIONS must be at least 1".into()));
         }
-        let mut pools: Vec<Pool> = Vec::with_capacity(servers.len());
+        let mut addresses: Vec<Address> = Vec::with_capacity(servers.len());
         for spec in servers {
             let address = Address::parse(spec.as_ref())?;
-            if pools.iter().any(|p| p.address.node_name() == address.node_name()) {
+            if addresses.iter().any(|a| a.node_name() == address.node_name()) {
                 return Err(Error::Config(format!("memcached server {address} is listed twice")));
             }
-            pools.push(Pool::new(address, config.clone()));
+            addresses.push(address);
         }
-        let router = Rendezvous::new(pools.iter().map(|p| p.address.node_name()).collect());
-        Ok(Client { pools, router })
+        let router = Rendezvous::new(addresses.iter().map(Address::node_name).collect());
+        Ok(Client {
+            pools: ArcSwap::from_pointee(Pools::new(&addresses, &config)),
+            addresses,
+            config,
+            router,
+        })
     }
 
     /// Display names of the servers, in configured order.
     pub fn servers(&self) -> Vec<String> {
-        self.pools.iter().map(|p| p.name.clone()).collect()
+        self.addresses.iter().map(ToString::to_string).collect()
     }
 
     pub fn config(&self) -> &Config {
-        self.pools[0].config()
+        &self.config
+    }
+
+    /// This process's pools. In a forked child, the first call swaps in
+    /// new ones: the inherited pools' sockets belong to the parent, and a
+    /// lock in them may have been held by a parent thread at the fork, so
+    /// they are never touched again (leaked, not dropped).
+    fn current(&self) -> Guard<Arc<Pools>> {
+        let pools = self.pools.load();
+        if pools.generation == crate::fork::generation() {
+            return pools;
+        }
+        let fresh = Arc::new(Pools::new(&self.addresses, &self.config));
+        let previous = self.pools.compare_and_swap(&*pools, fresh);
+        if Arc::ptr_eq(&*previous, &*pools) {
+            // Ours swapped (not another thread of the child): the slot's
+            // reference to the inherited pools is never dropped.
+            std::mem::forget(Guard::into_inner(previous));
+        }
+        self.pools.load()
     }
 
     /// Index of the server that owns `key`.
     pub fn server_index(&self, key: &[u8]) -> usize {
         self.router.route(key)
-    }
-
-    fn pool(&self, key: &[u8]) -> &Pool {
-        &self.pools[self.router.route(key)]
     }
 
     /// Run one request/reply exchange on a leased connection. The
@@ -163,7 +204,8 @@ impl Client {
         answer: impl FnOnce(&mut Connection, &Pool, Reply) -> Result<T>,
     ) -> Result<T> {
         check_keys([key])?;
-        let pool = self.pool(key);
+        let pools = self.current();
+        let pool = &pools.list[self.router.route(key)];
         self.exchange(pool, |conn| {
             let reply = request(conn, pool, build)?;
             answer(conn, pool, reply)
@@ -251,7 +293,8 @@ impl Client {
     /// Delete a key; true if it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
         check_keys([key])?;
-        let pool = self.pool(key);
+        let pools = self.current();
+        let pool = &pools.list[self.router.route(key)];
         self.exchange(pool, |conn| delete_on(conn, pool, key))
     }
 
@@ -290,7 +333,7 @@ impl Client {
     /// returned.
     pub fn flush_all(&self) -> Result<()> {
         let mut first_error = None;
-        for pool in &self.pools {
+        for pool in &self.current().list {
             let result = self.exchange(pool, |conn| {
                 conn.out.extend_from_slice(b"flush_all\r\n");
                 conn.send().map_err(io_error(pool))?;
@@ -310,14 +353,14 @@ impl Client {
 
     /// Close every idle pooled connection.
     pub fn close_idle(&self) {
-        for pool in &self.pools {
+        for pool in &self.current().list {
             pool.close_idle();
         }
     }
 
     /// Idle pooled connections, per server.
     pub fn idle_connections(&self) -> Vec<usize> {
-        self.pools.iter().map(Pool::idle_count).collect()
+        self.current().list.iter().map(Pool::idle_count).collect()
     }
 
     /// Fetch many keys: one pipelined multi-get per server, all servers
@@ -362,13 +405,14 @@ impl Client {
     /// the rest chunk by chunk. A server that fails loses only its own
     /// keys.
     fn run_batch<Op: BatchOp>(&self, keys: &[&[u8]], results: &mut [Op::Out], op: &Op) -> Result<Vec<BatchFailure>> {
-        let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); self.pools.len()];
+        let pools = self.current();
+        let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); pools.list.len()];
         for (index, key) in keys.iter().enumerate() {
             by_server[self.router.route(key)].push(index);
         }
         let mut failures = Vec::new();
         let mut started: Vec<(&Pool, Lease<'_>, Vec<usize>, u32)> = Vec::new();
-        for (pool, indexes) in self.pools.iter().zip(by_server) {
+        for (pool, indexes) in pools.list.iter().zip(by_server) {
             if indexes.is_empty() {
                 continue;
             }

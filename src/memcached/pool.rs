@@ -142,10 +142,6 @@ impl Pool {
         }
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Check out a connection: a live idle one, or a new dial. At
     /// `max_connections`, wait (up to the connect timeout) for one to come
     /// back.

@@ -1,0 +1,174 @@
+"""Bad keys and values, side by side with Django's stock backend of the
+same kind on the same server: every outcome must be the stock one, or a
+difference listed in DIFFERENCES with its reason (racefree is stricter or
+safer, never looser). The outcomes are written to build/bad_input_table.md,
+the table the README shows."""
+
+import os
+import pickle
+import uuid
+import warnings
+
+import pytest
+from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
+from django.core.cache.backends.filebased import FileBasedCache as StockFileBasedCache
+from django.core.cache.backends.memcached import PyMemcacheCache
+
+from racefree.backends.db import DatabaseCache
+from racefree.backends.filebased import FileBasedCache
+from racefree.backends.memcached import MemcachedCache
+
+# The key function passes keys through as given, so each key reaches the
+# backend's own checks unchanged.
+RAW_KEYS = {"KEY_FUNCTION": lambda key, prefix, version: key}
+
+KEYS = {"KEY_FUNCTION": lambda key, prefix, version: key}
+
+BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build")
+
+KEYS = {
+    "empty": "",
+    "250 chars": "k" * 250,
+    "251 chars": "k" * 251,
+    "10,000 chars": "k" * 10_000,
+    "non-ASCII": "clé-été",
+    "200 chars, 400 bytes": "é" * 200,
+    "space": "with space",
+    "CR/LF": "crlf\r\nflush_all",
+    "NUL": "nul\0byte",
+    "tab": "tab\tkey",
+}
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise pickle.PicklingError("refuses to be pickled")
+
+
+class FailsOnLoad:
+    def __reduce__(self):
+        return (_fail_on_load, ())
+
+
+def _fail_on_load():
+    raise RuntimeError("cannot load")
+
+
+VALUES = {
+    "unpicklable": Unpicklable(),
+    "raises when loaded": FailsOnLoad(),
+    "2 MB": b"x" * (2 * 1024 * 1024),
+}
+
+#: (kind, input, racefree's outcome, stock's outcome): why they differ.
+DIFFERENCES = {
+    ("memcached", "empty"): "refused before the wire with Django's exception; pymemcache sends it and fails "
+    "on the server's reply",
+    ("memcached", "200 chars, 400 bytes"): "refused before the wire: memcached's limit is 250 bytes, "
+    "Django counts characters and pymemcache then fails on the server",
+    ("memcached", "raises when loaded"): "a value that cannot be loaded reads as a miss (the caller's "
+    "default) and is logged; pymemcache returns None whatever the default",
+    ("memcached", "2 MB"): "ValueTooLargeError (a ValueError) naming the limit; pymemcache raises "
+    "MemcacheServerError; in both the old value is gone",
+    ("file", "raises when loaded"): "a miss, logged; Django's file cache raises the loading error to the caller",
+    ("database", "10,000 chars"): "refused with InvalidCacheKey (and Django's warning) before the query: "
+    "the key column holds 255 characters; Django's set swallows the database error, so the value is "
+    "silently not stored",
+    ("database", "NUL"): "refused with InvalidCacheKey (and Django's warning): PostgreSQL text cannot hold "
+    "NUL; Django's set swallows the driver's error and its get raises DataError",
+    ("database", "raises when loaded"): "a miss, logged; Django's database cache raises the loading error",
+}
+
+
+def outcome(call):
+    """What a call did: its result kind, and a warning class if any."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = call()
+        except Exception as error:
+            what = type(error).__name__
+            for base in ("InvalidCacheKey", "ValueError", "TypeError", "PicklingError"):
+                if any(cls.__name__ == base for cls in type(error).__mro__) and what != base:
+                    what = f"{what} ({base})"
+                    break
+        else:
+            shown = repr(result) if len(repr(result)) < 40 else f"{len(result):,} {type(result).__name__}"
+            what = "ok" if result in (True, None) else f"returned {shown}"
+    names = sorted({w.category.__name__ for w in caught if w.category.__name__ == "CacheKeyWarning"})
+    return what + (" + " + names[0] if names else "")
+
+
+def key_outcome(cache, key):
+    stored = outcome(lambda: cache.set(key, "v"))
+    read = outcome(lambda: cache.get(key))
+    if stored == "ok" and read == "returned 'v'":
+        return "ok"
+    return f"set: {stored}; get: {read}"
+
+
+def value_outcome(cache, value):
+    cache.set("value-key", "old")
+    stored = outcome(lambda: cache.set("value-key", value))
+    read = outcome(lambda: cache.get("value-key", "miss"))
+    return f"set: {stored}; get: {read}"
+
+
+@pytest.fixture(params=["memcached", "file", "database"])
+def pair(request, memcached, tmp_path):
+    """(kind, racefree backend, stock backend) on one server."""
+    kind = request.param
+    prefix = uuid.uuid4().hex[:6]
+    if kind == "memcached":
+        ours = MemcachedCache(memcached.location, {"KEY_PREFIX": prefix, **RAW_KEYS})
+        stock = PyMemcacheCache(memcached.location, {"KEY_PREFIX": prefix + "s", **RAW_KEYS})
+    elif kind == "file":
+        ours = FileBasedCache(str(tmp_path / "ours"), dict(RAW_KEYS))
+        stock = StockFileBasedCache(str(tmp_path / "stock"), dict(RAW_KEYS))
+    else:
+        table = request.getfixturevalue("table")
+        ours = DatabaseCache(table, dict(RAW_KEYS))
+        stock = StockDatabaseCache(table, dict(RAW_KEYS))
+    return kind, ours, stock
+
+
+TABLE = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_table():
+    """The outcomes as the markdown table the README carries, in build/."""
+    yield
+    os.makedirs(BUILD, exist_ok=True)
+    with open(os.path.join(BUILD, "bad_input_table.md"), "w") as out:
+        out.write("| store | input | racefree | stock |\n|---|---|---|---|\n")
+        for kind, name, mine, theirs in TABLE:
+            out.write(f"| {kind} | {name} | {mine} | {theirs} |\n")
+
+
+@pytest.mark.parametrize("name", KEYS)
+def test_bad_keys_as_the_stock_backend_or_a_listed_difference(pair, name):
+    kind, ours, stock = pair
+    mine, theirs = key_outcome(ours, KEYS[name]), key_outcome(stock, KEYS[name])
+    TABLE.append((kind, name, mine, theirs))
+    if mine != theirs:
+        assert (kind, name) in DIFFERENCES, f"{kind} key {name!r}: racefree {mine!r}, stock {theirs!r}"
+        # Stricter, never looser: a difference is always racefree refusing
+        # what stock mishandles, with Django's own exception.
+        assert mine.startswith("set: InvalidCacheKey"), mine
+    else:
+        assert (kind, name) not in DIFFERENCES, "a listed difference is gone: update DIFFERENCES"
+
+
+@pytest.mark.parametrize("name", VALUES)
+def test_bad_values_as_the_stock_backend_or_a_listed_difference(pair, name, caplog):
+    kind, ours, stock = pair
+    mine, theirs = value_outcome(ours, VALUES[name]), value_outcome(stock, VALUES[name])
+    TABLE.append((kind, name, mine, theirs))
+    if mine != theirs:
+        assert (kind, name) in DIFFERENCES, f"{kind} value {name!r}: racefree {mine!r}, stock {theirs!r}"
+    else:
+        assert (kind, name) not in DIFFERENCES, "a listed difference is gone: update DIFFERENCES"
+    # Whatever happened, nothing crashed and the cache still works.
+    ours.set("after", 1)
+    assert ours.get("after") == 1

@@ -384,6 +384,8 @@ def test_server_killed_during_load_fails_fast_then_recovers(fresh_memcached):
         stop.set()
         for thread in threads:
             thread.join()
+    print(f"\nmemcached kill -9: {len(failure_durations)} failed calls (slowest {max(failure_durations, default=0):.3f} s), "
+          f"{len(mismatches)} mismatches, recovered {recovered_after[:1]} s after the restart")
     assert mismatches == []
     assert len(failure_durations) > 10, "calls during the outage must fail"
     assert max(failure_durations) < 1.0, "each failure within the timeout"

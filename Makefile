@@ -6,12 +6,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: test demo bench build system-deps bench-deps rust-test py-test clean
+.PHONY: test lint demo bench build system-deps bench-deps rust-test py-test clean
 
 ## make test: install what is missing, build with maturin, run cargo test and pytest
 test: build
 	cargo test --quiet
 	$(PY) -m pytest
+
+## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff
+lint: $(VENV)/.installed
+	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 || rustup component add clippy rustfmt
+	cargo fmt --check
+	cargo clippy --quiet --all-targets -- -D warnings
+	cargo clippy --quiet --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks django_example
 
 ## make demo: build, then every original bug under gunicorn + locust, stock vs racefree
 demo: build bench-deps

@@ -17,10 +17,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import django  # noqa: E402
+from _common import cycling_get, markdown, median_row, save, size_label, threaded_rate  # noqa: E402
 from django.conf import settings  # noqa: E402
 from support.servers import Postgres  # noqa: E402
-
-from _common import cycling_get, markdown, median_row, save, size_label, threaded_rate  # noqa: E402
 
 BACKENDS = {
     "racefree": ("racefree.backends.db.DatabaseCache", "bench_racefree"),

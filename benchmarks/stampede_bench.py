@@ -25,10 +25,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import django  # noqa: E402
+from _common import save  # noqa: E402
 from django.conf import settings  # noqa: E402
 from support.servers import Memcached, Postgres  # noqa: E402
-
-from _common import save  # noqa: E402
 
 PAIRS = {
     "memcached": ("racefree.backends.memcached.MemcachedCache", "django.core.cache.backends.memcached.PyMemcacheCache"),

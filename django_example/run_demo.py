@@ -59,7 +59,9 @@ def start_servers(stores):
 
 
 def demo_env(name, workdir, servers):
-    env = dict(os.environ, RACEFREE_DEMO_CACHE=name, RACEFREE_DEMO_DIR=workdir, DJANGO_SETTINGS_MODULE="project.settings")
+    env = dict(
+        os.environ, RACEFREE_DEMO_CACHE=name, RACEFREE_DEMO_DIR=workdir, DJANGO_SETTINGS_MODULE="project.settings"
+    )
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, env.get("PYTHONPATH")]))
     if "memcached" in servers:
         env["RACEFREE_DEMO_MEMCACHED"] = servers["memcached"].location

@@ -187,7 +187,9 @@ def test_awaits_overlap_on_a_slow_server(table):
             "CREATE FUNCTION slow_write() RETURNS trigger LANGUAGE plpgsql AS "
             "$$ BEGIN PERFORM pg_sleep(0.4); RETURN NEW; END $$"
         )
-        cursor.execute(f"CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON {quoted} FOR EACH ROW EXECUTE FUNCTION slow_write()")
+        cursor.execute(
+            f"CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON {quoted} FOR EACH ROW EXECUTE FUNCTION slow_write()"
+        )
     try:
         cache = DatabaseCache(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000}})
 

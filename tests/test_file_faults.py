@@ -9,8 +9,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "file_fault_child.py")
 # Root ignores permission bits; without these capabilities it obeys them.
 AS_UNPRIVILEGED_ROOT = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]

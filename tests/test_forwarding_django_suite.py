@@ -38,6 +38,7 @@ class Forwarded:
     def test_every_alias_is_a_forwarder(self):
         # The suite is only meaningful if the calls really go through one.
         from django.core.cache import cache, caches
+
         from racefree.backends.forwarding import ForwardingCache
 
         for alias in ("default", "prefix", "v2", "custom_key"):

@@ -6,7 +6,8 @@ finds and shrinks becomes a regular test below the machine."""
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from racefree.backends.db import DatabaseCache

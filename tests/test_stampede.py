@@ -158,7 +158,8 @@ def test_four_processes_of_eight_threads_compute_once(store_spec, tmp_path):
 
 def test_a_killed_computer_frees_the_key_within_its_lease(store_spec, tmp_path):
     lease = 2
-    store_spec = dict(store_spec, params=dict(store_spec["params"], OPTIONS={**store_spec["params"]["OPTIONS"], "LOCK_LEASE": lease}))
+    options = {**store_spec["params"]["OPTIONS"], "LOCK_LEASE": lease}
+    store_spec = dict(store_spec, params=dict(store_spec["params"], OPTIONS=options))
     calls = Calls(tmp_path / "calls")
     child_spec = dict(store_spec, key="hot", threads=1, start_at=0, sleep=0, calls=calls.path, mode="hang")
     child = subprocess.Popen([sys.executable, CHILD, json.dumps(child_spec)], stdout=subprocess.PIPE,

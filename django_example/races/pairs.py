@@ -24,7 +24,10 @@ PAIRS = {
     ),
     "database": (
         "seed 5: PostgreSQL cache table",
-        [(RACEFREE, "racefree.backends.db.DatabaseCache"), ("DatabaseCache", "django.core.cache.backends.db.DatabaseCache")],
+        [
+            (RACEFREE, "racefree.backends.db.DatabaseCache"),
+            ("DatabaseCache", "django.core.cache.backends.db.DatabaseCache"),
+        ],
     ),
     "forwarding": (
         "seed 3: forwarding backend reset in traffic",

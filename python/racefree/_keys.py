@@ -12,7 +12,6 @@ from django.core.cache.backends.base import (
 )
 
 
-
 def memcached_key_error(key):
     """The ``InvalidCacheKey`` memcached would need for ``key``, or None.
 

@@ -9,9 +9,9 @@ Tests that assert a stock client's internals are excluded, each with its
 reason, in ``EXCLUDED``; the README lists the same table.
 """
 
+import subprocess
 import sys
 import tarfile
-import subprocess
 import unittest
 from pathlib import Path
 

@@ -5,8 +5,9 @@ type, is an ``ImproperlyConfigured`` error when the backend is created,
 not a surprise at the first request.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 

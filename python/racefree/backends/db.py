@@ -230,7 +230,9 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         key = self._key(key, version)
         data = self._serializer.dumps(value)
         try:
-            yield self._store.set, (key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
+            yield self._store.set, (
+                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+            )
         except CacheError as error:
             self._server_failed("set", error)
 
@@ -239,7 +241,9 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         key = self._key(key, version)
         data = self._serializer.dumps(value)
         try:
-            return (yield self._store.add, (key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency))
+            return (yield self._store.add, (
+                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+            ))
         except CacheError as error:
             self._server_failed("add", error)
             return False
@@ -250,7 +254,9 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         if not items:
             return []
         try:
-            yield self._store.set_many, (items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
+            yield self._store.set_many, (
+                items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+            )
         except CacheError as error:
             self._server_failed("set_many", error)
             return list(data)

@@ -86,13 +86,17 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
     def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         flags, data = self._serializer.encode(value)
-        yield self._store.set, (key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
+        yield self._store.set, (
+            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+        )
 
     @store_operation
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
         key = self._key(key, version)
         flags, data = self._serializer.encode(value)
-        return (yield self._store.add, (key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency))
+        return (yield self._store.add, (
+            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+        ))
 
     @store_operation
     def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
@@ -129,7 +133,9 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
             for key, value in data.items()
         ]
         if items:
-            yield self._store.set_many, (items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency)
+            yield self._store.set_many, (
+                items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
+            )
         return []
 
     @store_operation

@@ -9,6 +9,7 @@ pub mod fork;
 pub mod forwarding;
 pub mod memcached;
 pub mod pgstore;
+pub mod stats;
 mod sync;
 
 /// Django's MAX_ENTRIES and CULL_FREQUENCY, passed with every write so a

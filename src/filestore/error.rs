@@ -57,3 +57,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl crate::stats::Failure for Error {
+    fn is_failure(&self) -> bool {
+        !matches!(self, Error::NotAnInteger | Error::Overflow)
+    }
+}

@@ -18,6 +18,7 @@
 //! slip a fresh value in between the decision and the act. Unrelated keys
 //! mostly live in other shards and do not wait for each other.
 
+use crate::stats::Counters;
 use std::borrow::Cow;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -92,6 +93,7 @@ pub struct FileStore {
     lock_timeout: Duration,
     count: SharedCount,
     temp_serial: AtomicU64,
+    stats: Counters,
 }
 
 fn not_found(error: &io::Error) -> bool {
@@ -107,6 +109,7 @@ impl FileStore {
             root,
             lock_timeout,
             temp_serial: AtomicU64::new(0),
+            stats: Counters::default(),
         }
     }
 
@@ -338,6 +341,15 @@ impl FileStore {
     }
 
     pub fn get(&self, key: &[u8], now: f64) -> Result<Option<Value>> {
+        self.stats.read(self.get_uncounted(key, now))
+    }
+
+    /// The operation counters: hits, misses, sets, deletes, errors.
+    pub fn stats(&self) -> [(&'static str, u64); 5] {
+        self.stats.snapshot()
+    }
+
+    fn get_uncounted(&self, key: &[u8], now: f64) -> Result<Option<Value>> {
         let location = self.locate(key);
         match self.read(&location.path, key, now, true)? {
             Found::Live { flags, value, .. } => Ok(Some(Value { flags, value })),
@@ -359,7 +371,9 @@ impl FileStore {
 
     /// Store a value; an already expired one deletes the key instead.
     pub fn set(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<()> {
-        retrying_if_removed(|| self.set_once(key, flags, value, expires, now, limits))
+        self.stats.write(retrying_if_removed(|| {
+            self.set_once(key, flags, value, expires, now, limits)
+        }))
     }
 
     fn set_once(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<()> {
@@ -394,7 +408,9 @@ impl FileStore {
 
     /// Store only if the key has no live value; true if stored.
     pub fn add(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<bool> {
-        retrying_if_removed(|| self.add_once(key, flags, value, expires, now, limits))
+        self.stats.stored_if(retrying_if_removed(|| {
+            self.add_once(key, flags, value, expires, now, limits)
+        }))
     }
 
     fn add_once(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<bool> {
@@ -421,7 +437,8 @@ impl FileStore {
 
     /// Give a live key a new expiry; true if it had a live value.
     pub fn touch(&self, key: &[u8], expires: f64, now: f64) -> Result<bool> {
-        retrying_if_removed(|| self.touch_once(key, expires, now))
+        self.stats
+            .other(retrying_if_removed(|| self.touch_once(key, expires, now)))
     }
 
     fn touch_once(&self, key: &[u8], expires: f64, now: f64) -> Result<bool> {
@@ -449,7 +466,7 @@ impl FileStore {
 
     /// Delete a key; true if it had a live value.
     pub fn delete(&self, key: &[u8], now: f64) -> Result<bool> {
-        retrying_if_removed(|| self.delete_once(key, now))
+        self.stats.delete(retrying_if_removed(|| self.delete_once(key, now)))
     }
 
     fn delete_once(&self, key: &[u8], now: f64) -> Result<bool> {
@@ -473,7 +490,8 @@ impl FileStore {
     /// Add `delta` to a stored integer, keeping its expiry; None if the
     /// key has no live value.
     pub fn incr(&self, key: &[u8], delta: i128, now: f64) -> Result<Option<i128>> {
-        retrying_if_removed(|| self.incr_once(key, delta, now))
+        self.stats
+            .other(retrying_if_removed(|| self.incr_once(key, delta, now)))
     }
 
     fn incr_once(&self, key: &[u8], delta: i128, now: f64) -> Result<Option<i128>> {

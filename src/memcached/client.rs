@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
+use crate::stats::{Counters, Failure};
+
 use super::address::Address;
 use super::connection::Connection;
 use super::error::{Error, Result};
@@ -50,6 +52,7 @@ pub enum StoreOutcome {
 }
 
 pub struct Client {
+    stats: Counters,
     pools: ArcSwap<Pools>,
     addresses: Vec<Address>,
     config: Config,
@@ -68,6 +71,15 @@ impl Pools {
             generation: crate::fork::generation(),
             list: addresses.iter().map(|a| Pool::new(a.clone(), config.clone())).collect(),
         }
+    }
+}
+
+impl Failure for Error {
+    fn is_failure(&self) -> bool {
+        !matches!(
+            self,
+            Error::InvalidKey(_) | Error::ValueTooLarge { .. } | Error::NotANumber { .. } | Error::Config(_)
+        )
     }
 }
 
@@ -141,6 +153,7 @@ impl Client {
         }
         let router = Rendezvous::new(addresses.iter().map(Address::node_name).collect());
         Ok(Client {
+            stats: Counters::default(),
             pools: ArcSwap::from_pointee(Pools::new(&addresses, &config)),
             addresses,
             config,
@@ -214,7 +227,7 @@ impl Client {
 
     /// Fetch a value.
     pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
-        self.single(
+        let result = self.single(
             key,
             |out, opaque| protocol::meta_get(out, key, opaque, true, None, false),
             |conn, pool, reply| match reply {
@@ -231,7 +244,8 @@ impl Client {
                 } => Ok(None),
                 other => Err(unexpected(pool, other)),
             },
-        )
+        );
+        self.stats.read(result)
     }
 
     /// Whether the key is present, without fetching the value.
@@ -245,7 +259,7 @@ impl Client {
     }
 
     fn meta_flag(&self, key: &[u8], ttl: Option<i64>) -> Result<bool> {
-        self.single(
+        let result = self.single(
             key,
             |out, opaque| protocol::meta_get(out, key, opaque, false, ttl, false),
             |_, pool, reply| match reply {
@@ -257,7 +271,8 @@ impl Client {
                 } => Ok(false),
                 other => Err(unexpected(pool, other)),
             },
-        )
+        );
+        self.stats.other(result)
     }
 
     /// Store a value. `Ok(false)` only for `StoreMode::Add` on a present
@@ -265,7 +280,7 @@ impl Client {
     /// for `StoreMode::Set` the old value is deleted first-hand so it can
     /// never be read as current.
     pub fn store(&self, key: &[u8], value: &[u8], flags: u32, ttl: i64, mode: StoreMode) -> Result<bool> {
-        self.single(
+        let result = self.single(
             key,
             |out, opaque| protocol::meta_set(out, key, value, flags, ttl, mode, opaque),
             |conn, pool, reply| match reply {
@@ -287,7 +302,8 @@ impl Client {
                 }
                 other => Err(unexpected(pool, other)),
             },
-        )
+        );
+        self.stats.stored_if(result)
     }
 
     /// Delete a key; true if it was present.
@@ -295,14 +311,15 @@ impl Client {
         check_keys([key])?;
         let pools = self.current();
         let pool = &pools.list[self.router.route(key)];
-        self.exchange(pool, |conn| delete_on(conn, pool, key))
+        self.stats
+            .delete(self.exchange(pool, |conn| delete_on(conn, pool, key)))
     }
 
     /// Atomically add `delta` to (or subtract it from) a stored number and
     /// return the result; `None` if the key is missing. Memcached wraps at
     /// 2**64 on increment and stops at 0 on decrement.
     pub fn incr(&self, key: &[u8], delta: u64, decrement: bool) -> Result<Option<u64>> {
-        self.single(
+        let result = self.single(
             key,
             |out, opaque| protocol::meta_arithmetic(out, key, delta, decrement, opaque),
             |conn, pool, reply| match reply {
@@ -326,7 +343,8 @@ impl Client {
                 }),
                 other => Err(unexpected(pool, other)),
             },
-        )
+        );
+        self.stats.other(result)
     }
 
     /// Empty every server. Every server is tried; the first error is
@@ -345,6 +363,7 @@ impl Client {
                 }
             });
             if let Err(error) = result {
+                self.stats.failed(&error);
                 first_error.get_or_insert(error);
             }
         }
@@ -356,6 +375,17 @@ impl Client {
         for pool in &self.current().list {
             pool.close_idle();
         }
+    }
+
+    /// The operation counters, and per server: (name, idle, in use).
+    pub fn stats(&self) -> ([(&'static str, u64); 5], Vec<(String, usize, usize)>) {
+        let servers = self
+            .current()
+            .list
+            .iter()
+            .map(|p| (p.name.clone(), p.idle_count(), p.in_use()))
+            .collect();
+        (self.stats.snapshot(), servers)
     }
 
     /// Idle pooled connections, per server.
@@ -370,6 +400,8 @@ impl Client {
         check_keys(keys.iter().copied())?;
         let mut results = vec![None; keys.len()];
         let failures = self.run_batch(keys, &mut results, &GetMany { keys })?;
+        let hits = results.iter().filter(|r| r.is_some()).count() as u64;
+        self.stats.looked_up(hits, keys.len() as u64 - hits);
         Ok((results, failures))
     }
 
@@ -390,6 +422,8 @@ impl Client {
             let mut unused = vec![(); refused.len()];
             failures.extend(self.run_batch(&refused, &mut unused, &DeleteMany { keys: &refused })?);
         }
+        let stored = results.iter().filter(|r| **r == StoreOutcome::Stored).count();
+        self.stats.stored(stored as u64);
         Ok((results, failures))
     }
 
@@ -424,7 +458,10 @@ impl Client {
             });
             match sent {
                 Ok((lease, first_opaque)) => started.push((pool, lease, indexes, first_opaque)),
-                Err(error) => failures.push(BatchFailure { indexes, error }),
+                Err(error) => {
+                    self.stats.failed(&error);
+                    failures.push(BatchFailure { indexes, error });
+                }
             }
         }
         for (pool, mut lease, indexes, first_opaque) in started {
@@ -449,6 +486,7 @@ impl Client {
                 Ok(()) => lease.release(),
                 Err(error) => {
                     drop(lease);
+                    self.stats.failed(&error);
                     failures.push(BatchFailure {
                         indexes: indexes[done..].to_vec(),
                         error,

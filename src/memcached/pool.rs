@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::sync::locked;
@@ -65,6 +66,7 @@ pub(crate) struct Pool {
     slots: Mutex<Slots>,
     freed: Condvar,
     spin: Arc<SpinWait>,
+    in_use: AtomicUsize,
 }
 
 /// A connection checked out of a pool. Dropped without `release`, the
@@ -73,6 +75,16 @@ pub(crate) struct Lease<'a> {
     conn: Connection,
     slot: Slot<'a>,
     _in_flight: InFlight,
+    _in_use: InUse<'a>,
+}
+
+/// Counts a pool's checked-out connections while alive (for stats).
+struct InUse<'a>(&'a AtomicUsize);
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The pool slot a lease occupies; given back when dropped, unless
@@ -102,6 +114,10 @@ impl<'a> Lease<'a> {
                 returned: false,
             },
             _in_flight: InFlight::start(),
+            _in_use: {
+                pool.in_use.fetch_add(1, Ordering::Relaxed);
+                InUse(&pool.in_use)
+            },
         }
     }
 
@@ -139,6 +155,7 @@ impl Pool {
                 open: 0,
             }),
             freed: Condvar::new(),
+            in_use: AtomicUsize::new(0),
         }
     }
 
@@ -250,6 +267,11 @@ impl Pool {
         for conn in drained {
             self.give_back_slot(Some(conn.generation));
         }
+    }
+
+    /// Connections checked out now.
+    pub(crate) fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
     }
 
     /// Idle connections now in the pool.

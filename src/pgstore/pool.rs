@@ -89,6 +89,11 @@ impl Pool {
         self.state().open
     }
 
+    /// Idle connections now in the pool.
+    pub(crate) fn idle(&self) -> usize {
+        self.state().idle.len()
+    }
+
     pub(crate) fn get(self: &Arc<Self>) -> Result<Pooled> {
         let deadline = Instant::now() + self.wait_timeout;
         let mut stale = Vec::new();

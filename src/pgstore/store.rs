@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+
+use crate::stats::Counters;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -192,6 +194,7 @@ pub struct PgStore {
     table: String,
     census: Census,
     round_trips: AtomicU64,
+    stats: Counters,
 }
 
 fn decode(text: &str) -> Option<Vec<u8>> {
@@ -237,12 +240,19 @@ impl PgStore {
                 epoch: Instant::now(),
             },
             round_trips: AtomicU64::new(0),
+            stats: Counters::default(),
         })
     }
 
     /// Statements sent so far (each one round trip).
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
+    }
+
+    /// The operation counters, and the pool: (size, open, idle).
+    pub fn stats(&self) -> ([(&'static str, u64); 5], (u32, usize, usize)) {
+        let pool = self.current_pool();
+        (self.stats.snapshot(), (self.pool_size, pool.connections(), pool.idle()))
     }
 
     /// Connections open now (idle and in use).
@@ -309,15 +319,17 @@ impl PgStore {
     /// idempotent), so a pooled connection found dead (a restarted
     /// server) is replaced and the statement sent once more.
     fn statement(&self, retry: bool, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
-        let mut conn = self.checkout()?;
-        match self.query(&mut conn, sql, params) {
-            Err(error) if retry && error.is_connection_loss() => {
-                drop(conn);
-                let mut conn = self.checkout()?;
-                self.query(&mut conn, sql, params)
-            }
-            other => other,
-        }
+        let result = self
+            .checkout()
+            .and_then(|mut conn| match self.query(&mut conn, sql, params) {
+                Err(error) if retry && error.is_connection_loss() => {
+                    drop(conn);
+                    let mut conn = self.checkout()?;
+                    self.query(&mut conn, sql, params)
+                }
+                other => other,
+            });
+        self.stats.other(result)
     }
 
     fn lock_id(&self, key: &str) -> i64 {
@@ -331,10 +343,13 @@ impl PgStore {
     pub fn get(&self, key: &str, now: SystemTime) -> Result<Option<Vec<u8>>> {
         check_key(key)?;
         let rows = self.statement(true, &self.sql.get, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
-        Ok(rows
+        let found = rows
             .first()
             .and_then(|row| row.try_get::<_, &str>(0).ok())
-            .and_then(decode))
+            .and_then(decode);
+        self.stats
+            .looked_up(u64::from(found.is_some()), u64::from(found.is_none()));
+        Ok(found)
     }
 
     /// `(key, value)` for the live keys among `keys`, one round trip.
@@ -348,14 +363,17 @@ impl PgStore {
             &self.sql.get_many,
             &[(&keys, Type::TEXT_ARRAY), (&now, Type::TIMESTAMPTZ)],
         )?;
-        Ok(rows
+        let found: Vec<(String, Vec<u8>)> = rows
             .iter()
             .filter_map(|row| {
                 let key: String = row.try_get(0).ok()?;
                 let value = decode(row.try_get::<_, &str>(1).ok()?)?;
                 Some((key, value))
             })
-            .collect())
+            .collect();
+        self.stats
+            .looked_up(found.len() as u64, (keys.len() - found.len()) as u64);
+        Ok(found)
     }
 
     pub fn contains(&self, key: &str, now: SystemTime) -> Result<bool> {
@@ -382,6 +400,7 @@ impl PgStore {
             ],
         )?;
         self.census.add(inserted(&rows));
+        self.stats.stored(1);
         Ok(())
     }
 
@@ -403,6 +422,7 @@ impl PgStore {
             ],
         )?;
         self.census.add(inserted(&rows));
+        self.stats.stored(u64::from(!rows.is_empty()));
         Ok(!rows.is_empty())
     }
 
@@ -443,6 +463,7 @@ impl PgStore {
             ],
         )?;
         self.census.add(inserted(&rows));
+        self.stats.stored(keys.len() as u64);
         Ok(())
     }
 
@@ -466,10 +487,12 @@ impl PgStore {
         check_key(key)?;
         let rows = self.statement(true, &self.sql.delete, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
         self.census.add(-(rows.len() as i64));
-        Ok(rows
+        let deleted = rows
             .first()
             .and_then(|row| row.try_get::<_, bool>(0).ok())
-            .unwrap_or(false))
+            .unwrap_or(false);
+        self.stats.deleted(u64::from(deleted));
+        Ok(deleted)
     }
 
     /// Delete many keys, one round trip.
@@ -479,7 +502,9 @@ impl PgStore {
             return Ok(());
         }
         let rows = self.statement(true, &self.sql.delete_many, &[(&keys, Type::TEXT_ARRAY)])?;
-        self.census.add(-count_of(&rows)?);
+        let deleted = count_of(&rows)?;
+        self.census.add(-deleted);
+        self.stats.deleted(deleted.max(0) as u64);
         Ok(())
     }
 
@@ -487,6 +512,22 @@ impl PgStore {
     /// current value and returns the new one. `Ok(None)`: no live value.
     /// If `change` fails, nothing is written and its error is returned.
     pub fn update<E>(
+        &self,
+        key: &str,
+        now: SystemTime,
+        change: impl FnOnce(&[u8]) -> std::result::Result<Vec<u8>, E>,
+    ) -> Result<std::result::Result<Option<Vec<u8>>, E>> {
+        let result = self.update_uncounted(key, now, change);
+        match &result {
+            Ok(Ok(Some(_))) => self.stats.stored(1),
+            Ok(Ok(None)) => self.stats.looked_up(0, 1),
+            Ok(Err(_)) => {}
+            Err(error) => self.stats.failed(error),
+        }
+        result
+    }
+
+    fn update_uncounted<E>(
         &self,
         key: &str,
         now: SystemTime,

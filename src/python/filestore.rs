@@ -302,6 +302,11 @@ impl FileStore {
         aio::spawn(py, move || store.clear().map_err(to_pyerr))
     }
 
+    /// Counters: hits, misses, sets, deletes, errors (this process's).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        super::counters_dict(py, &self.store.stats())
+    }
+
     /// Entries in the cache, as counted in shared memory.
     fn count(&self, py: Python<'_>) -> PyResult<i64> {
         py.detach(|| self.store.count()).map_err(to_pyerr)

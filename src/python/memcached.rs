@@ -417,6 +417,24 @@ impl MemcachedClient {
         aio::spawn(py, move || client.flush_all().map_err(store_error))
     }
 
+    /// Counters (hits, misses, sets, deletes, errors), the pool size, and
+    /// per server its idle and in-use connections.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (counters, servers) = self.client.stats();
+        let stats = super::counters_dict(py, &counters)?;
+        stats.set_item("pool_size", self.client.config().pool_size)?;
+        stats.set_item("max_connections", self.client.config().max_connections)?;
+        let per_server = PyDict::new(py);
+        for (name, idle, in_use) in servers {
+            let pool = PyDict::new(py);
+            pool.set_item("idle", idle)?;
+            pool.set_item("in_use", in_use)?;
+            per_server.set_item(name, pool)?;
+        }
+        stats.set_item("servers", per_server)?;
+        Ok(stats)
+    }
+
     /// Idle pooled connections per server.
     fn idle_connections(&self) -> Vec<usize> {
         self.client.idle_connections()

@@ -10,6 +10,16 @@ mod memcached;
 mod pgstore;
 
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// A store's operation counters as a new dict, for `stats()`.
+fn counters_dict<'py>(py: Python<'py>, counters: &[(&'static str, u64)]) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in counters {
+        dict.set_item(*name, *value)?;
+    }
+    Ok(dict)
+}
 
 /// Drop pooled connections inherited from the parent process.
 #[pyfunction]

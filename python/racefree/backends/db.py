@@ -183,6 +183,12 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             params_for_store = libpq_params(alias)
         self._store = shared_store(self._table, params_for_store, options["DSN"], options)
 
+    def stats(self):
+        """This process's counters for this table and connection settings
+        (hits, misses, sets, deletes, errors, round_trips) and its pool
+        (pool_size, connections, idle, in_use)."""
+        return self._store.stats()
+
     def _expiry(self, timeout):
         """Absolute expiry in Unix seconds; 0.0 means never."""
         expires = self.get_backend_timeout(timeout)

@@ -57,6 +57,14 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         self._stampede = Stampede.from_options(options)
         self._init_key_making(FileBasedCache)
 
+    def stats(self):
+        """This process's counters for this directory (hits, misses, sets,
+        deletes, errors) and ``entries``, the cache's exact entry count
+        shared by every process."""
+        stats = self._store.stats()
+        stats["entries"] = self._store.count()
+        return stats
+
     def _expiry(self, timeout):
         """Absolute expiry in Unix seconds; 0.0 means never."""
         expires = self.get_backend_timeout(timeout)

@@ -276,6 +276,13 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             self._server_failed("clear", error)
 
 
+    def stats(self):
+        """This process's counters for this LOCATION and OPTIONS (every
+        backend object and thread shares them): hits, misses, sets,
+        deletes, errors, the pool size, and per server its idle and
+        in-use connections."""
+        return self._client.stats()
+
     def close(self, **kwargs):
         """Keep the pooled connections: Django calls this after every
         request, and reconnecting each time is what makes the stock

@@ -9,6 +9,9 @@ pub trait Failure {
     fn is_failure(&self) -> bool;
 }
 
+/// Every counter, by name.
+pub type Snapshot = [(&'static str, u64); 5];
+
 #[derive(Debug, Default)]
 pub struct Counters {
     hits: AtomicU64,
@@ -93,7 +96,7 @@ impl Counters {
     }
 
     /// Every counter, by name.
-    pub fn snapshot(&self) -> [(&'static str, u64); 5] {
+    pub fn snapshot(&self) -> Snapshot {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         [
             ("hits", read(&self.hits)),

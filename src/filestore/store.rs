@@ -18,7 +18,7 @@
 //! slip a fresh value in between the decision and the act. Unrelated keys
 //! mostly live in other shards and do not wait for each other.
 
-use crate::stats::Counters;
+use crate::stats::{Counters, Snapshot};
 use std::borrow::Cow;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -345,7 +345,7 @@ impl FileStore {
     }
 
     /// The operation counters: hits, misses, sets, deletes, errors.
-    pub fn stats(&self) -> [(&'static str, u64); 5] {
+    pub fn stats(&self) -> Snapshot {
         self.stats.snapshot()
     }
 

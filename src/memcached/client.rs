@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::stats::{Counters, Failure};
+use crate::stats::{Counters, Failure, Snapshot};
 
 use super::address::Address;
 use super::connection::Connection;
@@ -58,6 +58,9 @@ pub struct Client {
     config: Config,
     router: Rendezvous,
 }
+
+/// A server's name, idle and in-use connections.
+pub type ServerPool = (String, usize, usize);
 
 /// One pool per server, for one fork generation.
 struct Pools {
@@ -378,7 +381,7 @@ impl Client {
     }
 
     /// The operation counters, and per server: (name, idle, in use).
-    pub fn stats(&self) -> ([(&'static str, u64); 5], Vec<(String, usize, usize)>) {
+    pub fn stats(&self) -> (Snapshot, Vec<ServerPool>) {
         let servers = self
             .current()
             .list

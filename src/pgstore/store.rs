@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::stats::Counters;
+use crate::stats::{Counters, Snapshot};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -250,7 +250,7 @@ impl PgStore {
     }
 
     /// The operation counters, and the pool: (size, open, idle).
-    pub fn stats(&self) -> ([(&'static str, u64); 5], (u32, usize, usize)) {
+    pub fn stats(&self) -> (Snapshot, (u32, usize, usize)) {
         let pool = self.current_pool();
         (self.stats.snapshot(), (self.pool_size, pool.connections(), pool.idle()))
     }

@@ -183,6 +183,13 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             params_for_store = libpq_params(alias)
         self._store = shared_store(self._table, params_for_store, options["DSN"], options)
 
+    def system_checks(self, alias):
+        """racefree.E003 for a missing table, W002 for a server that does
+        not answer now."""
+        from racefree.checks import database_reachable
+
+        return database_reachable(alias, self)
+
     def stats(self):
         """This process's counters for this table and connection settings
         (hits, misses, sets, deletes, errors, round_trips) and its pool

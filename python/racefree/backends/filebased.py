@@ -57,6 +57,12 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         self._stampede = Stampede.from_options(options)
         self._init_key_making(FileBasedCache)
 
+    def system_checks(self, alias):
+        """racefree.E004 if the directory cannot be created or written."""
+        from racefree.checks import directory_writable
+
+        return directory_writable(alias, self._dir)
+
     def stats(self):
         """This process's counters for this directory (hits, misses, sets,
         deletes, errors) and ``entries``, the cache's exact entry count

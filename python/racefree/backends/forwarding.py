@@ -193,6 +193,12 @@ class ForwardingCache(BaseCache):
         settings = getattr(self._core.target(), "_stampede", None) or Stampede()
         return CacheLock(self, key, settings.lease if timeout is None else timeout, wait, version)
 
+    def system_checks(self, alias):
+        """racefree.E005 if the forwarded alias is missing from CACHES."""
+        from racefree.checks import forwarded_alias_exists
+
+        return forwarded_alias_exists(alias, self._alias)
+
     def stats(self):
         """The forwarding counters (generation, builds, build_failures,
         closes, in_flight, retiring), and the target's own stats() where it

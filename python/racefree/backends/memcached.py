@@ -276,6 +276,12 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             self._server_failed("clear", error)
 
 
+    def system_checks(self, alias):
+        """racefree.W001 for each server that does not answer now."""
+        from racefree.checks import memcached_reachable
+
+        return memcached_reachable(alias, self._servers, MemcachedClient)
+
     def stats(self):
         """This process's counters for this LOCATION and OPTIONS (every
         backend object and thread shares them): hits, misses, sets,

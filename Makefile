@@ -4,14 +4,30 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# A second virtualenv for Django 4.2 LTS (the tests above run on 5.2 LTS).
+VENV42 ?= .venv-django42
+DJANGO_SUITES := tests/test_memcached_django_suite.py tests/test_filebased_django_suite.py \
+	tests/test_db_django_suite.py tests/test_forwarding_django_suite.py
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: test lint demo bench build system-deps bench-deps rust-test py-test clean
+.PHONY: test test-django42 lint demo bench build system-deps bench-deps rust-test py-test clean
 
 ## make test: install what is missing, build with maturin, run cargo test and pytest
 test: build
 	cargo test --quiet
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory test-django42
+
+## make test-django42: Django's own cache suites again, on Django 4.2 LTS
+test-django42: build $(VENV42)/.installed
+	VIRTUAL_ENV=$(CURDIR)/$(VENV42) $(VENV)/bin/maturin develop --release --quiet
+	$(VENV42)/bin/python -m pytest -q $(DJANGO_SUITES)
+
+$(VENV42)/.installed: requirements/django42.txt
+	@test -x $(VENV42)/bin/python || $(PYTHON) -m venv $(VENV42)
+	$(VENV42)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV42)/bin/python -m pip install --quiet -r requirements/django42.txt
+	@touch $@
 
 ## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff
 lint: $(VENV)/.installed
@@ -54,4 +70,4 @@ bench-deps: build
 	@$(PY) -m pip install --quiet --no-deps "djblets>=5" || echo "racefree: djblets could not be installed; its row will be skipped"
 
 clean:
-	rm -rf target build $(VENV) .pytest_cache
+	rm -rf target build $(VENV) $(VENV42) .pytest_cache

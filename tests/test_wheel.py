@@ -1,0 +1,105 @@
+"""Packaging: the abi3 wheel installs into a fresh virtualenv with no Rust
+toolchain on PATH and every backend works from it against the real
+servers; the sdist builds from source; the extension's version is the
+package's."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from django.db import connection
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MATURIN = os.path.join(os.path.dirname(sys.executable), "maturin")
+
+SMOKE = textwrap.dedent(
+    """
+    import json, sys, tempfile
+    import django
+    from django.conf import settings
+
+    spec = json.loads(sys.argv[1])
+    settings.configure(CACHES={
+        "memcached": {"BACKEND": "racefree.backends.memcached.MemcachedCache", "LOCATION": spec["memcached"],
+                      "KEY_PREFIX": "wheel-smoke"},
+        "file": {"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": tempfile.mkdtemp()},
+        "database": {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": spec["table"],
+                     "OPTIONS": {"DSN": spec["dsn"]}},
+        "forwarding": {"BACKEND": "racefree.backends.forwarding.ForwardingCache", "LOCATION": "file"},
+    })
+    django.setup()
+    import asyncio
+    from importlib.metadata import version
+    import racefree
+    from django.core.cache import caches
+
+    assert racefree.__version__ == version("racefree"), (racefree.__version__, version("racefree"))
+    assert "site-packages" in racefree.__file__, racefree.__file__
+    for alias in ("memcached", "file", "database", "forwarding"):
+        cache = caches[alias]
+        cache.set("k", {"alias": alias})
+        assert cache.get("k") == {"alias": alias}
+        cache.set("n", 1)
+        assert cache.incr("n", 4) == 5
+        assert cache.get_or_set(f"computed-{alias}", lambda: alias, 60) == alias
+        assert asyncio.run(cache.aget("k")) == {"alias": alias}
+        assert cache.delete("k")
+        print(alias, "ok")
+    """
+)
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    env = dict(os.environ, VIRTUAL_ENV=os.path.dirname(os.path.dirname(sys.executable)))
+    run([MATURIN, "build", "--release", "--quiet", "--out", str(out)], cwd=ROOT, env=env)
+    run([MATURIN, "sdist", "--out", str(out)], cwd=ROOT, env=env)
+    return out
+
+
+def test_one_abi3_wheel_for_every_supported_python(dist):
+    (wheel,) = glob.glob(str(dist / "*.whl"))
+    name = os.path.basename(wheel)
+    assert "-cp310-abi3-" in name, name
+    assert name.startswith("racefree-"), name
+
+
+def test_the_wheel_works_without_rust(dist, tmp_path, memcached, table):
+    (wheel,) = glob.glob(str(dist / "*.whl"))
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    python = str(venv / "bin" / "python")
+    run([python, "-m", "pip", "install", "--quiet", wheel])
+    # No cargo or rustc anywhere the smoke test could find them.
+    path = os.pathsep.join([str(venv / "bin"), "/usr/bin", "/bin"])
+    assert shutil.which("cargo", path=path) is None and shutil.which("rustc", path=path) is None
+    db = connection.settings_dict
+    spec = {
+        "memcached": memcached.location,
+        "table": table,
+        "dsn": f"host={db['HOST']} port={db['PORT']} user={db['USER']} dbname={db['NAME']}",
+    }
+    env = {"PATH": path, "HOME": str(tmp_path), "TZ": os.environ.get("TZ", "UTC")}
+    out = run([python, "-c", SMOKE, json.dumps(spec)], env=env, cwd=str(tmp_path))
+    assert out.split() == ["memcached", "ok", "file", "ok", "database", "ok", "forwarding", "ok"]
+
+
+def test_the_sdist_builds_from_source(dist, tmp_path):
+    (sdist,) = glob.glob(str(dist / "*.tar.gz"))
+    # The compiled crates of this checkout are reused, so this is a relink.
+    env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(ROOT, "target"))
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path), sdist], env=env)
+    (built,) = glob.glob(str(tmp_path / "racefree-*.whl"))
+    assert "-abi3-" in os.path.basename(built)

@@ -30,16 +30,21 @@ import ast
 import functools
 import inspect
 import textwrap
+from collections.abc import Callable, Generator
+from typing import Any
+
+#: A store operation as written: a generator method yielding marked calls.
+Steps = Callable[..., Generator[Any, Any, Any]]
 
 
 class _MarkedCalls(ast.NodeTransformer):
     """Rewrites each ``yield call, (args)`` into the call itself, or into
     an await of the call's ``a``-prefixed twin."""
 
-    def __init__(self, awaited):
+    def __init__(self, awaited: bool) -> None:
         self.awaited = awaited
 
-    def visit_Yield(self, node):
+    def visit_Yield(self, node: ast.Yield) -> ast.AST:
         marked = node.value
         if not (
             isinstance(marked, ast.Tuple)
@@ -52,20 +57,22 @@ class _MarkedCalls(ast.NodeTransformer):
                 f"not {ast.unparse(marked) if marked else 'nothing'}"
             )
         method, args = marked.elts
+        assert isinstance(method, ast.Attribute) and isinstance(args, ast.Tuple)
         if self.awaited:
             method = ast.Attribute(value=method.value, attr="a" + method.attr, ctx=ast.Load())
         call = ast.Call(func=method, args=args.elts, keywords=[])
+        replacement: ast.expr
         replacement = ast.Await(value=call) if self.awaited else call
         return ast.fix_missing_locations(ast.copy_location(replacement, node))
 
-    def visit_FunctionDef(self, node):
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
         # Nested functions (e.g. a callback handed to the store) stay as written.
         return node
 
     visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
 
 
-def _compiled_pair(steps):
+def _compiled_pair(steps: Steps) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     """The sync function and its async twin compiled from ``steps``'
     source, or None when the source cannot be read or ``steps`` closes
     over variables."""
@@ -79,37 +86,40 @@ def _compiled_pair(steps):
     return _compiled(steps, source, first_line, awaited=False), _compiled(steps, source, first_line, awaited=True)
 
 
-def _compiled(steps, source, first_line, awaited):
+def _compiled(steps: Steps, source: str, first_line: int, awaited: bool) -> Callable[..., Any]:
     tree = ast.parse(source)
     ast.increment_lineno(tree, first_line - 1)
     definition = tree.body[0]
+    assert isinstance(definition, ast.FunctionDef)
     definition.decorator_list = []
     for index, statement in enumerate(definition.body):
         definition.body[index] = _MarkedCalls(awaited).visit(statement)
+    name = definition.name
     if awaited:
-        definition = ast.copy_location(
+        name = "a" + name
+        extra: dict[str, Any] = {"type_params": []} if "type_params" in ast.AsyncFunctionDef._fields else {}
+        tree.body[0] = ast.copy_location(
             ast.AsyncFunctionDef(
-                name="a" + definition.name,
+                name=name,
                 args=definition.args,
                 body=definition.body,
                 decorator_list=[],
                 returns=definition.returns,
                 type_comment=None,
-                **({"type_params": []} if "type_params" in ast.AsyncFunctionDef._fields else {}),
+                **extra,
             ),
             definition,
         )
-        tree.body[0] = definition
-    namespace = {}
+    namespace: dict[str, Any] = {}
     exec(compile(tree, steps.__code__.co_filename, "exec"), steps.__globals__, namespace)
-    function = namespace[definition.name]
+    function: Callable[..., Any] = namespace[name]
     function.__module__ = steps.__module__
     function.__doc__ = steps.__doc__
-    function.__qualname__ = steps.__qualname__.rsplit(".", 1)[0] + "." + definition.name
+    function.__qualname__ = steps.__qualname__.rsplit(".", 1)[0] + "." + name
     return function
 
 
-def _run(steps):
+def _run(steps: Generator[Any, Any, Any]) -> Any:
     try:
         call, args = next(steps)
         while True:
@@ -123,7 +133,7 @@ def _run(steps):
         return done.value
 
 
-async def _arun(steps):
+async def _arun(steps: Generator[Any, Any, Any]) -> Any:
     try:
         call, args = next(steps)
         while True:
@@ -138,15 +148,15 @@ async def _arun(steps):
         return done.value
 
 
-def _driven(steps):
+def _driven(steps: Steps) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """The sync method and its async twin driving the generator ``steps``."""
 
     @functools.wraps(steps)
-    def method(self, *args, **kwargs):
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         return _run(steps(self, *args, **kwargs))
 
     @functools.wraps(steps)
-    async def asynchronous(self, *args, **kwargs):
+    async def asynchronous(self: Any, *args: Any, **kwargs: Any) -> Any:
         return await _arun(steps(self, *args, **kwargs))
 
     asynchronous.__name__ = "a" + steps.__name__
@@ -154,15 +164,15 @@ def _driven(steps):
     return method, asynchronous
 
 
-def store_operation(steps, *, compile_source=True):
+def store_operation(steps: Steps, *, compile_source: bool = True) -> Any:
     """The sync method for the generator method ``steps``; its async twin
     is the ``asynchronous`` attribute of the result."""
     method, asynchronous = (compile_source and _compiled_pair(steps)) or _driven(steps)
-    method.asynchronous = asynchronous
+    setattr(method, "asynchronous", asynchronous)  # read back by with_async_twins
     return method
 
 
-def with_async_twins(cls):
+def with_async_twins(cls: type[Any]) -> type[Any]:
     """Class decorator: ``a<name>`` for every store operation ``<name>``."""
     for name, value in list(vars(cls).items()):
         twin = getattr(value, "asynchronous", None)

@@ -29,13 +29,14 @@ $(VENV42)/.installed: requirements/django42.txt
 	$(VENV42)/bin/python -m pip install --quiet -r requirements/django42.txt
 	@touch $@
 
-## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff
+## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff, mypy --strict
 lint: $(VENV)/.installed
 	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 || rustup component add clippy rustfmt
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	cargo clippy --quiet --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks django_example
+	$(VENV)/bin/mypy
 
 ## make demo: build, then every original bug under gunicorn + locust, stock vs racefree
 demo: build bench-deps

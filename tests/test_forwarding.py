@@ -125,6 +125,15 @@ def test_djblets_name_reset_backend(caches_setting):
     assert first.closes == 1
 
 
+def test_a_reload_is_logged(caches_setting, caplog):
+    cache = caches["fwd"]
+    cache.get("warm")
+    generation = cache.generation
+    with caplog.at_level(logging.INFO, logger="racefree"):
+        cache.reset()
+    assert f"cache 'forwarded_backend' reloaded (generation {generation + 1})" in caplog.text
+
+
 def test_threads_call_while_reset_alternates_targets_a_thousand_times(caches_setting, memcached):
     threads, resets = 32, 1000
     targets = [

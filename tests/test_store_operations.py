@@ -79,7 +79,7 @@ def test_compiled_methods_keep_their_source_lines():
     # Tracebacks and coverage point at the one definition.
     for method in (MemcachedCache.get, MemcachedCache.aget):
         lines, first_line = inspect.getsourcelines(method)
-        assert lines[0].strip().startswith("def get(self, key, default=None, version=None):")
+        assert lines[0].strip().startswith("def get(self, key")
         assert method.__code__.co_filename == inspect.getsourcefile(MemcachedCache)
     assert MemcachedCache.aget.__code__.co_firstlineno == MemcachedCache.get.__code__.co_firstlineno
     assert MemcachedCache.aget.__qualname__ == "MemcachedCache.aget"

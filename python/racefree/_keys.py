@@ -3,16 +3,23 @@ Django's rules, without Django's per-call overhead when the key rules are
 the stock ones."""
 
 import re
+from typing import TYPE_CHECKING
 
 from django.core.cache.backends.base import (
     MEMCACHE_MAX_KEY_LENGTH,
+    BaseCache,
     InvalidCacheKey,
     default_key_func,
     memcache_key_warnings,
 )
 
+if TYPE_CHECKING:
+    from django.core.cache.backends.base import BaseCache as _CacheBase
+else:
+    _CacheBase = object
 
-def memcached_key_error(key):
+
+def memcached_key_error(key: str) -> InvalidCacheKey | None:
     """The ``InvalidCacheKey`` memcached would need for ``key``, or None.
 
     Django's own rules and messages come first (length in characters,
@@ -35,7 +42,7 @@ def memcached_key_error(key):
 UNPORTABLE = re.compile(r"[\x00-\x20\x7f]")
 
 
-class KeyMaking:
+class KeyMaking(_CacheBase):
     """Mixin for a BaseCache subclass. ``_key(key, version)`` is
     ``make_and_validate_key`` with the default key function inlined.
 
@@ -46,12 +53,12 @@ class KeyMaking:
 
     checks_keys_natively = False
 
-    def _init_key_making(self, base_class):
+    def _init_key_making(self, base_class: type[BaseCache]) -> None:
         # A subclass with its own make_key or validate_key gets them called.
         cls = type(self)
         self._stock_key_rules = cls.make_key is base_class.make_key and cls.validate_key is base_class.validate_key
 
-    def _key(self, key, version):
+    def _key(self, key: object, version: int | None) -> str:
         if self._stock_key_rules and self.key_func is default_key_func:
             key = "%s:%s:%s" % (self.key_prefix, self.version if version is None else version, key)
             if not self.checks_keys_natively and (len(key) > MEMCACHE_MAX_KEY_LENGTH or UNPORTABLE.search(key)):

@@ -10,7 +10,7 @@ class RacefreeConfig(AppConfig):
     name = "racefree"
     verbose_name = "racefree cache backends"
 
-    def ready(self):
+    def ready(self) -> None:
         from racefree.checks import check_caches
 
         checks.register(check_caches, checks.Tags.caches)

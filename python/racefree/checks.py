@@ -19,6 +19,8 @@ racefree.W002   the database cache's server does not answer
 """
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core import checks
@@ -27,19 +29,25 @@ from django.utils.module_loading import import_string
 
 from racefree.exceptions import CacheError
 
+if TYPE_CHECKING:
+    from django.apps import AppConfig
+
+    from racefree._core import MemcachedClient
+    from racefree.backends.db import DatabaseCache
+
 # How long a check waits for a server.
 PROBE_TIMEOUT = 1.0
 
 
-def racefree_caches():
+def racefree_caches() -> Iterator[tuple[str, dict[str, Any]]]:
     """``(alias, settings)`` of every CACHES entry with a racefree backend."""
     for alias, config in getattr(settings, "CACHES", {}).items():
         if str(config.get("BACKEND", "")).startswith("racefree."):
             yield alias, config
 
 
-def check_caches(app_configs=None, **kwargs):
-    messages = []
+def check_caches(app_configs: "Sequence[AppConfig] | None" = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
     for alias, config in racefree_caches():
         try:
             backend_class = import_string(config["BACKEND"])
@@ -66,7 +74,7 @@ def check_caches(app_configs=None, **kwargs):
     return messages
 
 
-def unreachable(alias, what, error, check_id):
+def unreachable(alias: str, what: str, error: Exception, check_id: str) -> checks.Warning:
     return checks.Warning(
         f"CACHES[{alias!r}]: {what} did not answer: {error}",
         hint="Start it, or fix LOCATION; until it answers every call raises (or misses with IGNORE_EXCEPTIONS).",
@@ -75,9 +83,11 @@ def unreachable(alias, what, error, check_id):
     )
 
 
-def memcached_reachable(alias, servers, client_class):
+def memcached_reachable(
+    alias: str, servers: Iterable[str], client_class: "type[MemcachedClient]"
+) -> list[checks.CheckMessage]:
     """A warning per memcached server that does not answer a request."""
-    messages = []
+    messages: list[checks.CheckMessage] = []
     for server in servers:
         client = client_class([server], connect_timeout=PROBE_TIMEOUT, io_timeout=PROBE_TIMEOUT, pool_size=0)
         try:
@@ -87,7 +97,7 @@ def memcached_reachable(alias, servers, client_class):
     return messages
 
 
-def database_reachable(alias, backend):
+def database_reachable(alias: str, backend: "DatabaseCache") -> list[checks.CheckMessage]:
     """E003 for a missing table, W002 for a server that does not answer."""
     try:
         backend._store.has_key("racefree:check", 0.0)
@@ -105,7 +115,7 @@ def database_reachable(alias, backend):
     return []
 
 
-def directory_writable(alias, directory):
+def directory_writable(alias: str, directory: str) -> list[checks.CheckMessage]:
     """E004 if the directory cannot be created or written by this process."""
     existing = os.path.abspath(directory)
     while not os.path.exists(existing):
@@ -126,7 +136,7 @@ def directory_writable(alias, directory):
     ]
 
 
-def forwarded_alias_exists(alias, target):
+def forwarded_alias_exists(alias: str, target: str) -> list[checks.CheckMessage]:
     if target in getattr(settings, "CACHES", {}):
         return []
     return [

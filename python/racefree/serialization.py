@@ -22,6 +22,8 @@ import hmac
 import json
 import logging
 import pickle
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -48,21 +50,21 @@ class UnverifiedValue(ValueError):
     unknown key, or of a kind its serializer refuses)."""
 
 
-def pickle_protocol(value):
+def pickle_protocol(value: object) -> int:
     """Option check for PICKLE_PROTOCOL."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= pickle.HIGHEST_PROTOCOL:
         raise ValueError(f"a pickle protocol between 0 and {pickle.HIGHEST_PROTOCOL}")
     return value
 
 
-def serializer_format(value):
+def serializer_format(value: object) -> str:
     """Option check for SERIALIZER."""
     if value not in FORMATS:
         raise ValueError(" or ".join(repr(name) for name in FORMATS))
     return value
 
 
-def signing_keys(value):
+def signing_keys(value: object) -> list[str | bytes]:
     """Option check for SIGNING_KEYS: the key that signs, then any older
     ones still accepted."""
     if isinstance(value, (str, bytes)):
@@ -74,7 +76,7 @@ def signing_keys(value):
     return list(value)
 
 
-def _derived(secret):
+def _derived(secret: str | bytes) -> bytes:
     # A key of its own for cache values, so a leaked MAC says nothing
     # about other uses of SECRET_KEY.
     raw = secret.encode() if isinstance(secret, str) else secret
@@ -82,18 +84,23 @@ def _derived(secret):
 
 
 class Serializer:
-    def __init__(self, format="pickle", pickle_protocol=pickle.HIGHEST_PROTOCOL, keys=None):
+    def __init__(
+        self,
+        format: str = "pickle",
+        pickle_protocol: int = pickle.HIGHEST_PROTOCOL,
+        keys: Sequence[str | bytes] | None = None,
+    ) -> None:
         self.format = format
         self.pickle_protocol = pickle_protocol
         self._keys = [_derived(key) for key in keys] if keys else None
 
     @property
-    def signed(self):
+    def signed(self) -> bool:
         return self._keys is not None
 
     # -- the body of a value: pickle or JSON ------------------------------
 
-    def _dump_object(self, value):
+    def _dump_object(self, value: Any) -> tuple[int, bytes]:
         if self.format == "json":
             try:
                 return FLAG_JSON, json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
@@ -103,7 +110,7 @@ class Serializer:
                 ) from None
         return FLAG_PICKLE, pickle.dumps(value, self.pickle_protocol)
 
-    def _load_object(self, kind, data):
+    def _load_object(self, kind: int, data: bytes) -> Any:
         if kind & FLAG_JSON:
             return json.loads(data)
         if kind & FLAG_PICKLE:
@@ -114,13 +121,15 @@ class Serializer:
 
     # -- signatures -------------------------------------------------------
 
-    def _mac(self, key, kind, data):
+    def _mac(self, key: bytes, kind: int, data: bytes) -> bytes:
         return hmac.new(key, kind.to_bytes(4, "big") + data, hashlib.sha256).digest()
 
-    def _sign(self, kind, data):
+    def _sign(self, kind: int, data: bytes) -> bytes:
+        assert self._keys is not None
         return self._mac(self._keys[0], kind, data) + data
 
-    def _verified(self, kind, signed):
+    def _verified(self, kind: int, signed: bytes) -> bytes:
+        assert self._keys is not None
         mac, data = signed[:MAC_SIZE], signed[MAC_SIZE:]
         if len(mac) == MAC_SIZE and any(hmac.compare_digest(mac, self._mac(key, kind, data)) for key in self._keys):
             return data
@@ -128,7 +137,7 @@ class Serializer:
 
     # -- (flags, bytes): memcached and the file store ---------------------
 
-    def encode(self, value):
+    def encode(self, value: Any) -> tuple[int, bytes]:
         """``(flags, bytes)`` for ``value``; exact types only, so a subclass
         of str or int is serialized and comes back as itself."""
         kind = type(value)
@@ -144,7 +153,7 @@ class Serializer:
             return flags | FLAG_SIGNED, self._sign(flags, data)
         return flags, data
 
-    def decode(self, flags, data):
+    def decode(self, flags: int, data: bytes) -> Any:
         if flags & (FLAG_INTEGER | FLAG_LONG) and not flags & FLAG_SIGNED:
             return int(data)
         if self._keys:
@@ -160,18 +169,18 @@ class Serializer:
             return data.decode()
         return self._load_object(flags, data)
 
-    def decode_or(self, default, key, flags, data):
+    def decode_or(self, default: Any, key: Any, flags: int, data: bytes) -> Any:
         """The stored value, or ``default`` (logged) if it cannot be loaded:
         unverified, a class that moved, corrupt bytes. A miss is the safe
         answer."""
         return _loaded_or(default, key, self.decode, flags, data)
 
-    def decode_found(self, found, key_map):
+    def decode_found(self, found: Mapping[str, tuple[int, bytes]], key_map: Mapping[str, Any]) -> dict[Any, Any]:
         """``get_many``'s result: ``{original key: value}`` from a store's
         ``{made key: (flags, data)}``; values that cannot be loaded are
         misses."""
         missing = object()
-        result = {}
+        result: dict[Any, Any] = {}
         for key, (flags, data) in found.items():
             value = self.decode_or(missing, key, flags, data)
             if value is not missing:
@@ -180,21 +189,21 @@ class Serializer:
 
     # -- bytes only: the PostgreSQL store ---------------------------------
 
-    def dumps(self, value):
+    def dumps(self, value: Any) -> bytes:
         kind, data = self._dump_object(value)
         return self._sign(kind, data) if self._keys else data
 
-    def loads(self, data):
+    def loads(self, data: bytes) -> Any:
         kind = FLAG_JSON if self.format == "json" else FLAG_PICKLE
         if self._keys:
             data = self._verified(kind, data)
         return self._load_object(kind, data)
 
-    def load_or(self, default, key, data):
+    def load_or(self, default: Any, key: Any, data: bytes) -> Any:
         return _loaded_or(default, key, self.loads, data)
 
 
-def _loaded_or(default, key, load, *stored):
+def _loaded_or(default: Any, key: Any, load: Callable[..., Any], *stored: object) -> Any:
     try:
         return load(*stored)
     except Exception:
@@ -202,7 +211,7 @@ def _loaded_or(default, key, load, *stored):
         return default
 
 
-def serializer_options():
+def serializer_options() -> list[Option]:
     """The OPTIONS every backend takes for its serializer."""
     return [
         Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
@@ -212,10 +221,10 @@ def serializer_options():
     ]
 
 
-def serializer_from(backend, options):
+def serializer_from(backend: str, options: dict[str, Any]) -> Serializer:
     """The serializer the read OPTIONS ask for; ImproperlyConfigured for
     a combination that cannot work."""
-    keys = None
+    keys: list[str | bytes] | None = None
     if options["SIGN_VALUES"]:
         keys = options["SIGNING_KEYS"]
         if keys is None:

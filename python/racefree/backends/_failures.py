@@ -3,6 +3,9 @@
 import contextlib
 import contextvars
 import logging
+from collections.abc import Iterator
+
+from racefree.exceptions import CacheError
 
 logger = logging.getLogger("racefree")
 
@@ -12,7 +15,7 @@ _failures_raise = contextvars.ContextVar("racefree_failures_raise", default=Fals
 
 
 @contextlib.contextmanager
-def failures_raised():
+def failures_raised() -> Iterator[None]:
     """Within the block, server failures raise even with IGNORE_EXCEPTIONS."""
     token = _failures_raise.set(True)
     try:
@@ -30,7 +33,7 @@ class FailurePolicy:
     _ignore_exceptions = False
     server_kind = "cache"
 
-    def _server_failed(self, operation, error):
+    def _server_failed(self, operation: str, error: CacheError) -> None:
         if not self._ignore_exceptions or _failures_raise.get():
             raise error
         logger.warning("%s %s failed, ignored (IGNORE_EXCEPTIONS): %s", self.server_kind, operation, error)

@@ -5,9 +5,9 @@ type, is an ``ImproperlyConfigured`` error when the backend is created,
 not a surprise at the first request.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -18,58 +18,62 @@ class Option:
     default: Any
     convert: Callable[[Any], Any]
     #: Other spellings accepted for drop-in switching (e.g. pymemcache's).
-    aliases: tuple = ()
+    aliases: tuple[str, ...] = ()
 
+
+_T = TypeVar("_T")
 
 #: Longest accepted timeout, in seconds.
 MAX_SECONDS = 86400
 
 
-def positive_number(value):
+def positive_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
         raise ValueError(f"a number of seconds above 0 and at most {MAX_SECONDS}")
     return float(value)
 
 
-def non_negative_number(value):
+def non_negative_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:
         raise ValueError(f"a number of seconds from 0 to {MAX_SECONDS}")
     return float(value)
 
 
-def positive_int(value):
+def positive_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError("a positive integer")
     return value
 
 
-def non_negative_int(value):
+def non_negative_int(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError("an integer >= 0")
     return value
 
 
-def optional(convert):
-    def convert_optional(value):
+def optional(convert: Callable[[Any], _T]) -> Callable[[Any], _T | None]:
+    def convert_optional(value: Any) -> _T | None:
         return None if value is None else convert(value)
 
     return convert_optional
 
 
-def boolean(value):
+def boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError("True or False")
     return value
 
 
-def must_be_true(value):
+def must_be_true(value: object) -> bool:
     # Accepted for drop-in compatibility; racefree always behaves this way.
     if value is not True:
         raise ValueError("True (racefree always works this way)")
     return value
 
 
-def read_options(backend, options, spec, unsupported=None):
+def read_options(
+    backend: str, options: object, spec: Sequence[Option], unsupported: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Return ``{name: value}`` for every option in ``spec``.
 
     ``unsupported`` maps option names to the reason they are refused.
@@ -79,12 +83,13 @@ def read_options(backend, options, spec, unsupported=None):
     if not isinstance(options, dict):
         raise ImproperlyConfigured(f"{backend}: OPTIONS must be a dict, not {type(options).__name__}")
     unsupported = unsupported or {}
-    by_name = {}
+    by_name: dict[str, Option] = {}
+    option: Option | None
     for option in spec:
         for name in (option.name, *option.aliases):
             by_name[name] = option
     values = {option.name: option.default for option in spec}
-    given_as = {}
+    given_as: dict[str, str] = {}
     for name, value in options.items():
         if name in unsupported:
             raise ImproperlyConfigured(f"{backend}: OPTIONS[{name!r}] is not supported: {unsupported[name]}")

@@ -22,6 +22,8 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 
@@ -30,15 +32,20 @@ from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import Option, non_negative_number, positive_number
 from racefree.exceptions import CacheError, LockNotAcquired
 
+if TYPE_CHECKING:
+    from django.core.cache.backends.base import BaseCache as _CacheBase
+else:
+    _CacheBase = object
+
 logger = logging.getLogger("racefree")
 
-MISSING = object()
+MISSING: Any = object()
 #: First and longest pause between polls of a waiting caller.
 FIRST_PAUSE = 0.005
 LONGEST_PAUSE = 0.05
 
 
-def stampede_options():
+def stampede_options() -> list[Option]:
     """The OPTIONS every racefree backend takes for get_or_set and lock."""
     return [
         Option("LOCK_LEASE", 10.0, positive_number),
@@ -52,21 +59,30 @@ class Stampede:
 
     __slots__ = ("lease", "wait", "early_refresh")
 
-    def __init__(self, lease=10.0, wait=20.0, early_refresh=0.0):
+    def __init__(self, lease: float = 10.0, wait: float = 20.0, early_refresh: float = 0.0) -> None:
         self.lease = lease
         self.wait = wait
         self.early_refresh = early_refresh
 
     @classmethod
-    def from_options(cls, options):
+    def from_options(cls, options: dict[str, Any]) -> "Stampede":
         return cls(options["LOCK_LEASE"], options["GET_OR_SET_WAIT"], options["EARLY_REFRESH"])
 
 
-def _named(kind, key):
+def _named(kind: str, key: Any) -> str:
     # A fixed-length name: the key's own length limit (memcached's 250
     # bytes) must not be exceeded by a suffix.
     digest = hashlib.blake2b(str(key).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
     return f"racefree.{kind}:{digest}"
+
+
+class _LockStore(Protocol):
+    """What a CacheLock needs of its cache."""
+
+    def add(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
+    def get(self, key: Any, default: Any | None = None, version: int | None = None) -> Any: ...
+    def delete(self, key: Any, version: int | None = None) -> bool: ...
+    def lock_entry_timeout(self, lease: float) -> float: ...
 
 
 class _Pause:
@@ -90,7 +106,9 @@ class CacheLock:
     release after the lease ran out leaves the next holder's lock alone.
     """
 
-    def __init__(self, cache, name, lease, wait=None, version=None):
+    def __init__(
+        self, cache: _LockStore, name: Any, lease: float, wait: float | None = None, version: int | None = None
+    ) -> None:
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
             raise ValueError(f"a lock's lease must be a number of seconds above 0, not {lease!r}")
         if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0):
@@ -101,20 +119,21 @@ class CacheLock:
         self.name = name
         self.lease = lease
         self.wait = wait
-        self._token = None
+        self._token: str | None = None
 
     @property
-    def held(self):
+    def held(self) -> bool:
         """Whether this object took the lock (and has not given it back)."""
         return self._token is not None
 
     @store_operation
-    def try_acquire(self):
+    def try_acquire(self) -> Generator[Any, Any, bool]:
         """Take the lock if it is free, without waiting. A server failure
         raises, even with IGNORE_EXCEPTIONS."""
         if self._token is not None:
             raise RuntimeError(f"the cache lock {self.name!r} is already held by this object")
         token = secrets.token_hex(16)
+        won: bool
         with failures_raised():
             won = yield self._cache.add, (self._key, token, self._cache.lock_entry_timeout(self.lease), self._version)
         if won:
@@ -122,7 +141,7 @@ class CacheLock:
         return won
 
     @store_operation
-    def acquire(self, wait=MISSING):
+    def acquire(self, wait: float | None = MISSING) -> Generator[Any, Any, bool]:
         """Take the lock, waiting up to ``wait`` seconds (default: the
         lock's own ``wait``); True if taken."""
         wait = self.wait if wait is MISSING else wait
@@ -138,7 +157,7 @@ class CacheLock:
             pause = min(pause * 2, LONGEST_PAUSE)
 
     @store_operation
-    def release(self):
+    def release(self) -> Generator[Any, Any, bool]:
         """Give the lock back; False (and a warning) if its lease ran out
         first. A server failure is logged, not raised: the lease frees the
         lock anyway."""
@@ -157,38 +176,46 @@ class CacheLock:
         logger.warning("cache lock %r was held past its lease of %ss", self.name, self.lease)
         return False
 
-    def __enter__(self):
+    if TYPE_CHECKING:
+        # The awaitable twins, added by with_async_twins.
+        async def atry_acquire(self) -> bool: ...
+        async def aacquire(self, wait: float | None = ...) -> bool: ...
+        async def arelease(self) -> bool: ...
+
+    def __enter__(self) -> "CacheLock":
         if not self.acquire():
             raise LockNotAcquired(f"cache lock {self.name!r} not acquired within {self.wait}s")
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> "CacheLock":
         if not await self.aacquire():
             raise LockNotAcquired(f"cache lock {self.name!r} not acquired within {self.wait}s")
         return self
 
-    async def __aexit__(self, *exc_info):
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.arelease()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<CacheLock {self.name!r} {'held' if self.held else 'free'}>"
 
 
 @with_async_twins
-class StampedeSafe:
+class StampedeSafe(_CacheBase):
     """Mixin for a BaseCache subclass: stampede-safe ``get_or_set`` /
     ``aget_or_set`` and ``lock``. The subclass sets ``_stampede``."""
 
     _stampede = Stampede()
 
-    def lock_entry_timeout(self, lease):
+    def lock_entry_timeout(self, lease: float) -> float:
         """The timeout of a lock entry held for at least ``lease`` seconds."""
         return lease
 
-    def lock(self, key, timeout=None, wait=None, version=None):
+    def lock(
+        self, key: Any, timeout: float | None = None, wait: float | None = None, version: int | None = None
+    ) -> CacheLock:
         """A lock named ``key``, shared with every user of this cache.
 
         ``timeout``: its lease in seconds (default: OPTIONS LOCK_LEASE);
@@ -196,7 +223,7 @@ class StampedeSafe:
         """
         return CacheLock(self, key, self._stampede.lease if timeout is None else timeout, wait, version)
 
-    def _refresh_window(self, timeout):
+    def _refresh_window(self, timeout: float | None) -> float:
         """The early-refresh window for this timeout, or 0."""
         window = self._stampede.early_refresh
         if not window:
@@ -208,7 +235,9 @@ class StampedeSafe:
         return window
 
     @store_operation
-    def get_or_set(self, key, default, timeout=DEFAULT_TIMEOUT, version=None):
+    def get_or_set(
+        self, key: Any, default: Any | None, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
         """Django's get_or_set; when several callers miss at once, the
         callable ``default`` runs in one of them and the rest get its value."""
         window = self._refresh_window(timeout) if callable(default) else 0
@@ -258,23 +287,25 @@ class StampedeSafe:
                 return value
 
     @store_operation
-    def _added(self, key, value, timeout, version):
+    def _added(self, key: Any, value: Any, timeout: float | None, version: int | None) -> Generator[Any, Any, Any]:
         """Django's ending: add (someone else's value wins), then read back."""
         yield self.add, (key, value, timeout, version)
         yield self._mark_fresh, (key, timeout, version)
         return (yield self.get, (key, value, version))
 
     @store_operation
-    def _mark_fresh(self, key, timeout, version):
+    def _mark_fresh(self, key: Any, timeout: float | None, version: int | None) -> Generator[Any, Any, None]:
         """With EARLY_REFRESH, the marker that expires ``window`` seconds
         before the value."""
         window = self._refresh_window(timeout)
         if window:
-            timeout = self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout
+            timeout = cast(float, self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout)
             yield self.set, (_named("fresh", key), 1, timeout - window, version)
 
     @store_operation
-    def _refreshed(self, key, old, default, timeout, version):
+    def _refreshed(
+        self, key: Any, old: Any, default: Callable[[], Any], timeout: float | None, version: int | None
+    ) -> Generator[Any, Any, Any]:
         """The value recomputed by this caller if it gets the lock first,
         else the old one."""
         lock = CacheLock(self, key, self._stampede.lease, version=version)

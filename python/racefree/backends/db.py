@@ -12,6 +12,8 @@ round trip, and the table is not counted on every write.
 import os
 import threading
 import time
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.db import BaseDatabaseCache
@@ -34,8 +36,11 @@ from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
 from racefree.exceptions import CacheError
 from racefree.serialization import UnverifiedValue, logger, serializer_from, serializer_options
 
+if TYPE_CHECKING:
+    from django.core.checks import CheckMessage
 
-def text(value):
+
+def text(value: object) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty string")
     return value
@@ -59,11 +64,11 @@ DJANGO_ONLY_OPTIONS = {"pool", "server_side_binding", "isolation_level", "assume
 # libpq settings racefree passes on to its own connections.
 LIBPQ_OPTIONS = {"options", "application_name"}
 
-_stores = {}
+_stores: dict[tuple[str, tuple[tuple[str, str], ...], str | None, int, float, float | None], PgStore] = {}
 _stores_lock = threading.Lock()
 
 
-def libpq_params(alias):
+def libpq_params(alias: str) -> dict[str, str]:
     """Connection parameters of ``DATABASES[alias]``, which must be
     PostgreSQL; ``ImproperlyConfigured`` otherwise."""
     from django.db import connections
@@ -78,7 +83,7 @@ def libpq_params(alias):
             "alias or give OPTIONS['DSN']"
         )
     settings = connection.settings_dict
-    params = {}
+    params: dict[str, str] = {}
     host = settings.get("HOST") or (
         "/var/run/postgresql" if os.path.isdir("/var/run/postgresql") else "localhost"
     )
@@ -101,7 +106,7 @@ def libpq_params(alias):
     return params
 
 
-def shared_store(table, params, dsn, options):
+def shared_store(table: str, params: dict[str, str], dsn: str | None, options: dict[str, Any]) -> PgStore:
     """One pool per process and settings, shared by every backend instance."""
     key = (
         table,
@@ -130,7 +135,7 @@ def shared_store(table, params, dsn, options):
         return store
 
 
-def close_pools():
+def close_pools() -> None:
     """Close every pooled connection of this process (they reopen on
     demand), e.g. before the database they point at is dropped."""
     with _stores_lock:
@@ -141,7 +146,7 @@ def close_pools():
 _patched = False
 
 
-def _close_before_test_databases_drop():
+def _close_before_test_databases_drop() -> None:
     """Django's test runner drops the test database at the end, which
     PostgreSQL refuses while other sessions (this pool's) are connected."""
     global _patched
@@ -152,20 +157,21 @@ def _close_before_test_databases_drop():
         from django.db.backends.postgresql.creation import DatabaseCreation
     except ImportError:  # psycopg missing: Django cannot use PostgreSQL either
         return
-    destroy = DatabaseCreation._destroy_test_db
+    destroy = DatabaseCreation._destroy_test_db  # type: ignore[attr-defined]
 
-    def destroy_after_closing_pools(self, *args, **kwargs):
+    def destroy_after_closing_pools(self: DatabaseCreation, *args: Any, **kwargs: Any) -> Any:
         close_pools()
         return destroy(self, *args, **kwargs)
 
-    DatabaseCreation._destroy_test_db = destroy_after_closing_pools
+    DatabaseCreation._destroy_test_db = destroy_after_closing_pools  # type: ignore[attr-defined]
 
 
 @with_async_twins
 class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
     server_kind = "PostgreSQL cache"
+    _table: str  # set by BaseDatabaseCache.__init__
 
-    def __init__(self, table, params):
+    def __init__(self, table: str, params: dict[str, Any]) -> None:
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
         options = read_options(backend, params.get("OPTIONS"), OPTIONS)
         super().__init__(table, params)
@@ -175,7 +181,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         self._stampede = Stampede.from_options(options)
         self._init_key_making(DatabaseCache)
         if options["DSN"]:
-            params_for_store = {}
+            params_for_store: dict[str, str] = {}
         else:
             from django.db import router
 
@@ -183,26 +189,26 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             params_for_store = libpq_params(alias)
         self._store = shared_store(self._table, params_for_store, options["DSN"], options)
 
-    def system_checks(self, alias):
+    def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E003 for a missing table, W002 for a server that does
         not answer now."""
         from racefree.checks import database_reachable
 
         return database_reachable(alias, self)
 
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         """This process's counters for this table and connection settings
         (hits, misses, sets, deletes, errors, round_trips) and its pool
         (pool_size, connections, idle, in_use)."""
         return self._store.stats()
 
-    def _expiry(self, timeout):
+    def _expiry(self, timeout: float | None) -> float:
         """Absolute expiry in Unix seconds; 0.0 means never."""
         expires = self.get_backend_timeout(timeout)
         return 0.0 if expires is None else max(expires, 1e-6)
 
     @store_operation
-    def get(self, key, default=None, version=None):
+    def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             data = yield self._store.get, (key, time.time())
@@ -212,7 +218,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         return default if data is None else self._serializer.load_or(default, key, data)
 
     @store_operation
-    def get_many(self, keys, version=None):
+    def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
         key_map = {self._key(key, version): key for key in keys}
         if not key_map:
             return {}
@@ -222,7 +228,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             self._server_failed("get_many", error)
             return {}
         missing = object()
-        result = {}
+        result: dict[Any, Any] = {}
         for key, data in found.items():
             value = self._serializer.load_or(missing, key, data)
             if value is not missing:
@@ -230,7 +236,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         return result
 
     @store_operation
-    def has_key(self, key, version=None):
+    def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             return (yield self._store.has_key, (key, time.time()))
@@ -239,7 +245,9 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             return False
 
     @store_operation
-    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+    def set(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, None]:
         key = self._key(key, version)
         data = self._serializer.dumps(value)
         try:
@@ -250,7 +258,9 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             self._server_failed("set", error)
 
     @store_operation
-    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+    def add(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         data = self._serializer.dumps(value)
         try:
@@ -262,7 +272,9 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             return False
 
     @store_operation
-    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+    def set_many(
+        self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, list[Any]]:
         items = [(self._key(key, version), self._serializer.dumps(value)) for key, value in data.items()]
         if not items:
             return []
@@ -276,7 +288,9 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         return []
 
     @store_operation
-    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+    def touch(
+        self, key: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             return (yield self._store.touch, (key, self._expiry(timeout), time.time()))
@@ -285,7 +299,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             return False
 
     @store_operation
-    def delete(self, key, version=None):
+    def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             return (yield self._store.delete, (key, time.time()))
@@ -294,7 +308,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             return False
 
     @store_operation
-    def delete_many(self, keys, version=None):
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
         keys = [self._key(key, version) for key in keys]
         if not keys:
             return
@@ -304,14 +318,14 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             self._server_failed("delete_many", error)
 
     @store_operation
-    def incr(self, key, delta=1, version=None):
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
         """Atomic across every worker: the key is locked (advisory and row
         locks) while ``value + delta`` is computed and written. Keeps the
         key's expiry. A missing key raises ValueError."""
         key = self._key(key, version)
-        results = []
+        results: list[Any] = []
 
-        def add_delta(data):
+        def add_delta(data: bytes) -> bytes:
             value = self._serializer.loads(data) + delta
             results.append(value)
             return self._serializer.dumps(value)
@@ -331,7 +345,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         return results[-1]
 
     @store_operation
-    def clear(self):
+    def clear(self) -> Generator[Any, Any, None]:
         try:
             yield self._store.clear, ()
         except CacheError as error:

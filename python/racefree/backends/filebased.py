@@ -14,6 +14,8 @@ guarantees. For several hosts, use the memcached or PostgreSQL backends.
 import os
 import threading
 import time
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 
@@ -24,6 +26,9 @@ from racefree.backends._options import Option, non_negative_int, positive_int, p
 from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
 from racefree.serialization import serializer_from, serializer_options
 
+if TYPE_CHECKING:
+    from django.core.checks import CheckMessage
+
 OPTIONS = [
     Option("MAX_ENTRIES", 300, positive_int),
     Option("CULL_FREQUENCY", 3, non_negative_int),
@@ -32,11 +37,11 @@ OPTIONS = [
     *stampede_options(),
 ]
 
-_stores = {}
+_stores: dict[tuple[str, float], FileStore] = {}
 _stores_lock = threading.Lock()
 
 
-def shared_store(directory, lock_timeout):
+def shared_store(directory: str, lock_timeout: float) -> FileStore:
     """One store per directory and process: they share the mapped count."""
     with _stores_lock:
         store = _stores.get((directory, lock_timeout))
@@ -47,7 +52,7 @@ def shared_store(directory, lock_timeout):
 
 @with_async_twins
 class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
-    def __init__(self, dir, params):
+    def __init__(self, dir: str | os.PathLike[str], params: dict[str, Any]) -> None:
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
         options = read_options(backend, params.get("OPTIONS"), OPTIONS)
         super().__init__(params)
@@ -57,13 +62,13 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         self._stampede = Stampede.from_options(options)
         self._init_key_making(FileBasedCache)
 
-    def system_checks(self, alias):
+    def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E004 if the directory cannot be created or written."""
         from racefree.checks import directory_writable
 
         return directory_writable(alias, self._dir)
 
-    def stats(self):
+    def stats(self) -> dict[str, int]:
         """This process's counters for this directory (hits, misses, sets,
         deletes, errors) and ``entries``, the cache's exact entry count
         shared by every process."""
@@ -71,7 +76,7 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         stats["entries"] = self._store.count()
         return stats
 
-    def _expiry(self, timeout):
+    def _expiry(self, timeout: float | None) -> float:
         """Absolute expiry in Unix seconds; 0.0 means never."""
         expires = self.get_backend_timeout(timeout)
         if expires is None:
@@ -79,12 +84,12 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         # A past expiry must stay distinguishable from "never".
         return max(expires, 1e-6)
 
-    def _key_to_file(self, key, version=None):
+    def _key_to_file(self, key: Any, version: int | None = None) -> str:
         """The file that holds ``key`` (as Django's backend offers)."""
         return str(self._store.path_for(self.make_and_validate_key(key, version=version)))
 
     @store_operation
-    def get(self, key, default=None, version=None):
+    def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         item = yield self._store.get, (key, time.time())
         if item is None:
@@ -92,12 +97,14 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         return self._serializer.decode_or(default, key, *item)
 
     @store_operation
-    def has_key(self, key, version=None):
+    def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         return (yield self._store.has_key, (key, time.time()))
 
     @store_operation
-    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+    def set(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, None]:
         key = self._key(key, version)
         flags, data = self._serializer.encode(value)
         yield self._store.set, (
@@ -105,7 +112,9 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         )
 
     @store_operation
-    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+    def add(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         flags, data = self._serializer.encode(value)
         return (yield self._store.add, (
@@ -113,17 +122,19 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         ))
 
     @store_operation
-    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+    def touch(
+        self, key: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         return (yield self._store.touch, (key, self._expiry(timeout), time.time()))
 
     @store_operation
-    def delete(self, key, version=None):
+    def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         return (yield self._store.delete, (key, time.time()))
 
     @store_operation
-    def incr(self, key, delta=1, version=None):
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
         """Atomic across threads and processes; keeps the key's expiry. A
         missing key raises ValueError, a non-integer value TypeError."""
         key = self._key(key, version)
@@ -133,7 +144,7 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         return value
 
     @store_operation
-    def get_many(self, keys, version=None):
+    def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
         key_map = {self._key(key, version): key for key in keys}
         if not key_map:
             return {}
@@ -141,7 +152,9 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         return self._serializer.decode_found(found, key_map)
 
     @store_operation
-    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+    def set_many(
+        self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, list[Any]]:
         items = [
             (self._key(key, version), *self._serializer.encode(value))
             for key, value in data.items()
@@ -153,12 +166,12 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         return []
 
     @store_operation
-    def delete_many(self, keys, version=None):
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
         keys = [self._key(key, version) for key in keys]
         if keys:
             yield self._store.delete_many, (keys, time.time())
 
     @store_operation
-    def clear(self):
+    def clear(self) -> Generator[Any, Any, None]:
         """Remove every entry; other files in the directory stay."""
         yield self._store.clear, ()

@@ -18,6 +18,8 @@ import functools
 import inspect
 import logging
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.cache.backends.base import BaseCache, InvalidCacheBackendError
@@ -28,6 +30,9 @@ from django.utils.module_loading import import_string
 from racefree._core import ForwardingCore
 from racefree.backends._stampede import CacheLock, Stampede
 
+if TYPE_CHECKING:
+    from django.core.checks import CheckMessage
+
 logger = logging.getLogger("racefree.forwarding")
 
 DEFAULT_ALIAS = "forwarded_backend"
@@ -36,11 +41,11 @@ DEFAULT_ALIAS = "forwarded_backend"
 # be silently ignored.
 TARGET_SETTINGS = ("TIMEOUT", "KEY_PREFIX", "VERSION", "KEY_FUNCTION")
 
-_cores = {}
+_cores: dict[str, ForwardingCore] = {}
 _cores_lock = threading.Lock()
 
 
-def forwarded_settings(alias):
+def forwarded_settings(alias: str) -> dict[str, Any]:
     """A copy of ``settings.CACHES[alias]``, read now (run-time changes to
     ``settings.CACHES`` count, unlike Django's cached ``caches.settings``)."""
     try:
@@ -53,9 +58,9 @@ def forwarded_settings(alias):
     return params
 
 
-def _forwarding_chain_error(alias):
+def _forwarding_chain_error(alias: str) -> str | None:
     """Why forwarding to ``alias`` never reaches a real backend, or None."""
-    seen = []
+    seen: list[str] = []
     while True:
         if alias in seen:
             return "forwarding loops: " + " -> ".join([*seen, alias])
@@ -67,7 +72,7 @@ def _forwarding_chain_error(alias):
         alias = params.get("LOCATION") or DEFAULT_ALIAS
 
 
-def build_target(alias):
+def build_target(alias: str) -> tuple[BaseCache, dict[str, Any]]:
     """A new backend object from ``CACHES[alias]``, and the settings used."""
     params = forwarded_settings(alias)
     source = copy.copy(params)
@@ -86,7 +91,7 @@ def build_target(alias):
     return backend_class(location, params), source
 
 
-def close_target(target):
+def close_target(target: Any) -> None:
     # Runs on whichever thread ends the old target's last call: log, never raise.
     try:
         target.close()
@@ -94,13 +99,13 @@ def close_target(target):
         logger.exception("racefree: closing a replaced cache backend %r failed", target)
 
 
-def shared_core(alias):
+def shared_core(alias: str) -> ForwardingCore:
     """The process-wide forwarding state of ``alias``."""
     with _cores_lock:
         core = _cores.get(alias)
         if core is None:
 
-            def report_failure(error):
+            def report_failure(error: BaseException) -> None:
                 logger.error(
                     "racefree: rebuilding the cache backend of %r failed; the previous one keeps serving",
                     alias,
@@ -112,7 +117,7 @@ def shared_core(alias):
         return core
 
 
-def _settings_changed(setting, **kwargs):
+def _settings_changed(setting: str, **kwargs: Any) -> None:
     # override_settings(CACHES=...) in tests: every forwarder rebuilds its
     # target from the new settings at its next call.
     if setting == "CACHES":
@@ -128,7 +133,11 @@ setting_changed.connect(_settings_changed, dispatch_uid="racefree.backends.forwa
 class ForwardingCache(BaseCache):
     """Forward every call to the backend configured under LOCATION."""
 
-    def __init__(self, location, params):
+    _alias: str
+    _core: ForwardingCore
+    _call: Callable[[str, tuple[object, ...], dict[str, object] | None], object]
+
+    def __init__(self, location: str, params: dict[str, Any]) -> None:
         # BaseCache.__init__ is not called on purpose: default_timeout,
         # key_prefix, version, key_func, _max_entries... are the target's,
         # read through __getattr__.
@@ -150,20 +159,20 @@ class ForwardingCache(BaseCache):
         object.__setattr__(self, "_call", self._core.call)
 
     @property
-    def forwarded_alias(self):
+    def forwarded_alias(self) -> str:
         return self._alias
 
     @property
-    def backend(self):
+    def backend(self) -> object:
         """The current target (djblets' attribute name)."""
         return self._core.target()
 
     @property
-    def generation(self):
+    def generation(self) -> int:
         """Increases by one with every target built."""
         return self._core.generation
 
-    def reset(self):
+    def reset(self) -> None:
         """Switch every thread to a target built from the current settings.
 
         Calls in flight finish on the old target, which is closed after the
@@ -174,11 +183,12 @@ class ForwardingCache(BaseCache):
         core = self._core
         try:
             if core.reset(core.generation):
+                logger.info("racefree: cache %r reloaded (generation %d)", self._alias, core.generation)
                 return
             # Another thread's reset of this generation built instead; it
             # may have read the settings before this caller changed them.
-            if core.source() != forwarded_settings(self._alias):
-                core.reset(core.generation)
+            if core.source() != forwarded_settings(self._alias) and core.reset(core.generation):
+                logger.info("racefree: cache %r reloaded (generation %d)", self._alias, core.generation)
         except Exception:
             logger.exception("racefree: building the cache backend of %r failed; the previous one keeps serving",
                              self._alias)
@@ -187,37 +197,39 @@ class ForwardingCache(BaseCache):
     #: djblets' name.
     reset_backend = reset
 
-    def lock(self, key, timeout=None, wait=None, version=None):
+    def lock(
+        self, key: Any, timeout: float | None = None, wait: float | None = None, version: int | None = None
+    ) -> CacheLock:
         """A cache lock taken through the forwarder (see racefree's
         ``lock``); the lease defaults to the target's LOCK_LEASE."""
         settings = getattr(self._core.target(), "_stampede", None) or Stampede()
         return CacheLock(self, key, settings.lease if timeout is None else timeout, wait, version)
 
-    def system_checks(self, alias):
+    def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E005 if the forwarded alias is missing from CACHES."""
         from racefree.checks import forwarded_alias_exists
 
         return forwarded_alias_exists(alias, self._alias)
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """The forwarding counters (generation, builds, build_failures,
         closes, in_flight, retiring), and the target's own stats() where it
         has one, under ``"target"``."""
-        stats = self._core.stats()
+        stats: dict[str, Any] = self._core.stats()
         target_stats = getattr(self._core.target(), "stats", None)
         if callable(target_stats):
             stats["target"] = target_stats()
         return stats
 
-    def close(self, **kwargs):
+    def close(self, **kwargs: Any) -> None:
         """Django calls this after every request, on each thread's instance;
         the target is shared by every thread, so it is not closed here. A
         target is closed when a reset replaces it."""
 
-    async def aclose(self, **kwargs):
+    async def aclose(self, **kwargs: Any) -> None:
         """See close()."""
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # Only for names the forwarder itself lacks: the target's attributes
         # (default_timeout, key_prefix, _cache, ...).
         core = self.__dict__.get("_core")
@@ -225,30 +237,30 @@ class ForwardingCache(BaseCache):
             raise AttributeError(name)
         return getattr(core.target(), name)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         # Attributes set on the forwarder are the target's (Django's tests
         # and user code set e.g. _max_entries on a cache object).
         setattr(self._core.target(), name, value)
 
-    def __delattr__(self, name):
+    def __delattr__(self, name: str) -> None:
         delattr(self._core.target(), name)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<ForwardingCache to {self._alias!r}, generation {self._core.generation}>"
 
 
-def _forward(name):
+def _forward(name: str) -> Callable[..., Any]:
     @functools.wraps(getattr(BaseCache, name))
-    def forward(self, *args, **kwargs):
+    def forward(self: ForwardingCache, *args: Any, **kwargs: Any) -> Any:
         return self._call(name, args, kwargs)
 
     forward.__qualname__ = f"ForwardingCache.{name}"
     return forward
 
 
-def _forward_async(name):
+def _forward_async(name: str) -> Callable[..., Any]:
     @functools.wraps(getattr(BaseCache, name))
-    async def forward(self, *args, **kwargs):
+    async def forward(self: ForwardingCache, *args: Any, **kwargs: Any) -> Any:
         # The lease keeps the target open across the await.
         with self._core.lease() as target:
             return await getattr(target, name)(*args, **kwargs)
@@ -257,7 +269,7 @@ def _forward_async(name):
     return forward
 
 
-def _forwarded_methods():
+def _forwarded_methods() -> list[str]:
     """Every public method of BaseCache but close/aclose, so methods a
     newer Django adds are forwarded too."""
     return [

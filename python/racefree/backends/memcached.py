@@ -13,6 +13,8 @@ import math
 import re
 import threading
 import time
+from collections.abc import Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
@@ -35,6 +37,9 @@ from racefree.backends._options import (
 from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
 from racefree.exceptions import CacheError
 from racefree.serialization import serializer_from, serializer_options
+
+if TYPE_CHECKING:
+    from django.core.checks import CheckMessage
 
 # Memcached reads expiry times above 30 days as Unix timestamps.
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
@@ -61,11 +66,11 @@ UNSUPPORTED = {
     "CULL_FREQUENCY": "memcached evicts least recently used items itself",
 }
 
-_clients = {}
+_clients: dict[tuple[object, ...], MemcachedClient] = {}
 _clients_lock = threading.Lock()
 
 
-def shared_client(servers, options):
+def shared_client(servers: Iterable[str], options: dict[str, Any]) -> MemcachedClient:
     """The process-wide client for these servers and settings.
 
     Django builds one backend per thread (and per ``override_settings``);
@@ -96,7 +101,7 @@ def shared_client(servers, options):
         return client
 
 
-def split_location(location):
+def split_location(location: str | Iterable[str]) -> list[str]:
     """LOCATION as a list of servers: a list, or a ``;``/``,``-separated string."""
     if isinstance(location, str):
         return re.split("[;,]", location)
@@ -109,7 +114,7 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
     checks_keys_natively = True
     server_kind = "memcached"
 
-    def __init__(self, server, params):
+    def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
         backend = f"{type(self).__module__}.{type(self).__qualname__}"
         options = read_options(backend, params.get("OPTIONS"), OPTIONS, UNSUPPORTED)
         super().__init__(params)
@@ -125,10 +130,10 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         self._init_key_making(MemcachedCache)
 
     @property
-    def client_servers(self):
+    def client_servers(self) -> list[str]:
         return self._servers
 
-    def get_backend_timeout(self, timeout=DEFAULT_TIMEOUT):
+    def get_backend_timeout(self, timeout: float | None = DEFAULT_TIMEOUT) -> int:
         """Memcached's expiry: 0 for never, -1 for already expired, and
         an absolute timestamp beyond 30 days."""
         if timeout is DEFAULT_TIMEOUT:
@@ -142,18 +147,18 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             timeout += int(time.time())
         return timeout
 
-    def lock_entry_timeout(self, lease):
+    def lock_entry_timeout(self, lease: float) -> int:
         # Memcached's clock ticks in whole seconds: a TTL of n ends within
         # (n - 1, n] seconds, so one more keeps a lock at least its lease.
         return math.ceil(lease) + 1
 
-    def validate_key(self, key):
+    def validate_key(self, key: str) -> None:
         error = memcached_key_error(key)
         if error is not None:
             raise error
 
     @store_operation
-    def get(self, key, default=None, version=None):
+    def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             item = yield self._client.get, (key,)
@@ -165,7 +170,7 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         return self._serializer.decode_or(default, key, *item)
 
     @store_operation
-    def has_key(self, key, version=None):
+    def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             return (yield self._client.has_key, (key,))
@@ -174,7 +179,9 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             return False
 
     @store_operation
-    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+    def set(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, None]:
         key = self._key(key, version)
         flags, data = self._serializer.encode(value)
         try:
@@ -183,7 +190,9 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             self._server_failed("set", error)
 
     @store_operation
-    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+    def add(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         flags, data = self._serializer.encode(value)
         try:
@@ -193,7 +202,9 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             return False
 
     @store_operation
-    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+    def touch(
+        self, key: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             return (yield self._client.touch, (key, self.get_backend_timeout(timeout)))
@@ -202,7 +213,7 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             return False
 
     @store_operation
-    def delete(self, key, version=None):
+    def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
             return (yield self._client.delete, (key,))
@@ -211,7 +222,7 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             return False
 
     @store_operation
-    def incr(self, key, delta=1, version=None):
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
         """Memcached's atomic increment. A missing key raises ValueError;
         a value memcached cannot count with raises TypeError; as in
         memcached, decrementing stops at 0."""
@@ -229,7 +240,7 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         return value
 
     @store_operation
-    def get_many(self, keys, version=None):
+    def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
         key_map = {self._key(key, version): key for key in keys}
         if not key_map:
             return {}
@@ -241,9 +252,11 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         return self._serializer.decode_found(found, key_map)
 
     @store_operation
-    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
-        original_keys = {}
-        items = []
+    def set_many(
+        self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, list[Any]]:
+        original_keys: dict[str, Any] = {}
+        items: list[tuple[str, int, bytes]] = []
         for key, value in data.items():
             made = self._key(key, version)
             original_keys[made] = key
@@ -258,7 +271,7 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         return [original_keys[key] for key in failed]
 
     @store_operation
-    def delete_many(self, keys, version=None):
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
         keys = [self._key(key, version) for key in keys]
         if not keys:
             return
@@ -268,7 +281,7 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             self._server_failed("delete_many", error)
 
     @store_operation
-    def clear(self):
+    def clear(self) -> Generator[Any, Any, None]:
         """Empty every server of LOCATION (memcached ``flush_all``)."""
         try:
             yield self._client.flush_all, ()
@@ -276,20 +289,20 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             self._server_failed("clear", error)
 
 
-    def system_checks(self, alias):
+    def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.W001 for each server that does not answer now."""
         from racefree.checks import memcached_reachable
 
         return memcached_reachable(alias, self._servers, MemcachedClient)
 
-    def stats(self):
+    def stats(self) -> dict[str, Any]:
         """This process's counters for this LOCATION and OPTIONS (every
         backend object and thread shares them): hits, misses, sets,
         deletes, errors, the pool size, and per server its idle and
         in-use connections."""
         return self._client.stats()
 
-    def close(self, **kwargs):
+    def close(self, **kwargs: Any) -> None:
         """Keep the pooled connections: Django calls this after every
         request, and reconnecting each time is what makes the stock
         pymemcache backend slow. Pools are per process and thread-safe."""

@@ -115,3 +115,27 @@ def test_server_failures_count_as_errors_and_refused_input_does_not(fresh_memcac
     with pytest.raises(CacheError):
         cache.set("k", 1)
     assert cache.stats()["errors"] == 2
+
+
+def test_a_reconnect_after_a_server_restart_shows_in_connects(fresh_memcached):
+    cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"IO_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 0.5}})
+
+    def connects():
+        (server,) = cache.stats()["servers"].values()
+        return server["connects"]
+
+    cache.set("k", 1)
+    assert cache.get("k") == 1
+    assert connects() == 1, "the second call reused the pooled connection"
+    fresh_memcached.kill()
+    fresh_memcached.restart()
+    cache.set("k", 2)
+    assert cache.get("k") == 2
+    assert connects() == 2, "the dead pooled connection was replaced once"
+
+
+def test_database_connects_are_counted(table):
+    cache = DatabaseCache(table, {})
+    cache.set("k", 1)
+    stats = cache.stats()
+    assert stats["connects"] >= 1 and stats["connects"] >= stats["connections"]

@@ -59,8 +59,8 @@ pub struct Client {
     router: Rendezvous,
 }
 
-/// A server's name, idle and in-use connections.
-pub type ServerPool = (String, usize, usize);
+/// A server's name, idle and in-use connections, and connections dialed.
+pub type ServerPool = (String, usize, usize, u64);
 
 /// One pool per server, for one fork generation.
 struct Pools {
@@ -386,7 +386,7 @@ impl Client {
             .current()
             .list
             .iter()
-            .map(|p| (p.name.clone(), p.idle_count(), p.in_use()))
+            .map(|p| (p.name.clone(), p.idle_count(), p.in_use(), p.connects()))
             .collect();
         (self.stats.snapshot(), servers)
     }

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::sync::locked;
@@ -67,6 +67,8 @@ pub(crate) struct Pool {
     freed: Condvar,
     spin: Arc<SpinWait>,
     in_use: AtomicUsize,
+    /// Connections dialed so far (reconnects show here).
+    connects: AtomicU64,
 }
 
 /// A connection checked out of a pool. Dropped without `release`, the
@@ -156,6 +158,7 @@ impl Pool {
             }),
             freed: Condvar::new(),
             in_use: AtomicUsize::new(0),
+            connects: AtomicU64::new(0),
         }
     }
 
@@ -197,7 +200,10 @@ impl Pool {
     fn dial(&self, generation: u64) -> Result<Lease<'_>> {
         let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
         match Connection::open(&self.address, connect, io, Arc::clone(&self.spin)) {
-            Ok(conn) => Ok(Lease::new(self, conn)),
+            Ok(conn) => {
+                self.connects.fetch_add(1, Ordering::Relaxed);
+                Ok(Lease::new(self, conn))
+            }
             Err(source) => {
                 self.give_back_slot(Some(generation));
                 Err(Error::Connect {
@@ -272,6 +278,11 @@ impl Pool {
     /// Connections checked out now.
     pub(crate) fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Connections dialed so far.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
     }
 
     /// Idle connections now in the pool.

@@ -14,6 +14,7 @@
 
 use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::sync::locked;
@@ -56,6 +57,8 @@ pub(crate) struct Pool {
     pub(crate) generation: u64,
     state: Mutex<State>,
     freed: Condvar,
+    /// Connections dialed so far (reconnects show here).
+    connects: AtomicU64,
 }
 
 /// A checked-out connection; back to the pool when dropped (closed
@@ -77,6 +80,7 @@ impl Pool {
                 open: 0,
             }),
             freed: Condvar::new(),
+            connects: AtomicU64::new(0),
         }
     }
 
@@ -92,6 +96,11 @@ impl Pool {
     /// Idle connections now in the pool.
     pub(crate) fn idle(&self) -> usize {
         self.state().idle.len()
+    }
+
+    /// Connections dialed by this pool so far.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
     }
 
     pub(crate) fn get(self: &Arc<Self>) -> Result<Pooled> {
@@ -116,7 +125,11 @@ impl Pool {
                 state.open += 1;
                 drop(state);
                 drop(stale);
-                return match self.config.connect(NoTls) {
+                let dialed = self.config.connect(NoTls);
+                if dialed.is_ok() {
+                    self.connects.fetch_add(1, Ordering::Relaxed);
+                }
+                return match dialed {
                     Ok(client) => Ok(Pooled {
                         pool: Arc::clone(self),
                         conn: ManuallyDrop::new(PgConnection {

@@ -249,10 +249,13 @@ impl PgStore {
         self.round_trips.load(Ordering::Relaxed)
     }
 
-    /// The operation counters, and the pool: (size, open, idle).
-    pub fn stats(&self) -> (Snapshot, (u32, usize, usize)) {
+    /// The operation counters, and the pool: (size, open, idle, dialed).
+    pub fn stats(&self) -> (Snapshot, (u32, usize, usize, u64)) {
         let pool = self.current_pool();
-        (self.stats.snapshot(), (self.pool_size, pool.connections(), pool.idle()))
+        (
+            self.stats.snapshot(),
+            (self.pool_size, pool.connections(), pool.idle(), pool.connects()),
+        )
     }
 
     /// Connections open now (idle and in use).

@@ -425,10 +425,11 @@ impl MemcachedClient {
         stats.set_item("pool_size", self.client.config().pool_size)?;
         stats.set_item("max_connections", self.client.config().max_connections)?;
         let per_server = PyDict::new(py);
-        for (name, idle, in_use) in servers {
+        for (name, idle, in_use, connects) in servers {
             let pool = PyDict::new(py);
             pool.set_item("idle", idle)?;
             pool.set_item("in_use", in_use)?;
+            pool.set_item("connects", connects)?;
             per_server.set_item(name, pool)?;
         }
         stats.set_item("servers", per_server)?;

@@ -135,12 +135,13 @@ impl PgStore {
     /// Counters (hits, misses, sets, deletes, errors) and the pool's
     /// size, open, idle and in-use connections.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let (counters, (size, open, idle)) = self.store.stats();
+        let (counters, (size, open, idle, connects)) = self.store.stats();
         let stats = super::counters_dict(py, &counters)?;
         stats.set_item("pool_size", size)?;
         stats.set_item("connections", open)?;
         stats.set_item("idle", idle)?;
         stats.set_item("in_use", open.saturating_sub(idle))?;
+        stats.set_item("connects", connects)?;
         stats.set_item("round_trips", self.store.round_trips())?;
         Ok(stats)
     }

@@ -199,7 +199,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
     def stats(self) -> dict[str, int]:
         """This process's counters for this table and connection settings
         (hits, misses, sets, deletes, errors, round_trips) and its pool
-        (pool_size, connections, idle, in_use)."""
+        (pool_size, connections, idle, in_use, connects)."""
         return self._store.stats()
 
     def _expiry(self, timeout: float | None) -> float:

@@ -58,18 +58,17 @@ impl Counters {
 
     /// Count a write that reports whether it stored (an `add` may not).
     pub fn stored_if<E: Failure>(&self, result: Result<bool, E>) -> Result<bool, E> {
-        match &result {
-            Ok(true) => bump(&self.sets, 1),
-            Ok(false) => {}
-            Err(error) => self.failed(error),
-        }
-        result
+        self.count_if_true(&self.sets, result)
     }
 
     /// Count a delete of one key: deleted if it was there.
     pub fn delete<E: Failure>(&self, result: Result<bool, E>) -> Result<bool, E> {
+        self.count_if_true(&self.deletes, result)
+    }
+
+    fn count_if_true<E: Failure>(&self, counter: &AtomicU64, result: Result<bool, E>) -> Result<bool, E> {
         match &result {
-            Ok(true) => bump(&self.deletes, 1),
+            Ok(true) => bump(counter, 1),
             Ok(false) => {}
             Err(error) => self.failed(error),
         }

@@ -5,7 +5,8 @@
 //! processes reading replies from one socket is the same bug as two threads
 //! sharing one client: each may read the other's reply. The Python package
 //! registers `os.register_at_fork(after_in_child=...)`, which bumps this
-//! generation; pools drop every connection from an older generation.
+//! generation; a client built in an older generation swaps in new pools
+//! (and never touches the inherited ones).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -53,7 +53,9 @@ def check_caches(app_configs: "Sequence[AppConfig] | None" = None, **kwargs: Any
             backend_class = import_string(config["BACKEND"])
             backend = backend_class(config.get("LOCATION", ""), config)
         except ImproperlyConfigured as error:
-            not_postgresql = "not PostgreSQL" in str(error) or "PostgreSQL alias" in str(error)
+            from racefree.backends.db import NotPostgreSQL
+
+            not_postgresql = isinstance(error, NotPostgreSQL)
             messages.append(
                 checks.Error(
                     f"CACHES[{alias!r}]: {error}",

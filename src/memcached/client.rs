@@ -219,13 +219,20 @@ impl Client {
         build: impl FnOnce(&mut Vec<u8>, u32),
         answer: impl FnOnce(&mut Connection, &Pool, Reply) -> Result<T>,
     ) -> Result<T> {
+        self.on_server(key, |pool| {
+            self.exchange(pool, |conn| {
+                let reply = request(conn, pool, build)?;
+                answer(conn, pool, reply)
+            })
+        })
+    }
+
+    /// Run `run` with the pool of the server that owns `key`, after
+    /// checking the key.
+    fn on_server<T>(&self, key: &[u8], run: impl FnOnce(&Pool) -> Result<T>) -> Result<T> {
         check_keys([key])?;
         let pools = self.current();
-        let pool = &pools.list[self.router.route(key)];
-        self.exchange(pool, |conn| {
-            let reply = request(conn, pool, build)?;
-            answer(conn, pool, reply)
-        })
+        run(&pools.list[self.router.route(key)])
     }
 
     /// Fetch a value.
@@ -311,11 +318,8 @@ impl Client {
 
     /// Delete a key; true if it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        check_keys([key])?;
-        let pools = self.current();
-        let pool = &pools.list[self.router.route(key)];
-        self.stats
-            .delete(self.exchange(pool, |conn| delete_on(conn, pool, key)))
+        let deleted = self.on_server(key, |pool| self.exchange(pool, |conn| delete_on(conn, pool, key)));
+        self.stats.delete(deleted)
     }
 
     /// Atomically add `delta` to (or subtract it from) a stored number and

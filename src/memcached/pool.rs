@@ -52,18 +52,15 @@ impl Default for Config {
     }
 }
 
-/// Open-connection accounting for `max_connections`, per fork generation.
-struct Slots {
-    generation: u64,
-    open: usize,
-}
-
 pub(crate) struct Pool {
     pub(crate) address: Address,
     pub(crate) name: String,
     config: Config,
     idle: Mutex<Vec<Connection>>,
-    slots: Mutex<Slots>,
+    /// Open connections, counted against `max_connections`. A pool serves
+    /// one fork generation (the client swaps in new pools in a child), so
+    /// every count here is this process's.
+    slots: Mutex<usize>,
     freed: Condvar,
     spin: Arc<SpinWait>,
     in_use: AtomicUsize,
@@ -93,28 +90,22 @@ impl Drop for InUse<'_> {
 /// `release` already returned the connection to the idle list.
 struct Slot<'a> {
     pool: &'a Pool,
-    generation: u64,
     returned: bool,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if !self.returned {
-            self.pool.give_back_slot(Some(self.generation));
+            self.pool.give_back_slot(true);
         }
     }
 }
 
 impl<'a> Lease<'a> {
     fn new(pool: &'a Pool, conn: Connection) -> Self {
-        let generation = conn.generation;
         Lease {
             conn,
-            slot: Slot {
-                pool,
-                generation,
-                returned: false,
-            },
+            slot: Slot { pool, returned: false },
             _in_flight: InFlight::start(),
             _in_use: {
                 pool.in_use.fetch_add(1, Ordering::Relaxed);
@@ -134,11 +125,11 @@ impl<'a> Lease<'a> {
         let pool = slot.pool;
         conn.idle_since = Instant::now();
         let mut idle = locked(&pool.idle);
-        if idle.len() < pool.config.pool_size && conn.generation == crate::fork::generation() {
+        if idle.len() < pool.config.pool_size {
             idle.push(conn);
             drop(idle);
             slot.returned = true;
-            pool.give_back_slot(None);
+            pool.give_back_slot(false);
         }
         // Otherwise `conn` closes here and `slot` gives its slot back.
     }
@@ -152,10 +143,7 @@ impl Pool {
             spin: Arc::new(SpinWait::new(config.spin_wait)),
             config,
             idle: Mutex::new(Vec::new()),
-            slots: Mutex::new(Slots {
-                generation: crate::fork::generation(),
-                open: 0,
-            }),
+            slots: Mutex::new(0),
             freed: Condvar::new(),
             in_use: AtomicUsize::new(0),
             connects: AtomicU64::new(0),
@@ -166,21 +154,20 @@ impl Pool {
     /// `max_connections`, wait (up to the connect timeout) for one to come
     /// back.
     pub(crate) fn lease(&self) -> Result<Lease<'_>> {
-        let generation = crate::fork::generation();
         let mut deadline = None;
         loop {
-            if let Some(conn) = self.pop_live_idle(generation) {
+            if let Some(conn) = self.pop_live_idle() {
                 return Ok(Lease::new(self, conn));
             }
-            if self.try_take_slot(generation) {
-                return self.dial(generation);
+            if self.try_take_slot() {
+                return self.dial();
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.config.connect_timeout);
-            let slots = locked(&self.slots);
+            let open = locked(&self.slots);
             // Re-check under the lock that `release` takes to notify, so a
             // connection returned in between is not missed.
             let cap = self.config.max_connections.unwrap_or(usize::MAX);
-            if slots.open < cap || !locked(&self.idle).is_empty() {
+            if *open < cap || !locked(&self.idle).is_empty() {
                 continue;
             }
             let now = Instant::now();
@@ -191,13 +178,13 @@ impl Pool {
             }
             drop(
                 self.freed
-                    .wait_timeout(slots, deadline - now)
+                    .wait_timeout(open, deadline - now)
                     .unwrap_or_else(PoisonError::into_inner),
             );
         }
     }
 
-    fn dial(&self, generation: u64) -> Result<Lease<'_>> {
+    fn dial(&self) -> Result<Lease<'_>> {
         let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
         match Connection::open(&self.address, connect, io, Arc::clone(&self.spin)) {
             Ok(conn) => {
@@ -205,7 +192,7 @@ impl Pool {
                 Ok(Lease::new(self, conn))
             }
             Err(source) => {
-                self.give_back_slot(Some(generation));
+                self.give_back_slot(true);
                 Err(Error::Connect {
                     server: self.name.clone(),
                     source,
@@ -215,54 +202,40 @@ impl Pool {
     }
 
     /// Pop idle connections until one is fit for a new request.
-    fn pop_live_idle(&self, generation: u64) -> Option<Connection> {
+    fn pop_live_idle(&self) -> Option<Connection> {
         loop {
             let conn = locked(&self.idle).pop()?;
-            if conn.generation != generation {
-                // Inherited across fork: the parent owns this socket. Closing
-                // our copy of the descriptor does not disturb the parent.
-                drop(conn);
-                locked(&self.idle).retain(|c| c.generation == generation);
-                continue;
-            }
             if conn.idle_since.elapsed() <= self.config.idle_timeout && conn.is_reusable() {
                 return Some(conn);
             }
             // Stale, half-closed by a restarted server, or holding stray
             // bytes: close it and free its slot.
-            self.give_back_slot(Some(conn.generation));
+            self.give_back_slot(true);
         }
     }
 
     /// Count a new connection against `max_connections`; false at the cap.
-    fn try_take_slot(&self, generation: u64) -> bool {
+    fn try_take_slot(&self) -> bool {
         let Some(cap) = self.config.max_connections else {
             return true;
         };
-        let mut slots = locked(&self.slots);
-        if slots.generation != generation {
-            // Connections counted before the fork belong to the parent.
-            *slots = Slots { generation, open: 0 };
-        }
-        if slots.open >= cap {
+        let mut open = locked(&self.slots);
+        if *open >= cap {
             return false;
         }
-        slots.open += 1;
+        *open += 1;
         true
     }
 
-    /// Free the slot of a closed connection (`Some(generation)`), or just
-    /// wake a waiter after a connection went back idle (`None`).
-    fn give_back_slot(&self, closed: Option<u64>) {
+    /// Free the slot of a closed connection (`closed`), or just wake a
+    /// waiter after a connection went back idle.
+    fn give_back_slot(&self, closed: bool) {
         if self.config.max_connections.is_none() {
             return;
         }
-        let mut slots = locked(&self.slots);
-        if let Some(generation) = closed
-            && slots.generation == generation
-            && slots.open > 0
-        {
-            slots.open -= 1;
+        let mut open = locked(&self.slots);
+        if closed {
+            *open = open.saturating_sub(1);
         }
         self.freed.notify_one();
     }
@@ -270,8 +243,8 @@ impl Pool {
     /// Close every idle connection (used by `close_all`).
     pub(crate) fn close_idle(&self) {
         let drained: Vec<Connection> = std::mem::take(&mut *locked(&self.idle));
-        for conn in drained {
-            self.give_back_slot(Some(conn.generation));
+        for _conn in drained {
+            self.give_back_slot(true);
         }
     }
 

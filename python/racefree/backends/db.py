@@ -68,6 +68,10 @@ _stores: dict[tuple[str, tuple[tuple[str, str], ...], str | None, int, float, fl
 _stores_lock = threading.Lock()
 
 
+class NotPostgreSQL(ImproperlyConfigured):
+    """The database cache was pointed at a database that is not PostgreSQL."""
+
+
 def libpq_params(alias: str) -> dict[str, str]:
     """Connection parameters of ``DATABASES[alias]``, which must be
     PostgreSQL; ``ImproperlyConfigured`` otherwise."""
@@ -77,7 +81,7 @@ def libpq_params(alias: str) -> dict[str, str]:
         raise ImproperlyConfigured(f"racefree DatabaseCache: DATABASES has no {alias!r} entry")
     connection = connections[alias]
     if connection.vendor != "postgresql":
-        raise ImproperlyConfigured(
+        raise NotPostgreSQL(
             f"racefree DatabaseCache needs PostgreSQL, but DATABASES[{alias!r}] uses "
             f"{connection.settings_dict['ENGINE']!r}; point OPTIONS['DATABASE'] at a PostgreSQL "
             "alias or give OPTIONS['DSN']"

@@ -31,6 +31,7 @@ from django.conf import settings  # noqa: E402
 
 THREADS = 4
 LIMIT = 64 * 1024
+DELETIONS = 5
 
 
 def set_tree_writable(directory, writable):
@@ -50,14 +51,18 @@ def main(mode, directory, seconds):
         resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     cache = FileBasedCache(directory, {"OPTIONS": {"MAX_ENTRIES": 1_000_000, "LOCK_TIMEOUT": 2.0}})
     cache.set("counter", 0, None)
-    deadline = time.monotonic() + seconds
+    # The fault thread ends the load, so a busy machine stretches the run
+    # instead of shrinking the fault.
+    stop = threading.Event()
+    progress = [0] * THREADS  # operations per load thread, for the fault's window
     lock = threading.Lock()
     report = {"ops": 0, "errors": collections.Counter(), "examples": {}, "garbage": [], "increments": 0}
 
     def load(index):
         ops, increments, n = 0, 0, 0
         errors = collections.Counter()
-        while time.monotonic() < deadline:
+        while not stop.is_set():
+            progress[index] = ops
             key = f"k{index}-{n % 50}"
             # Every 10th value is bigger than the file-size limit.
             value = f"{key}:{n}" + ("x" * 100_000 if n % 10 == 0 else "")
@@ -87,16 +92,25 @@ def main(mode, directory, seconds):
     def fault():
         third = seconds / 3
         time.sleep(third)
+        before = sum(progress)
         if mode == "readonly":
             set_tree_writable(directory, False)
             time.sleep(third)
             set_tree_writable(directory, True)
         elif mode == "deleted":
+            # At least DELETIONS removals however slowly this thread is
+            # scheduled, and for at least the middle third.
             end = time.monotonic() + third
-            while time.monotonic() < end:
+            report["deletions"] = 0
+            while time.monotonic() < end or report["deletions"] < DELETIONS:
                 shutil.rmtree(directory, ignore_errors=True)
-                report["deletions"] = report.get("deletions", 0) + 1
+                report["deletions"] += 1
                 time.sleep(0.02)
+        else:
+            time.sleep(third)
+        report["ops_during_fault"] = sum(progress) - before
+        time.sleep(third)
+        stop.set()
 
     threads = [threading.Thread(target=load, args=(i,)) for i in range(THREADS)] + [threading.Thread(target=fault)]
     for thread in threads:

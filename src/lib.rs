@@ -7,6 +7,7 @@
 pub mod filestore;
 pub mod fork;
 pub mod forwarding;
+pub mod health;
 pub mod memcached;
 pub mod pgstore;
 pub mod stats;

@@ -206,7 +206,7 @@ impl Client {
         match &result {
             Ok(_) => lease.release(),
             Err(error) if error.keeps_connection() => lease.release(),
-            Err(_) => drop(lease),
+            Err(error) => lease.discard(error),
         }
         result
     }
@@ -460,8 +460,13 @@ impl Client {
             let first_chunk = &indexes[..indexes.len().min(CHUNK)];
             let sent = pool.lease().and_then(|mut lease| {
                 let first_opaque = op.write(lease.conn(), first_chunk);
-                lease.conn().send().map_err(io_error(pool))?;
-                Ok((lease, first_opaque))
+                match lease.conn().send().map_err(io_error(pool)) {
+                    Ok(()) => Ok((lease, first_opaque)),
+                    Err(error) => {
+                        lease.discard(&error);
+                        Err(error)
+                    }
+                }
             });
             match sent {
                 Ok((lease, first_opaque)) => started.push((pool, lease, indexes, first_opaque)),
@@ -492,7 +497,7 @@ impl Client {
             match outcome {
                 Ok(()) => lease.release(),
                 Err(error) => {
-                    drop(lease);
+                    lease.discard(&error);
                     self.stats.failed(&error);
                     failures.push(BatchFailure {
                         indexes: indexes[done..].to_vec(),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
+use crate::health::Health;
 use crate::sync::locked;
 
 use super::address::Address;
@@ -66,6 +67,8 @@ pub(crate) struct Pool {
     in_use: AtomicUsize,
     /// Connections dialed so far (reconnects show here).
     connects: AtomicU64,
+    /// Outages and recoveries, logged once each.
+    health: Health,
 }
 
 /// A connection checked out of a pool. Dropped without `release`, the
@@ -123,6 +126,7 @@ impl<'a> Lease<'a> {
     pub(crate) fn release(self) {
         let Lease { mut conn, mut slot, .. } = self;
         let pool = slot.pool;
+        pool.health.succeeded();
         conn.idle_since = Instant::now();
         let mut idle = locked(&pool.idle);
         if idle.len() < pool.config.pool_size {
@@ -133,12 +137,21 @@ impl<'a> Lease<'a> {
         }
         // Otherwise `conn` closes here and `slot` gives its slot back.
     }
+
+    /// Close the connection after `error` left it out of step; a failure
+    /// of the server (not of the request) is recorded in its health.
+    pub(crate) fn discard(self, error: &Error) {
+        if error.is_server_failure() {
+            self.slot.pool.health.failed(error);
+        }
+    }
 }
 
 impl Pool {
     pub(crate) fn new(address: Address, config: Config) -> Pool {
         Pool {
             name: address.to_string(),
+            health: Health::new(format!("memcached server {address}")),
             address,
             spin: Arc::new(SpinWait::new(config.spin_wait)),
             config,
@@ -193,10 +206,12 @@ impl Pool {
             }
             Err(source) => {
                 self.give_back_slot(true);
-                Err(Error::Connect {
+                let error = Error::Connect {
                     server: self.name.clone(),
                     source,
-                })
+                };
+                self.health.failed(&error);
+                Err(error)
             }
         }
     }

@@ -17,6 +17,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
+use crate::health::Health;
 use crate::sync::locked;
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,20 @@ use super::error::{Error, Result};
 pub(crate) struct PgConnection {
     pub(crate) client: Client,
     poisoned: bool,
+    /// Why the connection broke, if it did.
+    lost: Option<String>,
 }
 
 impl PgConnection {
     pub(crate) fn poison(&mut self) {
         self.poisoned = true;
+    }
+
+    /// The connection broke with `error`: discard it, and count the
+    /// failure against the server's health.
+    pub(crate) fn lost(&mut self, error: &Error) {
+        self.poisoned = true;
+        self.lost = Some(error.to_string());
     }
 
     fn is_broken(&self) -> bool {
@@ -59,6 +69,8 @@ pub(crate) struct Pool {
     freed: Condvar,
     /// Connections dialed so far (reconnects show here).
     connects: AtomicU64,
+    /// Outages and recoveries, logged once each.
+    health: Health,
 }
 
 /// A checked-out connection; back to the pool when dropped (closed
@@ -71,7 +83,6 @@ pub(crate) struct Pooled {
 impl Pool {
     pub(crate) fn new(config: postgres::Config, size: usize, wait_timeout: Duration) -> Pool {
         Pool {
-            config,
             size: size.max(1),
             wait_timeout,
             generation: crate::fork::generation(),
@@ -81,6 +92,8 @@ impl Pool {
             }),
             freed: Condvar::new(),
             connects: AtomicU64::new(0),
+            health: Health::new(server_name(&config)),
+            config,
         }
     }
 
@@ -135,11 +148,14 @@ impl Pool {
                         conn: ManuallyDrop::new(PgConnection {
                             client,
                             poisoned: false,
+                            lost: None,
                         }),
                     }),
                     Err(error) => {
                         self.give_back_slot();
-                        Err(Error::Connect(error.to_string()))
+                        let error = Error::Connect(error.to_string());
+                        self.health.failed(&error);
+                        Err(error)
                     }
                 };
             }
@@ -177,6 +193,18 @@ impl Pool {
     }
 }
 
+/// How log lines name the server: "PostgreSQL server host:port/database".
+fn server_name(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(name)) => name.clone(),
+        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("");
+    format!("PostgreSQL server {host}:{port}/{database}")
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         if self.generation != crate::fork::generation() {
@@ -206,6 +234,13 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         // SAFETY: `conn` is taken once, here, and never used again.
         let conn = unsafe { ManuallyDrop::take(&mut self.conn) };
+        if let Some(why) = &conn.lost {
+            self.pool.health.failed(why);
+        } else if conn.client.is_closed() {
+            self.pool.health.failed(&"PostgreSQL connection closed");
+        } else {
+            self.pool.health.succeeded();
+        }
         if conn.is_broken() {
             drop(conn);
             self.pool.give_back_slot();

@@ -302,7 +302,7 @@ impl PgStore {
         conn.client.query_typed(sql, params).map_err(|e| {
             let error = Error::from_pg(&e);
             if error.is_connection_loss() {
-                conn.poison();
+                conn.lost(&error);
             }
             error
         })
@@ -550,7 +550,7 @@ impl PgStore {
                 conn.poison();
                 return Err(error);
             }
-            conn.poison();
+            conn.lost(&error);
             drop(conn);
             conn = self.checkout()?;
             self.round_trips.fetch_add(1, Ordering::Relaxed);

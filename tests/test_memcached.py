@@ -407,6 +407,81 @@ def test_frozen_server_times_out(fresh_memcached):
     assert cache.get("k") == "v"
 
 
+# -- Combined gets ---------------------------------------------------------------
+
+
+def combined_count(cache):
+    (server,) = cache.stats()["servers"].values()
+    return server["combined"]
+
+
+def test_combined_gets_hand_every_caller_its_own_value(memcached):
+    """16 threads share one instance; gets to one server that arrive
+    together ride one pipelined round trip. Values from 0 B to 200 KB and
+    misses interleave in those pipelines: each caller gets exactly its own
+    key's value, and some gets did ride along."""
+    cache = racefree(memcached.location)
+    sizes = [0, 1, 100, 4_000, 70_000, 200_000]
+    values = {f"combined-{n}": f"combined-{n}:" + "v" * sizes[n % len(sizes)] for n in range(60)}
+    cache.set_many(values)
+    before = combined_count(cache)
+    mismatches, calls = [], [0] * 16
+    deadline = time.monotonic() + 2.0
+
+    def load(index):
+        n = index
+        while time.monotonic() < deadline:
+            n += 7
+            key = f"combined-{n % 70}"  # 60..69 were never set: misses
+            got = cache.get(key)
+            if got != values.get(key):
+                mismatches.append((key, repr(got)[:40]))
+            calls[index] += 1
+
+    assert run_threads(16, load) == []
+    assert mismatches == []
+    ridden = combined_count(cache) - before
+    assert 0 < ridden < sum(calls), (ridden, sum(calls))
+    # Alone, nothing rides along.
+    for key in list(values)[:20]:
+        assert cache.get(key) == values[key]
+    assert combined_count(cache) == before + ridden
+
+
+def test_combining_can_be_turned_off(memcached):
+    cache = racefree(memcached.location, COMBINE_GETS=False)
+    cache.set("k", "v")
+    assert run_threads(8, lambda index: [cache.get("k") for _ in range(300)]) == []
+    assert combined_count(cache) == 0
+
+
+def test_a_frozen_server_fails_every_queued_get_within_one_timeout(fresh_memcached):
+    """Gets queued behind a round trip that times out fail with it instead
+    of trying again one after another, so no get waits much longer than
+    IO_TIMEOUT (without that, up to twice as long)."""
+    timeout = 0.4
+    cache = racefree(fresh_memcached.location, IO_TIMEOUT=timeout)
+    cache.set("k", "v")
+    durations, outcomes = [], []
+    fresh_memcached.pause()
+    try:
+        def load(index):
+            for _ in range(3):
+                started = time.monotonic()
+                try:
+                    outcomes.append(cache.get("k"))
+                except TimeoutError:
+                    outcomes.append("timeout")
+                durations.append(time.monotonic() - started)
+
+        assert run_threads(8, load) == []
+    finally:
+        fresh_memcached.resume()
+    assert outcomes == ["timeout"] * 24
+    assert max(durations) < timeout * 1.75, sorted(durations)[-5:]
+    assert cache.get("k") == "v"
+
+
 def test_ignore_exceptions_reads_a_down_server_as_a_miss(fresh_memcached, caplog):
     cache = racefree(fresh_memcached.location, IGNORE_EXCEPTIONS=True, CONNECT_TIMEOUT=0.5)
     cache.set("k", "v")

@@ -24,6 +24,7 @@ class MemcachedClient:
         max_connections: int | None = None,
         idle_timeout: float = 60.0,
         spin_wait: float = 0.00005,
+        combine_gets: bool = True,
     ) -> None: ...
     @property
     def servers(self) -> list[str]: ...

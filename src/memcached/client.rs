@@ -8,6 +8,7 @@ use arc_swap::{ArcSwap, Guard};
 use crate::stats::{Counters, Failure, Snapshot};
 
 use super::address::Address;
+use super::combine::{RoundTrip, duplicate};
 use super::connection::Connection;
 use super::error::{Error, Result};
 use super::pool::{Config, Lease, Pool};
@@ -59,8 +60,9 @@ pub struct Client {
     router: Rendezvous,
 }
 
-/// A server's name, idle and in-use connections, and connections dialed.
-pub type ServerPool = (String, usize, usize, u64);
+/// A server's name, idle and in-use connections, connections dialed, and
+/// gets that rode in another caller's round trip.
+pub type ServerPool = (String, usize, usize, u64, u64);
 
 /// One pool per server, for one fork generation.
 struct Pools {
@@ -235,12 +237,33 @@ impl Client {
         run(&pools.list[self.router.route(key)])
     }
 
-    /// Fetch a value.
+    /// Fetch a value. Gets that arrive together for one server share a
+    /// round trip (see `combine`).
     pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
-        let result = self.single(
-            key,
-            |out, opaque| protocol::meta_get(out, key, opaque, true, None, false),
-            |conn, pool, reply| match reply {
+        let result = self.on_server(key, |pool| {
+            let config = pool.config();
+            if !config.combine_gets {
+                return self.get_alone(pool, key);
+            }
+            let patience = config.connect_timeout + config.io_timeout * 4;
+            let (outcome, led) = pool.combiner.get(key, patience, &CombinedGet { client: self, pool });
+            match &outcome {
+                // The leader's exchange recorded its own failure.
+                Err(error) if !led && error.is_server_failure() => pool.health.failed(error),
+                _ => {}
+            }
+            outcome
+        });
+        self.stats.read(result)
+    }
+
+    /// One get on its own round trip.
+    fn get_alone(&self, pool: &Pool, key: &[u8]) -> Result<Option<Item>> {
+        self.exchange(pool, |conn| {
+            let reply = request(conn, pool, |out, opaque| {
+                protocol::meta_get(out, key, opaque, true, None, false)
+            })?;
+            match reply {
                 Reply::Meta {
                     status: Status::Value(size),
                     flags,
@@ -253,9 +276,39 @@ impl Client {
                     status: Status::Miss, ..
                 } => Ok(None),
                 other => Err(unexpected(pool, other)),
-            },
-        );
-        self.stats.read(result)
+            }
+        })
+    }
+
+    /// Several callers' gets as one pipeline on one connection.
+    fn get_pipelined(&self, pool: &Pool, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
+        let op = GetMany { keys };
+        let chunk: Vec<usize> = (0..keys.len()).collect();
+        let mut results = vec![None; keys.len()];
+        let outcome = pool.lease().and_then(|mut lease| {
+            let first = op.write(lease.conn(), &chunk);
+            let sent = lease.conn().send().map_err(io_error(pool));
+            match sent.and_then(|()| op.read(lease.conn(), pool, &chunk, first, &mut results)) {
+                Ok(()) => {
+                    lease.release();
+                    Ok(())
+                }
+                Err(error) => {
+                    // A pipeline's remaining replies are unread: never reuse.
+                    lease.discard(&error);
+                    Err(error)
+                }
+            }
+        });
+        match outcome {
+            Ok(()) => results.into_iter().map(Ok).collect(),
+            Err(error) => {
+                let mut each: Vec<Result<Option<Item>>> = Vec::with_capacity(keys.len());
+                each.extend((1..keys.len()).map(|_| Err(duplicate(&error))));
+                each.insert(0, Err(error));
+                each
+            }
+        }
     }
 
     /// Whether the key is present, without fetching the value.
@@ -390,7 +443,15 @@ impl Client {
             .current()
             .list
             .iter()
-            .map(|p| (p.name.clone(), p.idle_count(), p.in_use(), p.connects()))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.idle_count(),
+                    p.in_use(),
+                    p.connects(),
+                    p.combiner.riders(),
+                )
+            })
             .collect();
         (self.stats.snapshot(), servers)
     }
@@ -507,6 +568,21 @@ impl Client {
             }
         }
         Ok(failures)
+    }
+}
+
+/// The round trip a combined get's leader runs.
+struct CombinedGet<'a> {
+    client: &'a Client,
+    pool: &'a Pool,
+}
+
+impl RoundTrip for CombinedGet<'_> {
+    fn run(&self, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
+        match keys {
+            [key] => vec![self.client.get_alone(self.pool, key)],
+            _ => self.client.get_pipelined(self.pool, keys),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod address;
 mod client;
+mod combine;
 mod connection;
 mod error;
 mod pool;

@@ -16,6 +16,7 @@ use crate::health::Health;
 use crate::sync::locked;
 
 use super::address::Address;
+use super::combine::Combiner;
 use super::connection::Connection;
 use super::error::{Error, Result};
 use super::spin::{InFlight, SpinWait};
@@ -38,6 +39,9 @@ pub struct Config {
     /// Only servers whose replies usually come back within it are spun
     /// for; see `spin`.
     pub spin_wait: Duration,
+    /// Combine concurrent gets to a server into shared round trips (see
+    /// `combine`).
+    pub combine_gets: bool,
 }
 
 impl Default for Config {
@@ -49,6 +53,7 @@ impl Default for Config {
             max_connections: None,
             idle_timeout: Duration::from_secs(60),
             spin_wait: Duration::from_micros(50),
+            combine_gets: true,
         }
     }
 }
@@ -68,7 +73,9 @@ pub(crate) struct Pool {
     /// Connections dialed so far (reconnects show here).
     connects: AtomicU64,
     /// Outages and recoveries, logged once each.
-    health: Health,
+    pub(crate) health: Health,
+    /// Concurrent gets to this server, combined into shared round trips.
+    pub(crate) combiner: Combiner,
 }
 
 /// A connection checked out of a pool. Dropped without `release`, the
@@ -160,6 +167,7 @@ impl Pool {
             freed: Condvar::new(),
             in_use: AtomicUsize::new(0),
             connects: AtomicU64::new(0),
+            combiner: Combiner::default(),
         }
     }
 
@@ -266,6 +274,11 @@ impl Pool {
     /// Connections checked out now.
     pub(crate) fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// The connect and I/O timeouts.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
     }
 
     /// Connections dialed so far.

@@ -159,7 +159,9 @@ impl Finish for BatchOutcome {
 #[pymethods]
 impl MemcachedClient {
     #[new]
-    #[pyo3(signature = (servers, *, connect_timeout=1.0, io_timeout=1.0, pool_size=32, max_connections=None, idle_timeout=60.0, spin_wait=0.00005))]
+    // One keyword argument per OPTION, as Python callers spell them.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (servers, *, connect_timeout=1.0, io_timeout=1.0, pool_size=32, max_connections=None, idle_timeout=60.0, spin_wait=0.00005, combine_gets=true))]
     fn new(
         servers: Vec<String>,
         connect_timeout: f64,
@@ -168,6 +170,7 @@ impl MemcachedClient {
         max_connections: Option<usize>,
         idle_timeout: f64,
         spin_wait: f64,
+        combine_gets: bool,
     ) -> PyResult<Self> {
         let config = Config {
             connect_timeout: seconds("connect_timeout", connect_timeout, false)?,
@@ -176,6 +179,7 @@ impl MemcachedClient {
             max_connections,
             idle_timeout: seconds("idle_timeout", idle_timeout, false)?,
             spin_wait: seconds("spin_wait", spin_wait, true)?,
+            combine_gets,
         };
         let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(MemcachedClient {
@@ -425,11 +429,12 @@ impl MemcachedClient {
         stats.set_item("pool_size", self.client.config().pool_size)?;
         stats.set_item("max_connections", self.client.config().max_connections)?;
         let per_server = PyDict::new(py);
-        for (name, idle, in_use, connects) in servers {
+        for (name, idle, in_use, connects, combined) in servers {
             let pool = PyDict::new(py);
             pool.set_item("idle", idle)?;
             pool.set_item("in_use", in_use)?;
             pool.set_item("connects", connects)?;
+            pool.set_item("combined", combined)?;
             per_server.set_item(name, pool)?;
         }
         stats.set_item("servers", per_server)?;

@@ -52,6 +52,7 @@ OPTIONS = [
     Option("MAX_CONNECTIONS", None, optional(positive_int)),
     Option("IDLE_TIMEOUT", 60.0, positive_number, aliases=("pool_idle_timeout",)),
     Option("SPIN_WAIT", 0.00005, non_negative_number),
+    Option("COMBINE_GETS", True, boolean),
     Option("IGNORE_EXCEPTIONS", False, boolean, aliases=("ignore_exc",)),
     *serializer_options(),
     *stampede_options(),
@@ -84,6 +85,7 @@ def shared_client(servers: Iterable[str], options: dict[str, Any]) -> MemcachedC
         options["MAX_CONNECTIONS"],
         options["IDLE_TIMEOUT"],
         options["SPIN_WAIT"],
+        options["COMBINE_GETS"],
     )
     with _clients_lock:
         client = _clients.get(settings)
@@ -96,6 +98,7 @@ def shared_client(servers: Iterable[str], options: dict[str, Any]) -> MemcachedC
                 max_connections=options["MAX_CONNECTIONS"],
                 idle_timeout=options["IDLE_TIMEOUT"],
                 spin_wait=options["SPIN_WAIT"],
+                combine_gets=options["COMBINE_GETS"],
             )
             _clients[settings] = client
         return client

@@ -1,0 +1,397 @@
+//! Concurrent single-key gets to one server, combined into one round trip.
+//!
+//! With many threads on few cores, a get's cost is mostly syscalls and
+//! wake-ups on both ends (a send, a sleeping receive, the server's epoll
+//! wake, read and write) rather than bytes. So gets that arrive while
+//! another get to the same server is on the wire queue up, and the next
+//! round trip carries all of them as one pipeline of opaque-tagged
+//! requests: one send, one read and one server wake for the lot. Each
+//! reply is matched to its request by its tag, exactly as in `get_many`.
+//!
+//! One caller at a time (per server and process) leads: it drains the
+//! queue, runs the round trip, hands each queued caller its own result and
+//! passes the lead to the first caller queued meanwhile. A lone caller
+//! leads at once and pays two uncontended lock operations more than a
+//! plain exchange. A round trip that fails because the server failed also
+//! fails the callers queued behind it, without sending, so no caller waits
+//! longer than one I/O timeout for a dead server.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::sync::locked;
+
+use super::client::Item;
+use super::error::{Error, Result};
+
+/// Most gets in one combined round trip (the rest wait for the next).
+const MOST_PER_TRIP: usize = 64;
+
+type Outcome = Result<Option<Item>>;
+
+enum Turn {
+    Queued,
+    /// The caller that led before handed the lead to this one.
+    Lead,
+    Done(Outcome),
+}
+
+/// A queued get.
+struct Waiter {
+    key: Vec<u8>,
+    turn: Mutex<Turn>,
+    changed: Condvar,
+}
+
+impl Waiter {
+    fn finish(&self, turn: Turn) {
+        *locked(&self.turn) = turn;
+        self.changed.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Arc<Waiter>>,
+    leading: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Combiner {
+    queue: Mutex<Queue>,
+    /// Gets that rode in another caller's round trip (for stats).
+    riders: AtomicU64,
+}
+
+/// What the leader runs: the keys of one round trip, first its own; one
+/// outcome per key, in order.
+pub(crate) trait RoundTrip {
+    fn run(&self, keys: &[&[u8]]) -> Vec<Outcome>;
+}
+
+impl Combiner {
+    /// Get `key`, in a round trip of its own or combined with other
+    /// callers'; true with it if this caller led the round trip (its
+    /// failure, if any, was recorded there). `patience` bounds the wait for
+    /// a leader's reply (a backstop only: every leader finishes within its
+    /// I/O timeouts).
+    pub(crate) fn get(&self, key: &[u8], patience: Duration, trip: &impl RoundTrip) -> (Outcome, bool) {
+        let queued = {
+            let mut queue = locked(&self.queue);
+            if queue.leading {
+                let waiter = Arc::new(Waiter {
+                    key: key.to_vec(),
+                    turn: Mutex::new(Turn::Queued),
+                    changed: Condvar::new(),
+                });
+                queue.waiting.push_back(Arc::clone(&waiter));
+                Some(waiter)
+            } else {
+                queue.leading = true;
+                None
+            }
+        };
+        match queued {
+            None => (self.lead(key, trip), true),
+            Some(waiter) => match self.wait(&waiter, patience) {
+                Turn::Done(outcome) => (outcome, false),
+                Turn::Lead => (self.lead(key, trip), true),
+                Turn::Queued => (Err(Error::protocol("(combined round trip)", "no reply in time")), false),
+            },
+        }
+    }
+
+    /// Gets so far that rode in another caller's round trip.
+    pub(crate) fn riders(&self) -> u64 {
+        self.riders.load(Ordering::Relaxed)
+    }
+
+    /// Wait until a leader answers or hands over the lead; `Queued` if
+    /// `patience` ran out while still queued (then no one will).
+    fn wait(&self, waiter: &Arc<Waiter>, patience: Duration) -> Turn {
+        let deadline = Instant::now() + patience;
+        let mut turn = locked(&waiter.turn);
+        loop {
+            if !matches!(*turn, Turn::Queued) {
+                return std::mem::replace(&mut *turn, Turn::Queued);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(turn);
+                // Still in the queue: leave it, and no one will answer. Not
+                // there: a leader took it and answers shortly.
+                let mut queue = locked(&self.queue);
+                if let Some(at) = queue.waiting.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+                    queue.waiting.remove(at);
+                    return Turn::Queued;
+                }
+                drop(queue);
+                turn = locked(&waiter.turn);
+                while matches!(*turn, Turn::Queued) {
+                    turn = waiter.changed.wait(turn).unwrap_or_else(PoisonError::into_inner);
+                }
+                continue;
+            }
+            turn = waiter
+                .changed
+                .wait_timeout(turn, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Run one round trip for `own` and whoever is queued, answer them, and
+    /// pass the lead on.
+    fn lead(&self, own: &[u8], trip: &impl RoundTrip) -> Outcome {
+        let mut lead = Lead {
+            combiner: self,
+            riders: {
+                let mut queue = locked(&self.queue);
+                let n = queue.waiting.len().min(MOST_PER_TRIP - 1);
+                queue.waiting.drain(..n).collect()
+            },
+            handed_over: false,
+        };
+        let mut keys: Vec<&[u8]> = Vec::with_capacity(lead.riders.len() + 1);
+        keys.push(own);
+        keys.extend(lead.riders.iter().map(|w| w.key.as_slice()));
+        self.riders.fetch_add(lead.riders.len() as u64, Ordering::Relaxed);
+        let mut outcomes = trip.run(&keys).into_iter();
+        let mine = outcomes.next().unwrap_or_else(|| Err(lost_reply()));
+        let server_failed = mine.as_ref().err().filter(|e| e.is_server_failure()).map(duplicate);
+        for (rider, outcome) in lead.riders.drain(..).zip(outcomes.by_ref()) {
+            rider.finish(Turn::Done(outcome));
+        }
+        lead.hand_over(server_failed.as_ref());
+        mine
+    }
+}
+
+/// The lead while a caller holds it. Dropped (also by unwinding), it
+/// answers any rider still waiting and passes the lead on, so no caller
+/// can be left queued behind a leader that is gone.
+struct Lead<'a> {
+    combiner: &'a Combiner,
+    riders: Vec<Arc<Waiter>>,
+    handed_over: bool,
+}
+
+impl Lead<'_> {
+    /// Pass the lead to the first caller queued, or give it up. After a
+    /// server failure, the queued callers fail with it instead.
+    fn hand_over(&mut self, server_failed: Option<&Error>) {
+        self.handed_over = true;
+        let mut queue = locked(&self.combiner.queue);
+        if let Some(error) = server_failed {
+            for waiter in queue.waiting.drain(..) {
+                waiter.finish(Turn::Done(Err(duplicate(error))));
+            }
+        }
+        match queue.waiting.pop_front() {
+            Some(next) => next.finish(Turn::Lead),
+            None => queue.leading = false,
+        }
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        for rider in self.riders.drain(..) {
+            rider.finish(Turn::Done(Err(lost_reply())));
+        }
+        if !self.handed_over {
+            self.hand_over(None);
+        }
+    }
+}
+
+fn lost_reply() -> Error {
+    Error::protocol("(combined round trip)", "no reply for this request")
+}
+
+/// An equal error for another caller (`io::Error` is not `Clone`).
+pub(crate) fn duplicate(error: &Error) -> Error {
+    match error {
+        Error::InvalidKey(problem) => Error::InvalidKey(*problem),
+        Error::Connect { server, source } => Error::Connect {
+            server: server.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Timeout { server } => Error::Timeout { server: server.clone() },
+        Error::Io { server, source } => Error::Io {
+            server: server.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Protocol { server, detail } => Error::protocol(server, detail.clone()),
+        Error::Server { server, message } => Error::Server {
+            server: server.clone(),
+            message: message.clone(),
+        },
+        Error::ValueTooLarge { server, size } => Error::ValueTooLarge {
+            server: server.clone(),
+            size: *size,
+        },
+        Error::NotANumber { server } => Error::NotANumber { server: server.clone() },
+        Error::Config(message) => Error::Config(message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::thread;
+
+    /// Answers each key with itself as the value, after `delay`, and counts
+    /// round trips; keys starting with "fail" fail the whole trip as a dead
+    /// server would, "panic" panics.
+    struct Echo {
+        delay: Duration,
+        trips: AtomicUsize,
+    }
+
+    impl RoundTrip for Echo {
+        fn run(&self, keys: &[&[u8]]) -> Vec<Outcome> {
+            self.trips.fetch_add(1, Ordering::Relaxed);
+            thread::sleep(self.delay);
+            if keys.iter().any(|k| k.starts_with(b"panic")) {
+                panic!("round trip panicked");
+            }
+            keys.iter()
+                .map(|key| {
+                    if key.starts_with(b"fail") {
+                        Err(Error::Timeout { server: "s".into() })
+                    } else {
+                        Ok(Some(Item {
+                            value: key.to_vec(),
+                            flags: 0,
+                        }))
+                    }
+                })
+                .collect()
+        }
+    }
+
+    fn echo(delay_ms: u64) -> Echo {
+        Echo {
+            delay: Duration::from_millis(delay_ms),
+            trips: AtomicUsize::new(0),
+        }
+    }
+
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn every_caller_gets_its_own_reply_and_trips_are_shared() {
+        let combiner = Combiner::default();
+        let trip = echo(1);
+        let calls = 16 * 50;
+        thread::scope(|s| {
+            for t in 0..16 {
+                let (combiner, trip) = (&combiner, &trip);
+                s.spawn(move || {
+                    for n in 0..50 {
+                        let key = format!("k{t}-{n}");
+                        let (outcome, _led) = combiner.get(key.as_bytes(), PATIENCE, trip);
+                        let item = outcome.expect("answered").expect("a value");
+                        assert_eq!(item.value, key.as_bytes(), "another caller's reply");
+                    }
+                });
+            }
+        });
+        let trips = trip.trips.load(Ordering::Relaxed);
+        assert!(trips < calls, "{trips} round trips for {calls} gets: none shared");
+        assert_eq!(combiner.riders() as usize + trips, calls);
+        assert!(!locked(&combiner.queue).leading, "the lead was given up");
+    }
+
+    #[test]
+    fn a_lone_caller_leads_its_own_trip() {
+        let combiner = Combiner::default();
+        let trip = echo(0);
+        for _ in 0..3 {
+            let (outcome, led) = combiner.get(b"k", PATIENCE, &trip);
+            assert!(led);
+            assert_eq!(outcome.expect("ok").expect("value").value, b"k");
+        }
+        assert_eq!(combiner.riders(), 0);
+        assert_eq!(trip.trips.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_server_failure_fails_the_queued_callers_without_another_trip() {
+        let combiner = Combiner::default();
+        let trip = echo(50);
+        let started = Instant::now();
+        let outcomes: Vec<Outcome> = thread::scope(|s| {
+            let first = s.spawn(|| combiner.get(b"fail-leader", PATIENCE, &trip).0);
+            thread::sleep(Duration::from_millis(10)); // queue behind its trip
+            let rest: Vec<_> = (0..6)
+                .map(|n| {
+                    let (combiner, trip) = (&combiner, &trip);
+                    s.spawn(move || combiner.get(format!("k{n}").as_bytes(), PATIENCE, trip).0)
+                })
+                .collect();
+            std::iter::once(first)
+                .chain(rest)
+                .map(|h| h.join().expect("no panic"))
+                .collect()
+        });
+        assert!(
+            outcomes.iter().all(|o| matches!(o, Err(Error::Timeout { .. }))),
+            "{outcomes:?}"
+        );
+        assert_eq!(trip.trips.load(Ordering::Relaxed), 1, "queued callers were not sent");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_leader_that_panics_answers_its_riders_and_passes_the_lead_on() {
+        let combiner = Combiner::default();
+        let trip = echo(30);
+        thread::scope(|s| {
+            let leader = s.spawn(|| combiner.get(b"panic", PATIENCE, &trip));
+            thread::sleep(Duration::from_millis(10));
+            let riders: Vec<_> = (0..4)
+                .map(|n| {
+                    let (combiner, trip) = (&combiner, &trip);
+                    s.spawn(move || combiner.get(format!("r{n}").as_bytes(), PATIENCE, trip).0)
+                })
+                .collect();
+            assert!(leader.join().is_err(), "the leader's panic stays its own");
+            for rider in riders {
+                // Either answered "no reply" by the dropped lead, or led a
+                // trip of its own afterwards; never left waiting.
+                match rider.join().expect("rider did not panic") {
+                    Ok(Some(item)) => assert!(item.value.starts_with(b"r")),
+                    Err(Error::Protocol { .. }) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        let (outcome, led) = combiner.get(b"after", PATIENCE, &trip);
+        assert!(led && outcome.is_ok(), "the lead is free again");
+    }
+
+    #[test]
+    fn a_caller_out_of_patience_leaves_the_queue() {
+        let combiner = Combiner::default();
+        let trip = echo(300);
+        thread::scope(|s| {
+            s.spawn(|| combiner.get(b"slow", PATIENCE, &trip));
+            thread::sleep(Duration::from_millis(20));
+            let started = Instant::now();
+            let (outcome, led) = combiner.get(b"impatient", Duration::from_millis(50), &trip);
+            assert!(!led && matches!(outcome, Err(Error::Protocol { .. })), "{outcome:?}");
+            assert!(started.elapsed() < Duration::from_millis(250));
+        });
+        assert!(locked(&combiner.queue).waiting.is_empty());
+        assert_eq!(
+            trip.trips.load(Ordering::Relaxed),
+            1,
+            "the impatient caller was never sent"
+        );
+    }
+}

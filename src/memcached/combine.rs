@@ -25,6 +25,7 @@ use crate::sync::locked;
 
 use super::client::Item;
 use super::error::{Error, Result};
+use super::spin::InFlight;
 
 /// Most gets in one combined round trip (the rest wait for the next).
 const MOST_PER_TRIP: usize = 64;
@@ -95,7 +96,11 @@ impl Combiner {
         };
         match queued {
             None => (self.lead(key, trip), true),
-            Some(waiter) => match self.wait(&waiter, patience) {
+            Some(waiter) => match {
+                // Counted while waiting, so a spinning leader yields the CPU.
+                let _waiting = InFlight::start();
+                self.wait(&waiter, patience)
+            } {
                 Turn::Done(outcome) => (outcome, false),
                 Turn::Lead => (self.lead(key, trip), true),
                 Turn::Queued => (Err(Error::protocol("(combined round trip)", "no reply in time")), false),

@@ -96,7 +96,9 @@ impl Read for Stream {
                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                     Err(error) => return Err(error),
                 }
-                if Instant::now() >= until {
+                // Stop once others wait too: their replies, and the server,
+                // need the CPU this loop would take.
+                if Instant::now() >= until || super::spin::crowded() {
                     break;
                 }
                 std::hint::spin_loop();

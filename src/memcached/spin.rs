@@ -17,12 +17,19 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Memcached calls of this process now holding a connection.
+/// Memcached calls of this process now waiting for a reply: holding a
+/// connection, or queued for a combined get (see `combine`).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 fn spin_slots() -> usize {
     static SLOTS: OnceLock<usize> = OnceLock::new();
     *SLOTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)))
+}
+
+/// Whether more calls are waiting for replies than spinning may take CPUs
+/// from: then a spinning thread should sleep instead.
+pub(crate) fn crowded() -> bool {
+    IN_FLIGHT.load(Ordering::Relaxed) > spin_slots()
 }
 
 /// Per-server reply-time estimate and spin limit.
@@ -43,15 +50,17 @@ impl SpinWait {
 
     /// How long to spin for the reply to a request sent now.
     pub(crate) fn budget(&self) -> Option<Duration> {
-        if self.limit_ns == 0 {
+        self.budget_when(crowded())
+    }
+
+    /// The budget, given whether other calls are waiting too.
+    fn budget_when(&self, crowded: bool) -> Option<Duration> {
+        if self.limit_ns == 0 || crowded {
             return None;
         }
         let typical = self.reply_ns.load(Ordering::Relaxed);
         // No sample yet, or replies usually slower than the limit: sleep.
         if typical == 0 || typical > self.limit_ns {
-            return None;
-        }
-        if IN_FLIGHT.load(Ordering::Relaxed) > spin_slots() {
             return None;
         }
         Some(Duration::from_nanos((typical * 2).min(self.limit_ns * 2)))
@@ -88,16 +97,21 @@ mod tests {
     #[test]
     fn spins_only_for_fast_servers() {
         let spin = SpinWait::new(Duration::from_micros(100));
-        assert_eq!(spin.budget(), None, "no sample yet");
+        assert_eq!(spin.budget_when(false), None, "no sample yet");
         for _ in 0..50 {
             spin.record(Duration::from_micros(30));
         }
-        let budget = spin.budget().expect("fast server");
+        let budget = spin.budget_when(false).expect("fast server");
         assert!(budget >= Duration::from_micros(50) && budget <= Duration::from_micros(70));
         for _ in 0..50 {
             spin.record(Duration::from_micros(400));
         }
-        assert_eq!(spin.budget(), None, "slow server");
-        assert_eq!(SpinWait::new(Duration::ZERO).budget(), None, "disabled");
+        assert_eq!(spin.budget_when(false), None, "slow server");
+        for _ in 0..50 {
+            spin.record(Duration::from_micros(30));
+        }
+        assert!(spin.budget_when(false).is_some());
+        assert_eq!(spin.budget_when(true), None, "others are waiting");
+        assert_eq!(SpinWait::new(Duration::ZERO).budget_when(false), None, "disabled");
     }
 }

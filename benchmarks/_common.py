@@ -25,19 +25,30 @@ def median_row(row, names, rounds, run, settle=None, pick=statistics.median):
             runs[name].append(run(name))
     for name in names:
         row[name] = pick(runs[name])
+    # The ratio of each round's runs, which ran back to back, then their
+    # median: a machine that slows down for a while slows both sides of a
+    # round, so this drifts less than the ratio of the medians.
+    if "racefree" in runs:
+        row["ratios"] = {
+            name: statistics.median(ours / theirs for ours, theirs in zip(runs["racefree"], runs[name]) if theirs)
+            for name in names
+            if name != "racefree"
+        }
     return row
 
 
 def markdown(results, names, columns):
     """A table: ``columns`` as (title, row -> text), then ops/s per backend,
-    then racefree's ratio to each other backend."""
+    then racefree's ratio to each other backend (the median of the rounds'
+    ratios where ``median_row`` recorded them)."""
     others = [name for name in names if name != "racefree"]
     header = [title for title, _ in columns] + [f"{n} ops/s" for n in names] + [f"vs {n}" for n in others]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results:
         cells = [text(row) for _, text in columns]
         cells += [f"{row[name]:,.0f}" for name in names]
-        cells += [f"{row['racefree'] / row[name]:.2f}x" for name in others]
+        ratios = row.get("ratios") or {name: row["racefree"] / row[name] for name in others}
+        cells += [f"{ratios[name]:.2f}x" for name in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

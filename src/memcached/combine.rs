@@ -101,11 +101,7 @@ impl Combiner {
         };
         match queued {
             None => (self.lead(key, trip), true),
-            Some(waiter) => match {
-                // Counted while waiting, so a spinning leader yields the CPU.
-                let _waiting = InFlight::start();
-                self.wait(&waiter, patience)
-            } {
+            Some(waiter) => match self.wait(&waiter, patience) {
                 Turn::Done(outcome) => (outcome, false),
                 Turn::Lead => (self.lead(key, trip), true),
                 Turn::Queued => (Err(Error::protocol("(combined round trip)", "no reply in time")), false),
@@ -121,6 +117,8 @@ impl Combiner {
     /// Wait until a leader answers or hands over the lead; `Queued` if
     /// `patience` ran out while still queued (then no one will).
     fn wait(&self, waiter: &Arc<Waiter>, patience: Duration) -> Turn {
+        // Counted while waiting, so a spinning leader yields the CPU.
+        let _waiting = InFlight::start();
         let deadline = Instant::now() + patience;
         let mut turn = locked(&waiter.turn);
         loop {

@@ -246,10 +246,11 @@ impl Client {
                 return self.get_alone(pool, key);
             }
             let patience = config.connect_timeout + config.io_timeout * 4;
-            let (outcome, led) = pool.combiner.get(key, patience, &CombinedGet { client: self, pool });
+            let (outcome, recorded) = pool.combiner.get(key, patience, &CombinedGet { client: self, pool });
             match &outcome {
-                // The leader's exchange recorded its own failure.
-                Err(error) if !led && error.is_server_failure() => pool.health.failed(error),
+                // One failure per get in the server's health, so its log
+                // line counts the calls that failed.
+                Err(error) if !recorded && error.is_server_failure() => pool.health.failed(error),
                 _ => {}
             }
             outcome

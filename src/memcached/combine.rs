@@ -14,8 +14,10 @@
 //! trips for them (its thread would otherwise only wait for the GIL, and
 //! waking another leader costs a context switch per trip), and passes the
 //! lead to the first caller still queued. A lone caller leads at once and
-//! pays two uncontended lock operations more than a plain exchange. A round trip that fails because the server failed also
-//! fails the callers queued behind it, without sending, so no caller waits
+//! pays two uncontended lock operations more than a plain exchange.
+//!
+//! A round trip that fails because the server failed also fails the
+//! callers queued behind it, without sending, so no caller waits much
 //! longer than one I/O timeout for a dead server.
 
 use std::collections::VecDeque;
@@ -41,7 +43,10 @@ enum Turn {
     Queued,
     /// The caller that led before handed the lead to this one.
     Lead,
-    Done(Outcome),
+    /// The outcome, and whether the round trip already recorded its
+    /// failure against this get (it records one per failed trip, as the
+    /// trip's first key).
+    Done(Outcome, bool),
 }
 
 /// A queued get.
@@ -64,8 +69,9 @@ struct Queue {
     leading: bool,
 }
 
-#[derive(Default)]
 pub(crate) struct Combiner {
+    /// The server's name, for errors.
+    server: String,
     queue: Mutex<Queue>,
     /// Gets that rode in another caller's round trip (for stats).
     riders: AtomicU64,
@@ -78,9 +84,18 @@ pub(crate) trait RoundTrip {
 }
 
 impl Combiner {
+    pub(crate) fn new(server: String) -> Combiner {
+        Combiner {
+            server,
+            queue: Mutex::default(),
+            riders: AtomicU64::new(0),
+        }
+    }
+
     /// Get `key`, in a round trip of its own or combined with other
-    /// callers'; true with it if this caller led the round trip (its
-    /// failure, if any, was recorded there). `patience` bounds the wait for
+    /// callers'; true with it if the round trip already recorded this
+    /// get's failure, if any, in the server's health (each failed trip
+    /// records one, for its first key). `patience` bounds the wait for
     /// a leader's reply (a backstop only: every leader finishes within its
     /// I/O timeouts).
     pub(crate) fn get(&self, key: &[u8], patience: Duration, trip: &impl RoundTrip) -> (Outcome, bool) {
@@ -102,11 +117,25 @@ impl Combiner {
         match queued {
             None => (self.lead(key, trip), true),
             Some(waiter) => match self.wait(&waiter, patience) {
-                Turn::Done(outcome) => (outcome, false),
+                Turn::Done(outcome, recorded) => (outcome, recorded),
                 Turn::Lead => (self.lead(key, trip), true),
-                Turn::Queued => (Err(Error::protocol("(combined round trip)", "no reply in time")), false),
+                // Out of patience: a timeout, like any reply that never came.
+                Turn::Queued => (
+                    Err(Error::Timeout {
+                        server: self.server.clone(),
+                    }),
+                    false,
+                ),
             },
         }
+    }
+
+    /// The error of a caller whose round trip ended without its reply.
+    fn lost_reply(&self) -> Error {
+        Error::protocol(
+            &self.server,
+            "the combined round trip ended without a reply for this get",
+        )
     }
 
     /// Gets so far that rode in another caller's round trip.
@@ -172,7 +201,7 @@ impl Combiner {
             failed = self.round(&mut lead, None, trip).1;
         }
         lead.hand_over(failed.as_ref());
-        mine.unwrap_or_else(|| Err(lost_reply()))
+        mine.unwrap_or_else(|| Err(self.lost_reply()))
     }
 
     /// Callers queued for the next round trip, taken off the queue.
@@ -196,15 +225,15 @@ impl Combiner {
         keys.extend(lead.riders.iter().map(|w| w.key.as_slice()));
         self.riders.fetch_add(lead.riders.len() as u64, Ordering::Relaxed);
         let mut outcomes = trip.run(&keys).into_iter();
-        let mut next = || outcomes.next().unwrap_or_else(|| Err(lost_reply()));
+        let mut next = || outcomes.next().unwrap_or_else(|| Err(self.lost_reply()));
         let mine = own.map(|_| next());
         let mut failed = mine.as_ref().and_then(server_failure);
-        for rider in lead.riders.drain(..) {
+        for (position, rider) in lead.riders.drain(..).enumerate() {
             let outcome = next();
             if failed.is_none() {
                 failed = server_failure(&outcome);
             }
-            rider.finish(Turn::Done(outcome));
+            rider.finish(Turn::Done(outcome, own.is_none() && position == 0));
         }
         (mine, failed)
     }
@@ -232,7 +261,7 @@ impl Lead<'_> {
         let mut queue = locked(&self.combiner.queue);
         if let Some(error) = server_failed {
             for waiter in queue.waiting.drain(..) {
-                waiter.finish(Turn::Done(Err(duplicate(error))));
+                waiter.finish(Turn::Done(Err(duplicate(error)), false));
             }
         }
         match queue.waiting.pop_front() {
@@ -245,16 +274,12 @@ impl Lead<'_> {
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
         for rider in self.riders.drain(..) {
-            rider.finish(Turn::Done(Err(lost_reply())));
+            rider.finish(Turn::Done(Err(self.combiner.lost_reply()), false));
         }
         if !self.handed_over {
             self.hand_over(None);
         }
     }
-}
-
-fn lost_reply() -> Error {
-    Error::protocol("(combined round trip)", "no reply for this request")
 }
 
 /// An equal error for another caller (`io::Error` is not `Clone`).
@@ -297,11 +322,13 @@ mod tests {
         delay: Duration,
         trips: AtomicUsize,
         keys_sent: AtomicUsize,
+        /// Trips from this one on fail whole, as a server killed then would.
+        fail_from: usize,
     }
 
     impl RoundTrip for Echo {
         fn run(&self, keys: &[&[u8]]) -> Vec<Outcome> {
-            self.trips.fetch_add(1, Ordering::Relaxed);
+            let number = self.trips.fetch_add(1, Ordering::Relaxed);
             self.keys_sent.fetch_add(keys.len(), Ordering::Relaxed);
             thread::sleep(self.delay);
             if keys.iter().any(|k| k.starts_with(b"panic")) {
@@ -309,7 +336,7 @@ mod tests {
             }
             keys.iter()
                 .map(|key| {
-                    if key.starts_with(b"fail") {
+                    if key.starts_with(b"fail") || number >= self.fail_from {
                         Err(Error::Timeout { server: "s".into() })
                     } else {
                         Ok(Some(Item {
@@ -327,6 +354,7 @@ mod tests {
             delay: Duration::from_millis(delay_ms),
             trips: AtomicUsize::new(0),
             keys_sent: AtomicUsize::new(0),
+            fail_from: usize::MAX,
         }
     }
 
@@ -334,7 +362,7 @@ mod tests {
 
     #[test]
     fn every_caller_gets_its_own_reply_and_trips_are_shared() {
-        let combiner = Combiner::default();
+        let combiner = Combiner::new("test".into());
         let trip = echo(1);
         let calls = 16 * 50;
         thread::scope(|s| {
@@ -362,12 +390,51 @@ mod tests {
     }
 
     #[test]
+    fn each_failed_get_is_recorded_exactly_once() {
+        // The server dies after some trips. Each failed trip records one
+        // failure itself (for its first key, which in a leader's later
+        // rounds is a rider's), and every other failed get must be told to
+        // record its own: together, exactly one per failed get. Several
+        // dying points, so that some fall on a leader's later round.
+        for fail_from in 20..32 {
+            let combiner = Combiner::new("test".into());
+            let trip = Echo { fail_from, ..echo(1) };
+            let (unrecorded, failed) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            thread::scope(|s| {
+                for t in 0..8 {
+                    let (combiner, trip, unrecorded, failed) = (&combiner, &trip, &unrecorded, &failed);
+                    s.spawn(move || {
+                        for n in 0..40 {
+                            let key = format!("k{t}-{n}");
+                            let (outcome, recorded) = combiner.get(key.as_bytes(), PATIENCE, trip);
+                            if outcome.is_err() {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                if !recorded {
+                                    unrecorded.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            let failed_trips = trip.trips.load(Ordering::Relaxed) - fail_from;
+            let failed = failed.load(Ordering::Relaxed);
+            assert!(failed > 0 && combiner.riders() > 0);
+            assert_eq!(
+                failed_trips + unrecorded.load(Ordering::Relaxed),
+                failed,
+                "dying at trip {fail_from}"
+            );
+        }
+    }
+
+    #[test]
     fn a_lone_caller_leads_its_own_trip() {
-        let combiner = Combiner::default();
+        let combiner = Combiner::new("test".into());
         let trip = echo(0);
         for _ in 0..3 {
-            let (outcome, led) = combiner.get(b"k", PATIENCE, &trip);
-            assert!(led);
+            let (outcome, recorded) = combiner.get(b"k", PATIENCE, &trip);
+            assert!(recorded, "a lone caller's trip records its own failure");
             assert_eq!(outcome.expect("ok").expect("value").value, b"k");
         }
         assert_eq!(combiner.riders(), 0);
@@ -376,7 +443,7 @@ mod tests {
 
     #[test]
     fn a_server_failure_fails_the_queued_callers_without_another_trip() {
-        let combiner = Combiner::default();
+        let combiner = Combiner::new("test".into());
         let trip = echo(50);
         let started = Instant::now();
         let outcomes: Vec<Outcome> = thread::scope(|s| {
@@ -403,7 +470,7 @@ mod tests {
 
     #[test]
     fn a_leader_that_panics_answers_its_riders_and_passes_the_lead_on() {
-        let combiner = Combiner::default();
+        let combiner = Combiner::new("test".into());
         let trip = echo(30);
         thread::scope(|s| {
             let leader = s.spawn(|| combiner.get(b"panic", PATIENCE, &trip));
@@ -425,20 +492,23 @@ mod tests {
                 }
             }
         });
-        let (outcome, led) = combiner.get(b"after", PATIENCE, &trip);
-        assert!(led && outcome.is_ok(), "the lead is free again");
+        let (outcome, recorded) = combiner.get(b"after", PATIENCE, &trip);
+        assert!(recorded && outcome.is_ok(), "the lead is free again");
     }
 
     #[test]
     fn a_caller_out_of_patience_leaves_the_queue() {
-        let combiner = Combiner::default();
+        let combiner = Combiner::new("test".into());
         let trip = echo(300);
         thread::scope(|s| {
             s.spawn(|| combiner.get(b"slow", PATIENCE, &trip));
             thread::sleep(Duration::from_millis(20));
             let started = Instant::now();
-            let (outcome, led) = combiner.get(b"impatient", Duration::from_millis(50), &trip);
-            assert!(!led && matches!(outcome, Err(Error::Protocol { .. })), "{outcome:?}");
+            let (outcome, recorded) = combiner.get(b"impatient", Duration::from_millis(50), &trip);
+            assert!(
+                !recorded && matches!(outcome, Err(Error::Timeout { .. })),
+                "{outcome:?}"
+            );
             assert!(started.elapsed() < Duration::from_millis(250));
         });
         assert!(locked(&combiner.queue).waiting.is_empty());

@@ -156,9 +156,11 @@ impl<'a> Lease<'a> {
 
 impl Pool {
     pub(crate) fn new(address: Address, config: Config) -> Pool {
+        let name = address.to_string();
         Pool {
-            name: address.to_string(),
-            health: Health::new(format!("memcached server {address}")),
+            health: Health::new(format!("memcached server {name}")),
+            combiner: Combiner::new(name.clone()),
+            name,
             address,
             spin: Arc::new(SpinWait::new(config.spin_wait)),
             config,
@@ -167,7 +169,6 @@ impl Pool {
             freed: Condvar::new(),
             in_use: AtomicUsize::new(0),
             connects: AtomicU64::new(0),
-            combiner: Combiner::default(),
         }
     }
 

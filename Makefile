@@ -30,13 +30,15 @@ $(VENV42)/.installed: requirements/django42.txt
 	@touch $@
 
 ## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff, mypy --strict
-lint: $(VENV)/.installed
+# build: stubtest imports the extension to compare it with its .pyi stubs.
+lint: build
 	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 || rustup component add clippy rustfmt
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	cargo clippy --quiet --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks django_example
 	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m mypy.stubtest racefree._core
 
 ## make demo: build, then every original bug under gunicorn + locust, stock vs racefree
 demo: build bench-deps

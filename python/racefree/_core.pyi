@@ -4,18 +4,32 @@ import asyncio
 import os
 import pathlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
+
+from typing_extensions import Self
 
 __version__: str
 
 def _after_fork_in_child() -> None: ...
 def _close_async_gate() -> None: ...
 
+__all__ = [
+    "__version__",
+    "MemcachedClient",
+    "FileStore",
+    "PgStore",
+    "ForwardingCore",
+    "ForwardingLease",
+    "_after_fork_in_child",
+    "_close_async_gate",
+]
+
+@final
 class MemcachedClient:
     """Pooled, thread-safe memcached client; values are (flags, bytes)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         servers: list[str],
         *,
         connect_timeout: float = 1.0,
@@ -25,7 +39,7 @@ class MemcachedClient:
         idle_timeout: float = 60.0,
         spin_wait: float = 0.00005,
         combine_gets: bool = True,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def servers(self) -> list[str]: ...
     def server_index(self, key: str) -> int: ...
@@ -58,10 +72,11 @@ class MemcachedClient:
     def adelete_many(self, keys: list[str]) -> asyncio.Future[None]: ...
     def aflush_all(self) -> asyncio.Future[None]: ...
 
+@final
 class FileStore:
     """File cache in one directory, safe across threads and processes; values are (flags, bytes), times Unix seconds."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> None: ...
+    def __new__(cls, directory: str | os.PathLike[str], *, lock_timeout: float = 5.0) -> Self: ...
     @property
     def directory(self) -> pathlib.Path: ...
     def path_for(self, key: str) -> pathlib.Path: ...
@@ -141,11 +156,12 @@ class FileStore:
     def adelete_many(self, keys: list[str], now: float) -> asyncio.Future[None]: ...
     def aclear(self) -> asyncio.Future[None]: ...
 
+@final
 class PgStore:
     """Pooled PostgreSQL cache on Django's cache table; values are pickled bytes, times Unix seconds."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         table: str,
         params: dict[str, str],
         *,
@@ -153,7 +169,7 @@ class PgStore:
         pool_size: int = 10,
         connect_timeout: float = 5.0,
         statement_timeout: float | None = None,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def round_trips(self) -> int: ...
     @property
@@ -230,17 +246,18 @@ class PgStore:
     def aupdate(self, key: str, now: float, change: Callable[[bytes], bytes]) -> asyncio.Future[bytes | None]: ...
     def aclear(self) -> asyncio.Future[None]: ...
 
+@final
 class ForwardingCore:
     """The generation-safe target of a forwarding cache: calls lease the
     current target, a reset swaps in a new one, a replaced target is closed
     once after its last call."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         build: Callable[[], tuple[object, object]],
         close: Callable[[object], object],
         report_failure: Callable[[BaseException], object],
-    ) -> None: ...
+    ) -> Self: ...
     def call(self, name: str, args: tuple[object, ...], kwargs: dict[str, object] | None = None) -> object: ...
     def lease(self) -> ForwardingLease: ...
     def target(self) -> object: ...
@@ -251,6 +268,7 @@ class ForwardingCore:
     def invalidate(self) -> None: ...
     def stats(self) -> dict[str, int]: ...
 
+@final
 class ForwardingLease:
     """A call in progress on one target; the target stays open until release()."""
 

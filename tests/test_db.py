@@ -13,6 +13,7 @@ from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 from django.test import override_settings
+from support.load import load_threads
 
 from racefree.backends.db import DatabaseCache, close_pools
 from racefree.exceptions import CacheError
@@ -191,31 +192,21 @@ def test_interop_with_time_zones_on(table):
 # -- A restarted server ---------------------------------------------------------------------
 
 
-DJANGO_CACHE_TABLE_DDL = (
-    'CREATE TABLE "cache" ("cache_key" varchar(255) NOT NULL PRIMARY KEY, "value" text NOT NULL, '
-    '"expires" timestamp with time zone NOT NULL)'
-)
-
-
 def test_restarted_server_during_load(fresh_postgres):
     """Immediate shutdown mid-load, restart on the same port: broken pooled
     connections are discarded, every acknowledged write is there, and every
     increment in flight at the crash either committed or raised."""
-    import psycopg
-
-    with psycopg.connect(fresh_postgres.dsn, autocommit=True) as admin:
-        admin.execute(DJANGO_CACHE_TABLE_DDL)
+    fresh_postgres.create_cache_table()
     cache = DatabaseCache(
         "cache", {"OPTIONS": {"DSN": fresh_postgres.dsn, "CONNECT_TIMEOUT": 1.0, "MAX_ENTRIES": 1_000_000}}
     )
     cache.set("counter", 0)
     down = threading.Event()
-    stop = threading.Event()
     acknowledged, failures_while_up, failures_while_down = [], [], [0]
     increments = {"acknowledged": 0, "raised": 0}
     count_lock = threading.Lock()
 
-    def load(index):
+    def load(index, stop):
         n = 0
         while not stop.is_set():
             key = f"k{index}-{n}"
@@ -237,10 +228,7 @@ def test_restarted_server_during_load(fresh_postgres):
                 increments[outcome] += 1
             n += 1
 
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with load_threads(4, load):
         time.sleep(0.5)
         down.set()
         fresh_postgres.stop("immediate")
@@ -249,10 +237,6 @@ def test_restarted_server_during_load(fresh_postgres):
         time.sleep(0.3)
         down.clear()
         time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
     assert failures_while_down[0] > 0, "calls during the outage must fail"
     # A failure that started before `down` was cleared may still be
     # reported just after; none may happen once the server is back.

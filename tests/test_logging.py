@@ -6,10 +6,10 @@ that the tests kill and restart."""
 import asyncio
 import logging
 import re
-import threading
 import time
 
 import pytest
+from support.load import load_threads
 
 from racefree.backends.db import DatabaseCache
 from racefree.backends.memcached import MemcachedCache
@@ -91,10 +91,9 @@ def test_under_load_every_failed_call_is_accounted_for_in_the_recovery_lines(fre
     lines report add up to exactly the calls that raised."""
     cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"CONNECT_TIMEOUT": 0.5, "IO_TIMEOUT": 0.5}})
     server = f"memcached server {fresh_memcached.location}"
-    stop = threading.Event()
     raised = [0] * 8
 
-    def load(index):
+    def load(index, stop):
         n = 0
         while not stop.is_set():
             try:
@@ -104,19 +103,12 @@ def test_under_load_every_failed_call_is_accounted_for_in_the_recovery_lines(fre
                 raised[index] += 1
             n += 1
 
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
+    with load_threads(8, load):
         time.sleep(0.3)
         fresh_memcached.kill()
         time.sleep(0.5)
         fresh_memcached.restart()
         time.sleep(0.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
     lines = server_lines(log, server)
     levels = [level for level, _ in lines]
     assert sum(raised) > 0 and levels, lines
@@ -125,11 +117,7 @@ def test_under_load_every_failed_call_is_accounted_for_in_the_recovery_lines(fre
 
 
 def test_a_postgresql_outage_is_logged_once_and_its_recovery_once(fresh_postgres, log):
-    import psycopg
-
-    with psycopg.connect(fresh_postgres.dsn, autocommit=True) as admin:
-        admin.execute('CREATE TABLE "cache" ("cache_key" varchar(255) PRIMARY KEY, "value" text NOT NULL, '
-                      '"expires" timestamp with time zone NOT NULL)')
+    fresh_postgres.create_cache_table()
     cache = DatabaseCache("cache", {"OPTIONS": {"DSN": fresh_postgres.dsn, "CONNECT_TIMEOUT": 1.0}})
     server = f"PostgreSQL server 127.0.0.1:{fresh_postgres.port}/"
     cache.set("k", 1)

@@ -15,6 +15,7 @@ from django.core.cache.backends.memcached import PyMemcacheCache
 from django.core.exceptions import ImproperlyConfigured
 from django.http import JsonResponse
 from django.test import override_settings
+from support.load import load_threads
 
 from racefree.backends.memcached import MemcachedCache
 from racefree.exceptions import CacheError, ValueTooLargeError
@@ -191,10 +192,9 @@ def test_a_timed_out_call_never_hands_its_reply_to_a_later_call(fresh_memcached)
     """The reply to a timed-out request arrives later on its socket; it
     must never be read as the answer to another request."""
     cache = racefree(fresh_memcached.location, IO_TIMEOUT=0.05, CONNECT_TIMEOUT=0.5)
-    stop = threading.Event()
     mismatches, failures, answers = [], [0], [0]
 
-    def load(index):
+    def load(index, stop):
         n = 0
         while not stop.is_set():
             key = f"k{index}-{n % 20}"
@@ -212,19 +212,12 @@ def test_a_timed_out_call_never_hands_its_reply_to_a_later_call(fresh_memcached)
                 failures[0] += 1
             n += 1
 
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
+    with load_threads(8, load):
         for _ in range(10):
             time.sleep(0.1)
             fresh_memcached.pause()
             time.sleep(0.15)
             fresh_memcached.resume()
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
     assert mismatches == []
     assert failures[0] > 0, "the server freezes must have caused timeouts"
     assert answers[0] > 0
@@ -349,11 +342,10 @@ def test_killed_server_fails_within_the_timeout_and_recovers(fresh_memcached):
 
 def test_server_killed_during_load_fails_fast_then_recovers(fresh_memcached):
     cache = racefree(fresh_memcached.location, CONNECT_TIMEOUT=0.5, IO_TIMEOUT=0.5)
-    stop = threading.Event()
     restarted_at = []
     mismatches, failure_durations, recovered_after = [], [], []
 
-    def load(index):
+    def load(index, stop):
         n = 0
         while not stop.is_set():
             key = f"k{index}-{n % 10}"
@@ -370,20 +362,13 @@ def test_server_killed_during_load_fails_fast_then_recovers(fresh_memcached):
                 if restarted_at and not recovered_after:
                     recovered_after.append(time.monotonic() - restarted_at[0])
 
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    try:
+    with load_threads(8, load):
         time.sleep(0.5)
         fresh_memcached.kill()
         time.sleep(1.0)
         fresh_memcached.restart()
         restarted_at.append(time.monotonic())
         time.sleep(1.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
     slowest = max(failure_durations, default=0)
     print(f"\nmemcached kill -9: {len(failure_durations)} failed calls (slowest {slowest:.3f} s), "
           f"{len(mismatches)} mismatches, recovered {recovered_after[:1]} s after the restart")

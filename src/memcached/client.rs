@@ -221,11 +221,19 @@ impl Client {
         build: impl FnOnce(&mut Vec<u8>, u32),
         answer: impl FnOnce(&mut Connection, &Pool, Reply) -> Result<T>,
     ) -> Result<T> {
-        self.on_server(key, |pool| {
-            self.exchange(pool, |conn| {
-                let reply = request(conn, pool, build)?;
-                answer(conn, pool, reply)
-            })
+        self.on_server(key, |pool| self.single_on(pool, build, answer))
+    }
+
+    /// `single` on a server already chosen.
+    fn single_on<T>(
+        &self,
+        pool: &Pool,
+        build: impl FnOnce(&mut Vec<u8>, u32),
+        answer: impl FnOnce(&mut Connection, &Pool, Reply) -> Result<T>,
+    ) -> Result<T> {
+        self.exchange(pool, |conn| {
+            let reply = request(conn, pool, build)?;
+            answer(conn, pool, reply)
         })
     }
 
@@ -260,11 +268,10 @@ impl Client {
 
     /// One get on its own round trip.
     fn get_alone(&self, pool: &Pool, key: &[u8]) -> Result<Option<Item>> {
-        self.exchange(pool, |conn| {
-            let reply = request(conn, pool, |out, opaque| {
-                protocol::meta_get(out, key, opaque, true, None, false)
-            })?;
-            match reply {
+        self.single_on(
+            pool,
+            |out, opaque| protocol::meta_get(out, key, opaque, true, None, false),
+            |conn, pool, reply| match reply {
                 Reply::Meta {
                     status: Status::Value(size),
                     flags,
@@ -277,37 +284,23 @@ impl Client {
                     status: Status::Miss, ..
                 } => Ok(None),
                 other => Err(unexpected(pool, other)),
-            }
-        })
+            },
+        )
     }
 
     /// Several callers' gets as one pipeline on one connection.
     fn get_pipelined(&self, pool: &Pool, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
         let op = GetMany { keys };
-        let chunk: Vec<usize> = (0..keys.len()).collect();
+        let indexes: Vec<usize> = (0..keys.len()).collect();
         let mut results = vec![None; keys.len()];
-        let outcome = pool.lease().and_then(|mut lease| {
-            let first = op.write(lease.conn(), &chunk);
-            let sent = lease.conn().send().map_err(io_error(pool));
-            match sent.and_then(|()| op.read(lease.conn(), pool, &chunk, first, &mut results)) {
-                Ok(()) => {
-                    lease.release();
-                    Ok(())
-                }
-                Err(error) => {
-                    // A pipeline's remaining replies are unread: never reuse.
-                    lease.discard(&error);
-                    Err(error)
-                }
-            }
+        let outcome = send_batch(pool, &op, &indexes).and_then(|(lease, first)| {
+            finish_batch(pool, lease, &op, &indexes, first, &mut results).map_err(|(_, e)| e)
         });
         match outcome {
             Ok(()) => results.into_iter().map(Ok).collect(),
             Err(error) => {
-                let mut each: Vec<Result<Option<Item>>> = Vec::with_capacity(keys.len());
-                each.extend((1..keys.len()).map(|_| Err(duplicate(&error))));
-                each.insert(0, Err(error));
-                each
+                let copies: Vec<_> = (1..keys.len()).map(|_| Err(duplicate(&error))).collect();
+                std::iter::once(Err(error)).chain(copies).collect()
             }
         }
     }
@@ -519,18 +512,7 @@ impl Client {
             if indexes.is_empty() {
                 continue;
             }
-            let first_chunk = &indexes[..indexes.len().min(CHUNK)];
-            let sent = pool.lease().and_then(|mut lease| {
-                let first_opaque = op.write(lease.conn(), first_chunk);
-                match lease.conn().send().map_err(io_error(pool)) {
-                    Ok(()) => Ok((lease, first_opaque)),
-                    Err(error) => {
-                        lease.discard(&error);
-                        Err(error)
-                    }
-                }
-            });
-            match sent {
+            match send_batch(pool, op, &indexes) {
                 Ok((lease, first_opaque)) => started.push((pool, lease, indexes, first_opaque)),
                 Err(error) => {
                     self.stats.failed(&error);
@@ -538,38 +520,62 @@ impl Client {
                 }
             }
         }
-        for (pool, mut lease, indexes, first_opaque) in started {
-            let mut done = 0;
-            let mut outcome = Ok(());
-            let mut opaque = first_opaque;
-            for chunk in indexes.chunks(CHUNK) {
-                if done > 0 {
-                    opaque = op.write(lease.conn(), chunk);
-                    if let Err(source) = lease.conn().send() {
-                        outcome = Err(Error::from_io(&pool.name, source));
-                        break;
-                    }
-                }
-                if let Err(error) = op.read(lease.conn(), pool, chunk, opaque, results) {
-                    outcome = Err(error);
-                    break;
-                }
-                done += chunk.len();
-            }
-            match outcome {
-                Ok(()) => lease.release(),
-                Err(error) => {
-                    lease.discard(&error);
-                    self.stats.failed(&error);
-                    failures.push(BatchFailure {
-                        indexes: indexes[done..].to_vec(),
-                        error,
-                    });
-                }
+        for (pool, lease, indexes, first_opaque) in started {
+            if let Err((done, error)) = finish_batch(pool, lease, op, &indexes, first_opaque, results) {
+                self.stats.failed(&error);
+                failures.push(BatchFailure {
+                    indexes: indexes[done..].to_vec(),
+                    error,
+                });
             }
         }
         Ok(failures)
     }
+}
+
+/// Lease a connection to `pool` and send the first chunk of a batch for
+/// the keys at `indexes`; returns the lease and the chunk's first opaque.
+fn send_batch<'p, Op: BatchOp>(pool: &'p Pool, op: &Op, indexes: &[usize]) -> Result<(Lease<'p>, u32)> {
+    let mut lease = pool.lease()?;
+    let first_opaque = op.write(lease.conn(), &indexes[..indexes.len().min(CHUNK)]);
+    match lease.conn().send().map_err(io_error(pool)) {
+        Ok(()) => Ok((lease, first_opaque)),
+        Err(error) => {
+            lease.discard(&error);
+            Err(error)
+        }
+    }
+}
+
+/// Read a batch's replies, sending its later chunks in turn. The connection
+/// goes back to the pool only if every reply was read; on failure, how
+/// many keys were answered before it, and the error.
+fn finish_batch<Op: BatchOp>(
+    pool: &Pool,
+    mut lease: Lease<'_>,
+    op: &Op,
+    indexes: &[usize],
+    first_opaque: u32,
+    results: &mut [Op::Out],
+) -> std::result::Result<(), (usize, Error)> {
+    let mut done = 0;
+    let mut opaque = first_opaque;
+    for chunk in indexes.chunks(CHUNK) {
+        let step = if done == 0 {
+            Ok(())
+        } else {
+            opaque = op.write(lease.conn(), chunk);
+            lease.conn().send().map_err(io_error(pool))
+        };
+        if let Err(error) = step.and_then(|()| op.read(lease.conn(), pool, chunk, opaque, results)) {
+            // A pipeline's remaining replies are unread: never reuse.
+            lease.discard(&error);
+            return Err((done, error));
+        }
+        done += chunk.len();
+    }
+    lease.release();
+    Ok(())
 }
 
 /// The round trip a combined get's leader runs.

@@ -223,6 +223,16 @@ class Postgres:
     def dsn(self):
         return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
 
+    def create_cache_table(self, name="cache"):
+        """The table Django's ``createcachetable`` makes, in the default database."""
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+            admin.execute(
+                f'CREATE TABLE "{name}" ("cache_key" varchar(255) NOT NULL PRIMARY KEY, "value" text NOT NULL, '
+                '"expires" timestamp with time zone NOT NULL)'
+            )
+
     def settings(self, name="postgres"):
         return {
             "ENGINE": "django.db.backends.postgresql",

@@ -4,30 +4,46 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# A second virtualenv for Django 4.2 LTS (the tests above run on 5.2 LTS).
-VENV42 ?= .venv-django42
-DJANGO_SUITES := tests/test_memcached_django_suite.py tests/test_filebased_django_suite.py \
-	tests/test_db_django_suite.py tests/test_forwarding_django_suite.py
+# The newest Django (6.1) needs CPython >= 3.12, which Debian 12 does not ship:
+# scripts/ensure-cpython.sh builds it once from Debian's source package into
+# ~/.cache/racefree and later runs reuse it. Its virtualenv gets the same abi3
+# wheel the system CPython's build makes.
+NEWEST_PYTHON ?= 3.13
+VENV_NEWEST ?= .venv-newest
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: test test-django42 lint demo bench build system-deps bench-deps rust-test py-test clean
+.PHONY: test test-newest build-newest lint demo bench build system-deps bench-deps rust-test py-test clean
 
 ## make test: install what is missing, build with maturin, run cargo test and pytest
-test: build
+# Everything on the system CPython with Django 5.2 LTS, then Django's suites,
+# its cache-using test apps and the cross_version subset on CPython 3.13 with
+# Django 6.1.
+# build-newest first: a second interpreter that cannot be had fails the run at once.
+test: build build-newest
 	cargo test --quiet
 	$(PY) -m pytest
-	$(MAKE) --no-print-directory test-django42
+	$(MAKE) --no-print-directory test-newest
 
-## make test-django42: Django's own cache suites again, on Django 4.2 LTS
-test-django42: build $(VENV42)/.installed
-	VIRTUAL_ENV=$(CURDIR)/$(VENV42) $(VENV)/bin/maturin develop --release --quiet
-	$(VENV42)/bin/python -m pytest -q $(DJANGO_SUITES)
+## make test-newest: the cross_version tests on CPython $(NEWEST_PYTHON) with the newest Django
+# The wheel test there installs the wheel built with the system CPython's
+# build cache (RACEFREE_BUILD_PYTHON), which also serves 3.13: it is abi3.
+test-newest: build-newest
+	RACEFREE_BUILD_PYTHON=$(CURDIR)/$(PY) $(VENV_NEWEST)/bin/python -m pytest -m cross_version
 
-$(VENV42)/.installed: requirements/django42.txt
-	@test -x $(VENV42)/bin/python || $(PYTHON) -m venv $(VENV42)
-	$(VENV42)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV42)/bin/python -m pip install --quiet -r requirements/django42.txt
-	@touch $@
+build-newest: build
+	@python=$$(scripts/ensure-cpython.sh $(NEWEST_PYTHON)) || exit 1; \
+	if ! $(VENV_NEWEST)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != tuple(map(int, "$(NEWEST_PYTHON)".split("."))))' 2>/dev/null; then \
+		rm -rf $(VENV_NEWEST) && "$$python" -m venv $(VENV_NEWEST) || exit 1; \
+	fi
+	@if [[ ! $(VENV_NEWEST)/.installed -nt requirements/newest.txt ]]; then \
+		$(VENV_NEWEST)/bin/python -m pip install --quiet --upgrade pip && \
+		$(VENV_NEWEST)/bin/python -m pip install --quiet -r requirements/newest.txt && \
+		touch $(VENV_NEWEST)/.installed; \
+	fi
+	@# The same interpreter as `build`, so cargo reuses that build (abi3: one wheel serves 3.10+).
+	rm -rf build/wheel
+	$(VENV)/bin/maturin build --release --quiet -i $(PY) --out build/wheel
+	$(VENV_NEWEST)/bin/python -m pip install --quiet --force-reinstall --no-deps build/wheel/racefree-*.whl
 
 ## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff, mypy --strict
 # build: stubtest imports the extension to compare it with its .pyi stubs.
@@ -73,4 +89,4 @@ bench-deps: build
 	@$(PY) -m pip install --quiet --no-deps "djblets>=5" || echo "racefree: djblets could not be installed; its row will be skipped"
 
 clean:
-	rm -rf target build $(VENV) $(VENV42) .pytest_cache
+	rm -rf target build $(VENV) $(VENV_NEWEST) .pytest_cache

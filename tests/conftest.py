@@ -6,9 +6,11 @@ server binary fails the run; nothing is skipped.
 """
 
 import os
+import platform
 import sys
 import time
 import uuid
+from collections import Counter, defaultdict
 
 import django
 import pytest
@@ -63,6 +65,38 @@ def pytest_unconfigure(config):
         teardown_test_environment()
     for server in SERVERS.values():
         server.close()
+
+
+def pytest_report_header(config):
+    return f"racefree tests on CPython {platform.python_version()} with Django {django.get_version()}"
+
+
+# Outcomes of Django's own suites and test apps, per test module, for the
+# summary at the end (what ran on which Django, per backend).
+_django_outcomes = defaultdict(Counter)
+_django_details = []
+
+
+def pytest_runtest_logreport(report):
+    module = report.nodeid.split("::", 1)[0]
+    if not (module.endswith("_django_suite.py") or module.endswith("test_django_apps.py")):
+        return
+    if report.when == "call" or report.outcome != "passed":
+        _django_outcomes[module][report.outcome] += 1
+    for name, value in report.user_properties:
+        if name == "django_summary" and report.when == "call":
+            _django_details.append(f"  {report.nodeid.split('::', 1)[1]}: {value}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _django_outcomes:
+        return
+    terminalreporter.section(f"Django {django.get_version()} suites on CPython {platform.python_version()}")
+    for module, outcomes in sorted(_django_outcomes.items()):
+        counts = ", ".join(f"{outcomes[name]} {name}" for name in ("passed", "failed", "skipped") if outcomes[name])
+        terminalreporter.write_line(f"{module}: {counts}")
+    for line in _django_details:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

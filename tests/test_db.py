@@ -73,6 +73,7 @@ def _set_and_add(dsn, table, name, keys, threads, results):
     results.put((wins, errors))
 
 
+@pytest.mark.cross_version
 def test_fresh_keys_set_and_added_by_threads_and_processes(table):
     """Seed 5: the stock backend's SELECT-then-INSERT raced into
     IntegrityError here; add must have exactly one winner per key."""
@@ -112,6 +113,7 @@ def _increment(dsn, table, threads, count, results):
     results.put([repr(error) for error in errors])
 
 
+@pytest.mark.cross_version
 def test_increments_from_processes_and_threads_are_exact(table):
     cache = racefree(table)
     cache.set("counter", 0, None)
@@ -126,6 +128,7 @@ def test_increments_from_processes_and_threads_are_exact(table):
     assert cache.get("counter") == 4000
 
 
+@pytest.mark.cross_version
 def test_incr_does_not_overwrite_a_concurrent_set(table):
     cache = racefree(table)
     cache.set("n", 0)
@@ -156,6 +159,7 @@ def test_incr_does_not_overwrite_a_concurrent_set(table):
 VALUES = {"str": "Iñtërnâtiônàlizætiøn", "bytes": b"\x00\xff", "int": 42, "dict": {"a": [1, (2, 3)]}, "none": None}
 
 
+@pytest.mark.cross_version
 def test_django_reads_what_racefree_wrote_and_back(table):
     ours = racefree(table)
     theirs = StockDatabaseCache(table, {})
@@ -192,6 +196,7 @@ def test_interop_with_time_zones_on(table):
 # -- A restarted server ---------------------------------------------------------------------
 
 
+@pytest.mark.cross_version
 def test_restarted_server_during_load(fresh_postgres):
     """Immediate shutdown mid-load, restart on the same port: broken pooled
     connections are discarded, every acknowledged write is there, and every

@@ -6,9 +6,13 @@ replacements for the excluded ones."""
 import time
 
 import cache.tests as django_tests
+import pytest
 from django.core.cache import cache
 from django.test import override_settings
 from support.django_suite import exclude
+
+# Also run on the newest Django and CPython (make test's second interpreter).
+pytestmark = pytest.mark.cross_version
 
 RACEFREE = django_tests.caches_setting_for_tests(
     BACKEND="racefree.backends.db.DatabaseCache",

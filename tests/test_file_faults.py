@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "file_fault_child.py")
 # Root ignores permission bits; without these capabilities it obeys them.
 AS_UNPRIVILEGED_ROOT = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
@@ -35,6 +37,7 @@ def test_disk_full_fails_large_writes_clearly_and_loses_nothing(tmp_path):
     assert report["temp_files_left"] == []
 
 
+@pytest.mark.cross_version
 def test_directory_deleted_during_load(tmp_path):
     report = run_fault("deleted", tmp_path / "cache")
     assert report["deletions"] >= 5

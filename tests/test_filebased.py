@@ -75,6 +75,7 @@ def _seed_worker(location, name, seconds, results):
     results.put((reads, writes, errors, torn))
 
 
+@pytest.mark.cross_version
 def test_seed_stress_script_passes(tmp_path):
     """../shared/seeds/4-cachy-file-store.txt: 8 processes share one key
     with a 0.5 s expiry; the stock store raised FileNotFoundError and read
@@ -107,6 +108,7 @@ def _increment(location, threads, count):
         worker.join()
 
 
+@pytest.mark.cross_version
 def test_increments_from_processes_and_threads_are_exact(tmp_path):
     cache = file_cache(tmp_path)
     cache.set("counter", 0)
@@ -119,6 +121,7 @@ def _add_all(location, name, keys, results):
     results.put((name, [key for key in keys if cache.add(key, name)]))
 
 
+@pytest.mark.cross_version
 def test_add_has_exactly_one_winner_per_key(tmp_path):
     keys = [f"claim-{i}" for i in range(150)]
     results = SPAWN.Queue()
@@ -134,6 +137,7 @@ def test_add_has_exactly_one_winner_per_key(tmp_path):
     assert all(cache.get(key) == winners[key] for key in keys)
 
 
+@pytest.mark.cross_version
 def test_threads_sharing_one_instance(tmp_path):
     cache = file_cache(tmp_path)
     cache.set("n", 0)
@@ -189,6 +193,7 @@ def _reader(location, seconds, results):
     results.put((reads, errors, torn))
 
 
+@pytest.mark.cross_version
 def test_writers_killed_mid_write_leave_nothing_torn_or_locked(tmp_path):
     cache = file_cache(tmp_path, LOCK_TIMEOUT=2.0)
     cache.set("writes", 0)

@@ -11,9 +11,13 @@ settings the tests override themselves.
 import inspect
 
 import cache.tests as django_tests
+import pytest
 from conftest import SERVERS
 from django.test import TestCase, override_settings
 from support.django_suite import exclude
+
+# Also run on the newest Django and CPython (make test's second interpreter).
+pytestmark = pytest.mark.cross_version
 
 FORWARDING = "racefree.backends.forwarding.ForwardingCache"
 

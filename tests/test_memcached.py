@@ -118,6 +118,7 @@ def test_routing_matches_pymemcache_hashclient(memcached_cluster):
 # -- Races --------------------------------------------------------------------
 
 
+@pytest.mark.cross_version
 def test_one_shared_instance_never_returns_another_keys_value(memcached):
     """Seed 1: the cache middleware keeps one backend for every thread."""
     cache = racefree(memcached.location)
@@ -146,6 +147,7 @@ def test_one_shared_instance_never_returns_another_keys_value(memcached):
     assert sum(calls) > 32 * 100
 
 
+@pytest.mark.cross_version
 def test_threaded_increments_are_exact(memcached):
     cache = racefree(memcached.location)
     cache.set("hits", 0)
@@ -160,6 +162,7 @@ def _incr_in_process(location, count):
         cache.incr("process-hits")
 
 
+@pytest.mark.cross_version
 def test_increments_from_several_processes_are_exact(memcached):
     cache = racefree(memcached.location)
     cache.set("process-hits", 0)
@@ -173,6 +176,7 @@ def test_increments_from_several_processes_are_exact(memcached):
     assert cache.get("process-hits") == 2000
 
 
+@pytest.mark.cross_version
 def test_add_has_exactly_one_winner_per_key(memcached):
     cache = racefree(memcached.location)
     wins = []
@@ -188,6 +192,7 @@ def test_add_has_exactly_one_winner_per_key(memcached):
         assert cache.get(f"claim-{key}") == winner
 
 
+@pytest.mark.cross_version
 def test_a_timed_out_call_never_hands_its_reply_to_a_later_call(fresh_memcached):
     """The reply to a timed-out request arrives later on its socket; it
     must never be read as the answer to another request."""
@@ -340,6 +345,7 @@ def test_killed_server_fails_within_the_timeout_and_recovers(fresh_memcached):
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.cross_version
 def test_server_killed_during_load_fails_fast_then_recovers(fresh_memcached):
     cache = racefree(fresh_memcached.location, CONNECT_TIMEOUT=0.5, IO_TIMEOUT=0.5)
     restarted_at = []

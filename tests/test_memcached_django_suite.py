@@ -1,12 +1,16 @@
 """Django's own memcached cache tests (Django's ``BaseMemcachedTests``,
 from the sdist of the installed Django) against racefree's backend."""
 
+import pytest
 from cache.tests import BaseMemcachedTests, caches_setting_for_tests, memcached_excluded_caches
 from conftest import SERVERS
 from django.core import signals
 from django.core.cache import cache
 from django.test import TestCase, override_settings
 from support.django_suite import exclude
+
+# Also run on the newest Django and CPython (make test's second interpreter).
+pytestmark = pytest.mark.cross_version
 
 PARAMS = {
     "BACKEND": "racefree.backends.memcached.MemcachedCache",

@@ -122,6 +122,7 @@ def run_threads(count, target):
     return results, errors
 
 
+@pytest.mark.cross_version
 def test_thirty_two_threads_missing_at_once_compute_once(spec, tmp_path):
     calls = Calls(tmp_path / "calls")
     compute = calls.computation("computed")
@@ -138,6 +139,7 @@ def test_thirty_two_threads_missing_at_once_compute_once(spec, tmp_path):
     assert calls.count("start") == 1
 
 
+@pytest.mark.cross_version
 def test_four_processes_of_eight_threads_compute_once(store_spec, tmp_path):
     calls = tmp_path / "calls"
     child_spec = dict(store_spec, key="hot", threads=8, start_at=time.time() + 1.5, sleep=COMPUTE_SECONDS,
@@ -225,6 +227,7 @@ def test_a_failing_computation_raises_for_its_caller_only_and_the_next_computes(
     assert cache.get("hot") == "second try"
 
 
+@pytest.mark.cross_version
 def test_tasks_on_four_loops_compute_once(spec, tmp_path):
     calls = Calls(tmp_path / "calls")
     compute = calls.computation("async value", seconds=0.05)

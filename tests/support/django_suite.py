@@ -1,14 +1,15 @@
 """Django's own cache test suite, fetched from PyPI at test time.
 
 The sdist of the installed Django version is downloaded with pip (once,
-into build/), and its ``tests/cache`` package is put on sys.path as the
-importable package ``cache`` (its models and ``cache.tests.custom_key_func``
-need that name). Nothing of Django's is committed here.
+into build/), and its ``tests`` directory extracted: its ``cache`` package
+is put on sys.path (see ``suite_dir``), and test_django_apps.py runs its
+``runtests.py``. Nothing of Django's is committed here.
 
 Tests that assert a stock client's internals are excluded, each with its
 reason, in ``EXCLUDED``; the README lists the same table.
 """
 
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -79,12 +80,9 @@ EXCLUDED = {
 }
 
 
-def suite_dir():
-    """Directory holding Django's ``cache`` test package for this Django."""
+def _sdist():
+    """The sdist of the installed Django, downloaded once into build/."""
     version = django.get_version()
-    target = ROOT / "build" / "django-tests" / version
-    if (target / "cache" / "tests.py").exists():
-        return target
     downloads = ROOT / "build" / "django-sdist"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / f"django-{version}.tar.gz"
@@ -98,18 +96,40 @@ def suite_dir():
         if not found:
             raise RuntimeError(f"pip did not download the Django {version} sdist into {downloads}")
         found[0].rename(archive)
+    return archive
+
+
+def runtests_dir():
+    """Django's ``tests`` directory (``runtests.py`` and every test app)
+    from the sdist of the installed Django."""
+    target = ROOT / "build" / "django-tests" / django.get_version() / "tests"
+    if (target / "runtests.py").exists():
+        return target
+    archive = _sdist()
     staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
     with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if "/tests/cache/" in m.name and m.isfile()]
+        members = [m for m in tar.getmembers() if m.name.count("/") > 1 and m.name.split("/")[1] == "tests"]
         if not members:
-            raise RuntimeError(f"{archive} has no tests/cache package")
+            raise RuntimeError(f"{archive} has no tests directory")
         for member in members:
-            member.name = "cache/" + member.name.split("/tests/cache/", 1)[1]
-            if hasattr(tarfile, "data_filter"):
-                tar.extract(member, staging, filter="data")
-            else:
-                tar.extract(member, staging)
+            member.name = member.name.split("/", 2)[2]
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(staging, members=members, filter="data")
+        else:
+            tar.extractall(staging, members=members)
     staging.rename(target)
+    return target
+
+
+def suite_dir():
+    """A directory holding only Django's ``cache`` test package (importable
+    as ``cache``: its models and ``cache.tests.custom_key_func`` need that
+    name), so the rest of Django's test apps cannot shadow ours."""
+    target = runtests_dir().parent / "cache-only"
+    if not (target / "cache").exists():
+        target.mkdir(exist_ok=True)
+        (target / "cache").symlink_to(runtests_dir() / "cache", target_is_directory=True)
     return target
 
 

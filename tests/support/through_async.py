@@ -13,13 +13,15 @@ from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
 
-#: sync method -> the async method it is driven through. Composite methods
-#: go to their own async versions (BaseCache's, over the native ones).
+#: sync method -> the async method it is driven through. BaseCache's
+#: composite incr_version/decr_version stay sync, over the routed methods:
+#: routing them too would make Django 6.1's aincr_version (which runs an
+#: overridden incr_version in a thread) call itself.
 ROUTED = {
     name: "a" + name
     for name in (
         "get", "set", "add", "touch", "delete", "get_many", "set_many", "delete_many",
-        "has_key", "incr", "decr", "clear", "get_or_set", "incr_version", "decr_version",
+        "has_key", "incr", "decr", "clear", "get_or_set",
     )
 }
 

@@ -206,6 +206,13 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         (pool_size, connections, idle, in_use, connects)."""
         return self._store.stats()
 
+    def close(self, **kwargs: Any) -> None:
+        """Keep the pooled connections: Django calls this after every
+        request, and the pool is per process and thread-safe."""
+
+    async def aclose(self, **kwargs: Any) -> None:
+        """See close() (native: Django 6's default would run close() in a thread)."""
+
     def _expiry(self, timeout: float | None) -> float:
         """Absolute expiry in Unix seconds; 0.0 means never."""
         expires = self.get_backend_timeout(timeout)

@@ -76,6 +76,12 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         stats["entries"] = self._store.count()
         return stats
 
+    def close(self, **kwargs: Any) -> None:
+        """Nothing to close: no file stays open between calls."""
+
+    async def aclose(self, **kwargs: Any) -> None:
+        """See close() (native: Django 6's default would run close() in a thread)."""
+
     def _expiry(self, timeout: float | None) -> float:
         """Absolute expiry in Unix seconds; 0.0 means never."""
         expires = self.get_backend_timeout(timeout)

@@ -309,3 +309,6 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         """Keep the pooled connections: Django calls this after every
         request, and reconnecting each time is what makes the stock
         pymemcache backend slow. Pools are per process and thread-safe."""
+
+    async def aclose(self, **kwargs: Any) -> None:
+        """See close() (native: Django 6's default would run close() in a thread)."""

@@ -81,7 +81,8 @@ def pytest_runtest_logreport(report):
     module = report.nodeid.split("::", 1)[0]
     if not (module.endswith("_django_suite.py") or module.endswith("test_django_apps.py")):
         return
-    if report.when == "call" or report.outcome != "passed":
+    # One count per test (subtests, where pytest reports them, are not tests).
+    if type(report).__name__ == "TestReport" and (report.when == "call" or report.outcome != "passed"):
         _django_outcomes[module][report.outcome] += 1
     for name, value in report.user_properties:
         if name == "django_summary" and report.when == "call":

@@ -12,7 +12,7 @@ NEWEST_PYTHON ?= 3.13
 VENV_NEWEST ?= .venv-newest
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: test test-newest build-newest lint demo bench build system-deps bench-deps rust-test py-test clean
+.PHONY: test test-newest build-newest lint docs demo bench build system-deps bench-deps rust-test py-test clean
 
 ## make test: install what is missing, build with maturin, run cargo test and pytest
 # Everything on the system CPython with Django 5.2 LTS, then Django's suites,
@@ -45,7 +45,7 @@ build-newest: build
 	$(VENV)/bin/maturin build --release --quiet -i $(PY) --out build/wheel
 	$(VENV_NEWEST)/bin/python -m pip install --quiet --force-reinstall --no-deps build/wheel/racefree-*.whl
 
-## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff, mypy --strict
+## make lint: rustfmt, clippy (warnings are errors, with and without the Python bindings), ruff, mypy --strict, the docs build
 # build: stubtest imports the extension to compare it with its .pyi stubs.
 lint: build
 	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 || rustup component add clippy rustfmt
@@ -55,6 +55,11 @@ lint: build
 	$(VENV)/bin/ruff check python tests benchmarks django_example
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m mypy.stubtest racefree._core
+	$(MAKE) --no-print-directory docs
+
+## make docs: the Sphinx site from docs/ into build/docs (warnings are errors, nitpicky)
+docs: $(VENV)/.installed
+	$(VENV)/bin/sphinx-build -W --keep-going -n -q -b html docs build/docs
 
 ## make demo: build, then every original bug under gunicorn + locust, stock vs racefree
 demo: build bench-deps

@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from racefree.backends._ops import store_operation, with_async_twins
+from racefree.backends.base import RacefreeCache
 from racefree.backends.memcached import MemcachedCache
 
 
@@ -31,7 +32,7 @@ class RecordingStore:
         return key.upper()
 
 
-def make_cache_class(compile_source):
+def make_cache_class():
     class Cache:
         def __init__(self):
             self._store = RecordingStore()
@@ -44,13 +45,12 @@ def make_cache_class(compile_source):
             again = yield self._store.get, (key + "2",)
             return found + again
 
-    Cache.lookup = store_operation(Cache.__dict__["lookup"], compile_source=compile_source)
+    Cache.lookup = store_operation(Cache.__dict__["lookup"])
     return with_async_twins(Cache)
 
 
-@pytest.mark.parametrize("compile_source", [True, False], ids=["compiled", "driven"])
-def test_sync_and_async_forms_make_the_same_store_calls(compile_source):
-    cache = make_cache_class(compile_source)()
+def test_sync_and_async_forms_make_the_same_store_calls():
+    cache = make_cache_class()()
     assert cache.lookup("a") == "AA2"
     assert cache._store.calls == [("get", "a"), ("get", "a2")]
     cache._store.calls.clear()
@@ -58,9 +58,8 @@ def test_sync_and_async_forms_make_the_same_store_calls(compile_source):
     assert cache._store.calls == [("aget", "a"), ("aget", "a2")]
 
 
-@pytest.mark.parametrize("compile_source", [True, False], ids=["compiled", "driven"])
-def test_a_store_error_is_raised_at_the_marked_call(compile_source):
-    cache = make_cache_class(compile_source)()
+def test_a_store_error_is_raised_at_the_marked_call():
+    cache = make_cache_class()()
     assert cache.lookup("broken", default="miss") == "miss"
     assert asyncio.run(cache.alookup("broken", default="miss")) == "miss"
 
@@ -76,25 +75,23 @@ def test_backend_methods_run_no_generator():
 
 
 def test_compiled_methods_keep_their_source_lines():
-    # Tracebacks and coverage point at the one definition.
+    # Tracebacks and coverage point at the one definition (base.py).
     for method in (MemcachedCache.get, MemcachedCache.aget):
         lines, first_line = inspect.getsourcelines(method)
         assert lines[0].strip().startswith("def get(self, key")
-        assert method.__code__.co_filename == inspect.getsourcefile(MemcachedCache)
+        assert method.__code__.co_filename == inspect.getsourcefile(RacefreeCache)
     assert MemcachedCache.aget.__code__.co_firstlineno == MemcachedCache.get.__code__.co_firstlineno
-    assert MemcachedCache.aget.__qualname__ == "MemcachedCache.aget"
+    assert MemcachedCache.aget.__qualname__ == "RacefreeCache.aget"
 
 
-def test_source_unavailable_falls_back_to_the_generator():
+def test_source_unavailable_is_a_clear_import_error():
     namespace = {}
     exec(textwrap.dedent("""
         def lookup(self, key):
             return (yield self._store.get, (key,))
     """), namespace)
-    method = store_operation(namespace["lookup"])
-    holder = type("Holder", (), {"_store": RecordingStore()})()
-    assert method(holder, "x") == "X"
-    assert asyncio.run(method.asynchronous(holder, "y")) == "Y"
+    with pytest.raises(ImportError, match="needs the Python source of lookup.*collect racefree as source"):
+        store_operation(namespace["lookup"])
 
 
 def test_a_malformed_mark_is_refused_at_definition():

@@ -6,6 +6,8 @@ never ignored: invalid keys raise Django's ``InvalidCacheKey``, values the
 server refuses raise ``ValueTooLargeError``.
 """
 
+from django.core.exceptions import ImproperlyConfigured
+
 
 class CacheError(Exception):
     """A cache server could not serve the call."""
@@ -40,3 +42,7 @@ class CacheServerError(CacheError):
 class ValueTooLargeError(ValueError):
     """The value is larger than the server accepts; any old value for the
     key was deleted."""
+
+
+class NotPostgreSQL(ImproperlyConfigured):
+    """The database cache was pointed at a database that is not PostgreSQL."""

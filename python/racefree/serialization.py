@@ -22,7 +22,7 @@ import hmac
 import json
 import logging
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -93,10 +93,6 @@ class Serializer:
         self.format = format
         self.pickle_protocol = pickle_protocol
         self._keys = [_derived(key) for key in keys] if keys else None
-
-    @property
-    def signed(self) -> bool:
-        return self._keys is not None
 
     # -- the body of a value: pickle or JSON ------------------------------
 
@@ -169,23 +165,11 @@ class Serializer:
             return data.decode()
         return self._load_object(flags, data)
 
-    def decode_or(self, default: Any, key: Any, flags: int, data: bytes) -> Any:
-        """The stored value, or ``default`` (logged) if it cannot be loaded:
-        unverified, a class that moved, corrupt bytes. A miss is the safe
-        answer."""
-        return _loaded_or(default, key, self.decode, flags, data)
-
-    def decode_found(self, found: Mapping[str, tuple[int, bytes]], key_map: Mapping[str, Any]) -> dict[Any, Any]:
-        """``get_many``'s result: ``{original key: value}`` from a store's
-        ``{made key: (flags, data)}``; values that cannot be loaded are
-        misses."""
-        missing = object()
-        result: dict[Any, Any] = {}
-        for key, (flags, data) in found.items():
-            value = self.decode_or(missing, key, flags, data)
-            if value is not missing:
-                result[key_map[key]] = value
-        return result
+    def decode_item_or(self, default: Any, key: Any, item: tuple[int, bytes]) -> Any:
+        """The stored value of ``item`` (``(flags, bytes)``), or ``default``
+        (logged) if it cannot be loaded: unverified, a class that moved,
+        corrupt bytes. A miss is the safe answer."""
+        return _loaded_or(default, key, self.decode, *item)
 
     # -- bytes only: the PostgreSQL store ---------------------------------
 
@@ -199,7 +183,12 @@ class Serializer:
             data = self._verified(kind, data)
         return self._load_object(kind, data)
 
+    def dumps_item(self, value: Any) -> tuple[bytes]:
+        """``dumps`` as a store item (the PostgreSQL store keeps no flags)."""
+        return (self.dumps(value),)
+
     def load_or(self, default: Any, key: Any, data: bytes) -> Any:
+        """``loads``, or ``default`` (logged): see ``decode_item_or``."""
         return _loaded_or(default, key, self.loads, data)
 
 

@@ -420,22 +420,3 @@ impl<'py> IntoPyObject<'py> for Bytes {
         Ok(pyo3::types::PyBytes::new(py, &self.0))
     }
 }
-
-/// A result that needs the GIL to become Python objects (or to raise an
-/// exception carrying Python attributes).
-pub(crate) trait Finish: Send + 'static {
-    fn finish(self, py: Python<'_>) -> PyResult<Py<PyAny>>;
-}
-
-/// Converts a [`Finish`] when its future completes.
-pub(crate) struct Finished<T>(pub T);
-
-impl<'py, T: Finish> IntoPyObject<'py> for Finished<T> {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Self::Output> {
-        self.0.finish(py).map(|object| object.into_bound(py))
-    }
-}

@@ -1,55 +1,109 @@
-//! Store errors as Python exceptions (defined in `racefree/exceptions.py`,
-//! so they can subclass Django's and Python's own).
+//! Store errors as Python exceptions, in one place: each store's error
+//! converts with `?` (a `From` per store). The exception classes are
+//! defined in `racefree/exceptions.py`, so they can subclass Django's and
+//! Python's own. Every conversion works without the GIL (the exception is
+//! built lazily), so calls finishing on the async pool use it too.
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::PyErrArguments;
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::memcached::Error;
+use crate::{filestore, memcached, pgstore};
 
 pyo3::import_exception!(racefree.exceptions, CacheConnectionError);
 pyo3::import_exception!(racefree.exceptions, CacheTimeoutError);
 pyo3::import_exception!(racefree.exceptions, CacheProtocolError);
 pyo3::import_exception!(racefree.exceptions, CacheServerError);
 pyo3::import_exception!(racefree.exceptions, ValueTooLargeError);
+pyo3::import_exception!(racefree.exceptions, LockTimeoutError);
+pyo3::import_exception!(django.core.cache.backends.base, InvalidCacheKey);
 
-pub(crate) fn to_pyerr(py: Python<'_>, key: Option<&str>, error: Error) -> PyErr {
-    match (error, key) {
-        (Error::InvalidKey(_), Some(key)) => invalid_key(py, key),
-        (error, _) => store_error(error),
+impl From<memcached::Error> for PyErr {
+    fn from(error: memcached::Error) -> PyErr {
+        use memcached::Error;
+        let message = error.to_string();
+        match error {
+            // Keys are checked with `memcached_key` first, which names the key.
+            Error::InvalidKey(_) | Error::Config(_) => PyValueError::new_err(message),
+            Error::Connect { .. } | Error::Io { .. } => CacheConnectionError::new_err(message),
+            Error::Timeout { .. } => CacheTimeoutError::new_err(message),
+            Error::Protocol { .. } => CacheProtocolError::new_err(message),
+            Error::Server { .. } => CacheServerError::new_err(message),
+            Error::ValueTooLarge { .. } => ValueTooLargeError::new_err(message),
+            Error::NotANumber { .. } => PyTypeError::new_err(message),
+        }
     }
 }
 
-/// The exception for `error`, created without the GIL (for calls finished
-/// on the blocking pool; their keys were checked before they were sent).
-pub(crate) fn store_error(error: Error) -> PyErr {
-    let message = error.to_string();
-    match error {
-        Error::InvalidKey(_) | Error::Config(_) => PyValueError::new_err(message),
-        Error::Connect { .. } | Error::Io { .. } => CacheConnectionError::new_err(message),
-        Error::Timeout { .. } => CacheTimeoutError::new_err(message),
-        Error::Protocol { .. } => CacheProtocolError::new_err(message),
-        Error::Server { .. } => CacheServerError::new_err(message),
-        Error::ValueTooLarge { .. } => ValueTooLargeError::new_err(message),
-        Error::NotANumber { .. } => PyTypeError::new_err(message),
+impl From<filestore::Error> for PyErr {
+    fn from(error: filestore::Error) -> PyErr {
+        use filestore::Error;
+        let message = error.to_string();
+        match error {
+            Error::Io { path, source, .. } => match source.raw_os_error() {
+                // OSError(errno, ...) becomes the matching subclass
+                // (PermissionError, FileNotFoundError, ...).
+                Some(errno) => PyOSError::new_err((errno, message, path)),
+                None => PyOSError::new_err(message),
+            },
+            Error::LockTimeout { .. } => LockTimeoutError::new_err(message),
+            Error::NotAnInteger => PyTypeError::new_err(message),
+            Error::Overflow => PyOverflowError::new_err(message),
+        }
     }
 }
 
-/// Django's `InvalidCacheKey` for `key`, with the message Django's
-/// memcached backends give (built by `racefree._keys`, the one place the
+impl From<pgstore::Error> for PyErr {
+    fn from(error: pgstore::Error) -> PyErr {
+        use pgstore::Error;
+        let message = error.to_string();
+        match error {
+            Error::Connect(_) | Error::ConnectionLost(_) => CacheConnectionError::new_err(message),
+            Error::Timeout(_) => CacheTimeoutError::new_err(message),
+            Error::Database { .. } => CacheServerError::new_err(message),
+            Error::InvalidKey(_) => InvalidCacheKey::new_err(message),
+            Error::Config(_) => PyValueError::new_err(message),
+        }
+    }
+}
+
+/// The key's bytes, or Django's `InvalidCacheKey` before anything is sent.
+pub(crate) fn memcached_key(key: &str) -> PyResult<&[u8]> {
+    match memcached::protocol::check_key(key.as_bytes()) {
+        Ok(()) => Ok(key.as_bytes()),
+        Err(_) => Err(InvalidCacheKey::new_err(KeyMessage(key.to_owned()))),
+    }
+}
+
+/// The arguments of `InvalidCacheKey` for a key memcached cannot take,
+/// with the message Django's memcached backends give: built, when the
+/// exception is first looked at, by `racefree._keys` (the one place the
 /// messages are written).
-pub(crate) fn invalid_key(py: Python<'_>, key: &str) -> PyErr {
-    static BUILDER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let built = BUILDER
-        .get_or_try_init(py, || {
-            py.import("racefree._keys")
-                .and_then(|m| m.getattr("memcached_key_error"))
-                .map(Bound::unbind)
-        })
-        .and_then(|builder| builder.call1(py, (key,)));
-    match built {
-        Ok(exception) if !exception.is_none(py) => PyErr::from_value(exception.into_bound(py)),
-        Ok(_) => PyValueError::new_err(format!("invalid memcached key: {key:?}")),
-        Err(error) => error,
+struct KeyMessage(String);
+
+impl PyErrArguments for KeyMessage {
+    fn arguments(self, py: Python<'_>) -> Py<PyAny> {
+        static BUILDER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let built = BUILDER
+            .get_or_try_init(py, || {
+                py.import("racefree._keys")
+                    .and_then(|m| m.getattr("memcached_key_error"))
+                    .map(Bound::unbind)
+            })
+            .and_then(|builder| builder.bind(py).call1((self.0.as_str(),)))
+            .and_then(|exception| match exception.is_instance_of::<InvalidCacheKey>() {
+                true => exception.getattr("args"),
+                false => Ok((format!("invalid memcached key: {:?}", self.0),)
+                    .into_pyobject(py)?
+                    .into_any()),
+            });
+        match built {
+            Ok(args) => args.unbind(),
+            Err(error) => (format!("invalid memcached key: {:?} ({error})", self.0),)
+                .into_pyobject(py)
+                .map(|args| args.into_any().unbind())
+                .unwrap_or_else(|_| py.None()),
+        }
     }
 }

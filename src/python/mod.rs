@@ -2,6 +2,55 @@
 //! releases the GIL around every I/O call, and maps store errors to the
 //! exceptions in `racefree.exceptions`. Serialization stays in Python.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+
+/// A store class's methods, with each store call written once and
+/// generated twice: `name` runs its body with the GIL released and returns
+/// the result; `aname` runs the same body on the blocking pool and returns
+/// an `asyncio.Future` of it (see `aio`). Bodies see the store as `$store`,
+/// return a `PyResult` of a value Python can take (converted with the GIL,
+/// and free to raise then), and must not touch Python themselves.
+/// Arguments are `PyBacked*` or plain values, so neither form copies them.
+/// `plain` holds the class's other methods, as written.
+macro_rules! store_methods {
+    (
+        $class:ident, $store:ident = self.$field:ident;
+        plain { $($plain:tt)* }
+        calls {
+            $(
+                $(#[doc = $doc:literal])*
+                fn $name:ident / $aname:ident ($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty { $($body:tt)* }
+            )*
+        }
+    ) => {
+        #[pymethods]
+        impl $class {
+            $($plain)*
+            $(
+                $(#[doc = $doc])*
+                // One argument per value Python hands over, as it spells them.
+                #[allow(clippy::too_many_arguments)]
+                fn $name(&self, py: Python<'_>, $($arg: $ty),*) -> PyResult<$ret> {
+                    let $store = &*self.$field;
+                    py.detach(|| -> PyResult<$ret> { $($body)* })
+                }
+
+                $(#[doc = $doc])*
+                #[allow(clippy::too_many_arguments)]
+                fn $aname<'py>(&self, py: Python<'py>, $($arg: $ty),*) -> PyResult<Bound<'py, PyAny>> {
+                    let $store = std::sync::Arc::clone(&self.$field);
+                    super::aio::spawn(py, move || -> PyResult<$ret> { $($body)* })
+                }
+            )*
+        }
+    };
+}
+
 mod aio;
 mod errors;
 mod filestore;
@@ -9,9 +58,29 @@ mod forwarding;
 mod memcached;
 mod pgstore;
 
-use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+/// Longest accepted duration, in seconds (a day): deadlines are the
+/// current time plus a duration. Python's option checks read it as
+/// `racefree._core.MAX_SECONDS`.
+const MAX_SECONDS: f64 = 86_400.0;
+
+/// A duration setting from Python, in seconds.
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    if (0.0..=MAX_SECONDS).contains(&value) {
+        Ok(Duration::from_secs_f64(value))
+    } else {
+        Err(PyValueError::new_err(format!(
+            "{name} must be from 0 to {MAX_SECONDS} seconds, not {value}"
+        )))
+    }
+}
+
+/// Now, in Unix seconds (Python's `time.time()`): the stores' clock for
+/// expiry.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
 
 use crate::health::{Event, Level};
 
@@ -56,6 +125,7 @@ fn _after_fork_in_child() {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_SECONDS", MAX_SECONDS)?;
     crate::health::set_sink(log_event);
     m.add_class::<memcached::MemcachedClient>()?;
     m.add_class::<filestore::FileStore>()?;

@@ -19,15 +19,15 @@ generator: the sync path costs what a hand-written method costs. A store
 call's exception is raised at the marked call, so one ``try``/``except``
 serves both.
 
-Where the source cannot be read (a frozen application), the generator
-itself is driven instead: same behaviour, a few microseconds slower.
+The source must be readable (``inspect.getsource``): racefree's wheel
+ships it; an application frozen without sources (PyInstaller's default)
+must collect ``racefree`` as source.
 
 The class decorator ``with_async_twins`` adds ``aget`` etc. for every
 store operation of the class.
 """
 
 import ast
-import functools
 import inspect
 import textwrap
 from collections.abc import Callable, Generator
@@ -72,16 +72,19 @@ class _MarkedCalls(ast.NodeTransformer):
     visit_AsyncFunctionDef = visit_Lambda = visit_FunctionDef
 
 
-def _compiled_pair(steps: Steps) -> tuple[Callable[..., Any], Callable[..., Any]] | None:
-    """The sync function and its async twin compiled from ``steps``'
-    source, or None when the source cannot be read or ``steps`` closes
-    over variables."""
+def _compiled_pair(steps: Steps) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The sync function and its async twin compiled from ``steps``' source."""
+    name = steps.__qualname__
     if steps.__code__.co_freevars:
-        return None
+        raise TypeError(f"store operation {name} closes over {steps.__code__.co_freevars}; define it at class level")
     try:
         lines, first_line = inspect.getsourcelines(steps)
-    except (OSError, TypeError):
-        return None
+    except (OSError, TypeError) as error:
+        raise ImportError(
+            f"racefree needs the Python source of {name} ({steps.__code__.co_filename}): {error}. "
+            "An application frozen without sources must collect racefree as source (PyInstaller: "
+            "module_collection_mode={'racefree': 'py'})"
+        ) from None
     source = textwrap.dedent("".join(lines))
     return _compiled(steps, source, first_line, awaited=False), _compiled(steps, source, first_line, awaited=True)
 
@@ -119,55 +122,10 @@ def _compiled(steps: Steps, source: str, first_line: int, awaited: bool) -> Call
     return function
 
 
-def _run(steps: Generator[Any, Any, Any]) -> Any:
-    try:
-        call, args = next(steps)
-        while True:
-            try:
-                result = call(*args)
-            except Exception as error:  # handed to the operation, which may handle it
-                call, args = steps.throw(error)
-            else:
-                call, args = steps.send(result)
-    except StopIteration as done:
-        return done.value
-
-
-async def _arun(steps: Generator[Any, Any, Any]) -> Any:
-    try:
-        call, args = next(steps)
-        while True:
-            try:
-                # store.get -> store.aget: the same call, returning an awaitable.
-                result = await getattr(call.__self__, "a" + call.__name__)(*args)
-            except Exception as error:
-                call, args = steps.throw(error)
-            else:
-                call, args = steps.send(result)
-    except StopIteration as done:
-        return done.value
-
-
-def _driven(steps: Steps) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The sync method and its async twin driving the generator ``steps``."""
-
-    @functools.wraps(steps)
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return _run(steps(self, *args, **kwargs))
-
-    @functools.wraps(steps)
-    async def asynchronous(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return await _arun(steps(self, *args, **kwargs))
-
-    asynchronous.__name__ = "a" + steps.__name__
-    asynchronous.__qualname__ = steps.__qualname__.rsplit(".", 1)[0] + "." + asynchronous.__name__
-    return method, asynchronous
-
-
-def store_operation(steps: Steps, *, compile_source: bool = True) -> Any:
+def store_operation(steps: Steps) -> Any:
     """The sync method for the generator method ``steps``; its async twin
     is the ``asynchronous`` attribute of the result."""
-    method, asynchronous = (compile_source and _compiled_pair(steps)) or _driven(steps)
+    method, asynchronous = _compiled_pair(steps)
     setattr(method, "asynchronous", asynchronous)  # read back by with_async_twins
     return method
 

@@ -11,6 +11,8 @@ from typing import Any, TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 
+from racefree._core import MAX_SECONDS
+
 
 @dataclass(frozen=True)
 class Option:
@@ -23,19 +25,17 @@ class Option:
 
 _T = TypeVar("_T")
 
-#: Longest accepted timeout, in seconds.
-MAX_SECONDS = 86400
 
 
 def positive_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_SECONDS:
-        raise ValueError(f"a number of seconds above 0 and at most {MAX_SECONDS}")
+        raise ValueError(f"a number of seconds above 0 and at most {MAX_SECONDS:g}")
     return float(value)
 
 
 def non_negative_number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:
-        raise ValueError(f"a number of seconds from 0 to {MAX_SECONDS}")
+        raise ValueError(f"a number of seconds from 0 to {MAX_SECONDS:g}")
     return float(value)
 
 

@@ -10,18 +10,13 @@ round trip, and the table is not counted on every write.
 """
 
 import os
-import threading
-import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from django.core.cache.backends.db import BaseDatabaseCache
 from django.core.exceptions import ImproperlyConfigured
 
 from racefree._core import PgStore
-from racefree._keys import KeyMaking
-from racefree.backends._failures import FailurePolicy
 from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import (
     Option,
@@ -30,11 +25,12 @@ from racefree.backends._options import (
     optional,
     positive_int,
     positive_number,
-    read_options,
 )
-from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
-from racefree.exceptions import CacheError
-from racefree.serialization import UnverifiedValue, logger, serializer_from, serializer_options
+from racefree.backends._stampede import stampede_options
+from racefree.backends.base import ProcessRegistry, RacefreeCache
+from racefree.checks import unreachable
+from racefree.exceptions import CacheError, NotPostgreSQL
+from racefree.serialization import UnverifiedValue, logger, serializer_options
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
@@ -64,12 +60,7 @@ DJANGO_ONLY_OPTIONS = {"pool", "server_side_binding", "isolation_level", "assume
 # libpq settings racefree passes on to its own connections.
 LIBPQ_OPTIONS = {"options", "application_name"}
 
-_stores: dict[tuple[str, tuple[tuple[str, str], ...], str | None, int, float, float | None], PgStore] = {}
-_stores_lock = threading.Lock()
-
-
-class NotPostgreSQL(ImproperlyConfigured):
-    """The database cache was pointed at a database that is not PostgreSQL."""
+_stores: ProcessRegistry[tuple[object, ...], PgStore] = ProcessRegistry()
 
 
 def libpq_params(alias: str) -> dict[str, str]:
@@ -110,41 +101,36 @@ def libpq_params(alias: str) -> dict[str, str]:
     return params
 
 
-def shared_store(table: str, params: dict[str, str], dsn: str | None, options: dict[str, Any]) -> PgStore:
+def store_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The OPTIONS the Rust store takes, as its keyword arguments."""
+    return {
+        "dsn": options["DSN"],
+        "pool_size": options["POOL_SIZE"],
+        "connect_timeout": options["CONNECT_TIMEOUT"],
+        "statement_timeout": options["STATEMENT_TIMEOUT"],
+    }
+
+
+def shared_store(table: str, params: dict[str, str], options: dict[str, Any]) -> PgStore:
     """One pool per process and settings, shared by every backend instance."""
-    key = (
-        table,
-        tuple(sorted(params.items())),
-        dsn,
-        options["POOL_SIZE"],
-        options["CONNECT_TIMEOUT"],
-        options["STATEMENT_TIMEOUT"],
-    )
-    with _stores_lock:
-        store = _stores.get(key)
-        if store is None:
-            try:
-                store = PgStore(
-                    table,
-                    params,
-                    dsn=dsn,
-                    pool_size=options["POOL_SIZE"],
-                    connect_timeout=options["CONNECT_TIMEOUT"],
-                    statement_timeout=options["STATEMENT_TIMEOUT"],
-                )
-            except ValueError as exc:
-                raise ImproperlyConfigured(f"racefree DatabaseCache: {exc}") from None
-            _stores[key] = store
-            _close_before_test_databases_drop()
+    config = store_options(options)
+
+    def build() -> PgStore:
+        try:
+            store = PgStore(table, params, **config)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"racefree DatabaseCache: {exc}") from None
+        _close_before_test_databases_drop()
         return store
+
+    return _stores.get((table, tuple(sorted(params.items())), *config.values()), build)
 
 
 def close_pools() -> None:
     """Close every pooled connection of this process (they reopen on
     demand), e.g. before the database they point at is dropped."""
-    with _stores_lock:
-        for store in _stores.values():
-            store.close_idle()
+    for store in _stores.values():
+        store.close_idle()
 
 
 _patched = False
@@ -171,19 +157,18 @@ def _close_before_test_databases_drop() -> None:
 
 
 @with_async_twins
-class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
+class DatabaseCache(RacefreeCache, BaseDatabaseCache):
+    options_spec = OPTIONS
+    _store: PgStore
     server_kind = "PostgreSQL cache"
     _table: str  # set by BaseDatabaseCache.__init__
 
     def __init__(self, table: str, params: dict[str, Any]) -> None:
-        backend = f"{type(self).__module__}.{type(self).__qualname__}"
-        options = read_options(backend, params.get("OPTIONS"), OPTIONS)
+        options = self._configure(params)
         super().__init__(table, params)
-        self._options = options
-        self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
-        self._serializer = serializer_from(backend, options)
-        self._stampede = Stampede.from_options(options)
-        self._init_key_making(DatabaseCache)
+        # The table holds the serializer's bytes only (base64, as Django's).
+        self._encode = self._serializer.dumps_item
+        self._decode_or = self._serializer.load_or
         if options["DSN"]:
             params_for_store: dict[str, str] = {}
         else:
@@ -191,142 +176,33 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
 
             alias = options["DATABASE"] or router.db_for_write(self.cache_model_class)
             params_for_store = libpq_params(alias)
-        self._store = shared_store(self._table, params_for_store, options["DSN"], options)
+        self._store = shared_store(self._table, params_for_store, options)
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E003 for a missing table, W002 for a server that does
         not answer now."""
-        from racefree.checks import database_reachable
+        from django.core import checks
 
-        return database_reachable(alias, self)
+        try:
+            self._store.has_key("racefree:check", 0.0)
+        except CacheError as error:
+            if "does not exist" in str(error):
+                return [
+                    checks.Error(
+                        f"CACHES[{alias!r}]: the cache table {self._table!r} does not exist",
+                        hint="Run 'manage.py createcachetable'.",
+                        obj=f"CACHES[{alias!r}]",
+                        id="racefree.E003",
+                    )
+                ]
+            return [unreachable(alias, "the database server", error, "racefree.W002")]
+        return []
 
     def stats(self) -> dict[str, int]:
         """This process's counters for this table and connection settings
         (hits, misses, sets, deletes, errors, round_trips) and its pool
         (pool_size, connections, idle, in_use, connects)."""
         return self._store.stats()
-
-    def close(self, **kwargs: Any) -> None:
-        """Keep the pooled connections: Django calls this after every
-        request, and the pool is per process and thread-safe."""
-
-    async def aclose(self, **kwargs: Any) -> None:
-        """See close() (native: Django 6's default would run close() in a thread)."""
-
-    def _expiry(self, timeout: float | None) -> float:
-        """Absolute expiry in Unix seconds; 0.0 means never."""
-        expires = self.get_backend_timeout(timeout)
-        return 0.0 if expires is None else max(expires, 1e-6)
-
-    @store_operation
-    def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            data = yield self._store.get, (key, time.time())
-        except CacheError as error:
-            self._server_failed("get", error)
-            return default
-        return default if data is None else self._serializer.load_or(default, key, data)
-
-    @store_operation
-    def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
-        key_map = {self._key(key, version): key for key in keys}
-        if not key_map:
-            return {}
-        try:
-            found = yield self._store.get_many, (list(key_map), time.time())
-        except CacheError as error:
-            self._server_failed("get_many", error)
-            return {}
-        missing = object()
-        result: dict[Any, Any] = {}
-        for key, data in found.items():
-            value = self._serializer.load_or(missing, key, data)
-            if value is not missing:
-                result[key_map[key]] = value
-        return result
-
-    @store_operation
-    def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            return (yield self._store.has_key, (key, time.time()))
-        except CacheError as error:
-            self._server_failed("has_key", error)
-            return False
-
-    @store_operation
-    def set(
-        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, None]:
-        key = self._key(key, version)
-        data = self._serializer.dumps(value)
-        try:
-            yield self._store.set, (
-                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-            )
-        except CacheError as error:
-            self._server_failed("set", error)
-
-    @store_operation
-    def add(
-        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        data = self._serializer.dumps(value)
-        try:
-            return (yield self._store.add, (
-                key, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-            ))
-        except CacheError as error:
-            self._server_failed("add", error)
-            return False
-
-    @store_operation
-    def set_many(
-        self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, list[Any]]:
-        items = [(self._key(key, version), self._serializer.dumps(value)) for key, value in data.items()]
-        if not items:
-            return []
-        try:
-            yield self._store.set_many, (
-                items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-            )
-        except CacheError as error:
-            self._server_failed("set_many", error)
-            return list(data)
-        return []
-
-    @store_operation
-    def touch(
-        self, key: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            return (yield self._store.touch, (key, self._expiry(timeout), time.time()))
-        except CacheError as error:
-            self._server_failed("touch", error)
-            return False
-
-    @store_operation
-    def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            return (yield self._store.delete, (key, time.time()))
-        except CacheError as error:
-            self._server_failed("delete", error)
-            return False
-
-    @store_operation
-    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
-        keys = [self._key(key, version) for key in keys]
-        if not keys:
-            return
-        try:
-            yield self._store.delete_many, (keys,)
-        except CacheError as error:
-            self._server_failed("delete_many", error)
 
     @store_operation
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
@@ -342,7 +218,7 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
             return self._serializer.dumps(value)
 
         try:
-            written = yield self._store.update, (key, time.time(), add_delta)
+            written = yield self._store.update, (key, *self._clock(), add_delta)
         except UnverifiedValue:
             # Not this cache's value to count with (logged by nothing
             # else): as if missing. The transaction was rolled back.
@@ -354,10 +230,3 @@ class DatabaseCache(StampedeSafe, KeyMaking, FailurePolicy, BaseDatabaseCache):
         if written is None:
             raise ValueError("Key '%s' not found" % key)
         return results[-1]
-
-    @store_operation
-    def clear(self) -> Generator[Any, Any, None]:
-        try:
-            yield self._store.clear, ()
-        except CacheError as error:
-            self._server_failed("clear", error)

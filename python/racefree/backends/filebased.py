@@ -12,19 +12,15 @@ guarantees. For several hosts, use the memcached or PostgreSQL backends.
 """
 
 import os
-import threading
-import time
-from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
-from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.base import BaseCache
 
 from racefree._core import FileStore
-from racefree._keys import KeyMaking
-from racefree.backends._ops import store_operation, with_async_twins
-from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, read_options
-from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
-from racefree.serialization import serializer_from, serializer_options
+from racefree.backends._options import Option, non_negative_int, positive_int, positive_number
+from racefree.backends._stampede import stampede_options
+from racefree.backends.base import ProcessRegistry, RacefreeCache
+from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
@@ -37,36 +33,43 @@ OPTIONS = [
     *stampede_options(),
 ]
 
-_stores: dict[tuple[str, float], FileStore] = {}
-_stores_lock = threading.Lock()
+# One store per directory and process: they share the mapped count.
+_stores: ProcessRegistry[tuple[str, float], FileStore] = ProcessRegistry()
 
 
-def shared_store(directory: str, lock_timeout: float) -> FileStore:
-    """One store per directory and process: they share the mapped count."""
-    with _stores_lock:
-        store = _stores.get((directory, lock_timeout))
-        if store is None:
-            store = _stores[(directory, lock_timeout)] = FileStore(directory, lock_timeout=lock_timeout)
-        return store
+class FileBasedCache(RacefreeCache, BaseCache):
+    options_spec = OPTIONS
+    _store: FileStore
 
-
-@with_async_twins
-class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
     def __init__(self, dir: str | os.PathLike[str], params: dict[str, Any]) -> None:
-        backend = f"{type(self).__module__}.{type(self).__qualname__}"
-        options = read_options(backend, params.get("OPTIONS"), OPTIONS)
+        options = self._configure(params)
         super().__init__(params)
         self._dir = os.path.abspath(os.fspath(dir))
-        self._store = shared_store(self._dir, options["LOCK_TIMEOUT"])
-        self._serializer = serializer_from(backend, options)
-        self._stampede = Stampede.from_options(options)
-        self._init_key_making(FileBasedCache)
+        lock_timeout = options["LOCK_TIMEOUT"]
+        self._store = _stores.get((self._dir, lock_timeout), lambda: FileStore(self._dir, lock_timeout=lock_timeout))
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
-        """racefree.E004 if the directory cannot be created or written."""
-        from racefree.checks import directory_writable
+        """racefree.E004 if the directory cannot be created or written by
+        this process."""
+        from django.core import checks
 
-        return directory_writable(alias, self._dir)
+        existing = self._dir
+        while not os.path.exists(existing):
+            parent = os.path.dirname(existing)
+            if parent == existing:
+                break
+            existing = parent
+        if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
+            return []
+        what = "cannot be written" if existing == self._dir else f"cannot be created in {existing!r}"
+        return [
+            checks.Error(
+                f"CACHES[{alias!r}]: the cache directory {self._dir!r} {what} by this process",
+                hint="Create it and give the user the web server runs as write access.",
+                obj=f"CACHES[{alias!r}]",
+                id="racefree.E004",
+            )
+        ]
 
     def stats(self) -> dict[str, int]:
         """This process's counters for this directory (hits, misses, sets,
@@ -76,108 +79,6 @@ class FileBasedCache(StampedeSafe, KeyMaking, BaseCache):
         stats["entries"] = self._store.count()
         return stats
 
-    def close(self, **kwargs: Any) -> None:
-        """Nothing to close: no file stays open between calls."""
-
-    async def aclose(self, **kwargs: Any) -> None:
-        """See close() (native: Django 6's default would run close() in a thread)."""
-
-    def _expiry(self, timeout: float | None) -> float:
-        """Absolute expiry in Unix seconds; 0.0 means never."""
-        expires = self.get_backend_timeout(timeout)
-        if expires is None:
-            return 0.0
-        # A past expiry must stay distinguishable from "never".
-        return max(expires, 1e-6)
-
     def _key_to_file(self, key: Any, version: int | None = None) -> str:
         """The file that holds ``key`` (as Django's backend offers)."""
         return str(self._store.path_for(self.make_and_validate_key(key, version=version)))
-
-    @store_operation
-    def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        item = yield self._store.get, (key, time.time())
-        if item is None:
-            return default
-        return self._serializer.decode_or(default, key, *item)
-
-    @store_operation
-    def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        return (yield self._store.has_key, (key, time.time()))
-
-    @store_operation
-    def set(
-        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, None]:
-        key = self._key(key, version)
-        flags, data = self._serializer.encode(value)
-        yield self._store.set, (
-            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-        )
-
-    @store_operation
-    def add(
-        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        flags, data = self._serializer.encode(value)
-        return (yield self._store.add, (
-            key, flags, data, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-        ))
-
-    @store_operation
-    def touch(
-        self, key: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        return (yield self._store.touch, (key, self._expiry(timeout), time.time()))
-
-    @store_operation
-    def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        return (yield self._store.delete, (key, time.time()))
-
-    @store_operation
-    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
-        """Atomic across threads and processes; keeps the key's expiry. A
-        missing key raises ValueError, a non-integer value TypeError."""
-        key = self._key(key, version)
-        value = yield self._store.incr, (key, delta, time.time())
-        if value is None:
-            raise ValueError("Key '%s' not found" % key)
-        return value
-
-    @store_operation
-    def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
-        key_map = {self._key(key, version): key for key in keys}
-        if not key_map:
-            return {}
-        found = yield self._store.get_many, (list(key_map), time.time())
-        return self._serializer.decode_found(found, key_map)
-
-    @store_operation
-    def set_many(
-        self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, list[Any]]:
-        items = [
-            (self._key(key, version), *self._serializer.encode(value))
-            for key, value in data.items()
-        ]
-        if items:
-            yield self._store.set_many, (
-                items, self._expiry(timeout), time.time(), self._max_entries, self._cull_frequency
-            )
-        return []
-
-    @store_operation
-    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
-        keys = [self._key(key, version) for key in keys]
-        if keys:
-            yield self._store.delete_many, (keys, time.time())
-
-    @store_operation
-    def clear(self) -> Generator[Any, Any, None]:
-        """Remove every entry; other files in the directory stay."""
-        yield self._store.clear, ()

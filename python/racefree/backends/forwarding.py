@@ -17,7 +17,6 @@ import copy
 import functools
 import inspect
 import logging
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from django.utils.module_loading import import_string
 
 from racefree._core import ForwardingCore
 from racefree.backends._stampede import CacheLock, Stampede
+from racefree.backends.base import ProcessRegistry
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
@@ -41,8 +41,8 @@ DEFAULT_ALIAS = "forwarded_backend"
 # be silently ignored.
 TARGET_SETTINGS = ("TIMEOUT", "KEY_PREFIX", "VERSION", "KEY_FUNCTION")
 
-_cores: dict[str, ForwardingCore] = {}
-_cores_lock = threading.Lock()
+# One forwarding state per forwarded alias and process.
+_cores: ProcessRegistry[str, ForwardingCore] = ProcessRegistry()
 
 
 def forwarded_settings(alias: str) -> dict[str, Any]:
@@ -99,31 +99,24 @@ def close_target(target: Any) -> None:
         logger.exception("racefree: closing a replaced cache backend %r failed", target)
 
 
-def shared_core(alias: str) -> ForwardingCore:
-    """The process-wide forwarding state of ``alias``."""
-    with _cores_lock:
-        core = _cores.get(alias)
-        if core is None:
+def new_core(alias: str) -> ForwardingCore:
+    """The forwarding state of ``alias``: builds, leases and closes its targets."""
 
-            def report_failure(error: BaseException) -> None:
-                logger.error(
-                    "racefree: rebuilding the cache backend of %r failed; the previous one keeps serving",
-                    alias,
-                    exc_info=(type(error), error, error.__traceback__),
-                )
+    def report_failure(error: BaseException) -> None:
+        logger.error(
+            "racefree: rebuilding the cache backend of %r failed; the previous one keeps serving",
+            alias,
+            exc_info=(type(error), error, error.__traceback__),
+        )
 
-            core = ForwardingCore(functools.partial(build_target, alias), close_target, report_failure)
-            _cores[alias] = core
-        return core
+    return ForwardingCore(functools.partial(build_target, alias), close_target, report_failure)
 
 
 def _settings_changed(setting: str, **kwargs: Any) -> None:
     # override_settings(CACHES=...) in tests: every forwarder rebuilds its
     # target from the new settings at its next call.
     if setting == "CACHES":
-        with _cores_lock:
-            cores = list(_cores.values())
-        for core in cores:
+        for core in _cores.values():
             core.invalidate()
 
 
@@ -154,7 +147,7 @@ class ForwardingCache(BaseCache):
             raise ImproperlyConfigured("ForwardingCache: LOCATION must be the name of an alias in CACHES")
         alias = location or DEFAULT_ALIAS
         object.__setattr__(self, "_alias", alias)
-        object.__setattr__(self, "_core", shared_core(alias))
+        object.__setattr__(self, "_core", _cores.get(alias, lambda: new_core(alias)))
         # Bound once: every forwarded call goes through it.
         object.__setattr__(self, "_call", self._core.call)
 
@@ -207,9 +200,18 @@ class ForwardingCache(BaseCache):
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E005 if the forwarded alias is missing from CACHES."""
-        from racefree.checks import forwarded_alias_exists
+        from django.core import checks
 
-        return forwarded_alias_exists(alias, self._alias)
+        if self._alias in getattr(settings, "CACHES", {}):
+            return []
+        return [
+            checks.Error(
+                f"CACHES[{alias!r}] forwards to {self._alias!r}, which is not in CACHES",
+                hint="Add that alias to CACHES, or set LOCATION to an alias that is there.",
+                obj=f"CACHES[{alias!r}]",
+                id="racefree.E005",
+            )
+        ]
 
     def stats(self) -> dict[str, Any]:
         """The forwarding counters (generation, builds, build_failures,

@@ -11,18 +11,15 @@ later one.
 
 import math
 import re
-import threading
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 
 from racefree._core import MemcachedClient
-from racefree._keys import KeyMaking, memcached_key_error
-from racefree.backends._failures import FailurePolicy
-from racefree.backends._ops import store_operation, with_async_twins
+from racefree._keys import memcached_key_error
 from racefree.backends._options import (
     Option,
     boolean,
@@ -32,11 +29,12 @@ from racefree.backends._options import (
     optional,
     positive_int,
     positive_number,
-    read_options,
 )
-from racefree.backends._stampede import Stampede, StampedeSafe, stampede_options
+from racefree.backends._stampede import stampede_options
+from racefree.backends.base import ProcessRegistry, RacefreeCache
+from racefree.checks import PROBE_TIMEOUT, unreachable
 from racefree.exceptions import CacheError
-from racefree.serialization import serializer_from, serializer_options
+from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
@@ -67,41 +65,20 @@ UNSUPPORTED = {
     "CULL_FREQUENCY": "memcached evicts least recently used items itself",
 }
 
-_clients: dict[tuple[object, ...], MemcachedClient] = {}
-_clients_lock = threading.Lock()
+_clients: ProcessRegistry[tuple[object, ...], MemcachedClient] = ProcessRegistry()
 
 
-def shared_client(servers: Iterable[str], options: dict[str, Any]) -> MemcachedClient:
-    """The process-wide client for these servers and settings.
-
-    Django builds one backend per thread (and per ``override_settings``);
-    they all share one pool, so connections survive both.
-    """
-    settings = (
-        tuple(servers),
-        options["CONNECT_TIMEOUT"],
-        options["IO_TIMEOUT"],
-        options["POOL_SIZE"],
-        options["MAX_CONNECTIONS"],
-        options["IDLE_TIMEOUT"],
-        options["SPIN_WAIT"],
-        options["COMBINE_GETS"],
-    )
-    with _clients_lock:
-        client = _clients.get(settings)
-        if client is None:
-            client = MemcachedClient(
-                list(servers),
-                connect_timeout=options["CONNECT_TIMEOUT"],
-                io_timeout=options["IO_TIMEOUT"],
-                pool_size=options["POOL_SIZE"],
-                max_connections=options["MAX_CONNECTIONS"],
-                idle_timeout=options["IDLE_TIMEOUT"],
-                spin_wait=options["SPIN_WAIT"],
-                combine_gets=options["COMBINE_GETS"],
-            )
-            _clients[settings] = client
-        return client
+def client_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The OPTIONS the Rust client takes, as its keyword arguments."""
+    return {
+        "connect_timeout": options["CONNECT_TIMEOUT"],
+        "io_timeout": options["IO_TIMEOUT"],
+        "pool_size": options["POOL_SIZE"],
+        "max_connections": options["MAX_CONNECTIONS"],
+        "idle_timeout": options["IDLE_TIMEOUT"],
+        "spin_wait": options["SPIN_WAIT"],
+        "combine_gets": options["COMBINE_GETS"],
+    }
 
 
 def split_location(location: str | Iterable[str]) -> list[str]:
@@ -111,26 +88,25 @@ def split_location(location: str | Iterable[str]) -> list[str]:
     return list(location)
 
 
-@with_async_twins
-class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
+class MemcachedCache(RacefreeCache, BaseCache):
+    options_spec = OPTIONS
+    refused_options = UNSUPPORTED
     # The store refuses invalid keys itself, before anything is sent.
     checks_keys_natively = True
     server_kind = "memcached"
 
     def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
-        backend = f"{type(self).__module__}.{type(self).__qualname__}"
-        options = read_options(backend, params.get("OPTIONS"), OPTIONS, UNSUPPORTED)
+        options = self._configure(params)
         super().__init__(params)
         self._servers = split_location(server)
         self._options = options
+        config = client_options(options)
         try:
-            self._client = shared_client(self._servers, options)
+            self._client = self._store = _clients.get(
+                (tuple(self._servers), *config.values()), lambda: MemcachedClient(self._servers, **config)
+            )
         except ValueError as exc:
-            raise ImproperlyConfigured(f"{backend}: {exc}") from None
-        self._ignore_exceptions = options["IGNORE_EXCEPTIONS"]
-        self._serializer = serializer_from(backend, options)
-        self._stampede = Stampede.from_options(options)
-        self._init_key_making(MemcachedCache)
+            raise ImproperlyConfigured(f"{type(self).__module__}.{type(self).__qualname__}: {exc}") from None
 
     @property
     def client_servers(self) -> list[str]:
@@ -150,6 +126,15 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
             timeout += int(time.time())
         return timeout
 
+    def _expiry(self, timeout: float | None) -> int:
+        return self.get_backend_timeout(timeout)
+
+    # The server keeps expiry (relative TTLs) and evicts by itself.
+    _limits = ()
+
+    def _clock(self) -> tuple[float, ...]:
+        return ()
+
     def lock_entry_timeout(self, lease: float) -> int:
         # Memcached's clock ticks in whole seconds: a TTL of n ends within
         # (n - 1, n] seconds, so one more keeps a lock at least its lease.
@@ -160,143 +145,17 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         if error is not None:
             raise error
 
-    @store_operation
-    def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            item = yield self._client.get, (key,)
-        except CacheError as error:
-            self._server_failed("get", error)
-            return default
-        if item is None:
-            return default
-        return self._serializer.decode_or(default, key, *item)
-
-    @store_operation
-    def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            return (yield self._client.has_key, (key,))
-        except CacheError as error:
-            self._server_failed("has_key", error)
-            return False
-
-    @store_operation
-    def set(
-        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, None]:
-        key = self._key(key, version)
-        flags, data = self._serializer.encode(value)
-        try:
-            yield self._client.set, (key, flags, data, self.get_backend_timeout(timeout))
-        except CacheError as error:
-            self._server_failed("set", error)
-
-    @store_operation
-    def add(
-        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        flags, data = self._serializer.encode(value)
-        try:
-            return (yield self._client.add, (key, flags, data, self.get_backend_timeout(timeout)))
-        except CacheError as error:
-            self._server_failed("add", error)
-            return False
-
-    @store_operation
-    def touch(
-        self, key: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            return (yield self._client.touch, (key, self.get_backend_timeout(timeout)))
-        except CacheError as error:
-            self._server_failed("touch", error)
-            return False
-
-    @store_operation
-    def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
-        key = self._key(key, version)
-        try:
-            return (yield self._client.delete, (key,))
-        except CacheError as error:
-            self._server_failed("delete", error)
-            return False
-
-    @store_operation
-    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
-        """Memcached's atomic increment. A missing key raises ValueError;
-        a value memcached cannot count with raises TypeError; as in
-        memcached, decrementing stops at 0."""
-        key = self._key(key, version)
-        try:
-            if delta < 0:
-                value = yield self._client.decr, (key, -delta)
-            else:
-                value = yield self._client.incr, (key, delta)
-        except CacheError as error:
-            self._server_failed("incr", error)
-            value = None
-        if value is None:
-            raise ValueError("Key '%s' not found" % key)
-        return value
-
-    @store_operation
-    def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
-        key_map = {self._key(key, version): key for key in keys}
-        if not key_map:
-            return {}
-        try:
-            found = yield self._client.get_many, (list(key_map),)
-        except CacheError as error:
-            self._server_failed("get_many", error)
-            found = getattr(error, "partial", {})
-        return self._serializer.decode_found(found, key_map)
-
-    @store_operation
-    def set_many(
-        self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
-    ) -> Generator[Any, Any, list[Any]]:
-        original_keys: dict[str, Any] = {}
-        items: list[tuple[str, int, bytes]] = []
-        for key, value in data.items():
-            made = self._key(key, version)
-            original_keys[made] = key
-            items.append((made, *self._serializer.encode(value)))
-        if not items:
-            return []
-        try:
-            failed = yield self._client.set_many, (items, self.get_backend_timeout(timeout))
-        except CacheError as error:
-            self._server_failed("set_many", error)
-            failed = getattr(error, "failed_keys", list(original_keys))
-        return [original_keys[key] for key in failed]
-
-    @store_operation
-    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
-        keys = [self._key(key, version) for key in keys]
-        if not keys:
-            return
-        try:
-            yield self._client.delete_many, (keys,)
-        except CacheError as error:
-            self._server_failed("delete_many", error)
-
-    @store_operation
-    def clear(self) -> Generator[Any, Any, None]:
-        """Empty every server of LOCATION (memcached ``flush_all``)."""
-        try:
-            yield self._client.flush_all, ()
-        except CacheError as error:
-            self._server_failed("clear", error)
-
-
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.W001 for each server that does not answer now."""
-        from racefree.checks import memcached_reachable
-
-        return memcached_reachable(alias, self._servers, MemcachedClient)
+        probe_options = {**client_options(self._options), "connect_timeout": PROBE_TIMEOUT,
+                         "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
+        messages: list[CheckMessage] = []
+        for server in self._servers:
+            try:
+                MemcachedClient([server], **probe_options).has_key("racefree:check")
+            except CacheError as error:
+                messages.append(unreachable(alias, f"memcached server {server!r}", error, "racefree.W001"))
+        return messages
 
     def stats(self) -> dict[str, Any]:
         """This process's counters for this LOCATION and OPTIONS (every
@@ -304,11 +163,3 @@ class MemcachedCache(StampedeSafe, KeyMaking, FailurePolicy, BaseCache):
         deletes, errors, the pool size, and per server its idle and
         in-use connections."""
         return self._client.stats()
-
-    def close(self, **kwargs: Any) -> None:
-        """Keep the pooled connections: Django calls this after every
-        request, and reconnecting each time is what makes the stock
-        pymemcache backend slow. Pools are per process and thread-safe."""
-
-    async def aclose(self, **kwargs: Any) -> None:
-        """See close() (native: Django 6's default would run close() in a thread)."""

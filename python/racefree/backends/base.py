@@ -1,0 +1,270 @@
+"""What every racefree backend shares, as Django's ``backends/base.py`` is
+for Django's: reading OPTIONS, the serializer, get_or_set and lock
+settings, key rules, the failure policy, one store per process and
+configuration, and Django's cache operations themselves.
+
+The operations are written once, here, against a store of the Rust
+extension (``racefree._core``). Every store takes the same calls, each
+also as an awaitable ``a``-twin:
+
+- ``get(key, *now)`` -> item or None; ``get_many(keys, *now)`` -> ``{key: item}``
+- ``has_key(key, *now)``, ``touch(key, expiry, *now)``, ``delete(key, *now)`` -> bool
+- ``set(key, *item, expiry, *now, *limits)``; ``add(...)`` -> bool
+- ``set_many([(key, *item), ...], expiry, *now, *limits)`` -> keys not stored
+- ``incr(key, delta, *now)`` -> new value, or None if missing
+- ``delete_many(keys)``, ``clear()``
+
+An item is what ``_encode`` makes of a value (``(flags, bytes)``, or
+``(bytes,)`` for the PostgreSQL store), the expiry what ``_expiry`` makes
+of a timeout, ``now`` is ``_clock()`` and ``limits`` are MAX_ENTRIES and
+CULL_FREQUENCY, for the stores that keep expiry and cull themselves (file,
+PostgreSQL; memcached's server does both). A backend supplies the store
+and, where they differ, those four.
+"""
+
+import os
+import threading
+import time
+from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT
+
+from racefree._keys import KeyMaking
+from racefree.backends._failures import FailurePolicy
+from racefree.backends._ops import store_operation, with_async_twins
+from racefree.backends._options import Option, read_options
+from racefree.backends._stampede import MISSING, Stampede, StampedeSafe
+from racefree.exceptions import CacheError
+from racefree.serialization import serializer_from
+
+if TYPE_CHECKING:
+    from django.core.cache.backends.base import BaseCache as _CacheBase
+else:
+    _CacheBase = object
+
+_Key = TypeVar("_Key", bound=Hashable)
+_Shared = TypeVar("_Shared")
+
+
+class ProcessRegistry(Generic[_Key, _Shared]):
+    """One object per configuration and process, built on first use and
+    shared by every backend instance and thread: Django builds a backend
+    per thread and per ``override_settings``, and they must share one pool
+    (or count, or forwarding state)."""
+
+    def __init__(self) -> None:
+        self._items: dict[_Key, _Shared] = {}
+        self._lock = threading.Lock()
+        # A child forked while another thread held the lock must not
+        # inherit it locked.
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+    def get(self, key: _Key, build: Callable[[], _Shared]) -> _Shared:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                item = self._items[key] = build()
+            return item
+
+    def values(self) -> list[_Shared]:
+        with self._lock:
+            return list(self._items.values())
+
+
+def backend_path(backend: object) -> str:
+    """The dotted path of a backend's class, as in CACHES (for messages)."""
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@with_async_twins
+class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
+    """Mixin for a ``BaseCache`` subclass: put it first in the bases."""
+
+    #: The OPTIONS this backend takes, and those it refuses with a reason.
+    options_spec: ClassVar[Sequence[Option]] = ()
+    refused_options: ClassVar[dict[str, str]] = {}
+
+    _store: Any
+    #: value -> item; (default, key, item) -> the value, or default if it cannot be loaded.
+    _encode: Callable[[Any], tuple[Any, ...]]
+    _decode_or: Callable[[Any, Any, Any], Any]
+
+    def _configure(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Read OPTIONS (``ImproperlyConfigured`` for anything unknown or of
+        the wrong type) and set up what they say for every backend: the
+        serializer, get_or_set and lock settings, IGNORE_EXCEPTIONS, key
+        rules. Returns the options, defaults filled in."""
+        path = backend_path(self)
+        options = read_options(path, params.get("OPTIONS"), self.options_spec, self.refused_options)
+        self._serializer = serializer_from(path, options)
+        self._encode = self._serializer.encode
+        self._decode_or = self._serializer.decode_item_or
+        self._stampede = Stampede.from_options(options)
+        self._ignore_exceptions = options.get("IGNORE_EXCEPTIONS", False)
+        # Key rules are racefree's own unless a subclass elsewhere has its own.
+        own = next(cls for cls in type(self).__mro__ if cls.__module__.startswith("racefree."))
+        self._init_key_making(own)
+        return options
+
+    def _expiry(self, timeout: float | None) -> float:
+        """Absolute expiry in Unix seconds; 0.0 means never."""
+        expires = self.get_backend_timeout(timeout)
+        if expires is None:
+            return 0.0
+        # A past expiry must stay distinguishable from "never".
+        return max(expires, 1e-6)
+
+    def _clock(self) -> tuple[float, ...]:
+        """Now, for a store that keeps expiry itself: Python's
+        ``time.time()``, read at each call, so a test that fakes the clock
+        (Django's middleware tests do) fakes it for the cache too."""
+        return (time.time(),)
+
+    @property
+    def _limits(self) -> tuple[int, ...]:
+        """MAX_ENTRIES and CULL_FREQUENCY, read at every write (Django's
+        tests change them at run time)."""
+        return self._max_entries, self._cull_frequency
+
+    def close(self, **kwargs: Any) -> None:
+        """Keep the store: Django calls this after every request, and the
+        store (its pool, its mapped count) is per process and thread-safe."""
+
+    async def aclose(self, **kwargs: Any) -> None:
+        """See close() (native: Django 6's default would run close() in a thread)."""
+
+    @store_operation
+    def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
+        key = self._key(key, version)
+        try:
+            item = yield self._store.get, (key, *self._clock())
+        except CacheError as error:
+            self._server_failed("get", error)
+            return default
+        return default if item is None else self._decode_or(default, key, item)
+
+    @store_operation
+    def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        key = self._key(key, version)
+        try:
+            return (yield self._store.has_key, (key, *self._clock()))
+        except CacheError as error:
+            self._server_failed("has_key", error)
+            return False
+
+    @store_operation
+    def set(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, None]:
+        key = self._key(key, version)
+        item = self._encode(value)
+        try:
+            yield self._store.set, (key, *item, self._expiry(timeout), *self._clock(), *self._limits)
+        except CacheError as error:
+            self._server_failed("set", error)
+
+    @store_operation
+    def add(
+        self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
+        key = self._key(key, version)
+        item = self._encode(value)
+        try:
+            return (yield self._store.add, (key, *item, self._expiry(timeout), *self._clock(), *self._limits))
+        except CacheError as error:
+            self._server_failed("add", error)
+            return False
+
+    @store_operation
+    def touch(
+        self, key: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
+        key = self._key(key, version)
+        try:
+            return (yield self._store.touch, (key, self._expiry(timeout), *self._clock()))
+        except CacheError as error:
+            self._server_failed("touch", error)
+            return False
+
+    @store_operation
+    def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        key = self._key(key, version)
+        try:
+            return (yield self._store.delete, (key, *self._clock()))
+        except CacheError as error:
+            self._server_failed("delete", error)
+            return False
+
+    @store_operation
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
+        """Atomic across threads, processes (and hosts, on a server); keeps
+        the key's expiry. A missing key raises ValueError, a value the store
+        cannot count with TypeError."""
+        key = self._key(key, version)
+        try:
+            value = yield self._store.incr, (key, delta, *self._clock())
+        except CacheError as error:
+            self._server_failed("incr", error)
+            value = None
+        if value is None:
+            raise ValueError("Key '%s' not found" % key)
+        return value
+
+    @store_operation
+    def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
+        key_map = {self._key(key, version): key for key in keys}
+        if not key_map:
+            return {}
+        try:
+            found = yield self._store.get_many, (list(key_map), *self._clock())
+        except CacheError as error:
+            self._server_failed("get_many", error)
+            # What the servers that answered returned, where there are several.
+            found = getattr(error, "partial", {})
+        result: dict[Any, Any] = {}
+        for key, item in found.items():
+            value = self._decode_or(MISSING, key, item)
+            if value is not MISSING:
+                result[key_map[key]] = value
+        return result
+
+    @store_operation
+    def set_many(
+        self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, list[Any]]:
+        original: dict[str, Any] = {}
+        items = []
+        for key, value in data.items():
+            made = self._key(key, version)
+            original[made] = key
+            items.append((made, *self._encode(value)))
+        if not items:
+            return []
+        try:
+            failed = yield self._store.set_many, (items, self._expiry(timeout), *self._clock(), *self._limits)
+        except CacheError as error:
+            self._server_failed("set_many", error)
+            failed = getattr(error, "failed_keys", original)
+        return [original[key] for key in failed]
+
+    @store_operation
+    def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
+        keys = [self._key(key, version) for key in keys]
+        if not keys:
+            return
+        try:
+            yield self._store.delete_many, (keys,)
+        except CacheError as error:
+            self._server_failed("delete_many", error)
+
+    @store_operation
+    def clear(self) -> Generator[Any, Any, None]:
+        try:
+            yield self._store.clear, ()
+        except CacheError as error:
+            self._server_failed("clear", error)

@@ -80,7 +80,8 @@ impl Health {
         emit(self.failure(error));
     }
 
-    pub fn is_down(&self) -> bool {
+    #[cfg(test)]
+    fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
 

@@ -10,6 +10,7 @@ pub mod forwarding;
 pub mod health;
 pub mod memcached;
 pub mod pgstore;
+mod pool;
 pub mod stats;
 mod sync;
 

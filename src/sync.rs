@@ -8,10 +8,21 @@
 //! each, and a forked child builds new pools instead of touching its
 //! parent's.
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 /// Lock `mutex`, ignoring poisoning: every update racefree makes under its
 /// locks is a single statement, so a panic cannot leave one half-done.
 pub(crate) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Wait on `condvar` until notified or `deadline`, ignoring poisoning as
+/// `locked` does.
+pub(crate) fn wait_until<'a, T>(condvar: &Condvar, guard: MutexGuard<'a, T>, deadline: Instant) -> MutexGuard<'a, T> {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    condvar
+        .wait_timeout(guard, timeout)
+        .unwrap_or_else(PoisonError::into_inner)
+        .0
 }

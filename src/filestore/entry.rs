@@ -10,9 +10,12 @@
 //! 40..    key, value
 //! ```
 //!
-//! Files are written whole to a temp file and renamed into place, and
-//! never modified after; the checksum and exact length still catch a file
-//! someone else truncated or scribbled on, which then reads as a miss.
+//! Files are written whole to a temp file and renamed into place. The one
+//! change made in place is a same-size rewrite of a small file (`incr`,
+//! `touch`; see `IN_PLACE_MAX` in `store`): a reader that catches one half
+//! done fails the checksum and reads again. The checksum and exact length
+//! also catch a file someone else truncated or scribbled on, which then
+//! reads as a miss.
 
 use xxhash_rust::xxh3::Xxh3;
 

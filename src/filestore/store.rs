@@ -666,8 +666,7 @@ fn retrying_if_removed<T>(mut operation: impl FnMut() -> Result<T>) -> Result<T>
 /// content then is gone). Swapping with `renameat2(RENAME_EXCHANGE)` and
 /// unlinking the old file costs a fraction of a plain `rename` over an
 /// existing file, which ext4 turns into a forced write-back of the new
-/// file's data (its `auto_da_alloc` heuristic; measured here: 163 µs vs
-/// 38 µs per write).
+/// file's data (its `auto_da_alloc` heuristic; figures in the README).
 fn install(temp: &Path, path: &Path) -> Result<bool> {
     match exchange(temp, path) {
         Ok(true) => {

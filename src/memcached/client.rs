@@ -3,29 +3,22 @@
 
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Guard};
-
-use crate::stats::{Counters, Failure, Snapshot};
+use crate::fork::{Built, PerProcess};
+use crate::stats::{Counters, Snapshot};
 
 use super::address::Address;
 use super::combine::{RoundTrip, duplicate};
 use super::connection::Connection;
 use super::error::{Error, Result};
-use super::pool::{Config, Lease, Pool};
+use super::item::Item;
 use super::protocol::{self, Reply, Status, StoreMode};
 use super::routing::Rendezvous;
+use super::server::{Config, Lease, Server};
 
 /// Keys per pipelined round trip in a batch. Bounded so that requests
 /// never fill the socket buffers while the server is blocked writing
 /// replies we have not read yet.
 const CHUNK: usize = 128;
-
-/// A stored value with its client flags.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    pub value: Vec<u8>,
-    pub flags: u32,
-}
 
 /// The keys (indexes into the request) that a failed server took with it.
 #[derive(Debug)]
@@ -54,7 +47,7 @@ pub enum StoreOutcome {
 
 pub struct Client {
     stats: Counters,
-    pools: ArcSwap<Pools>,
+    servers: PerProcess<Vec<Server>>,
     addresses: Vec<Address>,
     config: Config,
     router: Rendezvous,
@@ -64,68 +57,33 @@ pub struct Client {
 /// gets that rode in another caller's round trip.
 pub type ServerPool = (String, usize, usize, u64, u64);
 
-/// One pool per server, for one fork generation.
-struct Pools {
-    generation: u64,
-    list: Vec<Pool>,
-}
-
-impl Pools {
-    fn new(addresses: &[Address], config: &Config) -> Pools {
-        Pools {
-            generation: crate::fork::generation(),
-            list: addresses.iter().map(|a| Pool::new(a.clone(), config.clone())).collect(),
-        }
-    }
-}
-
-impl Failure for Error {
-    fn is_failure(&self) -> bool {
-        !matches!(
-            self,
-            Error::InvalidKey(_) | Error::ValueTooLarge { .. } | Error::NotANumber { .. } | Error::Config(_)
-        )
-    }
-}
-
-impl Error {
-    /// Errors after which the stream is still in step: the whole reply was
-    /// read, so the connection may serve another request.
-    fn keeps_connection(&self) -> bool {
-        matches!(
-            self,
-            Error::Server { .. } | Error::ValueTooLarge { .. } | Error::NotANumber { .. }
-        )
-    }
-}
-
-fn io_error(pool: &Pool) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::from_io(&pool.name, source)
+fn io_error(server: &Server) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::from_io(server.name(), source)
 }
 
 /// Read one reply line; a meta reply must carry `opaque`.
-fn read_reply(conn: &mut Connection, pool: &Pool, opaque: Option<u32>) -> Result<Reply> {
-    let line = conn.read_line().map_err(io_error(pool))?;
+fn read_reply(conn: &mut Connection, server: &Server, opaque: Option<u32>) -> Result<Reply> {
+    let line = conn.read_line().map_err(io_error(server))?;
     let reply = protocol::parse_reply(line);
     match (&reply, opaque) {
         (Reply::Meta { opaque: got, .. }, Some(want)) if *got != Some(want) => Err(Error::protocol(
-            &pool.name,
+            server.name(),
             format!("reply tagged {got:?} for request {want}"),
         )),
-        (Reply::Garbage(line), _) => Err(Error::protocol(&pool.name, format!("unparseable reply {line:?}"))),
+        (Reply::Garbage(line), _) => Err(Error::protocol(server.name(), format!("unparseable reply {line:?}"))),
         _ => Ok(reply),
     }
 }
 
 /// The error for a reply that does not answer the request that was sent.
-fn unexpected(pool: &Pool, reply: Reply) -> Error {
+fn unexpected(server: &Server, reply: Reply) -> Error {
     match reply {
         Reply::ServerError(message) => Error::Server {
-            server: pool.name.clone(),
+            server: server.name().to_owned(),
             message,
         },
-        Reply::ClientError(message) => Error::protocol(&pool.name, format!("CLIENT_ERROR {message}")),
-        other => Error::protocol(&pool.name, format!("unexpected reply {other:?}")),
+        Reply::ClientError(message) => Error::protocol(server.name(), format!("CLIENT_ERROR {message}")),
+        other => Error::protocol(server.name(), format!("unexpected reply {other:?}")),
     }
 }
 
@@ -159,7 +117,7 @@ impl Client {
         let router = Rendezvous::new(addresses.iter().map(Address::node_name).collect());
         Ok(Client {
             stats: Counters::default(),
-            pools: ArcSwap::from_pointee(Pools::new(&addresses, &config)),
+            servers: PerProcess::new(),
             addresses,
             config,
             router,
@@ -175,23 +133,14 @@ impl Client {
         &self.config
     }
 
-    /// This process's pools. In a forked child, the first call swaps in
-    /// new ones: the inherited pools' sockets belong to the parent, and a
-    /// lock in them may have been held by a parent thread at the fork, so
-    /// they are never touched again (leaked, not dropped).
-    fn current(&self) -> Guard<Arc<Pools>> {
-        let pools = self.pools.load();
-        if pools.generation == crate::fork::generation() {
-            return pools;
-        }
-        let fresh = Arc::new(Pools::new(&self.addresses, &self.config));
-        let previous = self.pools.compare_and_swap(&*pools, fresh);
-        if Arc::ptr_eq(&*previous, &*pools) {
-            // Ours swapped (not another thread of the child): the slot's
-            // reference to the inherited pools is never dropped.
-            std::mem::forget(Guard::into_inner(previous));
-        }
-        self.pools.load()
+    /// This process's servers (a forked child builds its own).
+    fn current(&self) -> Arc<Built<Vec<Server>>> {
+        self.servers.get(|| {
+            self.addresses
+                .iter()
+                .map(|a| Server::new(a.clone(), &self.config))
+                .collect()
+        })
     }
 
     /// Index of the server that owns `key`.
@@ -202,8 +151,8 @@ impl Client {
     /// Run one request/reply exchange on a leased connection. The
     /// connection goes back to the pool only if the exchange left the
     /// stream in step.
-    fn exchange<T>(&self, pool: &Pool, run: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut lease = pool.lease()?;
+    fn exchange<T>(&self, server: &Server, run: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut lease = server.lease()?;
         let result = run(lease.conn());
         match &result {
             Ok(_) => lease.release(),
@@ -219,46 +168,47 @@ impl Client {
         &self,
         key: &[u8],
         build: impl FnOnce(&mut Vec<u8>, u32),
-        answer: impl FnOnce(&mut Connection, &Pool, Reply) -> Result<T>,
+        answer: impl FnOnce(&mut Connection, &Server, Reply) -> Result<T>,
     ) -> Result<T> {
-        self.on_server(key, |pool| self.single_on(pool, build, answer))
+        self.on_server(key, |server| self.single_on(server, build, answer))
     }
 
     /// `single` on a server already chosen.
     fn single_on<T>(
         &self,
-        pool: &Pool,
+        server: &Server,
         build: impl FnOnce(&mut Vec<u8>, u32),
-        answer: impl FnOnce(&mut Connection, &Pool, Reply) -> Result<T>,
+        answer: impl FnOnce(&mut Connection, &Server, Reply) -> Result<T>,
     ) -> Result<T> {
-        self.exchange(pool, |conn| {
-            let reply = request(conn, pool, build)?;
-            answer(conn, pool, reply)
+        self.exchange(server, |conn| {
+            let reply = request(conn, server, build)?;
+            answer(conn, server, reply)
         })
     }
 
-    /// Run `run` with the pool of the server that owns `key`, after
+    /// Run `run` with the server that owns `key`, after
     /// checking the key.
-    fn on_server<T>(&self, key: &[u8], run: impl FnOnce(&Pool) -> Result<T>) -> Result<T> {
+    fn on_server<T>(&self, key: &[u8], run: impl FnOnce(&Server) -> Result<T>) -> Result<T> {
         check_keys([key])?;
-        let pools = self.current();
-        run(&pools.list[self.router.route(key)])
+        run(&self.current()[self.router.route(key)])
     }
 
     /// Fetch a value. Gets that arrive together for one server share a
     /// round trip (see `combine`).
     pub fn get(&self, key: &[u8]) -> Result<Option<Item>> {
-        let result = self.on_server(key, |pool| {
-            let config = pool.config();
+        let result = self.on_server(key, |server| {
+            let config = server.config();
             if !config.combine_gets {
-                return self.get_alone(pool, key);
+                return self.get_alone(server, key);
             }
             let patience = config.connect_timeout + config.io_timeout * 4;
-            let (outcome, recorded) = pool.combiner.get(key, patience, &CombinedGet { client: self, pool });
+            let (outcome, recorded) = server
+                .combiner
+                .get(key, patience, &CombinedGet { client: self, server });
             match &outcome {
                 // One failure per get in the server's health, so its log
                 // line counts the calls that failed.
-                Err(error) if !recorded && error.is_server_failure() => pool.health.failed(error),
+                Err(error) if !recorded && error.is_server_failure() => server.pool.health.failed(error),
                 _ => {}
             }
             outcome
@@ -267,34 +217,34 @@ impl Client {
     }
 
     /// One get on its own round trip.
-    fn get_alone(&self, pool: &Pool, key: &[u8]) -> Result<Option<Item>> {
+    fn get_alone(&self, server: &Server, key: &[u8]) -> Result<Option<Item>> {
         self.single_on(
-            pool,
+            server,
             |out, opaque| protocol::meta_get(out, key, opaque, true, None, false),
-            |conn, pool, reply| match reply {
+            |conn, server, reply| match reply {
                 Reply::Meta {
                     status: Status::Value(size),
                     flags,
                     ..
                 } => {
-                    let value = conn.read_value(size).map_err(io_error(pool))?;
+                    let value = conn.read_value(size).map_err(io_error(server))?;
                     Ok(Some(Item { value, flags }))
                 }
                 Reply::Meta {
                     status: Status::Miss, ..
                 } => Ok(None),
-                other => Err(unexpected(pool, other)),
+                other => Err(unexpected(server, other)),
             },
         )
     }
 
     /// Several callers' gets as one pipeline on one connection.
-    fn get_pipelined(&self, pool: &Pool, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
+    fn get_pipelined(&self, server: &Server, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
         let op = GetMany { keys };
         let indexes: Vec<usize> = (0..keys.len()).collect();
         let mut results = vec![None; keys.len()];
-        let outcome = send_batch(pool, &op, &indexes).and_then(|(lease, first)| {
-            finish_batch(pool, lease, &op, &indexes, first, &mut results).map_err(|(_, e)| e)
+        let outcome = send_batch(server, &op, &indexes).and_then(|(lease, first)| {
+            finish_batch(server, lease, &op, &indexes, first, &mut results).map_err(|(_, e)| e)
         });
         match outcome {
             Ok(()) => results.into_iter().map(Ok).collect(),
@@ -319,14 +269,14 @@ impl Client {
         let result = self.single(
             key,
             |out, opaque| protocol::meta_get(out, key, opaque, false, ttl, false),
-            |_, pool, reply| match reply {
+            |_, server, reply| match reply {
                 Reply::Meta {
                     status: Status::Stored, ..
                 } => Ok(true),
                 Reply::Meta {
                     status: Status::Miss, ..
                 } => Ok(false),
-                other => Err(unexpected(pool, other)),
+                other => Err(unexpected(server, other)),
             },
         );
         self.stats.other(result)
@@ -340,7 +290,7 @@ impl Client {
         let result = self.single(
             key,
             |out, opaque| protocol::meta_set(out, key, value, flags, ttl, mode, opaque),
-            |conn, pool, reply| match reply {
+            |conn, server, reply| match reply {
                 Reply::Meta {
                     status: Status::Stored, ..
                 } => Ok(true),
@@ -350,14 +300,14 @@ impl Client {
                 } if mode == StoreMode::Add => Ok(false),
                 Reply::ServerError(message) if message.contains("too large") => {
                     if mode == StoreMode::Set {
-                        delete_on(conn, pool, key)?;
+                        delete_on(conn, server, key)?;
                     }
                     Err(Error::ValueTooLarge {
-                        server: pool.name.clone(),
+                        server: server.name().to_owned(),
                         size: value.len(),
                     })
                 }
-                other => Err(unexpected(pool, other)),
+                other => Err(unexpected(server, other)),
             },
         );
         self.stats.stored_if(result)
@@ -365,7 +315,7 @@ impl Client {
 
     /// Delete a key; true if it was present.
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        let deleted = self.on_server(key, |pool| self.exchange(pool, |conn| delete_on(conn, pool, key)));
+        let deleted = self.on_server(key, |server| self.exchange(server, |conn| delete_on(conn, server, key)));
         self.stats.delete(deleted)
     }
 
@@ -376,26 +326,26 @@ impl Client {
         let result = self.single(
             key,
             |out, opaque| protocol::meta_arithmetic(out, key, delta, decrement, opaque),
-            |conn, pool, reply| match reply {
+            |conn, server, reply| match reply {
                 Reply::Meta {
                     status: Status::Value(size),
                     ..
                 } => {
-                    let digits = conn.read_value(size).map_err(io_error(pool))?;
+                    let digits = conn.read_value(size).map_err(io_error(server))?;
                     std::str::from_utf8(&digits)
                         .ok()
                         .and_then(|d| d.trim().parse().ok())
                         .map(Some)
-                        .ok_or_else(|| Error::protocol(&pool.name, "arithmetic reply is not a number"))
+                        .ok_or_else(|| Error::protocol(server.name(), "arithmetic reply is not a number"))
                 }
                 Reply::Meta {
                     status: Status::NotFound,
                     ..
                 } => Ok(None),
                 Reply::ClientError(message) if message.contains("non-numeric") => Err(Error::NotANumber {
-                    server: pool.name.clone(),
+                    server: server.name().to_owned(),
                 }),
-                other => Err(unexpected(pool, other)),
+                other => Err(unexpected(server, other)),
             },
         );
         self.stats.other(result)
@@ -405,15 +355,15 @@ impl Client {
     /// returned.
     pub fn flush_all(&self) -> Result<()> {
         let mut first_error = None;
-        for pool in &self.current().list {
-            let result = self.exchange(pool, |conn| {
+        for server in self.current().iter() {
+            let result = self.exchange(server, |conn| {
                 conn.out.extend_from_slice(b"flush_all\r\n");
-                conn.send().map_err(io_error(pool))?;
-                let line = conn.read_line().map_err(io_error(pool))?;
+                conn.send().map_err(io_error(server))?;
+                let line = conn.read_line().map_err(io_error(server))?;
                 if line == b"OK" {
                     Ok(())
                 } else {
-                    Err(unexpected(pool, protocol::parse_reply(line)))
+                    Err(unexpected(server, protocol::parse_reply(line)))
                 }
             });
             if let Err(error) = result {
@@ -426,8 +376,8 @@ impl Client {
 
     /// Close every idle pooled connection.
     pub fn close_idle(&self) {
-        for pool in &self.current().list {
-            pool.close_idle();
+        for server in self.current().iter() {
+            server.pool.close_idle();
         }
     }
 
@@ -435,15 +385,14 @@ impl Client {
     pub fn stats(&self) -> (Snapshot, Vec<ServerPool>) {
         let servers = self
             .current()
-            .list
             .iter()
-            .map(|p| {
+            .map(|s| {
                 (
-                    p.name.clone(),
-                    p.idle_count(),
-                    p.in_use(),
-                    p.connects(),
-                    p.combiner.riders(),
+                    s.name().to_owned(),
+                    s.pool.idle(),
+                    s.pool.in_use(),
+                    s.pool.connects(),
+                    s.combiner.riders(),
                 )
             })
             .collect();
@@ -452,7 +401,7 @@ impl Client {
 
     /// Idle pooled connections, per server.
     pub fn idle_connections(&self) -> Vec<usize> {
-        self.current().list.iter().map(Pool::idle_count).collect()
+        self.current().iter().map(|s| s.pool.idle()).collect()
     }
 
     /// Fetch many keys: one pipelined multi-get per server, all servers
@@ -501,27 +450,27 @@ impl Client {
     /// the rest chunk by chunk. A server that fails loses only its own
     /// keys.
     fn run_batch<Op: BatchOp>(&self, keys: &[&[u8]], results: &mut [Op::Out], op: &Op) -> Result<Vec<BatchFailure>> {
-        let pools = self.current();
-        let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); pools.list.len()];
+        let servers = self.current();
+        let mut by_server: Vec<Vec<usize>> = vec![Vec::new(); servers.len()];
         for (index, key) in keys.iter().enumerate() {
             by_server[self.router.route(key)].push(index);
         }
         let mut failures = Vec::new();
-        let mut started: Vec<(&Pool, Lease<'_>, Vec<usize>, u32)> = Vec::new();
-        for (pool, indexes) in pools.list.iter().zip(by_server) {
+        let mut started: Vec<(&Server, Lease<'_>, Vec<usize>, u32)> = Vec::new();
+        for (server, indexes) in servers.iter().zip(by_server) {
             if indexes.is_empty() {
                 continue;
             }
-            match send_batch(pool, op, &indexes) {
-                Ok((lease, first_opaque)) => started.push((pool, lease, indexes, first_opaque)),
+            match send_batch(server, op, &indexes) {
+                Ok((lease, first_opaque)) => started.push((server, lease, indexes, first_opaque)),
                 Err(error) => {
                     self.stats.failed(&error);
                     failures.push(BatchFailure { indexes, error });
                 }
             }
         }
-        for (pool, lease, indexes, first_opaque) in started {
-            if let Err((done, error)) = finish_batch(pool, lease, op, &indexes, first_opaque, results) {
+        for (server, lease, indexes, first_opaque) in started {
+            if let Err((done, error)) = finish_batch(server, lease, op, &indexes, first_opaque, results) {
                 self.stats.failed(&error);
                 failures.push(BatchFailure {
                     indexes: indexes[done..].to_vec(),
@@ -533,12 +482,12 @@ impl Client {
     }
 }
 
-/// Lease a connection to `pool` and send the first chunk of a batch for
+/// Lease a connection to `server` and send the first chunk of a batch for
 /// the keys at `indexes`; returns the lease and the chunk's first opaque.
-fn send_batch<'p, Op: BatchOp>(pool: &'p Pool, op: &Op, indexes: &[usize]) -> Result<(Lease<'p>, u32)> {
-    let mut lease = pool.lease()?;
+fn send_batch<'p, Op: BatchOp>(server: &'p Server, op: &Op, indexes: &[usize]) -> Result<(Lease<'p>, u32)> {
+    let mut lease = server.lease()?;
     let first_opaque = op.write(lease.conn(), &indexes[..indexes.len().min(CHUNK)]);
-    match lease.conn().send().map_err(io_error(pool)) {
+    match lease.conn().send().map_err(io_error(server)) {
         Ok(()) => Ok((lease, first_opaque)),
         Err(error) => {
             lease.discard(&error);
@@ -551,7 +500,7 @@ fn send_batch<'p, Op: BatchOp>(pool: &'p Pool, op: &Op, indexes: &[usize]) -> Re
 /// goes back to the pool only if every reply was read; on failure, how
 /// many keys were answered before it, and the error.
 fn finish_batch<Op: BatchOp>(
-    pool: &Pool,
+    server: &Server,
     mut lease: Lease<'_>,
     op: &Op,
     indexes: &[usize],
@@ -565,9 +514,9 @@ fn finish_batch<Op: BatchOp>(
             Ok(())
         } else {
             opaque = op.write(lease.conn(), chunk);
-            lease.conn().send().map_err(io_error(pool))
+            lease.conn().send().map_err(io_error(server))
         };
-        if let Err(error) = step.and_then(|()| op.read(lease.conn(), pool, chunk, opaque, results)) {
+        if let Err(error) = step.and_then(|()| op.read(lease.conn(), server, chunk, opaque, results)) {
             // A pipeline's remaining replies are unread: never reuse.
             lease.discard(&error);
             return Err((done, error));
@@ -581,29 +530,31 @@ fn finish_batch<Op: BatchOp>(
 /// The round trip a combined get's leader runs.
 struct CombinedGet<'a> {
     client: &'a Client,
-    pool: &'a Pool,
+    server: &'a Server,
 }
 
 impl RoundTrip for CombinedGet<'_> {
     fn run(&self, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
         match keys {
-            [key] => vec![self.client.get_alone(self.pool, key)],
-            _ => self.client.get_pipelined(self.pool, keys),
+            [key] => vec![self.client.get_alone(self.server, key)],
+            _ => self.client.get_pipelined(self.server, keys),
         }
     }
 }
 
 /// Send one request built with a fresh opaque token and read its reply
 /// line, which must carry that token.
-fn request(conn: &mut Connection, pool: &Pool, build: impl FnOnce(&mut Vec<u8>, u32)) -> Result<Reply> {
+fn request(conn: &mut Connection, server: &Server, build: impl FnOnce(&mut Vec<u8>, u32)) -> Result<Reply> {
     let opaque = conn.opaque();
     build(&mut conn.out, opaque);
-    conn.send().map_err(io_error(pool))?;
-    read_reply(conn, pool, Some(opaque))
+    conn.send().map_err(io_error(server))?;
+    read_reply(conn, server, Some(opaque))
 }
 
-fn delete_on(conn: &mut Connection, pool: &Pool, key: &[u8]) -> Result<bool> {
-    match request(conn, pool, |out, opaque| protocol::meta_delete(out, key, opaque, false))? {
+fn delete_on(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<bool> {
+    match request(conn, server, |out, opaque| {
+        protocol::meta_delete(out, key, opaque, false)
+    })? {
         Reply::Meta {
             status: Status::Stored, ..
         } => Ok(true),
@@ -611,7 +562,7 @@ fn delete_on(conn: &mut Connection, pool: &Pool, key: &[u8]) -> Result<bool> {
             status: Status::NotFound,
             ..
         } => Ok(false),
-        other => Err(unexpected(pool, other)),
+        other => Err(unexpected(server, other)),
     }
 }
 
@@ -625,7 +576,7 @@ trait BatchOp {
     fn read(
         &self,
         conn: &mut Connection,
-        pool: &Pool,
+        server: &Server,
         chunk: &[usize],
         first_opaque: u32,
         out: &mut [Self::Out],
@@ -642,11 +593,16 @@ fn opaque_block(conn: &mut Connection, n: usize) -> u32 {
 }
 
 /// Position in the chunk of the reply tagged `opaque`.
-fn chunk_position(pool: &Pool, opaque: Option<u32>, first: u32, len: usize) -> Result<usize> {
+fn chunk_position(server: &Server, opaque: Option<u32>, first: u32, len: usize) -> Result<usize> {
     opaque
         .map(|o| o.wrapping_sub(first) as usize)
         .filter(|&pos| pos < len)
-        .ok_or_else(|| Error::protocol(&pool.name, format!("reply tagged {opaque:?} is not part of the batch")))
+        .ok_or_else(|| {
+            Error::protocol(
+                server.name(),
+                format!("reply tagged {opaque:?} is not part of the batch"),
+            )
+        })
 }
 
 struct GetMany<'a> {
@@ -669,24 +625,24 @@ impl BatchOp for GetMany<'_> {
     fn read(
         &self,
         conn: &mut Connection,
-        pool: &Pool,
+        server: &Server,
         chunk: &[usize],
         first: u32,
         out: &mut [Option<Item>],
     ) -> Result<()> {
         // Quiet gets answer hits only.
-        until_noop(conn, pool, |conn, reply| match reply {
+        until_noop(conn, server, |conn, reply| match reply {
             Reply::Meta {
                 status: Status::Value(size),
                 flags,
                 opaque,
             } => {
-                let pos = chunk_position(pool, opaque, first, chunk.len())?;
-                let value = conn.read_value(size).map_err(io_error(pool))?;
+                let pos = chunk_position(server, opaque, first, chunk.len())?;
+                let value = conn.read_value(size).map_err(io_error(server))?;
                 out[chunk[pos]] = Some(Item { value, flags });
                 Ok(())
             }
-            other => Err(unexpected(pool, other)),
+            other => Err(unexpected(server, other)),
         })
     }
 }
@@ -720,7 +676,7 @@ impl BatchOp for SetMany<'_> {
     fn read(
         &self,
         conn: &mut Connection,
-        pool: &Pool,
+        server: &Server,
         chunk: &[usize],
         first: u32,
         out: &mut [StoreOutcome],
@@ -728,12 +684,12 @@ impl BatchOp for SetMany<'_> {
         // Replies come in request order; error lines carry no token.
         for (pos, &index) in chunk.iter().enumerate() {
             let opaque = first.wrapping_add(pos as u32);
-            out[index] = match read_reply(conn, pool, Some(opaque))? {
+            out[index] = match read_reply(conn, server, Some(opaque))? {
                 Reply::Meta {
                     status: Status::Stored, ..
                 } => StoreOutcome::Stored,
                 Reply::ServerError(message) if message.contains("too large") => StoreOutcome::TooLarge,
-                other => return Err(unexpected(pool, other)),
+                other => return Err(unexpected(server, other)),
             };
         }
         Ok(())
@@ -756,16 +712,16 @@ impl BatchOp for DeleteMany<'_> {
         first
     }
 
-    fn read(&self, conn: &mut Connection, pool: &Pool, chunk: &[usize], first: u32, _out: &mut [()]) -> Result<()> {
+    fn read(&self, conn: &mut Connection, server: &Server, chunk: &[usize], first: u32, _out: &mut [()]) -> Result<()> {
         // Quiet deletes stay silent on success; some servers still answer
         // NF for a missing key.
-        until_noop(conn, pool, |_, reply| match reply {
+        until_noop(conn, server, |_, reply| match reply {
             Reply::Meta {
                 status: Status::NotFound | Status::Stored,
                 opaque,
                 ..
-            } => chunk_position(pool, opaque, first, chunk.len()).map(drop),
-            other => Err(unexpected(pool, other)),
+            } => chunk_position(server, opaque, first, chunk.len()).map(drop),
+            other => Err(unexpected(server, other)),
         })
     }
 }
@@ -774,11 +730,11 @@ impl BatchOp for DeleteMany<'_> {
 /// other reply to `each`.
 fn until_noop(
     conn: &mut Connection,
-    pool: &Pool,
+    server: &Server,
     mut each: impl FnMut(&mut Connection, Reply) -> Result<()>,
 ) -> Result<()> {
     loop {
-        match read_reply(conn, pool, None)? {
+        match read_reply(conn, server, None)? {
             Reply::Meta {
                 status: Status::NoOp, ..
             } => return Ok(()),

@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::sync::locked;
+use crate::sync::{locked, wait_until};
 
-use super::client::Item;
 use super::error::{Error, Result};
+use super::item::Item;
 use super::spin::InFlight;
 
 /// Most gets in one combined round trip (the rest wait for the next).
@@ -154,8 +154,7 @@ impl Combiner {
             if !matches!(*turn, Turn::Queued) {
                 return std::mem::replace(&mut *turn, Turn::Queued);
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 drop(turn);
                 // Still in the queue: leave it, and no one will answer. Not
                 // there: a leader took it and answers shortly.
@@ -171,11 +170,7 @@ impl Combiner {
                 }
                 continue;
             }
-            turn = waiter
-                .changed
-                .wait_timeout(turn, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            turn = wait_until(&waiter.changed, turn, deadline);
         }
     }
 

@@ -141,8 +141,6 @@ pub(crate) struct Connection {
     pub(crate) out: Vec<u8>,
     line: Vec<u8>,
     next_opaque: u32,
-    /// When it was last put back into the pool.
-    pub(crate) idle_since: Instant,
 }
 
 impl Connection {
@@ -165,7 +163,6 @@ impl Connection {
             out: Vec::with_capacity(1024),
             line: Vec::with_capacity(128),
             next_opaque: 0,
-            idle_since: Instant::now(),
         })
     }
 

@@ -53,6 +53,15 @@ impl Error {
         )
     }
 
+    /// Errors after which the stream is still in step: the whole reply was
+    /// read, so the connection may serve another request.
+    pub(crate) fn keeps_connection(&self) -> bool {
+        matches!(
+            self,
+            Error::Server { .. } | Error::ValueTooLarge { .. } | Error::NotANumber { .. }
+        )
+    }
+
     pub(crate) fn from_io(server: &str, source: io::Error) -> Error {
         match source.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
@@ -70,6 +79,12 @@ impl Error {
             server: server.to_owned(),
             detail: detail.into(),
         }
+    }
+}
+
+impl crate::stats::Failure for Error {
+    fn is_failure(&self) -> bool {
+        self.is_server_failure()
     }
 }
 

@@ -2,16 +2,15 @@
 //!
 //! On a server on the same host a reply comes back in tens of
 //! microseconds, and putting the thread to sleep and waking it again costs
-//! about as much (measured here: 48 µs per get blocking, 26 µs spinning).
-//! So a thread first polls its socket without blocking for a short while,
-//! then sleeps. It only spins when that pays and is cheap:
+//! about as much. So a thread first polls its socket without blocking for
+//! a short while, then sleeps. It only spins when that pays and is cheap:
 //!
 //! * the server's replies usually arrive within the spin budget (an EWMA
 //!   of observed reply times; a remote server is never spun for), and
 //! * at most half the CPUs' worth of calls are in flight in this process,
 //!   so spinning never takes the CPU the server or other requests need
-//!   (measured: with 8 busy threads on 2 cores, spinning cost 20% of the
-//!   throughput; with 1 thread it doubled it).
+//!   (with more busy threads than cores it costs throughput; with one
+//!   thread it is most of the gain, see the README).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

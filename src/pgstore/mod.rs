@@ -2,8 +2,8 @@
 //! read-modify-write, one round trip per batch, a pool that drops broken
 //! connections.
 
+mod connection;
 mod error;
-mod pool;
 mod store;
 
 pub use error::{Error, Result};

@@ -15,8 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
-
+use crate::fork::{Built, PerProcess};
 use crate::stats::{Counters, Snapshot};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,8 +25,8 @@ use postgres::types::{ToSql, Type};
 use postgres::{Row, Transaction};
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::connection::{self, PgConnection, Pool};
 use super::error::{Error, Result};
-use super::pool::{PgConnection, Pool, Pooled};
 use crate::Limits;
 
 /// Django stores "never expires" as `datetime.max` without microseconds;
@@ -184,9 +183,7 @@ impl Census {
 }
 
 pub struct PgStore {
-    /// Replaced after a fork (the child never touches the inherited pool's
-    /// locks or sockets); lock-free to read.
-    pool: ArcSwap<Pool>,
+    pool: PerProcess<Pool>,
     config: postgres::Config,
     pool_size: u32,
     connect_timeout: Duration,
@@ -222,13 +219,8 @@ impl PgStore {
         if settings.pool_size == 0 {
             return Err(Error::Config("POOL_SIZE must be at least 1".into()));
         }
-        let pool = Pool::new(
-            settings.config.clone(),
-            settings.pool_size as usize,
-            settings.connect_timeout,
-        );
         Ok(PgStore {
-            pool: ArcSwap::from_pointee(pool),
+            pool: PerProcess::new(),
             config: settings.config,
             pool_size: settings.pool_size,
             connect_timeout: settings.connect_timeout,
@@ -251,50 +243,28 @@ impl PgStore {
 
     /// The operation counters, and the pool: (size, open, idle, dialed).
     pub fn stats(&self) -> (Snapshot, (u32, usize, usize, u64)) {
-        let pool = self.current_pool();
+        let pool = self.pool();
         (
             self.stats.snapshot(),
-            (self.pool_size, pool.connections(), pool.idle(), pool.connects()),
+            (self.pool_size, pool.open(), pool.idle(), pool.connects()),
         )
     }
 
     /// Connections open now (idle and in use).
     pub fn connections(&self) -> u32 {
-        self.pool.load().connections() as u32
+        self.pool().open() as u32
     }
 
     /// Close the idle connections; calls in flight finish on theirs, which
     /// go back to the pool. The next call connects again.
     pub fn close_idle(&self) {
-        self.current_pool().close_idle();
+        self.pool().close_idle();
     }
 
-    fn current_pool(&self) -> Arc<Pool> {
-        let pool = self.pool.load_full();
-        let generation = crate::fork::generation();
-        if pool.generation == generation {
-            return pool;
-        }
-        // In a forked child: the inherited pool's sockets belong to the
-        // parent (two processes on one connection read each other's
-        // replies). Swap in a new pool; the inherited one leaks its idle
-        // connections when dropped (see `Pool`'s Drop).
-        let fresh = Arc::new(Pool::new(
-            self.config.clone(),
-            self.pool_size as usize,
-            self.connect_timeout,
-        ));
-        let previous = self.pool.compare_and_swap(&pool, Arc::clone(&fresh));
-        if Arc::ptr_eq(&previous, &pool) {
-            fresh
-        } else {
-            // Another thread of the child swapped first.
-            Arc::clone(&previous)
-        }
-    }
-
-    fn checkout(&self) -> Result<Pooled> {
-        self.current_pool().get()
+    /// This process's pool (a forked child builds its own).
+    fn pool(&self) -> Arc<Built<Pool>> {
+        self.pool
+            .get(|| connection::pool(self.config.clone(), self.pool_size as usize, self.connect_timeout))
     }
 
     fn query(&self, conn: &mut PgConnection, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
@@ -322,12 +292,13 @@ impl PgStore {
     /// idempotent), so a pooled connection found dead (a restarted
     /// server) is replaced and the statement sent once more.
     fn statement(&self, retry: bool, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
-        let result = self
-            .checkout()
+        let pool = self.pool();
+        let result = pool
+            .lease()
             .and_then(|mut conn| match self.query(&mut conn, sql, params) {
                 Err(error) if retry && error.is_connection_loss() => {
                     drop(conn);
-                    let mut conn = self.checkout()?;
+                    let mut conn = pool.lease()?;
                     self.query(&mut conn, sql, params)
                 }
                 other => other,
@@ -540,7 +511,8 @@ impl PgStore {
         // BEGIN and the lock in one round trip; the lock id is a number we
         // computed, not a value from the caller.
         let begin = format!("BEGIN; SELECT pg_advisory_xact_lock({})", self.lock_id(key));
-        let mut conn = self.checkout()?;
+        let pool = self.pool();
+        let mut conn = pool.lease()?;
         // The first round trip changes nothing, so a dead pooled connection
         // there is replaced, once.
         self.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -552,7 +524,7 @@ impl PgStore {
             }
             conn.lost(&error);
             drop(conn);
-            conn = self.checkout()?;
+            conn = pool.lease()?;
             self.round_trips.fetch_add(1, Ordering::Relaxed);
             conn.client.batch_execute(&begin).map_err(|e| {
                 conn.poison();
@@ -630,7 +602,8 @@ impl PgStore {
         if count <= limits.max_entries {
             return Ok(());
         }
-        let mut conn = self.checkout()?;
+        let pool = self.pool();
+        let mut conn = pool.lease()?;
         let result = self.cull(&mut conn, count, now, limits);
         if result.is_err() {
             conn.poison();

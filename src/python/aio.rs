@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::{Condvar, Mutex, PoisonError};
 
+use crate::fork::PerProcess;
 use crate::sync::locked;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -55,10 +56,10 @@ const EXIT_WAIT: Duration = Duration::from_secs(5);
 static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
 static EXITING: AtomicBool = AtomicBool::new(false);
 
-/// The runtime of this process and its delivery thread, with the fork
-/// generation they were built in: a forked child has none of its parent's
-/// threads and builds its own.
-static ENGINE: Mutex<Option<(u64, &'static Engine)>> = Mutex::new(None);
+/// The runtime of this process and its delivery thread: a forked child has
+/// none of its parent's threads and builds its own. Built with the GIL
+/// held, so once per process.
+static ENGINE: PerProcess<&'static Engine> = PerProcess::new();
 
 struct Engine {
     runtime: tokio::runtime::Runtime,
@@ -89,13 +90,10 @@ enum Route {
 }
 
 fn engine() -> Result<&'static Engine, String> {
-    let generation = crate::fork::generation();
-    let mut current = locked(&ENGINE);
-    if let Some((built_in, engine)) = *current
-        && built_in == generation
-    {
-        return Ok(engine);
-    }
+    ENGINE.get_or_try(build_engine).map(|engine| **engine)
+}
+
+fn build_engine() -> Result<&'static Engine, String> {
     let failed = |what: &str, e: std::io::Error| format!("racefree could not start its async {what}: {e}");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -120,7 +118,6 @@ fn engine() -> Result<&'static Engine, String> {
         .name("racefree-deliver".into())
         .spawn(move || engine.deliveries.run_thread())
         .map_err(|e| failed("delivery thread", e))?;
-    *current = Some((generation, engine));
     Ok(engine)
 }
 

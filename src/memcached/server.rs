@@ -1,0 +1,167 @@
+//! One memcached server as a client sees it: its connection pool and its
+//! get combiner.
+//!
+//! Connections are checked out for exactly one exchange and come back only
+//! if the exchange completed: a connection that timed out or failed
+//! mid-reply still has someone else's reply in it, and reusing it is how
+//! the seed bug happens (a `get` returning another request's value).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::health::Health;
+use crate::pool::{self, Dial, Pool};
+
+use super::address::Address;
+use super::combine::Combiner;
+use super::connection::Connection;
+use super::error::{Error, Result};
+use super::spin::{InFlight, SpinWait};
+
+/// Connection settings shared by every server of a client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Limit on dialing a server, and on waiting for a free connection
+    /// when `max_connections` is reached.
+    pub connect_timeout: Duration,
+    /// Limit on each read and write of an exchange.
+    pub io_timeout: Duration,
+    /// Idle connections kept per server.
+    pub pool_size: usize,
+    /// Hard cap on open connections per server (`None`: no cap).
+    pub max_connections: Option<usize>,
+    /// Idle connections older than this are closed instead of reused.
+    pub idle_timeout: Duration,
+    /// Longest busy-wait for a reply before sleeping (zero: never spin).
+    /// Only servers whose replies usually come back within it are spun
+    /// for; see `spin`.
+    pub spin_wait: Duration,
+    /// Combine concurrent gets to a server into shared round trips (see
+    /// `combine`).
+    pub combine_gets: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            pool_size: 32,
+            max_connections: None,
+            idle_timeout: Duration::from_secs(60),
+            spin_wait: Duration::from_micros(50),
+            combine_gets: true,
+        }
+    }
+}
+
+/// A memcached server: its pool and get combiner.
+pub(crate) struct Server {
+    pub(crate) pool: Pool<Dialer>,
+    /// Concurrent gets to this server, combined into shared round trips.
+    pub(crate) combiner: Combiner,
+}
+
+impl Server {
+    pub(crate) fn new(address: Address, config: &Config) -> Server {
+        let name = address.to_string();
+        let limits = pool::Config {
+            max_idle: config.pool_size,
+            max_open: config.max_connections,
+            wait: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        let dialer = Dialer {
+            address,
+            name: name.clone(),
+            config: config.clone(),
+            spin: Arc::new(SpinWait::new(config.spin_wait)),
+        };
+        Server {
+            pool: Pool::new(dialer, limits, format!("memcached server {name}")),
+            combiner: Combiner::new(name),
+        }
+    }
+
+    /// How errors name the server.
+    pub(crate) fn name(&self) -> &str {
+        &self.pool.dialer.name
+    }
+
+    pub(crate) fn config(&self) -> &Config {
+        &self.pool.dialer.config
+    }
+
+    /// Check out a connection: a live idle one, or a new dial. At
+    /// `max_connections`, wait (up to the connect timeout) for one to come
+    /// back.
+    pub(crate) fn lease(&self) -> Result<Lease<'_>> {
+        Ok(Lease {
+            conn: self.pool.lease()?,
+            health: &self.pool.health,
+            _in_flight: InFlight::start(),
+        })
+    }
+}
+
+/// A connection checked out for one exchange. Dropped without `release`,
+/// the connection is closed, never reused.
+pub(crate) struct Lease<'a> {
+    conn: pool::Lease<'a, Dialer>,
+    health: &'a Health,
+    _in_flight: InFlight,
+}
+
+impl Lease<'_> {
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Return the connection to the pool: call only after a complete,
+    /// in-step exchange.
+    pub(crate) fn release(self) {
+        self.health.succeeded();
+        self.conn.release();
+    }
+
+    /// Close the connection after `error` left it out of step; a failure
+    /// of the server (not of the request) is recorded in its health.
+    pub(crate) fn discard(self, error: &Error) {
+        if error.is_server_failure() {
+            self.health.failed(error);
+        }
+    }
+}
+
+/// How connections to one server are opened.
+pub(crate) struct Dialer {
+    address: Address,
+    /// How errors name the server ("127.0.0.1:11211").
+    name: String,
+    config: Config,
+    spin: Arc<SpinWait>,
+}
+
+impl Dial for Dialer {
+    type Conn = Connection;
+    type Error = Error;
+
+    fn dial(&self) -> Result<Connection> {
+        let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
+        Connection::open(&self.address, connect, io, Arc::clone(&self.spin)).map_err(|source| Error::Connect {
+            server: self.name.clone(),
+            source,
+        })
+    }
+
+    /// Not stale-closed by a restarted server, and holding no stray bytes.
+    fn is_reusable(&self, conn: &Connection) -> bool {
+        conn.is_reusable()
+    }
+
+    fn all_busy(&self, cap: usize, _waited: Duration) -> Error {
+        Error::Timeout {
+            server: format!("{} (all {cap} connections busy)", self.name),
+        }
+    }
+}

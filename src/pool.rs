@@ -1,0 +1,322 @@
+//! The connection pool every store uses.
+//!
+//! Dials happen in the calling thread, so a refused connection fails at
+//! once instead of waiting out a pool timeout. Open connections may be
+//! capped, with a bounded wait for a free one. An idle connection too old
+//! or no longer fit (see `Dial::is_reusable`) is closed on checkout.
+//!
+//! Why not r2d2: its pools start background threads that park on
+//! parking_lot locks, which can hang a forked child (see `crate::sync`).
+//! This pool has no threads and uses `std` locks, and it serves one
+//! process: stores keep theirs in a `crate::fork::PerProcess`, so a forked
+//! child builds its own and never closes or uses its parent's sockets.
+
+use std::fmt::Display;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::health::Health;
+use crate::sync::{locked, wait_until};
+
+/// How a pool opens and vets its connections to one server.
+pub(crate) trait Dial {
+    type Conn;
+    type Error: Display;
+
+    /// Open a connection.
+    fn dial(&self) -> Result<Self::Conn, Self::Error>;
+
+    /// Whether an idle connection may serve another call.
+    fn is_reusable(&self, conn: &Self::Conn) -> bool;
+
+    /// The error when all `cap` connections stayed in use for `waited`.
+    fn all_busy(&self, cap: usize, waited: Duration) -> Self::Error;
+
+    /// Whether a connection whose lease ends without `release` goes back
+    /// to the pool (recording the call's outcome in `health`). By default
+    /// it is closed: its exchange may not have finished.
+    fn keeps_unreleased(&self, _conn: &Self::Conn, _health: &Health) -> bool {
+        false
+    }
+}
+
+pub(crate) struct Config {
+    /// Idle connections kept; one coming back to a full pool is closed.
+    pub(crate) max_idle: usize,
+    /// Open connections at most (`None`: no cap).
+    pub(crate) max_open: Option<usize>,
+    /// Longest wait for a free connection at `max_open`.
+    pub(crate) wait: Duration,
+    /// Idle connections older than this are closed instead of reused.
+    pub(crate) idle_timeout: Duration,
+}
+
+struct State<C> {
+    idle: Vec<(C, Instant)>,
+    /// Connections open now: idle, checked out, or being dialed.
+    open: usize,
+}
+
+pub(crate) struct Pool<D: Dial> {
+    pub(crate) dialer: D,
+    config: Config,
+    state: Mutex<State<D::Conn>>,
+    freed: Condvar,
+    /// Connections dialed so far (reconnects show here).
+    connects: AtomicU64,
+    /// Outages and recoveries, logged once each.
+    pub(crate) health: Health,
+}
+
+/// A checked-out connection. When the lease ends, the connection goes
+/// back to the pool if it was released (or the dialer keeps it), and is
+/// closed otherwise.
+pub(crate) struct Lease<'a, D: Dial> {
+    pool: &'a Pool<D>,
+    /// Taken only by `drop`.
+    conn: Option<D::Conn>,
+    released: bool,
+}
+
+impl<D: Dial> Pool<D> {
+    /// A pool; `server` names the server in health events.
+    pub(crate) fn new(dialer: D, config: Config, server: String) -> Pool<D> {
+        Pool {
+            dialer,
+            config,
+            state: Mutex::new(State {
+                idle: Vec::new(),
+                open: 0,
+            }),
+            freed: Condvar::new(),
+            connects: AtomicU64::new(0),
+            health: Health::new(server),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<D::Conn>> {
+        locked(&self.state)
+    }
+
+    /// Check out a connection: a fit idle one, or a new dial. At
+    /// `max_open`, wait (up to `wait`) for one to come back.
+    pub(crate) fn lease(&self) -> Result<Lease<'_, D>, D::Error> {
+        let cap = self.config.max_open.unwrap_or(usize::MAX);
+        let mut deadline = None;
+        let mut state = self.state();
+        loop {
+            if let Some((conn, since)) = state.idle.pop() {
+                drop(state);
+                if since.elapsed() <= self.config.idle_timeout && self.dialer.is_reusable(&conn) {
+                    return Ok(self.lend(conn));
+                }
+                self.close(conn);
+                state = self.state();
+                continue;
+            }
+            if state.open < cap {
+                state.open += 1;
+                drop(state);
+                return self.dial();
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.config.wait);
+            if Instant::now() >= deadline {
+                return Err(self.dialer.all_busy(cap, self.config.wait));
+            }
+            state = wait_until(&self.freed, state, deadline);
+        }
+    }
+
+    /// Dial into the slot the caller took.
+    fn dial(&self) -> Result<Lease<'_, D>, D::Error> {
+        match self.dialer.dial() {
+            Ok(conn) => {
+                self.connects.fetch_add(1, Ordering::Relaxed);
+                Ok(self.lend(conn))
+            }
+            Err(error) => {
+                self.free_slot();
+                self.health.failed(&error);
+                Err(error)
+            }
+        }
+    }
+
+    fn lend(&self, conn: D::Conn) -> Lease<'_, D> {
+        Lease {
+            pool: self,
+            conn: Some(conn),
+            released: false,
+        }
+    }
+
+    /// A lease ended: keep its connection idle if `keep` and there is
+    /// room, else close it.
+    fn check_in(&self, conn: D::Conn, keep: bool) {
+        if keep {
+            let mut state = self.state();
+            if state.idle.len() < self.config.max_idle {
+                state.idle.push((conn, Instant::now()));
+                drop(state);
+                self.wake_one();
+                return;
+            }
+        }
+        self.close(conn);
+    }
+
+    /// Close a connection (outside the lock), then free its slot.
+    fn close(&self, conn: D::Conn) {
+        drop(conn);
+        self.free_slot();
+    }
+
+    fn free_slot(&self) {
+        self.state().open -= 1;
+        self.wake_one();
+    }
+
+    /// Wake a caller waiting at the cap (without a cap, none ever waits).
+    fn wake_one(&self) {
+        if self.config.max_open.is_some() {
+            self.freed.notify_one();
+        }
+    }
+
+    /// Close the idle connections; checked-out ones are kept.
+    pub(crate) fn close_idle(&self) {
+        let idle = std::mem::take(&mut self.state().idle);
+        for (conn, _) in idle {
+            self.close(conn);
+        }
+    }
+
+    /// Idle connections now.
+    pub(crate) fn idle(&self) -> usize {
+        self.state().idle.len()
+    }
+
+    /// Connections open now (idle, in use or being dialed).
+    pub(crate) fn open(&self) -> usize {
+        self.state().open
+    }
+
+    /// Connections checked out (or being dialed) now.
+    pub(crate) fn in_use(&self) -> usize {
+        let state = self.state();
+        state.open - state.idle.len()
+    }
+
+    /// Connections dialed so far.
+    pub(crate) fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed)
+    }
+}
+
+impl<D: Dial> Lease<'_, D> {
+    /// Give the connection back for reuse: call only when it is fit for
+    /// another call (for memcached, after a complete, in-step exchange).
+    pub(crate) fn release(mut self) {
+        self.released = true;
+    }
+}
+
+impl<D: Dial> Deref for Lease<'_, D> {
+    type Target = D::Conn;
+
+    fn deref(&self) -> &D::Conn {
+        self.conn.as_ref().unwrap_or_else(|| unreachable!("taken only by drop"))
+    }
+}
+
+impl<D: Dial> DerefMut for Lease<'_, D> {
+    fn deref_mut(&mut self) -> &mut D::Conn {
+        self.conn.as_mut().unwrap_or_else(|| unreachable!("taken only by drop"))
+    }
+}
+
+impl<D: Dial> Drop for Lease<'_, D> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let keep = self.released || self.pool.dialer.keeps_unreleased(&conn, &self.pool.health);
+            self.pool.check_in(conn, keep);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Numbered connections: 0 is unfit for reuse, and dials from the
+    /// fourth on are refused.
+    struct Numbers(AtomicUsize);
+
+    impl Dial for Numbers {
+        type Conn = usize;
+        type Error = String;
+
+        fn dial(&self) -> Result<usize, String> {
+            Some(self.0.fetch_add(1, Ordering::Relaxed))
+                .filter(|&n| n < 3)
+                .ok_or_else(|| "refused".into())
+        }
+
+        fn is_reusable(&self, conn: &usize) -> bool {
+            *conn != 0
+        }
+
+        fn all_busy(&self, cap: usize, _waited: Duration) -> String {
+            format!("all {cap} busy")
+        }
+    }
+
+    fn pool(max_idle: usize, max_open: Option<usize>) -> Pool<Numbers> {
+        let wait = Duration::from_millis(50);
+        let idle_timeout = Duration::from_secs(60);
+        let config = Config {
+            max_idle,
+            max_open,
+            wait,
+            idle_timeout,
+        };
+        Pool::new(Numbers(AtomicUsize::new(0)), config, "test server".into())
+    }
+
+    #[test]
+    fn only_released_connections_come_back() {
+        let pool = pool(1, None);
+        pool.lease().expect("dialed").release();
+        let first = pool.lease().expect("dialed");
+        assert_eq!(*first, 1, "the unfit idle connection was closed");
+        let second = pool.lease().expect("dialed");
+        assert_eq!((pool.open(), pool.in_use()), (2, 2));
+        first.release();
+        second.release();
+        assert_eq!((pool.open(), pool.idle()), (1, 1), "one kept idle, one closed");
+        drop(pool.lease().expect("reused"));
+        assert_eq!((pool.open(), pool.connects()), (0, 3), "dropped unreleased: closed");
+        assert!(pool.lease().is_err());
+        assert_eq!(pool.open(), 0, "a failed dial frees its slot");
+    }
+
+    #[test]
+    fn at_the_cap_callers_wait_for_a_free_connection() {
+        let pool = pool(2, Some(1));
+        let held = pool.lease().expect("dialed");
+        assert_eq!(pool.lease().err().as_deref(), Some("all 1 busy"));
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| pool.lease().map(|conn| *conn));
+            std::thread::sleep(Duration::from_millis(10));
+            drop(held);
+            assert_eq!(
+                waiter.join().expect("no panic"),
+                Ok(1),
+                "the freed slot went to the waiter"
+            );
+        });
+    }
+}

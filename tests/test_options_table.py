@@ -9,6 +9,8 @@ import re
 
 import pytest
 
+from racefree._core import MAX_SECONDS, FileStore, MemcachedClient, PgStore
+from racefree.backends._options import store_settings
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
@@ -61,3 +63,41 @@ def test_the_options_a_backend_refuses_are_named_under_the_table(backend):
         after_table = readme.read().split("| option | backends | default | meaning |", 1)[1].split("\n\n", 2)[1]
     for name in BACKENDS[backend].refused_options:
         assert f"`{name}`" in after_table, name
+
+
+
+def build_store(backend, settings, tmp_path):
+    """The backend's Rust store, built from ``settings`` as the backend would."""
+    if backend == "memcached":
+        return MemcachedClient(["127.0.0.1:1"], settings)
+    if backend == "file":
+        return FileStore(str(tmp_path), settings)
+    return PgStore("cache", {"host": "127.0.0.1", "port": "1"}, None, settings)
+
+
+def default_settings(backend):
+    return store_settings({o.name: o.default for o in BACKENDS[backend].options_spec}, BACKENDS[backend].options_spec)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_store_takes_every_setting_from_python_and_has_no_default_of_its_own(backend, tmp_path):
+    settings = default_settings(backend)
+    assert settings, "the store takes none of the backend's OPTIONS"
+    build_store(backend, settings, tmp_path)
+    for name in settings:
+        missing = {key: value for key, value in settings.items() if key != name}
+        with pytest.raises(ValueError, match=f"missing field `{name}`"):
+            build_store(backend, missing, tmp_path)
+    with pytest.raises(ValueError, match="unknown field `surprise`"):
+        build_store(backend, {**settings, "surprise": 1}, tmp_path)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_store_refuses_a_duration_it_cannot_keep(backend, tmp_path):
+    # Python's checks come first; the store still refuses what would
+    # overflow a deadline, called directly.
+    settings = default_settings(backend)
+    name = next(key for key, value in settings.items() if isinstance(value, float))
+    for bad in (-1.0, MAX_SECONDS * 2, float("nan")):
+        with pytest.raises(ValueError, match=f"is not a number of seconds from 0 to {MAX_SECONDS:g}"):
+            build_store(backend, {**settings, name: bad}, tmp_path)

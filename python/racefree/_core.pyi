@@ -44,18 +44,7 @@ class MemcachedClient(_Store[tuple[int, bytes]]):
     """Pooled, thread-safe memcached client; values are (flags, bytes),
     expiry a memcached TTL kept by the server."""
 
-    def __new__(
-        cls,
-        servers: list[str],
-        *,
-        connect_timeout: float,
-        io_timeout: float,
-        pool_size: int,
-        max_connections: int | None,
-        idle_timeout: float,
-        spin_wait: float,
-        combine_gets: bool,
-    ) -> Self: ...
+    def __new__(cls, servers: list[str], config: dict[str, Any]) -> Self: ...
     @property
     def servers(self) -> list[str]: ...
     def server_index(self, key: str) -> int: ...
@@ -103,7 +92,7 @@ class FileStore(_ExpiringStore[tuple[int, bytes]]):
     """File cache in one directory, safe across threads and processes;
     values are (flags, bytes)."""
 
-    def __new__(cls, directory: str | os.PathLike[str], *, lock_timeout: float) -> Self: ...
+    def __new__(cls, directory: str | os.PathLike[str], options: dict[str, Any]) -> Self: ...
     @property
     def directory(self) -> pathlib.Path: ...
     def path_for(self, key: str) -> pathlib.Path: ...
@@ -134,16 +123,7 @@ class PgStore(_ExpiringStore[bytes]):
     """Pooled PostgreSQL cache on Django's cache table; values are the
     serializer's bytes."""
 
-    def __new__(
-        cls,
-        table: str,
-        params: dict[str, str],
-        *,
-        dsn: str | None,
-        pool_size: int,
-        connect_timeout: float,
-        statement_timeout: float | None,
-    ) -> Self: ...
+    def __new__(cls, table: str, params: dict[str, str], dsn: str | None, options: dict[str, Any]) -> Self: ...
     @property
     def round_trips(self) -> int: ...
     @property

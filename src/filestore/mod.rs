@@ -9,4 +9,4 @@ mod store;
 
 pub use crate::Limits;
 pub use error::{Error, Result};
-pub use store::{FileStore, INTEGER_FLAG, SHARDS, Value};
+pub use store::{FileStore, INTEGER_FLAG, Options, SHARDS, Value};

@@ -19,6 +19,7 @@
 //! mostly live in other shards and do not wait for each other.
 
 use crate::stats::{Counters, Snapshot};
+use serde::Deserialize;
 use std::borrow::Cow;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -96,18 +97,28 @@ pub struct FileStore {
     stats: Counters,
 }
 
+/// The file backend's OPTIONS of the same names (defaults and checks are
+/// Python's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Longest wait for another process's lock before `LockTimeout`.
+    #[serde(deserialize_with = "crate::config::seconds")]
+    pub lock_timeout: Duration,
+}
+
 fn not_found(error: &io::Error) -> bool {
     error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 impl FileStore {
     /// A store in `root`. Nothing is created until the first write.
-    pub fn new(root: impl Into<PathBuf>, lock_timeout: Duration) -> FileStore {
+    pub fn new(root: impl Into<PathBuf>, options: Options) -> FileStore {
         let root = root.into();
         FileStore {
             count: SharedCount::new(root.join(STATE_DIR).join("state")),
             root,
-            lock_timeout,
+            lock_timeout: options.lock_timeout,
             temp_serial: AtomicU64::new(0),
             stats: Counters::default(),
         }

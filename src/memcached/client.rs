@@ -319,10 +319,19 @@ impl Client {
         self.stats.delete(deleted)
     }
 
-    /// Atomically add `delta` to (or subtract it from) a stored number and
-    /// return the result; `None` if the key is missing. Memcached wraps at
-    /// 2**64 on increment and stops at 0 on decrement.
-    pub fn incr(&self, key: &[u8], delta: u64, decrement: bool) -> Result<Option<u64>> {
+    /// Atomically add `delta` to a stored number and return the result;
+    /// `None` if the key is missing. Memcached wraps at 2**64.
+    pub fn incr(&self, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        self.arithmetic(key, delta, false)
+    }
+
+    /// Atomically subtract `delta` from a stored number and return the
+    /// result; `None` if the key is missing. Memcached stops at 0.
+    pub fn decr(&self, key: &[u8], delta: u64) -> Result<Option<u64>> {
+        self.arithmetic(key, delta, true)
+    }
+
+    fn arithmetic(&self, key: &[u8], delta: u64, decrement: bool) -> Result<Option<u64>> {
         let result = self.single(
             key,
             |out, opaque| protocol::meta_arithmetic(out, key, delta, decrement, opaque),

@@ -9,6 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
+
+use crate::config::seconds;
 use crate::health::Health;
 use crate::pool::{self, Dial, Pool};
 
@@ -18,41 +21,35 @@ use super::connection::Connection;
 use super::error::{Error, Result};
 use super::spin::{InFlight, SpinWait};
 
-/// Connection settings shared by every server of a client.
-#[derive(Debug, Clone, PartialEq)]
+/// Connection settings shared by every server of a client: the backend's
+/// OPTIONS of the same names (defaults and checks are Python's).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
     /// Limit on dialing a server, and on waiting for a free connection
     /// when `max_connections` is reached.
+    #[serde(deserialize_with = "seconds")]
     pub connect_timeout: Duration,
     /// Limit on each read and write of an exchange.
+    #[serde(deserialize_with = "seconds")]
     pub io_timeout: Duration,
     /// Idle connections kept per server.
     pub pool_size: usize,
-    /// Hard cap on open connections per server (`None`: no cap).
+    /// Hard cap on open connections per server (`None`: no cap; given,
+    /// not left out: serde would read a missing `Option` as `None`).
+    #[serde(deserialize_with = "Option::deserialize")]
     pub max_connections: Option<usize>,
     /// Idle connections older than this are closed instead of reused.
+    #[serde(deserialize_with = "seconds")]
     pub idle_timeout: Duration,
     /// Longest busy-wait for a reply before sleeping (zero: never spin).
     /// Only servers whose replies usually come back within it are spun
     /// for; see `spin`.
+    #[serde(deserialize_with = "seconds")]
     pub spin_wait: Duration,
     /// Combine concurrent gets to a server into shared round trips (see
     /// `combine`).
     pub combine_gets: bool,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            connect_timeout: Duration::from_secs(1),
-            io_timeout: Duration::from_secs(1),
-            pool_size: 32,
-            max_connections: None,
-            idle_timeout: Duration::from_secs(60),
-            spin_wait: Duration::from_micros(50),
-            combine_gets: true,
-        }
-    }
 }
 
 /// A memcached server: its pool and get combiner.

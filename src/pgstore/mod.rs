@@ -7,4 +7,4 @@ mod error;
 mod store;
 
 pub use error::{Error, Result};
-pub use store::{MAX_KEY_CHARS, PgStore, Settings, expiry, moment, quote_table};
+pub use store::{MAX_KEY_CHARS, Options, PgStore, Settings, expiry, moment, quote_table};

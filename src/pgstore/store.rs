@@ -28,6 +28,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::connection::{self, PgConnection, Pool};
 use super::error::{Error, Result};
 use crate::Limits;
+use serde::Deserialize;
 
 /// Django stores "never expires" as `datetime.max` without microseconds;
 /// this is the same moment in UTC.
@@ -37,13 +38,28 @@ pub const MAX_KEY_CHARS: usize = 255;
 /// Recount at least this often when below the cull threshold.
 const RECOUNT: Duration = Duration::from_secs(5);
 
-/// Connection and pool settings.
+/// Where the cache is: the server and the table.
 pub struct Settings {
     pub config: postgres::Config,
     pub table: String,
+    pub options: Options,
+}
+
+/// The PostgreSQL backend's OPTIONS of the same names (defaults and checks
+/// are Python's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Connections per process.
     pub pool_size: u32,
     /// Longest wait for a connection (dialing included).
+    #[serde(deserialize_with = "crate::config::seconds")]
     pub connect_timeout: Duration,
+    /// Sent as the session's `statement_timeout`: a statement stuck on a
+    /// lock or a slow disk is cancelled by the server instead of holding
+    /// the caller (None: the server's setting).
+    #[serde(deserialize_with = "crate::config::optional_seconds")]
+    pub statement_timeout: Option<Duration>,
 }
 
 /// An expiry as Unix seconds; 0 means never (Python's convention here).
@@ -216,16 +232,31 @@ fn inserted(rows: &[Row]) -> i64 {
 impl PgStore {
     /// A store; no connection is made until the first call.
     pub fn new(settings: Settings) -> Result<PgStore> {
-        if settings.pool_size == 0 {
+        let Settings {
+            mut config,
+            table,
+            options,
+        } = settings;
+        if options.pool_size == 0 {
             return Err(Error::Config("POOL_SIZE must be at least 1".into()));
+        }
+        config.connect_timeout(options.connect_timeout);
+        config.keepalives(true);
+        if let Some(timeout) = options.statement_timeout {
+            let option = format!("-c statement_timeout={}", timeout.as_millis());
+            let options = match config.get_options() {
+                Some(existing) if !existing.is_empty() => format!("{existing} {option}"),
+                _ => option,
+            };
+            config.options(&options);
         }
         Ok(PgStore {
             pool: PerProcess::new(),
-            config: settings.config,
-            pool_size: settings.pool_size,
-            connect_timeout: settings.connect_timeout,
-            sql: Statements::new(&settings.table),
-            table: settings.table,
+            config,
+            pool_size: options.pool_size,
+            connect_timeout: options.connect_timeout,
+            sql: Statements::new(&table),
+            table,
             census: Census {
                 known: AtomicI64::new(-1),
                 counted_at: AtomicU64::new(0),

@@ -7,9 +7,9 @@
 //! event loop thread never waits for I/O, and N awaits run in parallel up
 //! to the store's pool size.
 //!
-//! The path of one call is kept to two thread hand-overs (measured with
-//! 200 tasks on one loop, memcached `aget`: 17k/s with a worker task per
-//! call and a GIL acquisition per result, 24k/s as below):
+//! The path of one call is kept to two thread hand-overs (a worker task
+//! per call and a GIL acquisition per result were measurably slower; see
+//! the async benchmark in the docs):
 //! - the call runs on a pool thread from start to end (`Racefree::spawn`),
 //!   with no tokio worker in between;
 //! - pyo3-async-runtimes completes each asyncio future with a short step

@@ -9,7 +9,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::PyDict;
 
 use super::aio::Bytes;
-use super::{seconds, unix_now};
+use super::{settings, unix_now};
 use crate::filestore::{FileStore as Store, Limits, Value};
 
 /// A file cache in one directory, safe for any number of threads and
@@ -31,12 +31,12 @@ store_methods! {
     FileStore, store = self.store;
 
     plain {
+        /// `options`: the backend's OPTIONS the store takes, by lowercase name.
         #[new]
-        #[pyo3(signature = (directory, *, lock_timeout))]
-        fn new(directory: PathBuf, lock_timeout: f64) -> PyResult<Self> {
-            let lock_timeout = seconds("lock_timeout", lock_timeout)?;
+        fn new(directory: PathBuf, options: &Bound<'_, PyDict>) -> PyResult<Self> {
+            let options = settings("FileStore", options)?;
             Ok(FileStore {
-                store: Arc::new(Store::new(directory, lock_timeout)),
+                store: Arc::new(Store::new(directory, options)),
             })
         }
 

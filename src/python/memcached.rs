@@ -8,8 +8,8 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::errors::memcached_key;
-use super::seconds;
-use crate::memcached::{BatchFailure, Client, Config, Entry, Item, StoreMode, StoreOutcome};
+use super::settings;
+use crate::memcached::{BatchFailure, Client, Entry, Item, StoreMode, StoreOutcome};
 
 /// A pooled, thread-safe memcached client. Values are `(flags, bytes)`
 /// pairs; the flags are pymemcache's serializer flags, set in Python.
@@ -112,41 +112,21 @@ impl<'py> IntoPyObject<'py> for Batch<()> {
     }
 }
 
-/// Memcached's unsigned delta and direction for Python's signed one.
-fn arithmetic(delta: i128) -> PyResult<(u64, bool)> {
-    let magnitude = u64::try_from(delta.unsigned_abs())
-        .map_err(|_| PyOverflowError::new_err("memcached counts with deltas below 2**64"))?;
-    Ok((magnitude, delta < 0))
+/// Memcached's unsigned delta for Python's signed one.
+fn magnitude(delta: i128) -> PyResult<u64> {
+    u64::try_from(delta.unsigned_abs())
+        .map_err(|_| PyOverflowError::new_err("memcached counts with deltas below 2**64"))
 }
 
 store_methods! {
     MemcachedClient, client = self.client;
 
     plain {
+        /// `config`: the backend's OPTIONS the client takes, by lowercase name.
         #[new]
-        // One keyword argument per OPTION, as Python callers spell them.
-        #[allow(clippy::too_many_arguments)]
-        #[pyo3(signature = (servers, *, connect_timeout, io_timeout, pool_size, max_connections, idle_timeout, spin_wait, combine_gets))]
-        fn new(
-            servers: Vec<String>,
-            connect_timeout: f64,
-            io_timeout: f64,
-            pool_size: usize,
-            max_connections: Option<usize>,
-            idle_timeout: f64,
-            spin_wait: f64,
-            combine_gets: bool,
-        ) -> PyResult<Self> {
-            let config = Config {
-                connect_timeout: seconds("connect_timeout", connect_timeout)?,
-                io_timeout: seconds("io_timeout", io_timeout)?,
-                pool_size,
-                max_connections,
-                idle_timeout: seconds("idle_timeout", idle_timeout)?,
-                spin_wait: seconds("spin_wait", spin_wait)?,
-                combine_gets,
-            };
-            let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        fn new(servers: Vec<String>, config: &Bound<'_, PyDict>) -> PyResult<Self> {
+            let client = Client::new(&servers, settings("MemcachedClient", config)?)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(MemcachedClient {
                 client: Arc::new(client),
             })
@@ -226,8 +206,8 @@ store_methods! {
         /// Atomic add of a signed delta; None if the key is missing.
         /// Memcached wraps at 2**64 going up and stops at 0 going down.
         fn incr / aincr(key: PyBackedStr, delta: i128) -> Option<u64> {
-            let (magnitude, decrement) = arithmetic(delta)?;
-            Ok(client.incr(memcached_key(&key)?, magnitude, decrement)?)
+            let (key, by) = (memcached_key(&key)?, magnitude(delta)?);
+            Ok(if delta < 0 { client.decr(key, by)? } else { client.incr(key, by)? })
         }
 
         /// `{key: (flags, value)}` for the keys found. A failed server

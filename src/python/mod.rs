@@ -2,7 +2,7 @@
 //! releases the GIL around every I/O call, and maps store errors to the
 //! exceptions in `racefree.exceptions`. Serialization stays in Python.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -58,20 +58,10 @@ mod forwarding;
 mod memcached;
 mod pgstore;
 
-/// Longest accepted duration, in seconds (a day): deadlines are the
-/// current time plus a duration. Python's option checks read it as
-/// `racefree._core.MAX_SECONDS`.
-const MAX_SECONDS: f64 = 86_400.0;
-
-/// A duration setting from Python, in seconds.
-fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    if (0.0..=MAX_SECONDS).contains(&value) {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(PyValueError::new_err(format!(
-            "{name} must be from 0 to {MAX_SECONDS} seconds, not {value}"
-        )))
-    }
+/// A store's settings from the dict Python's option reading made (see
+/// `crate::config`).
+fn settings<T: serde::de::DeserializeOwned>(store: &str, given: &Bound<'_, PyDict>) -> PyResult<T> {
+    pythonize::depythonize(given.as_any()).map_err(|e| PyValueError::new_err(format!("{store} settings: {e}")))
 }
 
 /// Now, in Unix seconds (Python's `time.time()`): the stores' clock for
@@ -125,7 +115,7 @@ fn _after_fork_in_child() {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("MAX_SECONDS", MAX_SECONDS)?;
+    m.add("MAX_SECONDS", crate::config::MAX_SECONDS)?;
     crate::health::set_sink(log_event);
     m.add_class::<memcached::MemcachedClient>()?;
     m.add_class::<filestore::FileStore>()?;

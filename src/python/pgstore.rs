@@ -10,7 +10,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict};
 
 use super::aio::{self, Bytes};
-use super::seconds;
+use super::settings;
 use crate::Limits;
 use crate::pgstore::{PgStore as Store, Settings, expiry, moment};
 
@@ -77,36 +77,20 @@ store_methods! {
     PgStore, store = self.store;
 
     plain {
+        /// `params` (Django-style) or `dsn` say where the server is;
+        /// `options`: the backend's OPTIONS the store takes, by lowercase name.
         #[new]
-        #[pyo3(signature = (table, params, *, dsn, pool_size, connect_timeout, statement_timeout))]
+        #[pyo3(signature = (table, params, dsn, options))]
         fn new(
             table: String,
             params: HashMap<String, String>,
             dsn: Option<&str>,
-            pool_size: u32,
-            connect_timeout: f64,
-            statement_timeout: Option<f64>,
+            options: &Bound<'_, PyDict>,
         ) -> PyResult<Self> {
-            let mut config = connection_config(dsn, &params)?;
-            let connect_timeout = seconds("connect_timeout", connect_timeout)?;
-            config.connect_timeout(connect_timeout);
-            config.keepalives(true);
-            if let Some(statement_timeout) = statement_timeout {
-                // Server-side: a statement stuck on a lock or a slow disk is
-                // cancelled instead of holding the caller.
-                let millis = seconds("statement_timeout", statement_timeout)?.as_millis();
-                let option = format!("-c statement_timeout={millis}");
-                let options = match config.get_options() {
-                    Some(existing) if !existing.is_empty() => format!("{existing} {option}"),
-                    _ => option,
-                };
-                config.options(&options);
-            }
             let store = Store::new(Settings {
-                config,
+                config: connection_config(dsn, &params)?,
                 table,
-                pool_size,
-                connect_timeout,
+                options: settings("PgStore", options)?,
             })?;
             Ok(PgStore { store: Arc::new(store) })
         }

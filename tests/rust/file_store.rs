@@ -8,7 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use racefree::filestore::{Error, FileStore, INTEGER_FLAG, Limits, Value, entry};
+use racefree::filestore::{Error, FileStore, INTEGER_FLAG, Limits, Options, Value, entry};
 
 const NOW: f64 = 1_000_000.0;
 const ROOMY: Limits = Limits {
@@ -32,7 +32,12 @@ impl Drop for TempDir {
 }
 
 fn store(dir: &TempDir) -> FileStore {
-    FileStore::new(dir.0.join("cache"), Duration::from_secs(5))
+    FileStore::new(
+        dir.0.join("cache"),
+        Options {
+            lock_timeout: Duration::from_secs(5),
+        },
+    )
 }
 
 fn value(flags: u32, bytes: &[u8]) -> Option<Value> {
@@ -307,7 +312,12 @@ fn readers_never_see_a_partial_value() {
 #[test]
 fn a_held_lock_times_out_instead_of_hanging() {
     let dir = TempDir::new();
-    let s = FileStore::new(dir.0.join("cache"), Duration::from_millis(200));
+    let s = FileStore::new(
+        dir.0.join("cache"),
+        Options {
+            lock_timeout: Duration::from_millis(200),
+        },
+    );
     s.set(b"k", INTEGER_FLAG, b"1", 0.0, NOW, ROOMY).unwrap();
     let lock_path = s.entry_path(b"k").parent().unwrap().join(".lock");
     let holder = fs::File::open(&lock_path).unwrap();

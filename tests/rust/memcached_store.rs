@@ -16,18 +16,31 @@ fn client(servers: &[&Memcached], config: Config) -> Client {
     Client::new(&locations, config).expect("client")
 }
 
+/// The test's settings (Python's option reading owns the real defaults).
+fn settings() -> Config {
+    Config {
+        connect_timeout: Duration::from_secs(1),
+        io_timeout: Duration::from_secs(1),
+        pool_size: 32,
+        max_connections: None,
+        idle_timeout: Duration::from_secs(60),
+        spin_wait: Duration::from_micros(50),
+        combine_gets: true,
+    }
+}
+
 fn quick() -> Config {
     Config {
         connect_timeout: Duration::from_millis(300),
         io_timeout: Duration::from_millis(200),
-        ..Config::default()
+        ..settings()
     }
 }
 
 #[test]
 fn single_key_operations() {
     let server = Memcached::start();
-    let c = client(&[&server], Config::default());
+    let c = client(&[&server], settings());
     assert_eq!(c.get(b"k").unwrap(), None);
     assert!(c.store(b"k", b"v1", 16, 0, StoreMode::Set).unwrap());
     let item = c.get(b"k").unwrap().unwrap();
@@ -53,12 +66,12 @@ fn single_key_operations() {
 #[test]
 fn arithmetic_is_memcached_native() {
     let server = Memcached::start();
-    let c = client(&[&server], Config::default());
-    assert_eq!(c.incr(b"n", 1, false).unwrap(), None, "missing key is not created");
+    let c = client(&[&server], settings());
+    assert_eq!(c.incr(b"n", 1).unwrap(), None, "missing key is not created");
     assert_eq!(c.get(b"n").unwrap(), None);
     c.store(b"n", b"41", 2, 0, StoreMode::Set).unwrap();
-    assert_eq!(c.incr(b"n", 1, false).unwrap(), Some(42));
-    assert_eq!(c.incr(b"n", 50, true).unwrap(), Some(0));
+    assert_eq!(c.incr(b"n", 1).unwrap(), Some(42));
+    assert_eq!(c.decr(b"n", 50).unwrap(), Some(0));
     let item = c.get(b"n").unwrap().unwrap();
     // memcached rewrites a shrinking number in place, padded with spaces.
     assert_eq!(
@@ -67,7 +80,7 @@ fn arithmetic_is_memcached_native() {
         "flags survive incr"
     );
     c.store(b"text", b"abc", 16, 0, StoreMode::Set).unwrap();
-    assert!(matches!(c.incr(b"text", 1, false), Err(Error::NotANumber { .. })));
+    assert!(matches!(c.incr(b"text", 1), Err(Error::NotANumber { .. })));
     // The connection is still in step after the refusal.
     assert_eq!(c.get(b"text").unwrap().unwrap().value, b"abc");
 }
@@ -75,7 +88,7 @@ fn arithmetic_is_memcached_native() {
 #[test]
 fn invalid_keys_never_reach_the_wire() {
     let server = Memcached::start();
-    let c = client(&[&server], Config::default());
+    let c = client(&[&server], settings());
     for (key, problem) in [
         (&b""[..], KeyProblem::Empty),
         (&[b'a'; 251][..], KeyProblem::TooLong),
@@ -112,7 +125,7 @@ fn invalid_keys_never_reach_the_wire() {
 #[test]
 fn too_large_value_is_refused_and_old_value_removed() {
     let server = Memcached::start();
-    let c = client(&[&server], Config::default());
+    let c = client(&[&server], settings());
     c.store(b"k", b"small", 0, 0, StoreMode::Set).unwrap();
     let big = vec![b'x'; 2 * 1024 * 1024];
     assert!(matches!(
@@ -143,7 +156,7 @@ fn too_large_value_is_refused_and_old_value_removed() {
 #[test]
 fn batches_across_three_servers() {
     let servers = [Memcached::start(), Memcached::start(), Memcached::start()];
-    let c = client(&servers.iter().collect::<Vec<_>>(), Config::default());
+    let c = client(&servers.iter().collect::<Vec<_>>(), settings());
     let keys: Vec<Vec<u8>> = (0..1000).map(|i| format!("key:{i}").into_bytes()).collect();
     let values: Vec<Vec<u8>> = (0..1000)
         .map(|i| format!("value:{i}").repeat(i % 7 + 1).into_bytes())
@@ -253,7 +266,7 @@ fn recovers_after_restart_without_a_new_client() {
 #[test]
 fn unix_socket_server() {
     let server = Memcached::start_unix();
-    let c = client(&[&server], Config::default());
+    let c = client(&[&server], settings());
     c.store(b"k", b"over a unix socket", 0, 0, StoreMode::Set).unwrap();
     assert_eq!(c.get(b"k").unwrap().unwrap().value, b"over a unix socket");
 }
@@ -261,7 +274,7 @@ fn unix_socket_server() {
 #[test]
 fn shared_client_under_threads_never_mixes_replies() {
     let server = Memcached::start();
-    let c = Arc::new(client(&[&server], Config::default()));
+    let c = Arc::new(client(&[&server], settings()));
     let mismatches = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..16)
         .map(|t| {
@@ -288,14 +301,14 @@ fn shared_client_under_threads_never_mixes_replies() {
 #[test]
 fn concurrent_increments_are_exact() {
     let server = Memcached::start();
-    let c = Arc::new(client(&[&server], Config::default()));
+    let c = Arc::new(client(&[&server], settings()));
     c.store(b"counter", b"0", 2, 0, StoreMode::Set).unwrap();
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let c = Arc::clone(&c);
             thread::spawn(move || {
                 for _ in 0..1000 {
-                    c.incr(b"counter", 1, false).unwrap().unwrap();
+                    c.incr(b"counter", 1).unwrap().unwrap();
                 }
             })
         })
@@ -312,7 +325,7 @@ fn max_connections_caps_and_queues() {
     let config = Config {
         max_connections: Some(2),
         pool_size: 2,
-        ..Config::default()
+        ..settings()
     };
     let c = Arc::new(client(&[&server], config));
     let stop = Arc::new(AtomicBool::new(false));
@@ -362,7 +375,7 @@ fn server_stats(server: &Memcached) -> HashMap<String, u64> {
 #[test]
 fn connections_are_reused() {
     let server = Memcached::start();
-    let c = client(&[&server], Config::default());
+    let c = client(&[&server], settings());
     let before = server_stats(&server)["total_connections"];
     for i in 0..500 {
         c.store(format!("k{i}").as_bytes(), b"v", 0, 0, StoreMode::Set).unwrap();
@@ -374,21 +387,15 @@ fn connections_are_reused() {
 
 #[test]
 fn bad_configuration_is_refused() {
+    assert!(matches!(Client::new::<&str>(&[], settings()), Err(Error::Config(_))));
     assert!(matches!(
-        Client::new::<&str>(&[], Config::default()),
+        Client::new(&["a:1", "a:1"], settings()),
         Err(Error::Config(_))
     ));
-    assert!(matches!(
-        Client::new(&["a:1", "a:1"], Config::default()),
-        Err(Error::Config(_))
-    ));
-    assert!(matches!(
-        Client::new(&["a:x"], Config::default()),
-        Err(Error::Config(_))
-    ));
+    assert!(matches!(Client::new(&["a:x"], settings()), Err(Error::Config(_))));
     let zero = Config {
         io_timeout: Duration::ZERO,
-        ..Config::default()
+        ..settings()
     };
     assert!(matches!(Client::new(&["a:1"], zero), Err(Error::Config(_))));
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postgres::NoTls;
 use racefree::Limits;
-use racefree::pgstore::{Error, PgStore, Settings, expiry, moment};
+use racefree::pgstore::{Error, Options, PgStore, Settings, expiry, moment};
 use support::Postgres;
 
 const ROOMY: Limits = Limits {
@@ -41,8 +41,11 @@ fn store(server: &Postgres, table: &str) -> PgStore {
     PgStore::new(Settings {
         config: postgres::Config::from_str(&server.dsn()).unwrap(),
         table: table.into(),
-        pool_size: 8,
-        connect_timeout: Duration::from_secs(2),
+        options: Options {
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(2),
+            statement_timeout: None,
+        },
     })
     .unwrap()
 }

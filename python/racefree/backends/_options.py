@@ -21,6 +21,9 @@ class Option:
     convert: Callable[[Any], Any]
     #: Other spellings accepted for drop-in switching (e.g. pymemcache's).
     aliases: tuple[str, ...] = ()
+    #: Handed to the Rust store, by lowercase name (its settings struct
+    #: has a field for it, and no default of its own).
+    store: bool = False
 
 
 _T = TypeVar("_T")
@@ -107,3 +110,8 @@ def read_options(
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"{backend}: OPTIONS[{name!r}] must be {exc}, not {value!r}") from None
     return values
+
+
+def store_settings(options: Mapping[str, Any], spec: Sequence[Option]) -> dict[str, Any]:
+    """The read options the Rust store takes: ``{lowercase name: value}``."""
+    return {option.name.lower(): options[option.name] for option in spec if option.store}

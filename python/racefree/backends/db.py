@@ -25,6 +25,7 @@ from racefree.backends._options import (
     optional,
     positive_int,
     positive_number,
+    store_settings,
 )
 from racefree.backends._stampede import stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache
@@ -47,9 +48,9 @@ OPTIONS = [
     Option("CULL_FREQUENCY", 3, non_negative_int),
     Option("DATABASE", None, optional(text)),
     Option("DSN", None, optional(text)),
-    Option("POOL_SIZE", 10, positive_int),
-    Option("CONNECT_TIMEOUT", 5.0, positive_number),
-    Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number)),
+    Option("POOL_SIZE", 10, positive_int, store=True),
+    Option("CONNECT_TIMEOUT", 5.0, positive_number, store=True),
+    Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number), store=True),
     Option("IGNORE_EXCEPTIONS", False, boolean),
     *serializer_options(),
     *stampede_options(),
@@ -101,29 +102,19 @@ def libpq_params(alias: str) -> dict[str, str]:
     return params
 
 
-def store_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The OPTIONS the Rust store takes, as its keyword arguments."""
-    return {
-        "dsn": options["DSN"],
-        "pool_size": options["POOL_SIZE"],
-        "connect_timeout": options["CONNECT_TIMEOUT"],
-        "statement_timeout": options["STATEMENT_TIMEOUT"],
-    }
-
-
 def shared_store(table: str, params: dict[str, str], options: dict[str, Any]) -> PgStore:
     """One pool per process and settings, shared by every backend instance."""
-    config = store_options(options)
+    settings = store_settings(options, OPTIONS)
 
     def build() -> PgStore:
         try:
-            store = PgStore(table, params, **config)
+            store = PgStore(table, params, options["DSN"], settings)
         except ValueError as exc:
             raise ImproperlyConfigured(f"racefree DatabaseCache: {exc}") from None
         _close_before_test_databases_drop()
         return store
 
-    return _stores.get((table, tuple(sorted(params.items())), *config.values()), build)
+    return _stores.get((table, tuple(sorted(params.items())), options["DSN"], *sorted(settings.items())), build)
 
 
 def close_pools() -> None:

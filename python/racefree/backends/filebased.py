@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.cache.backends.base import BaseCache
 
 from racefree._core import FileStore
-from racefree.backends._options import Option, non_negative_int, positive_int, positive_number
+from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, store_settings
 from racefree.backends._stampede import stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache
 from racefree.serialization import serializer_options
@@ -28,13 +28,13 @@ if TYPE_CHECKING:
 OPTIONS = [
     Option("MAX_ENTRIES", 300, positive_int),
     Option("CULL_FREQUENCY", 3, non_negative_int),
-    Option("LOCK_TIMEOUT", 5.0, positive_number),
+    Option("LOCK_TIMEOUT", 5.0, positive_number, store=True),
     *serializer_options(),
     *stampede_options(),
 ]
 
 # One store per directory and process: they share the mapped count.
-_stores: ProcessRegistry[tuple[str, float], FileStore] = ProcessRegistry()
+_stores: ProcessRegistry[tuple[object, ...], FileStore] = ProcessRegistry()
 
 
 class FileBasedCache(RacefreeCache, BaseCache):
@@ -45,8 +45,8 @@ class FileBasedCache(RacefreeCache, BaseCache):
         options = self._configure(params)
         super().__init__(params)
         self._dir = os.path.abspath(os.fspath(dir))
-        lock_timeout = options["LOCK_TIMEOUT"]
-        self._store = _stores.get((self._dir, lock_timeout), lambda: FileStore(self._dir, lock_timeout=lock_timeout))
+        settings = store_settings(options, OPTIONS)
+        self._store = _stores.get((self._dir, *sorted(settings.items())), lambda: FileStore(self._dir, settings))
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E004 if the directory cannot be created or written by

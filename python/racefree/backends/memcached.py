@@ -29,6 +29,7 @@ from racefree.backends._options import (
     optional,
     positive_int,
     positive_number,
+    store_settings,
 )
 from racefree.backends._stampede import stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache
@@ -44,13 +45,13 @@ MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
 
 
 OPTIONS = [
-    Option("CONNECT_TIMEOUT", 1.0, positive_number, aliases=("connect_timeout",)),
-    Option("IO_TIMEOUT", 1.0, positive_number, aliases=("timeout",)),
-    Option("POOL_SIZE", 32, non_negative_int, aliases=("max_pool_size",)),
-    Option("MAX_CONNECTIONS", None, optional(positive_int)),
-    Option("IDLE_TIMEOUT", 60.0, positive_number, aliases=("pool_idle_timeout",)),
-    Option("SPIN_WAIT", 0.00005, non_negative_number),
-    Option("COMBINE_GETS", True, boolean),
+    Option("CONNECT_TIMEOUT", 1.0, positive_number, aliases=("connect_timeout",), store=True),
+    Option("IO_TIMEOUT", 1.0, positive_number, aliases=("timeout",), store=True),
+    Option("POOL_SIZE", 32, non_negative_int, aliases=("max_pool_size",), store=True),
+    Option("MAX_CONNECTIONS", None, optional(positive_int), store=True),
+    Option("IDLE_TIMEOUT", 60.0, positive_number, aliases=("pool_idle_timeout",), store=True),
+    Option("SPIN_WAIT", 0.00005, non_negative_number, store=True),
+    Option("COMBINE_GETS", True, boolean, store=True),
     Option("IGNORE_EXCEPTIONS", False, boolean, aliases=("ignore_exc",)),
     *serializer_options(),
     *stampede_options(),
@@ -66,19 +67,6 @@ UNSUPPORTED = {
 }
 
 _clients: ProcessRegistry[tuple[object, ...], MemcachedClient] = ProcessRegistry()
-
-
-def client_options(options: dict[str, Any]) -> dict[str, Any]:
-    """The OPTIONS the Rust client takes, as its keyword arguments."""
-    return {
-        "connect_timeout": options["CONNECT_TIMEOUT"],
-        "io_timeout": options["IO_TIMEOUT"],
-        "pool_size": options["POOL_SIZE"],
-        "max_connections": options["MAX_CONNECTIONS"],
-        "idle_timeout": options["IDLE_TIMEOUT"],
-        "spin_wait": options["SPIN_WAIT"],
-        "combine_gets": options["COMBINE_GETS"],
-    }
 
 
 def split_location(location: str | Iterable[str]) -> list[str]:
@@ -100,10 +88,10 @@ class MemcachedCache(RacefreeCache, BaseCache):
         super().__init__(params)
         self._servers = split_location(server)
         self._options = options
-        config = client_options(options)
+        config = store_settings(options, OPTIONS)
         try:
             self._client = self._store = _clients.get(
-                (tuple(self._servers), *config.values()), lambda: MemcachedClient(self._servers, **config)
+                (tuple(self._servers), *sorted(config.items())), lambda: MemcachedClient(self._servers, config)
             )
         except ValueError as exc:
             raise ImproperlyConfigured(f"{type(self).__module__}.{type(self).__qualname__}: {exc}") from None
@@ -147,12 +135,12 @@ class MemcachedCache(RacefreeCache, BaseCache):
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.W001 for each server that does not answer now."""
-        probe_options = {**client_options(self._options), "connect_timeout": PROBE_TIMEOUT,
-                         "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
+        probe = {**store_settings(self._options, OPTIONS), "connect_timeout": PROBE_TIMEOUT,
+                 "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
         messages: list[CheckMessage] = []
         for server in self._servers:
             try:
-                MemcachedClient([server], **probe_options).has_key("racefree:check")
+                MemcachedClient([server], probe).has_key("racefree:check")
             except CacheError as error:
                 messages.append(unreachable(alias, f"memcached server {server!r}", error, "racefree.W001"))
         return messages

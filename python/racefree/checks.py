@@ -43,38 +43,34 @@ def racefree_caches() -> Iterator[tuple[str, dict[str, Any]]]:
             yield alias, config
 
 
+def error(alias: str, problem: str, check_id: str, hint: str | None = None) -> checks.Error:
+    """An error about ``CACHES[alias]``: ``problem`` follows its name."""
+    return checks.Error(f"CACHES[{alias!r}]{problem}", hint=hint, obj=f"CACHES[{alias!r}]", id=check_id)
+
+
+def unreachable(alias: str, what: str, failure: Exception, check_id: str) -> checks.Warning:
+    return checks.Warning(
+        f"CACHES[{alias!r}]: {what} did not answer: {failure}",
+        hint="Start it, or fix LOCATION; until it answers every call raises (or misses with IGNORE_EXCEPTIONS).",
+        obj=f"CACHES[{alias!r}]",
+        id=check_id,
+    )
+
+
 def check_caches(app_configs: "Sequence[AppConfig] | None" = None, **kwargs: Any) -> list[checks.CheckMessage]:
     messages: list[checks.CheckMessage] = []
     for alias, config in racefree_caches():
         try:
             backend_class = import_string(config["BACKEND"])
             backend = backend_class(config.get("LOCATION", ""), config)
-        except ImproperlyConfigured as error:
-            not_postgresql = isinstance(error, NotPostgreSQL)
-            messages.append(
-                checks.Error(
-                    f"CACHES[{alias!r}]: {error}",
-                    hint="Point OPTIONS['DATABASE'] at a PostgreSQL alias of DATABASES, or give OPTIONS['DSN']."
-                    if not_postgresql
-                    else "See the OPTIONS of this backend in racefree's README.",
-                    obj=f"CACHES[{alias!r}]",
-                    id="racefree.E002" if not_postgresql else "racefree.E001",
-                )
-            )
-            continue
-        except ImportError as error:
-            messages.append(
-                checks.Error(f"CACHES[{alias!r}]: {error}", obj=f"CACHES[{alias!r}]", id="racefree.E001")
-            )
-            continue
-        messages.extend(backend.system_checks(alias))
+        except NotPostgreSQL as failure:
+            hint = "Point OPTIONS['DATABASE'] at a PostgreSQL alias of DATABASES, or give OPTIONS['DSN']."
+            messages.append(error(alias, f": {failure}", "racefree.E002", hint))
+        except ImproperlyConfigured as failure:
+            hint = "See the OPTIONS of this backend in racefree's README."
+            messages.append(error(alias, f": {failure}", "racefree.E001", hint))
+        except ImportError as failure:
+            messages.append(error(alias, f": {failure}", "racefree.E001"))
+        else:
+            messages.extend(backend.system_checks(alias))
     return messages
-
-
-def unreachable(alias: str, what: str, error: Exception, check_id: str) -> checks.Warning:
-    return checks.Warning(
-        f"CACHES[{alias!r}]: {what} did not answer: {error}",
-        hint="Start it, or fix LOCATION; until it answers every call raises (or misses with IGNORE_EXCEPTIONS).",
-        obj=f"CACHES[{alias!r}]",
-        id=check_id,
-    )

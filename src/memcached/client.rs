@@ -495,7 +495,7 @@ impl Client {
 /// the keys at `indexes`; returns the lease and the chunk's first opaque.
 fn send_batch<'p, Op: BatchOp>(server: &'p Server, op: &Op, indexes: &[usize]) -> Result<(Lease<'p>, u32)> {
     let mut lease = server.lease()?;
-    let first_opaque = op.write(lease.conn(), &indexes[..indexes.len().min(CHUNK)]);
+    let first_opaque = op.write(lease.conn(), &indexes[..indexes.len().min(CHUNK)]).first;
     match lease.conn().send().map_err(io_error(server)) {
         Ok(()) => Ok((lease, first_opaque)),
         Err(error) => {
@@ -517,20 +517,23 @@ fn finish_batch<Op: BatchOp>(
     results: &mut [Op::Out],
 ) -> std::result::Result<(), (usize, Error)> {
     let mut done = 0;
-    let mut opaque = first_opaque;
-    for chunk in indexes.chunks(CHUNK) {
-        let step = if done == 0 {
-            Ok(())
+    for indexes in indexes.chunks(CHUNK) {
+        let (chunk, step) = if done == 0 {
+            let chunk = Chunk {
+                indexes,
+                first: first_opaque,
+            };
+            (chunk, Ok(()))
         } else {
-            opaque = op.write(lease.conn(), chunk);
-            lease.conn().send().map_err(io_error(server))
+            let chunk = op.write(lease.conn(), indexes);
+            (chunk, lease.conn().send().map_err(io_error(server)))
         };
-        if let Err(error) = step.and_then(|()| op.read(lease.conn(), server, chunk, opaque, results)) {
+        if let Err(error) = step.and_then(|()| op.read(lease.conn(), server, chunk, results)) {
             // A pipeline's remaining replies are unread: never reuse.
             lease.discard(&error);
             return Err((done, error));
         }
-        done += chunk.len();
+        done += indexes.len();
     }
     lease.release();
     Ok(())
@@ -579,17 +582,58 @@ fn delete_on(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<bool>
 /// then read all their replies.
 trait BatchOp {
     type Out;
-    /// Append the chunk's requests to `conn.out`; returns the opaque token
-    /// of the first (the others follow consecutively).
-    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32;
-    fn read(
-        &self,
-        conn: &mut Connection,
-        server: &Server,
-        chunk: &[usize],
-        first_opaque: u32,
-        out: &mut [Self::Out],
-    ) -> Result<()>;
+    /// Quiet requests are answered only on a hit or a failure, so the
+    /// batch ends with a no-op whose reply marks the end.
+    const QUIET: bool;
+
+    /// Append the request for item `index`, tagged `opaque`.
+    fn request(&self, out: &mut Vec<u8>, index: usize, opaque: u32);
+
+    /// Append the requests for the items at `indexes` to `conn.out`.
+    fn write<'c>(&self, conn: &mut Connection, indexes: &'c [usize]) -> Chunk<'c> {
+        let chunk = Chunk {
+            indexes,
+            first: opaque_block(conn, indexes.len()),
+        };
+        for (index, opaque) in chunk.tagged() {
+            self.request(&mut conn.out, index, opaque);
+        }
+        if Self::QUIET {
+            protocol::meta_noop(&mut conn.out);
+        }
+        chunk
+    }
+
+    /// Read the replies to `chunk` into `out` (indexed like the items).
+    fn read(&self, conn: &mut Connection, server: &Server, chunk: Chunk<'_>, out: &mut [Self::Out]) -> Result<()>;
+}
+
+/// The requests of one pipelined round trip: the items they are for, and
+/// the opaque token of the first (the others follow consecutively).
+#[derive(Clone, Copy)]
+struct Chunk<'a> {
+    indexes: &'a [usize],
+    first: u32,
+}
+
+impl Chunk<'_> {
+    /// Each item's index with its request's opaque token.
+    fn tagged(&self) -> impl Iterator<Item = (usize, u32)> + '_ {
+        let first = self.first;
+        (self.indexes.iter().enumerate()).map(move |(pos, &index)| (index, first.wrapping_add(pos as u32)))
+    }
+
+    /// The index of the item whose reply is tagged `opaque`.
+    fn item_of(&self, server: &Server, opaque: Option<u32>) -> Result<usize> {
+        opaque
+            .and_then(|o| self.indexes.get(o.wrapping_sub(self.first) as usize).copied())
+            .ok_or_else(|| {
+                Error::protocol(
+                    server.name(),
+                    format!("reply tagged {opaque:?} is not part of the batch"),
+                )
+            })
+    }
 }
 
 /// Take consecutive opaque tokens for `n` requests.
@@ -601,44 +645,19 @@ fn opaque_block(conn: &mut Connection, n: usize) -> u32 {
     first
 }
 
-/// Position in the chunk of the reply tagged `opaque`.
-fn chunk_position(server: &Server, opaque: Option<u32>, first: u32, len: usize) -> Result<usize> {
-    opaque
-        .map(|o| o.wrapping_sub(first) as usize)
-        .filter(|&pos| pos < len)
-        .ok_or_else(|| {
-            Error::protocol(
-                server.name(),
-                format!("reply tagged {opaque:?} is not part of the batch"),
-            )
-        })
-}
-
 struct GetMany<'a> {
     keys: &'a [&'a [u8]],
 }
 
 impl BatchOp for GetMany<'_> {
     type Out = Option<Item>;
+    const QUIET: bool = true;
 
-    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32 {
-        let first = opaque_block(conn, chunk.len());
-        for (pos, &index) in chunk.iter().enumerate() {
-            let opaque = first.wrapping_add(pos as u32);
-            protocol::meta_get(&mut conn.out, self.keys[index], opaque, true, None, true);
-        }
-        protocol::meta_noop(&mut conn.out);
-        first
+    fn request(&self, out: &mut Vec<u8>, index: usize, opaque: u32) {
+        protocol::meta_get(out, self.keys[index], opaque, true, None, true);
     }
 
-    fn read(
-        &self,
-        conn: &mut Connection,
-        server: &Server,
-        chunk: &[usize],
-        first: u32,
-        out: &mut [Option<Item>],
-    ) -> Result<()> {
+    fn read(&self, conn: &mut Connection, server: &Server, chunk: Chunk<'_>, out: &mut [Self::Out]) -> Result<()> {
         // Quiet gets answer hits only.
         until_noop(conn, server, |conn, reply| match reply {
             Reply::Meta {
@@ -646,9 +665,9 @@ impl BatchOp for GetMany<'_> {
                 flags,
                 opaque,
             } => {
-                let pos = chunk_position(server, opaque, first, chunk.len())?;
+                let index = chunk.item_of(server, opaque)?;
                 let value = conn.read_value(size).map_err(io_error(server))?;
-                out[chunk[pos]] = Some(Item { value, flags });
+                out[index] = Some(Item { value, flags });
                 Ok(())
             }
             other => Err(unexpected(server, other)),
@@ -663,36 +682,24 @@ struct SetMany<'a> {
 
 impl BatchOp for SetMany<'_> {
     type Out = StoreOutcome;
+    const QUIET: bool = false;
 
-    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32 {
-        let first = opaque_block(conn, chunk.len());
-        for (pos, &index) in chunk.iter().enumerate() {
-            let entry = &self.entries[index];
-            let opaque = first.wrapping_add(pos as u32);
-            protocol::meta_set(
-                &mut conn.out,
-                entry.key,
-                entry.value,
-                entry.flags,
-                self.ttl,
-                StoreMode::Set,
-                opaque,
-            );
-        }
-        first
+    fn request(&self, out: &mut Vec<u8>, index: usize, opaque: u32) {
+        let entry = &self.entries[index];
+        protocol::meta_set(
+            out,
+            entry.key,
+            entry.value,
+            entry.flags,
+            self.ttl,
+            StoreMode::Set,
+            opaque,
+        );
     }
 
-    fn read(
-        &self,
-        conn: &mut Connection,
-        server: &Server,
-        chunk: &[usize],
-        first: u32,
-        out: &mut [StoreOutcome],
-    ) -> Result<()> {
+    fn read(&self, conn: &mut Connection, server: &Server, chunk: Chunk<'_>, out: &mut [Self::Out]) -> Result<()> {
         // Replies come in request order; error lines carry no token.
-        for (pos, &index) in chunk.iter().enumerate() {
-            let opaque = first.wrapping_add(pos as u32);
+        for (index, opaque) in chunk.tagged() {
             out[index] = match read_reply(conn, server, Some(opaque))? {
                 Reply::Meta {
                     status: Status::Stored, ..
@@ -711,17 +718,13 @@ struct DeleteMany<'a> {
 
 impl BatchOp for DeleteMany<'_> {
     type Out = ();
+    const QUIET: bool = true;
 
-    fn write(&self, conn: &mut Connection, chunk: &[usize]) -> u32 {
-        let first = opaque_block(conn, chunk.len());
-        for (pos, &index) in chunk.iter().enumerate() {
-            protocol::meta_delete(&mut conn.out, self.keys[index], first.wrapping_add(pos as u32), true);
-        }
-        protocol::meta_noop(&mut conn.out);
-        first
+    fn request(&self, out: &mut Vec<u8>, index: usize, opaque: u32) {
+        protocol::meta_delete(out, self.keys[index], opaque, true);
     }
 
-    fn read(&self, conn: &mut Connection, server: &Server, chunk: &[usize], first: u32, _out: &mut [()]) -> Result<()> {
+    fn read(&self, conn: &mut Connection, server: &Server, chunk: Chunk<'_>, _: &mut [Self::Out]) -> Result<()> {
         // Quiet deletes stay silent on success; some servers still answer
         // NF for a missing key.
         until_noop(conn, server, |_, reply| match reply {
@@ -729,7 +732,7 @@ impl BatchOp for DeleteMany<'_> {
                 status: Status::NotFound | Status::Stored,
                 opaque,
                 ..
-            } => chunk_position(server, opaque, first, chunk.len()).map(drop),
+            } => chunk.item_of(server, opaque).map(drop),
             other => Err(unexpected(server, other)),
         })
     }

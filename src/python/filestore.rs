@@ -9,8 +9,8 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::PyDict;
 
 use super::aio::Bytes;
-use super::{settings, unix_now};
-use crate::filestore::{FileStore as Store, Limits, Value};
+use super::{Write, settings, unix_now};
+use crate::filestore::{FileStore as Store, Value};
 
 /// A file cache in one directory, safe for any number of threads and
 /// processes on this host. Values are `(flags, bytes)`; expiry times are
@@ -71,35 +71,18 @@ store_methods! {
             Ok(store.contains(key.as_bytes(), now)?)
         }
 
-        fn set / aset(
-            key: PyBackedStr,
-            flags: u32,
-            value: PyBackedBytes,
-            expires: f64,
-            now: f64,
-            max_entries: i64,
-            cull_frequency: i64,
-        ) -> () {
-            let limits = Limits::new(max_entries, cull_frequency);
-            Ok(store.set(key.as_bytes(), flags, &value, expires, now, limits)?)
+        fn set / aset(key: PyBackedStr, flags: u32, value: PyBackedBytes, write: Write) -> () {
+            Ok(store.set(key.as_bytes(), flags, &value, write.expires(), write.now(), write.limits())?)
         }
 
         /// Store only if the key has no live value; True if stored.
-        fn add / aadd(
-            key: PyBackedStr,
-            flags: u32,
-            value: PyBackedBytes,
-            expires: f64,
-            now: f64,
-            max_entries: i64,
-            cull_frequency: i64,
-        ) -> bool {
-            let limits = Limits::new(max_entries, cull_frequency);
-            Ok(store.add(key.as_bytes(), flags, &value, expires, now, limits)?)
+        fn add / aadd(key: PyBackedStr, flags: u32, value: PyBackedBytes, write: Write) -> bool {
+            Ok(store.add(key.as_bytes(), flags, &value, write.expires(), write.now(), write.limits())?)
         }
 
-        fn touch / atouch(key: PyBackedStr, expires: f64, now: f64) -> bool {
-            Ok(store.touch(key.as_bytes(), expires, now)?)
+        /// A new expiry for a live value; True if there was one.
+        fn touch / atouch(key: PyBackedStr, write: Write) -> bool {
+            Ok(store.touch(key.as_bytes(), write.expires(), write.now())?)
         }
 
         fn delete / adelete(key: PyBackedStr, now: f64) -> bool {
@@ -124,16 +107,9 @@ store_methods! {
 
         /// Store `(key, flags, value)` triples with one expiry; returns the
         /// keys not stored (none: a failure raises).
-        fn set_many / aset_many(
-            items: Vec<(PyBackedStr, u32, PyBackedBytes)>,
-            expires: f64,
-            now: f64,
-            max_entries: i64,
-            cull_frequency: i64,
-        ) -> Vec<String> {
-            let limits = Limits::new(max_entries, cull_frequency);
+        fn set_many / aset_many(items: Vec<(PyBackedStr, u32, PyBackedBytes)>, write: Write) -> Vec<String> {
             for (key, flags, value) in &items {
-                store.set(key.as_bytes(), *flags, value, expires, now, limits)?;
+                store.set(key.as_bytes(), *flags, value, write.expires(), write.now(), write.limits())?;
             }
             Ok(Vec::new())
         }

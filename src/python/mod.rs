@@ -64,6 +64,26 @@ fn settings<T: serde::de::DeserializeOwned>(store: &str, given: &Bound<'_, PyDic
     pythonize::depythonize(given.as_any()).map_err(|e| PyValueError::new_err(format!("{store} settings: {e}")))
 }
 
+/// What a write tells a store that keeps expiry and culls itself, beside
+/// the key and value, as the backend passes it (`_write_args`): expiry in
+/// Unix seconds (0: never), now, MAX_ENTRIES and CULL_FREQUENCY.
+#[derive(FromPyObject, Clone, Copy)]
+struct Write(f64, f64, i64, i64);
+
+impl Write {
+    fn expires(self) -> f64 {
+        self.0
+    }
+
+    fn now(self) -> f64 {
+        self.1
+    }
+
+    fn limits(self) -> crate::Limits {
+        crate::Limits::new(self.2, self.3)
+    }
+}
+
 /// Now, in Unix seconds (Python's `time.time()`): the stores' clock for
 /// expiry.
 fn unix_now() -> f64 {

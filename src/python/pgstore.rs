@@ -10,8 +10,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict};
 
 use super::aio::{self, Bytes};
-use super::settings;
-use crate::Limits;
+use super::{Write, settings};
 use crate::pgstore::{PgStore as Store, Settings, expiry, moment};
 
 /// A pooled PostgreSQL cache on Django's cache table. Values are the
@@ -144,48 +143,26 @@ store_methods! {
             Ok(store.contains(&key, moment(now))?)
         }
 
-        fn set / aset(
-            key: PyBackedStr,
-            value: PyBackedBytes,
-            expires: f64,
-            now: f64,
-            max_entries: i64,
-            cull_frequency: i64,
-        ) -> () {
-            let limits = Limits::new(max_entries, cull_frequency);
-            Ok(store.set(&key, &value, expiry(expires), moment(now), limits)?)
+        fn set / aset(key: PyBackedStr, value: PyBackedBytes, write: Write) -> () {
+            Ok(store.set(&key, &value, expiry(write.expires()), moment(write.now()), write.limits())?)
         }
 
         /// Store only if the key is absent or expired; True if stored.
-        fn add / aadd(
-            key: PyBackedStr,
-            value: PyBackedBytes,
-            expires: f64,
-            now: f64,
-            max_entries: i64,
-            cull_frequency: i64,
-        ) -> bool {
-            let limits = Limits::new(max_entries, cull_frequency);
-            Ok(store.add(&key, &value, expiry(expires), moment(now), limits)?)
+        fn add / aadd(key: PyBackedStr, value: PyBackedBytes, write: Write) -> bool {
+            Ok(store.add(&key, &value, expiry(write.expires()), moment(write.now()), write.limits())?)
         }
 
         /// Store `(key, value)` pairs with one expiry, one round trip;
         /// returns the keys not stored (none: a failure raises).
-        fn set_many / aset_many(
-            items: Vec<(PyBackedStr, PyBackedBytes)>,
-            expires: f64,
-            now: f64,
-            max_entries: i64,
-            cull_frequency: i64,
-        ) -> Vec<String> {
+        fn set_many / aset_many(items: Vec<(PyBackedStr, PyBackedBytes)>, write: Write) -> Vec<String> {
             let pairs: Vec<(&str, &[u8])> = items.iter().map(|(key, value)| (&**key, &**value)).collect();
-            let limits = Limits::new(max_entries, cull_frequency);
-            store.set_many(&pairs, expiry(expires), moment(now), limits)?;
+            store.set_many(&pairs, expiry(write.expires()), moment(write.now()), write.limits())?;
             Ok(Vec::new())
         }
 
-        fn touch / atouch(key: PyBackedStr, expires: f64, now: f64) -> bool {
-            Ok(store.touch(&key, expiry(expires), moment(now))?)
+        /// A new expiry for a live value; True if there was one.
+        fn touch / atouch(key: PyBackedStr, write: Write) -> bool {
+            Ok(store.touch(&key, expiry(write.expires()), moment(write.now()))?)
         }
 
         fn delete / adelete(key: PyBackedStr, now: f64) -> bool {

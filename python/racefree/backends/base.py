@@ -8,18 +8,19 @@ extension (``racefree._core``). Every store takes the same calls, each
 also as an awaitable ``a``-twin:
 
 - ``get(key, *now)`` -> item or None; ``get_many(keys, *now)`` -> ``{key: item}``
-- ``has_key(key, *now)``, ``touch(key, expiry, *now)``, ``delete(key, *now)`` -> bool
-- ``set(key, *item, expiry, *now, *limits)``; ``add(...)`` -> bool
-- ``set_many([(key, *item), ...], expiry, *now, *limits)`` -> keys not stored
+- ``has_key(key, *now)``, ``delete(key, *now)`` -> bool
+- ``set(key, *item, write)``; ``add(key, *item, write)``, ``touch(key, write)`` -> bool
+- ``set_many([(key, *item), ...], write)`` -> keys not stored
 - ``incr(key, delta, *now)`` -> new value, or None if missing
 - ``delete_many(keys)``, ``clear()``
 
 An item is what ``_encode`` makes of a value (``(flags, bytes)``, or
-``(bytes,)`` for the PostgreSQL store), the expiry what ``_expiry`` makes
-of a timeout, ``now`` is ``_clock()`` and ``limits`` are MAX_ENTRIES and
-CULL_FREQUENCY, for the stores that keep expiry and cull themselves (file,
-PostgreSQL; memcached's server does both). A backend supplies the store
-and, where they differ, those four.
+``(bytes,)`` for the PostgreSQL store); ``write`` is what ``_write_args``
+makes of a timeout, and ``now`` is ``_clock()``. The stores that keep
+expiry and cull themselves (file, PostgreSQL) take the caller's clock and
+``(expiry, now, MAX_ENTRIES, CULL_FREQUENCY)``; memcached's server does
+both, and takes its TTL. A backend supplies the store and, where they
+differ, those three.
 """
 
 import os
@@ -111,25 +112,21 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         self._init_key_making(own)
         return options
 
-    def _expiry(self, timeout: float | None) -> float:
-        """Absolute expiry in Unix seconds; 0.0 means never."""
-        expires = self.get_backend_timeout(timeout)
-        if expires is None:
-            return 0.0
-        # A past expiry must stay distinguishable from "never".
-        return max(expires, 1e-6)
-
     def _clock(self) -> tuple[float, ...]:
         """Now, for a store that keeps expiry itself: Python's
         ``time.time()``, read at each call, so a test that fakes the clock
         (Django's middleware tests do) fakes it for the cache too."""
         return (time.time(),)
 
-    @property
-    def _limits(self) -> tuple[int, ...]:
-        """MAX_ENTRIES and CULL_FREQUENCY, read at every write (Django's
-        tests change them at run time)."""
-        return self._max_entries, self._cull_frequency
+    def _write_args(self, timeout: float | None) -> Any:
+        """What a write with ``timeout`` tells the store beside key and
+        value: the expiry in Unix seconds (0.0: never), now, and
+        MAX_ENTRIES and CULL_FREQUENCY, read at every write (Django's tests
+        change them at run time)."""
+        expires = self.get_backend_timeout(timeout)
+        # A past expiry must stay distinguishable from "never".
+        expires = 0.0 if expires is None else max(expires, 1e-6)
+        return expires, time.time(), self._max_entries, self._cull_frequency
 
     def close(self, **kwargs: Any) -> None:
         """Keep the store: Django calls this after every request, and the
@@ -164,7 +161,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         key = self._key(key, version)
         item = self._encode(value)
         try:
-            yield self._store.set, (key, *item, self._expiry(timeout), *self._clock(), *self._limits)
+            yield self._store.set, (key, *item, self._write_args(timeout))
         except CacheError as error:
             self._server_failed("set", error)
 
@@ -175,7 +172,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         key = self._key(key, version)
         item = self._encode(value)
         try:
-            return (yield self._store.add, (key, *item, self._expiry(timeout), *self._clock(), *self._limits))
+            return (yield self._store.add, (key, *item, self._write_args(timeout)))
         except CacheError as error:
             self._server_failed("add", error)
             return False
@@ -186,7 +183,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
-            return (yield self._store.touch, (key, self._expiry(timeout), *self._clock()))
+            return (yield self._store.touch, (key, self._write_args(timeout)))
         except CacheError as error:
             self._server_failed("touch", error)
             return False
@@ -246,7 +243,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         if not items:
             return []
         try:
-            failed = yield self._store.set_many, (items, self._expiry(timeout), *self._clock(), *self._limits)
+            failed = yield self._store.set_many, (items, self._write_args(timeout))
         except CacheError as error:
             self._server_failed("set_many", error)
             failed = getattr(error, "failed_keys", original)

@@ -29,7 +29,7 @@ from racefree.backends._options import (
 )
 from racefree.backends._stampede import stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache
-from racefree.checks import unreachable
+from racefree.checks import error, unreachable
 from racefree.exceptions import CacheError, NotPostgreSQL
 from racefree.serialization import UnverifiedValue, logger, serializer_options
 
@@ -172,21 +172,13 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E003 for a missing table, W002 for a server that does
         not answer now."""
-        from django.core import checks
-
         try:
             self._store.has_key("racefree:check", 0.0)
-        except CacheError as error:
-            if "does not exist" in str(error):
-                return [
-                    checks.Error(
-                        f"CACHES[{alias!r}]: the cache table {self._table!r} does not exist",
-                        hint="Run 'manage.py createcachetable'.",
-                        obj=f"CACHES[{alias!r}]",
-                        id="racefree.E003",
-                    )
-                ]
-            return [unreachable(alias, "the database server", error, "racefree.W002")]
+        except CacheError as failure:
+            if "does not exist" in str(failure):
+                problem = f": the cache table {self._table!r} does not exist"
+                return [error(alias, problem, "racefree.E003", "Run 'manage.py createcachetable'.")]
+            return [unreachable(alias, "the database server", failure, "racefree.W002")]
         return []
 
     def stats(self) -> dict[str, int]:

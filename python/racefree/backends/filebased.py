@@ -20,6 +20,7 @@ from racefree._core import FileStore
 from racefree.backends._options import Option, non_negative_int, positive_int, positive_number, store_settings
 from racefree.backends._stampede import stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache
+from racefree.checks import error
 from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ class FileBasedCache(RacefreeCache, BaseCache):
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E004 if the directory cannot be created or written by
         this process."""
-        from django.core import checks
-
         existing = self._dir
         while not os.path.exists(existing):
             parent = os.path.dirname(existing)
@@ -62,14 +61,8 @@ class FileBasedCache(RacefreeCache, BaseCache):
         if os.path.isdir(existing) and os.access(existing, os.W_OK | os.X_OK):
             return []
         what = "cannot be written" if existing == self._dir else f"cannot be created in {existing!r}"
-        return [
-            checks.Error(
-                f"CACHES[{alias!r}]: the cache directory {self._dir!r} {what} by this process",
-                hint="Create it and give the user the web server runs as write access.",
-                obj=f"CACHES[{alias!r}]",
-                id="racefree.E004",
-            )
-        ]
+        hint = "Create it and give the user the web server runs as write access."
+        return [error(alias, f": the cache directory {self._dir!r} {what} by this process", "racefree.E004", hint)]
 
     def stats(self) -> dict[str, int]:
         """This process's counters for this directory (hits, misses, sets,

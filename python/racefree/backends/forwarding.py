@@ -29,6 +29,7 @@ from django.utils.module_loading import import_string
 from racefree._core import ForwardingCore
 from racefree.backends._stampede import CacheLock, Stampede
 from racefree.backends.base import ProcessRegistry
+from racefree.checks import error
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
@@ -200,18 +201,10 @@ class ForwardingCache(BaseCache):
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E005 if the forwarded alias is missing from CACHES."""
-        from django.core import checks
-
         if self._alias in getattr(settings, "CACHES", {}):
             return []
-        return [
-            checks.Error(
-                f"CACHES[{alias!r}] forwards to {self._alias!r}, which is not in CACHES",
-                hint="Add that alias to CACHES, or set LOCATION to an alias that is there.",
-                obj=f"CACHES[{alias!r}]",
-                id="racefree.E005",
-            )
-        ]
+        hint = "Add that alias to CACHES, or set LOCATION to an alias that is there."
+        return [error(alias, f" forwards to {self._alias!r}, which is not in CACHES", "racefree.E005", hint)]
 
     def stats(self) -> dict[str, Any]:
         """The forwarding counters (generation, builds, build_failures,

@@ -114,11 +114,9 @@ class MemcachedCache(RacefreeCache, BaseCache):
             timeout += int(time.time())
         return timeout
 
-    def _expiry(self, timeout: float | None) -> int:
+    # The server keeps expiry (TTLs, on its own clock) and evicts by itself.
+    def _write_args(self, timeout: float | None) -> int:
         return self.get_backend_timeout(timeout)
-
-    # The server keeps expiry (relative TTLs) and evicts by itself.
-    _limits = ()
 
     def _clock(self) -> tuple[float, ...]:
         return ()

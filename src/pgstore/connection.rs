@@ -7,14 +7,30 @@
 use std::time::Duration;
 
 use postgres::{Client, NoTls};
+use serde::Deserialize;
 
+use crate::config::{optional_seconds, seconds};
 use crate::health::Health;
 use crate::pool::{self, Dial};
 
 use super::error::{Error, Result};
 
-/// Idle connections older than this are closed instead of reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The PostgreSQL backend's OPTIONS of the same names (defaults and checks
+/// are Python's), all about its connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Connections per process.
+    pub pool_size: u32,
+    /// Longest wait for a connection (dialing included).
+    #[serde(deserialize_with = "seconds")]
+    pub connect_timeout: Duration,
+    /// Sent as the session's `statement_timeout`: a statement stuck on a
+    /// lock or a slow disk is cancelled by the server instead of holding
+    /// the caller (None: the server's setting).
+    #[serde(deserialize_with = "optional_seconds")]
+    pub statement_timeout: Option<Duration>,
+}
 
 pub(crate) type Pool = pool::Pool<Dialer>;
 
@@ -81,14 +97,23 @@ impl Dial for Dialer {
     }
 }
 
-/// A pool of `size` connections; a caller waits up to `wait_timeout` for
-/// one when all are in use.
-pub(crate) fn pool(config: postgres::Config, size: usize, wait_timeout: Duration) -> Pool {
+/// A pool of connections to the server of `config`, as `options` say.
+pub(crate) fn pool(config: &postgres::Config, options: &Options) -> Pool {
+    let mut config = config.clone();
+    config.connect_timeout(options.connect_timeout);
+    config.keepalives(true);
+    if let Some(timeout) = options.statement_timeout {
+        let option = format!("-c statement_timeout={}", timeout.as_millis());
+        let given = config.get_options().filter(|given| !given.is_empty());
+        config.options(&given.map_or(option.clone(), |given| format!("{given} {option}")));
+    }
+    let size = options.pool_size as usize;
     let limits = pool::Config {
         max_idle: size,
         max_open: Some(size),
-        wait: wait_timeout,
-        idle_timeout: IDLE_TIMEOUT,
+        wait: options.connect_timeout,
+        // Idle connections older than this are closed instead of reused.
+        idle_timeout: Duration::from_secs(300),
     };
     let server = server_name(&config);
     Pool::new(Dialer(config), limits, server)

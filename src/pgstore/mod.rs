@@ -6,5 +6,6 @@ mod connection;
 mod error;
 mod store;
 
+pub use connection::Options;
 pub use error::{Error, Result};
-pub use store::{MAX_KEY_CHARS, Options, PgStore, Settings, expiry, moment, quote_table};
+pub use store::{MAX_KEY_CHARS, PgStore, Settings, expiry, moment, quote_table};

@@ -25,10 +25,9 @@ use postgres::types::{ToSql, Type};
 use postgres::{Row, Transaction};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::connection::{self, PgConnection, Pool};
+use super::connection::{self, Options, PgConnection, Pool};
 use super::error::{Error, Result};
 use crate::Limits;
-use serde::Deserialize;
 
 /// Django stores "never expires" as `datetime.max` without microseconds;
 /// this is the same moment in UTC.
@@ -43,23 +42,6 @@ pub struct Settings {
     pub config: postgres::Config,
     pub table: String,
     pub options: Options,
-}
-
-/// The PostgreSQL backend's OPTIONS of the same names (defaults and checks
-/// are Python's).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Options {
-    /// Connections per process.
-    pub pool_size: u32,
-    /// Longest wait for a connection (dialing included).
-    #[serde(deserialize_with = "crate::config::seconds")]
-    pub connect_timeout: Duration,
-    /// Sent as the session's `statement_timeout`: a statement stuck on a
-    /// lock or a slow disk is cancelled by the server instead of holding
-    /// the caller (None: the server's setting).
-    #[serde(deserialize_with = "crate::config::optional_seconds")]
-    pub statement_timeout: Option<Duration>,
 }
 
 /// An expiry as Unix seconds; 0 means never (Python's convention here).
@@ -201,8 +183,7 @@ impl Census {
 pub struct PgStore {
     pool: PerProcess<Pool>,
     config: postgres::Config,
-    pool_size: u32,
-    connect_timeout: Duration,
+    options: Options,
     sql: Statements,
     table: String,
     census: Census,
@@ -232,29 +213,14 @@ fn inserted(rows: &[Row]) -> i64 {
 impl PgStore {
     /// A store; no connection is made until the first call.
     pub fn new(settings: Settings) -> Result<PgStore> {
-        let Settings {
-            mut config,
-            table,
-            options,
-        } = settings;
+        let Settings { config, table, options } = settings;
         if options.pool_size == 0 {
             return Err(Error::Config("POOL_SIZE must be at least 1".into()));
-        }
-        config.connect_timeout(options.connect_timeout);
-        config.keepalives(true);
-        if let Some(timeout) = options.statement_timeout {
-            let option = format!("-c statement_timeout={}", timeout.as_millis());
-            let options = match config.get_options() {
-                Some(existing) if !existing.is_empty() => format!("{existing} {option}"),
-                _ => option,
-            };
-            config.options(&options);
         }
         Ok(PgStore {
             pool: PerProcess::new(),
             config,
-            pool_size: options.pool_size,
-            connect_timeout: options.connect_timeout,
+            options,
             sql: Statements::new(&table),
             table,
             census: Census {
@@ -277,7 +243,7 @@ impl PgStore {
         let pool = self.pool();
         (
             self.stats.snapshot(),
-            (self.pool_size, pool.open(), pool.idle(), pool.connects()),
+            (self.options.pool_size, pool.open(), pool.idle(), pool.connects()),
         )
     }
 
@@ -294,8 +260,7 @@ impl PgStore {
 
     /// This process's pool (a forked child builds its own).
     fn pool(&self) -> Arc<Built<Pool>> {
-        self.pool
-            .get(|| connection::pool(self.config.clone(), self.pool_size as usize, self.connect_timeout))
+        self.pool.get(|| connection::pool(&self.config, &self.options))
     }
 
     fn query(&self, conn: &mut PgConnection, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {

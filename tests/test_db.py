@@ -329,6 +329,21 @@ def test_pools_close_and_reopen(table):
     assert cache.get("k") == 1
 
 
+def test_idle_connections_older_than_idle_timeout_are_not_reused(table):
+    cache = racefree(table, IDLE_TIMEOUT=0.3)
+    cache.set("k", 1)
+    assert cache.get("k") == 1
+    assert cache.stats()["connects"] == 1, "one connection serves calls in a row"
+    time.sleep(0.5)
+    assert cache.get("k") == 1
+    assert cache.stats()["connects"] == 2, "the idle connection was too old"
+    fresh = racefree(table, IDLE_TIMEOUT=60.0)
+    fresh.get("k")
+    time.sleep(0.5)
+    fresh.get("k")
+    assert fresh.stats()["connects"] == 1
+
+
 def test_incr_keeps_the_expiry_and_raises_like_django(table):
     cache = racefree(table)
     with pytest.raises(ValueError, match="not found"):

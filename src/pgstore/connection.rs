@@ -30,6 +30,9 @@ pub struct Options {
     /// the caller (None: the server's setting).
     #[serde(deserialize_with = "optional_seconds")]
     pub statement_timeout: Option<Duration>,
+    /// Idle connections older than this are closed instead of reused.
+    #[serde(deserialize_with = "seconds")]
+    pub idle_timeout: Duration,
 }
 
 pub(crate) type Pool = pool::Pool<Dialer>;
@@ -112,8 +115,7 @@ pub(crate) fn pool(config: &postgres::Config, options: &Options) -> Pool {
         max_idle: size,
         max_open: Some(size),
         wait: options.connect_timeout,
-        // Idle connections older than this are closed instead of reused.
-        idle_timeout: Duration::from_secs(300),
+        idle_timeout: options.idle_timeout,
     };
     let server = server_name(&config);
     Pool::new(Dialer(config), limits, server)

@@ -45,6 +45,7 @@ fn store(server: &Postgres, table: &str) -> PgStore {
             pool_size: 8,
             connect_timeout: Duration::from_secs(2),
             statement_timeout: None,
+            idle_timeout: Duration::from_secs(300),
         },
     })
     .unwrap()

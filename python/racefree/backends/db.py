@@ -51,6 +51,7 @@ OPTIONS = [
     Option("POOL_SIZE", 10, positive_int, store=True),
     Option("CONNECT_TIMEOUT", 5.0, positive_number, store=True),
     Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number), store=True),
+    Option("IDLE_TIMEOUT", 300.0, positive_number, store=True),
     Option("IGNORE_EXCEPTIONS", False, boolean),
     *serializer_options(),
     *stampede_options(),

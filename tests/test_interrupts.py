@@ -92,7 +92,7 @@ def test_interrupt_inside_a_pg_transaction_rolls_back_and_frees_the_connection(t
         raise KeyboardInterrupt  # Python code run inside the incr transaction
 
     with pytest.raises(KeyboardInterrupt):
-        cache._store.update(key, time.time(), interrupted)
+        cache._store.update(key, interrupted)
     started = time.monotonic()
     assert cache.incr("n") == 11  # row and advisory locks were released
     assert time.monotonic() - started < 0.5

@@ -122,11 +122,11 @@ def test_tampered_bytes_or_flags_are_misses(make):
     cache.set("k", "a text value")
     key = cache._key("k", None)
     # Written behind the backend's back, through its store.
-    flags, data = cache._store.get(key, *cache._clock())
+    flags, data = cache._store.get(key)
     tampered = data[:-1] + bytes([data[-1] ^ 1])
     # Same signed bytes under other flags (text -> pickle), then flipped bytes.
     for new_flags, new_data in ((flags ^ (1 << 4) | 1, data), (flags, tampered)):
-        cache._store.set(key, new_flags, new_data, cache._write_args(None))
+        cache._store.set(key, (new_flags, new_data), cache._write_args(None))
         assert cache.get("k") is None
 
 

@@ -22,7 +22,7 @@ import hmac
 import json
 import logging
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -169,7 +169,11 @@ class Serializer:
         """The stored value of ``item`` (``(flags, bytes)``), or ``default``
         (logged) if it cannot be loaded: unverified, a class that moved,
         corrupt bytes. A miss is the safe answer."""
-        return _loaded_or(default, key, self.decode, *item)
+        try:
+            return self.decode(item[0], item[1])
+        except Exception:
+            _log_unloadable(key)
+            return default
 
     # -- bytes only: the PostgreSQL store ---------------------------------
 
@@ -183,21 +187,18 @@ class Serializer:
             data = self._verified(kind, data)
         return self._load_object(kind, data)
 
-    def dumps_item(self, value: Any) -> tuple[bytes]:
-        """``dumps`` as a store item (the PostgreSQL store keeps no flags)."""
-        return (self.dumps(value),)
-
     def load_or(self, default: Any, key: Any, data: bytes) -> Any:
         """``loads``, or ``default`` (logged): see ``decode_item_or``."""
-        return _loaded_or(default, key, self.loads, data)
+        try:
+            return self.loads(data)
+        except Exception:
+            _log_unloadable(key)
+            return default
 
 
-def _loaded_or(default: Any, key: Any, load: Callable[..., Any], *stored: object) -> Any:
-    try:
-        return load(*stored)
-    except Exception:
-        logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
-        return default
+def _log_unloadable(key: Any) -> None:
+    # Called from an except block: the traceback says why.
+    logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
 
 
 def serializer_options() -> list[Option]:

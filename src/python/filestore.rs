@@ -9,18 +9,19 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::PyDict;
 
 use super::aio::Bytes;
-use super::{Write, settings, unix_now};
+use super::{Delta, Write, settings};
 use crate::filestore::{FileStore as Store, Value};
 
 /// A file cache in one directory, safe for any number of threads and
 /// processes on this host. Values are `(flags, bytes)`; expiry times are
-/// Unix seconds (0: never), and `now` is the caller's clock (Python's
-/// `time.time()`, so a test that fakes it fakes it here too).
+/// Unix seconds (0: never) on Python's clock (`python_clock`).
 #[pyclass(frozen, module = "racefree._core")]
 pub struct FileStore {
     store: Arc<Store>,
 }
 
+/// A value as the backend stores it: `(flags, bytes)`.
+type Item = (u32, PyBackedBytes);
 type Found = Option<(u32, Bytes)>;
 
 fn found(value: Option<Value>) -> Found {
@@ -28,7 +29,7 @@ fn found(value: Option<Value>) -> Found {
 }
 
 store_methods! {
-    FileStore, store = self.store;
+    FileStore, store = self.store, now = super::python_clock;
 
     plain {
         /// `options`: the backend's OPTIONS the store takes, by lowercase name.
@@ -63,60 +64,60 @@ store_methods! {
 
     calls {
         /// `(flags, value)`, or None if there is no live value.
-        fn get / aget(key: PyBackedStr, now: f64) -> Found {
+        fn get / aget(key: PyBackedStr) -> Found {
             Ok(found(store.get(key.as_bytes(), now)?))
         }
 
-        fn has_key / ahas_key(key: PyBackedStr, now: f64) -> bool {
+        fn has_key / ahas_key(key: PyBackedStr) -> bool {
             Ok(store.contains(key.as_bytes(), now)?)
         }
 
-        fn set / aset(key: PyBackedStr, flags: u32, value: PyBackedBytes, write: Write) -> () {
-            Ok(store.set(key.as_bytes(), flags, &value, write.expires(), write.now(), write.limits())?)
+        fn set / aset(key: PyBackedStr, item: Item, write: Write) -> () {
+            let (flags, value) = &item;
+            Ok(store.set(key.as_bytes(), *flags, value, write.expires(), now, write.limits())?)
         }
 
         /// Store only if the key has no live value; True if stored.
-        fn add / aadd(key: PyBackedStr, flags: u32, value: PyBackedBytes, write: Write) -> bool {
-            Ok(store.add(key.as_bytes(), flags, &value, write.expires(), write.now(), write.limits())?)
+        fn add / aadd(key: PyBackedStr, item: Item, write: Write) -> bool {
+            let (flags, value) = &item;
+            Ok(store.add(key.as_bytes(), *flags, value, write.expires(), now, write.limits())?)
         }
 
         /// A new expiry for a live value; True if there was one.
         fn touch / atouch(key: PyBackedStr, write: Write) -> bool {
-            Ok(store.touch(key.as_bytes(), write.expires(), write.now())?)
+            Ok(store.touch(key.as_bytes(), write.expires(), now)?)
         }
 
-        fn delete / adelete(key: PyBackedStr, now: f64) -> bool {
+        fn delete / adelete(key: PyBackedStr) -> bool {
             Ok(store.delete(key.as_bytes(), now)?)
         }
 
         /// Atomic add to a stored integer, keeping its expiry; None if missing.
-        fn incr / aincr(key: PyBackedStr, delta: i128, now: f64) -> Option<i128> {
-            Ok(store.incr(key.as_bytes(), delta, now)?)
+        fn incr / aincr(key: PyBackedStr, delta: Delta) -> Option<i128> {
+            Ok(store.incr(key.as_bytes(), delta.0, now)?)
         }
 
         /// `{key: (flags, value)}` for the live keys.
-        fn get_many / aget_many(keys: Vec<PyBackedStr>, now: f64) -> HashMap<PyBackedStr, (u32, Bytes)> {
+        fn get_many / aget_many(keys: Vec<PyBackedStr>) -> HashMap<String, (u32, Bytes)> {
             let mut result = HashMap::with_capacity(keys.len());
-            for key in keys {
+            for key in &keys {
                 if let Some(item) = found(store.get(key.as_bytes(), now)?) {
-                    result.insert(key, item);
+                    result.insert(key.to_string(), item);
                 }
             }
             Ok(result)
         }
 
-        /// Store `(key, flags, value)` triples with one expiry; returns the
+        /// Store `(key, (flags, value))` pairs with one expiry; returns the
         /// keys not stored (none: a failure raises).
-        fn set_many / aset_many(items: Vec<(PyBackedStr, u32, PyBackedBytes)>, write: Write) -> Vec<String> {
-            for (key, flags, value) in &items {
-                store.set(key.as_bytes(), *flags, value, write.expires(), write.now(), write.limits())?;
+        fn set_many / aset_many(items: Vec<(PyBackedStr, Item)>, write: Write) -> Vec<String> {
+            for (key, (flags, value)) in &items {
+                store.set(key.as_bytes(), *flags, value, write.expires(), now, write.limits())?;
             }
             Ok(Vec::new())
         }
 
-        /// Delete keys (nothing is returned, so the clock does not matter).
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> () {
-            let now = unix_now();
             for key in &keys {
                 store.delete(key.as_bytes(), now)?;
             }

@@ -8,7 +8,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::errors::memcached_key;
-use super::settings;
+use super::{Delta, settings};
 use crate::memcached::{BatchFailure, Client, Entry, Item, StoreMode, StoreOutcome};
 
 /// A pooled, thread-safe memcached client. Values are `(flags, bytes)`
@@ -31,7 +31,13 @@ struct Batch<T> {
     failures: Vec<BatchFailure>,
     /// Keys not stored for another reason (too large), also failed.
     also_failed: Vec<usize>,
+    /// `set_many`'s values, released with the GIL (when this is converted)
+    /// rather than on a thread without it.
+    _values: Vec<Value>,
 }
+
+/// A value as the backend stores it: `(flags, bytes)`.
+type Value = (u32, PyBackedBytes);
 
 impl<T> Batch<T> {
     fn new(keys: Vec<PyBackedStr>, result: T, failures: Vec<BatchFailure>) -> Self {
@@ -40,6 +46,7 @@ impl<T> Batch<T> {
             result,
             failures,
             also_failed: Vec::new(),
+            _values: Vec::new(),
         }
     }
 
@@ -119,7 +126,7 @@ fn magnitude(delta: i128) -> PyResult<u64> {
 }
 
 store_methods! {
-    MemcachedClient, client = self.client;
+    MemcachedClient, client = self.client, _now = super::server_clock;
 
     plain {
         /// `config`: the backend's OPTIONS the client takes, by lowercase name.
@@ -185,18 +192,21 @@ store_methods! {
             Ok(client.contains(memcached_key(&key)?)?)
         }
 
-        fn touch / atouch(key: PyBackedStr, ttl: i64) -> bool {
-            Ok(client.touch(memcached_key(&key)?, ttl)?)
+        fn touch / atouch(key: PyBackedStr, write: i64) -> bool {
+            Ok(client.touch(memcached_key(&key)?, write)?)
         }
 
-        fn set / aset(key: PyBackedStr, flags: u32, value: PyBackedBytes, ttl: i64) -> () {
-            client.store(memcached_key(&key)?, &value, flags, ttl, StoreMode::Set)?;
+        /// `write`: the TTL, as memcached takes it.
+        fn set / aset(key: PyBackedStr, item: Value, write: i64) -> () {
+            let (flags, value) = &item;
+            client.store(memcached_key(&key)?, value, *flags, write, StoreMode::Set)?;
             Ok(())
         }
 
         /// Store only if absent; True if stored.
-        fn add / aadd(key: PyBackedStr, flags: u32, value: PyBackedBytes, ttl: i64) -> bool {
-            Ok(client.store(memcached_key(&key)?, &value, flags, ttl, StoreMode::Add)?)
+        fn add / aadd(key: PyBackedStr, item: Value, write: i64) -> bool {
+            let (flags, value) = &item;
+            Ok(client.store(memcached_key(&key)?, value, *flags, write, StoreMode::Add)?)
         }
 
         fn delete / adelete(key: PyBackedStr) -> bool {
@@ -205,9 +215,9 @@ store_methods! {
 
         /// Atomic add of a signed delta; None if the key is missing.
         /// Memcached wraps at 2**64 going up and stops at 0 going down.
-        fn incr / aincr(key: PyBackedStr, delta: i128) -> Option<u64> {
-            let (key, by) = (memcached_key(&key)?, magnitude(delta)?);
-            Ok(if delta < 0 { client.decr(key, by)? } else { client.incr(key, by)? })
+        fn incr / aincr(key: PyBackedStr, delta: Delta) -> Option<u64> {
+            let (key, by) = (memcached_key(&key)?, magnitude(delta.0)?);
+            Ok(if delta.0 < 0 { client.decr(key, by)? } else { client.incr(key, by)? })
         }
 
         /// `{key: (flags, value)}` for the keys found. A failed server
@@ -221,16 +231,18 @@ store_methods! {
         /// Store `(key, flags, value)` triples; returns the keys not stored
         /// (values over the item size limit, whose old values are deleted).
         /// A failed server raises, with `failed_keys` on the exception.
-        fn set_many / aset_many(items: Vec<(PyBackedStr, u32, PyBackedBytes)>, ttl: i64) -> Batch<Vec<StoreOutcome>> {
-            let (keys, values): (Vec<PyBackedStr>, Vec<_>) =
-                items.into_iter().map(|(key, flags, value)| (key, (flags, value))).unzip();
+        fn set_many / aset_many(items: Vec<(PyBackedStr, Value)>, write: i64) -> Batch<Vec<StoreOutcome>> {
+            let (keys, values): (Vec<PyBackedStr>, Vec<Value>) = items.into_iter().unzip();
             let entries = memcached_keys(&keys)?
                 .into_iter()
                 .zip(&values)
                 .map(|(key, (flags, value))| Entry { key, value, flags: *flags })
                 .collect::<Vec<_>>();
-            let (outcomes, failures) = client.set_many(&entries, ttl)?;
-            Ok(Batch::new(keys, outcomes, failures))
+            let (outcomes, failures) = client.set_many(&entries, write)?;
+            Ok(Batch {
+                _values: values,
+                ..Batch::new(keys, outcomes, failures)
+            })
         }
 
         /// Delete keys; a failed server raises, with `failed_keys`.

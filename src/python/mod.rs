@@ -2,24 +2,26 @@
 //! releases the GIL around every I/O call, and maps store errors to the
 //! exceptions in `racefree.exceptions`. Serialization stays in Python.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+
+use crate::health::{Event, Level};
+use pyo3::types::{PyDict, PyModule};
 
 /// A store class's methods, with each store call written once and
 /// generated twice: `name` runs its body with the GIL released and returns
 /// the result; `aname` runs the same body on the blocking pool and returns
-/// an `asyncio.Future` of it (see `aio`). Bodies see the store as `$store`,
-/// return a `PyResult` of a value Python can take (converted with the GIL,
-/// and free to raise then), and must not touch Python themselves.
+/// an `asyncio.Future` of it (see `aio`). Bodies see the store as `$store`
+/// and the caller's clock as `$now` (read by `$clock` with the GIL, before
+/// either), return a `PyResult` of a value Python can take (converted with
+/// the GIL, and free to raise then), and must not touch Python themselves.
 /// Arguments are `PyBacked*` or plain values, so neither form copies them.
 /// `plain` holds the class's other methods, as written.
 macro_rules! store_methods {
     (
-        $class:ident, $store:ident = self.$field:ident;
+        $class:ident, $store:ident = self.$field:ident, $now:ident = $clock:path;
         plain { $($plain:tt)* }
         calls {
             $(
@@ -33,17 +35,16 @@ macro_rules! store_methods {
             $($plain)*
             $(
                 $(#[doc = $doc])*
-                // One argument per value Python hands over, as it spells them.
-                #[allow(clippy::too_many_arguments)]
                 fn $name(&self, py: Python<'_>, $($arg: $ty),*) -> PyResult<$ret> {
-                    let $store = &*self.$field;
+                    let ($store, $now) = (&*self.$field, $clock(py)?);
+                    let _ = &$now; // not every call needs the clock
                     py.detach(|| -> PyResult<$ret> { $($body)* })
                 }
 
                 $(#[doc = $doc])*
-                #[allow(clippy::too_many_arguments)]
                 fn $aname<'py>(&self, py: Python<'py>, $($arg: $ty),*) -> PyResult<Bound<'py, PyAny>> {
-                    let $store = std::sync::Arc::clone(&self.$field);
+                    let ($store, $now) = (std::sync::Arc::clone(&self.$field), $clock(py)?);
+                    let _ = &$now;
                     super::aio::spawn(py, move || -> PyResult<$ret> { $($body)* })
                 }
             )*
@@ -66,33 +67,49 @@ fn settings<T: serde::de::DeserializeOwned>(store: &str, given: &Bound<'_, PyDic
 
 /// What a write tells a store that keeps expiry and culls itself, beside
 /// the key and value, as the backend passes it (`_write_args`): expiry in
-/// Unix seconds (0: never), now, MAX_ENTRIES and CULL_FREQUENCY.
+/// Unix seconds (0: never), MAX_ENTRIES and CULL_FREQUENCY.
 #[derive(FromPyObject, Clone, Copy)]
-struct Write(f64, f64, i64, i64);
+struct Write(f64, i64, i64);
 
 impl Write {
     fn expires(self) -> f64 {
         self.0
     }
 
-    fn now(self) -> f64 {
-        self.1
-    }
-
     fn limits(self) -> crate::Limits {
-        crate::Limits::new(self.2, self.3)
+        crate::Limits::new(self.1, self.2)
     }
 }
 
-/// Now, in Unix seconds (Python's `time.time()`): the stores' clock for
-/// expiry.
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64())
+/// An `incr` delta: Python's int, read fast when it fits 64 bits.
+#[derive(Clone, Copy)]
+struct Delta(i128);
+
+impl FromPyObject<'_, '_> for Delta {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'_, '_, PyAny>) -> PyResult<Self> {
+        match obj.extract::<i64>() {
+            Ok(small) => Ok(Delta(small.into())),
+            Err(_) => obj.extract::<i128>().map(Delta),
+        }
+    }
 }
 
-use crate::health::{Event, Level};
+/// Python's `time.time()`, looked up at every call: the clock of a store
+/// that keeps expiry itself is Python's, so a test that fakes it (mock,
+/// freezegun) fakes it for the store too, as it does for the expiry times
+/// Django computes.
+fn python_clock(py: Python<'_>) -> PyResult<f64> {
+    static TIME: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let time = TIME.get_or_try_init(py, || py.import("time").map(Bound::unbind))?;
+    time.bind(py).getattr(intern!(py, "time"))?.call0()?.extract()
+}
+
+/// The clock of a store whose server keeps expiry (none).
+fn server_clock(_: Python<'_>) -> PyResult<()> {
+    Ok(())
+}
 
 /// A store's operation counters as a new dict, for `stats()`.
 fn counters_dict<'py>(py: Python<'py>, counters: &[(&'static str, u64)]) -> PyResult<Bound<'py, PyDict>> {

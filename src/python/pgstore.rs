@@ -15,7 +15,7 @@ use crate::pgstore::{PgStore as Store, Settings, expiry, moment};
 
 /// A pooled PostgreSQL cache on Django's cache table. Values are the
 /// pickled bytes (stored base64, as Django does); expiry times are Unix
-/// seconds (0: never), and `now` is the caller's clock (see `FileStore`).
+/// seconds (0: never) on Python's clock (`python_clock`).
 #[pyclass(frozen, module = "racefree._core")]
 pub struct PgStore {
     store: Arc<Store>,
@@ -73,7 +73,7 @@ fn changed(change: &Py<PyAny>, current: &[u8]) -> PyResult<Vec<u8>> {
 }
 
 store_methods! {
-    PgStore, store = self.store;
+    PgStore, store = self.store, now = super::python_clock;
 
     plain {
         /// `params` (Django-style) or `dsn` say where the server is;
@@ -128,44 +128,44 @@ store_methods! {
 
     calls {
         /// The live value, or None.
-        fn get / aget(key: PyBackedStr, now: f64) -> Option<Bytes> {
+        fn get / aget(key: PyBackedStr) -> Option<Bytes> {
             Ok(store.get(&key, moment(now))?.map(Bytes))
         }
 
         /// `{key: value}` for the live keys, one round trip.
-        fn get_many / aget_many(keys: Vec<PyBackedStr>, now: f64) -> HashMap<String, Bytes> {
+        fn get_many / aget_many(keys: Vec<PyBackedStr>) -> HashMap<String, Bytes> {
             let keys: Vec<&str> = keys.iter().map(|key| &**key).collect();
             let found = store.get_many(&keys, moment(now))?;
             Ok(found.into_iter().map(|(key, value)| (key, Bytes(value))).collect())
         }
 
-        fn has_key / ahas_key(key: PyBackedStr, now: f64) -> bool {
+        fn has_key / ahas_key(key: PyBackedStr) -> bool {
             Ok(store.contains(&key, moment(now))?)
         }
 
-        fn set / aset(key: PyBackedStr, value: PyBackedBytes, write: Write) -> () {
-            Ok(store.set(&key, &value, expiry(write.expires()), moment(write.now()), write.limits())?)
+        fn set / aset(key: PyBackedStr, item: PyBackedBytes, write: Write) -> () {
+            Ok(store.set(&key, &item, expiry(write.expires()), moment(now), write.limits())?)
         }
 
         /// Store only if the key is absent or expired; True if stored.
-        fn add / aadd(key: PyBackedStr, value: PyBackedBytes, write: Write) -> bool {
-            Ok(store.add(&key, &value, expiry(write.expires()), moment(write.now()), write.limits())?)
+        fn add / aadd(key: PyBackedStr, item: PyBackedBytes, write: Write) -> bool {
+            Ok(store.add(&key, &item, expiry(write.expires()), moment(now), write.limits())?)
         }
 
         /// Store `(key, value)` pairs with one expiry, one round trip;
         /// returns the keys not stored (none: a failure raises).
         fn set_many / aset_many(items: Vec<(PyBackedStr, PyBackedBytes)>, write: Write) -> Vec<String> {
             let pairs: Vec<(&str, &[u8])> = items.iter().map(|(key, value)| (&**key, &**value)).collect();
-            store.set_many(&pairs, expiry(write.expires()), moment(write.now()), write.limits())?;
+            store.set_many(&pairs, expiry(write.expires()), moment(now), write.limits())?;
             Ok(Vec::new())
         }
 
         /// A new expiry for a live value; True if there was one.
         fn touch / atouch(key: PyBackedStr, write: Write) -> bool {
-            Ok(store.touch(&key, expiry(write.expires()), moment(write.now()))?)
+            Ok(store.touch(&key, expiry(write.expires()), moment(now))?)
         }
 
-        fn delete / adelete(key: PyBackedStr, now: f64) -> bool {
+        fn delete / adelete(key: PyBackedStr) -> bool {
             Ok(store.delete(&key, moment(now))?)
         }
 
@@ -178,7 +178,7 @@ store_methods! {
         /// the key locked, in the same transaction); returns the new value,
         /// or None if there was no live value. An exception from `change`
         /// writes nothing and propagates.
-        fn update / aupdate(key: PyBackedStr, now: f64, change: Py<PyAny>) -> Option<Bytes> {
+        fn update / aupdate(key: PyBackedStr, change: Py<PyAny>) -> Option<Bytes> {
             let outcome = store.update(&key, moment(now), |current| changed(&change, current))?;
             Ok(outcome?.map(Bytes))
         }

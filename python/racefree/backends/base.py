@@ -7,25 +7,25 @@ The operations are written once, here, against a store of the Rust
 extension (``racefree._core``). Every store takes the same calls, each
 also as an awaitable ``a``-twin:
 
-- ``get(key, *now)`` -> item or None; ``get_many(keys, *now)`` -> ``{key: item}``
-- ``has_key(key, *now)``, ``delete(key, *now)`` -> bool
-- ``set(key, *item, write)``; ``add(key, *item, write)``, ``touch(key, write)`` -> bool
-- ``set_many([(key, *item), ...], write)`` -> keys not stored
-- ``incr(key, delta, *now)`` -> new value, or None if missing
+- ``get(key)`` -> item or None; ``get_many(keys)`` -> ``{key: item}``
+- ``has_key(key)``, ``delete(key)`` -> bool
+- ``set(key, item, write)``; ``add(key, item, write)``, ``touch(key, write)`` -> bool
+- ``set_many([(key, item), ...], write)`` -> keys not stored
+- ``incr(key, delta)`` -> new value, or None if missing
 - ``delete_many(keys)``, ``clear()``
 
-An item is what ``_encode`` makes of a value (``(flags, bytes)``, or
-``(bytes,)`` for the PostgreSQL store); ``write`` is what ``_write_args``
-makes of a timeout, and ``now`` is ``_clock()``. The stores that keep
-expiry and cull themselves (file, PostgreSQL) take the caller's clock and
-``(expiry, now, MAX_ENTRIES, CULL_FREQUENCY)``; memcached's server does
-both, and takes its TTL. A backend supplies the store and, where they
-differ, those three.
+An item is what ``_encode`` makes of a value (``(flags, bytes)``, or the
+bytes alone for the PostgreSQL store), and ``write`` what ``_write_args``
+makes of a timeout: memcached's TTL (its server keeps expiry and evicts),
+or ``(expiry, MAX_ENTRIES, CULL_FREQUENCY)`` for the stores that keep
+expiry and cull themselves (file, PostgreSQL; they read Python's
+``time.time()`` as their clock). A backend supplies the store and, where
+they differ, those two and ``_decode_or``. Nothing here is unpacked with
+``*``: a starred call costs a few hundred instructions per operation.
 """
 
 import os
 import threading
-import time
 from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -91,9 +91,12 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     refused_options: ClassVar[dict[str, str]] = {}
 
     _store: Any
-    #: value -> item; (default, key, item) -> the value, or default if it cannot be loaded.
-    _encode: Callable[[Any], tuple[Any, ...]]
+    #: value -> item; (default, key, item) -> the value, or default if it
+    #: cannot be loaded; timeout -> what a write tells the store beside key
+    #: and item. Bound per instance (no extra frame per call).
+    _encode: Callable[[Any], Any]
     _decode_or: Callable[[Any, Any, Any], Any]
+    _write_args: Callable[[float | None], Any]
 
     def _configure(self, params: dict[str, Any]) -> dict[str, Any]:
         """Read OPTIONS (``ImproperlyConfigured`` for anything unknown or of
@@ -105,6 +108,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         self._serializer = serializer_from(path, options)
         self._encode = self._serializer.encode
         self._decode_or = self._serializer.decode_item_or
+        self._write_args = self._expiry_and_limits
         self._stampede = Stampede.from_options(options)
         self._ignore_exceptions = options.get("IGNORE_EXCEPTIONS", False)
         # Key rules are racefree's own unless a subclass elsewhere has its own.
@@ -112,21 +116,14 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         self._init_key_making(own)
         return options
 
-    def _clock(self) -> tuple[float, ...]:
-        """Now, for a store that keeps expiry itself: Python's
-        ``time.time()``, read at each call, so a test that fakes the clock
-        (Django's middleware tests do) fakes it for the cache too."""
-        return (time.time(),)
-
-    def _write_args(self, timeout: float | None) -> Any:
-        """What a write with ``timeout`` tells the store beside key and
-        value: the expiry in Unix seconds (0.0: never), now, and
-        MAX_ENTRIES and CULL_FREQUENCY, read at every write (Django's tests
-        change them at run time)."""
+    def _expiry_and_limits(self, timeout: float | None) -> tuple[float, int, int]:
+        """The write argument of a store that keeps expiry and culls
+        itself: the expiry in Unix seconds (0.0: never), MAX_ENTRIES and
+        CULL_FREQUENCY, read at every write (Django's tests change them at
+        run time)."""
         expires = self.get_backend_timeout(timeout)
         # A past expiry must stay distinguishable from "never".
-        expires = 0.0 if expires is None else max(expires, 1e-6)
-        return expires, time.time(), self._max_entries, self._cull_frequency
+        return 0.0 if expires is None else max(expires, 1e-6), self._max_entries, self._cull_frequency
 
     def close(self, **kwargs: Any) -> None:
         """Keep the store: Django calls this after every request, and the
@@ -139,7 +136,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
-            item = yield self._store.get, (key, *self._clock())
+            item = yield self._store.get, (key,)
         except CacheError as error:
             self._server_failed("get", error)
             return default
@@ -149,7 +146,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     def has_key(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
-            return (yield self._store.has_key, (key, *self._clock()))
+            return (yield self._store.has_key, (key,))
         except CacheError as error:
             self._server_failed("has_key", error)
             return False
@@ -159,9 +156,8 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
     ) -> Generator[Any, Any, None]:
         key = self._key(key, version)
-        item = self._encode(value)
         try:
-            yield self._store.set, (key, *item, self._write_args(timeout))
+            yield self._store.set, (key, self._encode(value), self._write_args(timeout))
         except CacheError as error:
             self._server_failed("set", error)
 
@@ -170,9 +166,8 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         self, key: Any, value: Any, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
     ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
-        item = self._encode(value)
         try:
-            return (yield self._store.add, (key, *item, self._write_args(timeout)))
+            return (yield self._store.add, (key, self._encode(value), self._write_args(timeout)))
         except CacheError as error:
             self._server_failed("add", error)
             return False
@@ -192,7 +187,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     def delete(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
-            return (yield self._store.delete, (key, *self._clock()))
+            return (yield self._store.delete, (key,))
         except CacheError as error:
             self._server_failed("delete", error)
             return False
@@ -204,7 +199,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         cannot count with TypeError."""
         key = self._key(key, version)
         try:
-            value = yield self._store.incr, (key, delta, *self._clock())
+            value = yield self._store.incr, (key, delta)
         except CacheError as error:
             self._server_failed("incr", error)
             value = None
@@ -218,7 +213,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         if not key_map:
             return {}
         try:
-            found = yield self._store.get_many, (list(key_map), *self._clock())
+            found = yield self._store.get_many, (list(key_map),)
         except CacheError as error:
             self._server_failed("get_many", error)
             # What the servers that answered returned, where there are several.
@@ -239,7 +234,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         for key, value in data.items():
             made = self._key(key, version)
             original[made] = key
-            items.append((made, *self._encode(value)))
+            items.append((made, self._encode(value)))
         if not items:
             return []
         try:

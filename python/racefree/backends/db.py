@@ -159,7 +159,7 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
         options = self._configure(params)
         super().__init__(table, params)
         # The table holds the serializer's bytes only (base64, as Django's).
-        self._encode = self._serializer.dumps_item
+        self._encode = self._serializer.dumps
         self._decode_or = self._serializer.load_or
         if options["DSN"]:
             params_for_store: dict[str, str] = {}
@@ -174,7 +174,7 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
         """racefree.E003 for a missing table, W002 for a server that does
         not answer now."""
         try:
-            self._store.has_key("racefree:check", 0.0)
+            self._store.has_key("racefree:check")
         except CacheError as failure:
             if "does not exist" in str(failure):
                 problem = f": the cache table {self._table!r} does not exist"
@@ -202,7 +202,7 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
             return self._serializer.dumps(value)
 
         try:
-            written = yield self._store.update, (key, *self._clock(), add_delta)
+            written = yield self._store.update, (key, add_delta)
         except UnverifiedValue:
             # Not this cache's value to count with (logged by nothing
             # else): as if missing. The transaction was rolled back.

@@ -86,6 +86,8 @@ class MemcachedCache(RacefreeCache, BaseCache):
     def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
         options = self._configure(params)
         super().__init__(params)
+        # The server keeps expiry (TTLs, on its own clock) and evicts by itself.
+        self._write_args = self.get_backend_timeout
         self._servers = split_location(server)
         self._options = options
         config = store_settings(options, OPTIONS)
@@ -114,12 +116,6 @@ class MemcachedCache(RacefreeCache, BaseCache):
             timeout += int(time.time())
         return timeout
 
-    # The server keeps expiry (TTLs, on its own clock) and evicts by itself.
-    def _write_args(self, timeout: float | None) -> int:
-        return self.get_backend_timeout(timeout)
-
-    def _clock(self) -> tuple[float, ...]:
-        return ()
 
     def lock_entry_timeout(self, lease: float) -> int:
         # Memcached's clock ticks in whole seconds: a TTL of n ends within

@@ -12,16 +12,14 @@ def size_label(size):
     return f"{size // 1024} KB" if size >= 1024 else f"{size} B"
 
 
-def median_row(row, names, rounds, run, settle=None, pick=statistics.median):
+def median_row(row, names, rounds, run, pick=statistics.median):
     """Fill ``row[name]`` with the median (or ``pick``) of ``rounds`` calls
     of ``run(name)``; backends take turns within each round, so that
-    machine noise hits them alike. ``settle()`` runs before each call (e.g.
-    to let the previous backend's disk writes drain)."""
+    machine noise hits them alike. Nothing is done between runs: no backend
+    is given a quieter machine than it leaves the next one."""
     runs = {name: [] for name in names}
     for _ in range(rounds):
         for name in names:
-            if settle:
-                settle()
             runs[name].append(run(name))
     for name in names:
         row[name] = pick(runs[name])

@@ -1,13 +1,17 @@
 """Memcached backends side by side: racefree vs Django's PyMemcacheCache and
 PyLibMCCache, on one memcached started here, through Django's cache API.
 
-    python benchmarks/memcached_bench.py [--seconds 2] [--json out.json]
+    python benchmarks/memcached_bench.py [--seconds 1] [--server-threads 4 2] [--json out.json]
 
 Every thread uses its own backend instance, as Django's ``caches[...]``
 gives each thread (the stock clients are not thread-safe otherwise).
 Throughput is ops/s summed over threads; each cell is the median of
 ``--rounds`` runs, the backends taking turns within every round so that
-machine noise hits them alike. Ratios are racefree / stock.
+machine noise hits them alike. Ratios are racefree / stock, the median of
+the rounds' ratios. Every case runs against a memcached with its default 4
+worker threads (``-t 4``, what users run) and again with 2 (``-t 2``, as
+many as this machine has cores), each server started fresh in its default
+configuration otherwise.
 """
 
 import argparse
@@ -104,10 +108,12 @@ def main():
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--quick", action="store_true", help="100 B, fewer cases")
     parser.add_argument("--ops", help="comma-separated operations to run (default: all)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8], help="client threads")
+    parser.add_argument("--server-threads", type=int, nargs="+", default=[4, 2],
+                        help="memcached worker threads (-t), one server each (default: 4 2)")
     args = parser.parse_args()
 
     backends = available_backends()
-    server = Memcached(memory_mb=256)
     cases = []
     sizes = [100] if args.quick else [100, 10 * 1024]
     ops = ["get-hit", "get-miss", "set", "get_many(100)", "incr", "request"]
@@ -115,29 +121,32 @@ def main():
         ops = [op for op in ops if op in args.ops.split(",")]
     for op in [op for op in ops if op != "request"]:
         for size in sizes if op in ("get-hit", "set", "get_many(100)") else [100]:
-            for threads in (1, 8):
+            for threads in args.threads:
                 cases.append((op, size, threads))
-    for threads in (1, 8) if "request" in ops else ():
+    for threads in args.threads if "request" in ops else ():
         cases.append(("request", 100, threads))
     results = []
-    try:
-        for op, size, threads in cases:
-            row = {"op": op, "size": size, "threads": threads}
-            median_row(
-                row,
-                list(backends),
-                args.rounds,
-                lambda name: measure(name, server.location, op, size, threads, args.seconds),
-            )
-            results.append(row)
-            print(format_row(row, backends), flush=True)
-    finally:
-        server.stop()
+    for server_threads in args.server_threads:
+        server = Memcached(memory_mb=256, threads=server_threads)
+        try:
+            for op, size, threads in cases:
+                row = {"op": op, "size": size, "threads": threads, "server_threads": server_threads}
+                median_row(
+                    row,
+                    list(backends),
+                    args.rounds,
+                    lambda name: measure(name, server.location, op, size, threads, args.seconds),
+                )
+                results.append(row)
+                print(format_row(row, backends), flush=True)
+        finally:
+            server.stop()
     print()
     columns = [
         ("operation", lambda row: row["op"]),
         ("value", lambda row: size_label(row["size"])),
         ("threads", lambda row: str(row["threads"])),
+        ("memcached", lambda row: f"-t {row['server_threads']}"),
     ]
     print(markdown(results, list(backends), columns))
     save(args.json, results, seconds=args.seconds, rounds=args.rounds)
@@ -145,7 +154,7 @@ def main():
 
 def format_row(row, backends):
     cells = [f"{name} {row[name]:>9.0f}/s" for name in backends]
-    return f"{row['op']:<14} {size_label(row['size']):>6} {row['threads']}T  " + "  ".join(cells)
+    return f"{row['op']:<14} {size_label(row['size']):>6} {row['threads']}T -t{row['server_threads']}  " + "  ".join(cells)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,11 @@
 //! 40..    key, value
 //! ```
 //!
-//! Files are written whole to a temp file and renamed into place. The one
-//! change made in place is a same-size rewrite of a small file (`incr`,
-//! `touch`; see `IN_PLACE_MAX` in `store`): a reader that catches one half
-//! done fails the checksum and reads again. The checksum and exact length
-//! also catch a file someone else truncated or scribbled on, which then
-//! reads as a miss.
+//! A key's file is rewritten in place when its blocks hold the new entry,
+//! else replaced by a temp file swapped in (see `store`). A reader that
+//! catches a rewrite half done fails the checksum or the length check and
+//! reads again. The checksum and exact length also catch a file someone
+//! else truncated or scribbled on, which then reads as a miss.
 
 use xxhash_rust::xxh3::Xxh3;
 

@@ -10,20 +10,31 @@
 //!     .tmp-*              entries being written
 //! ```
 //!
-//! Readers take no lock: an entry is written whole to a temp file and
-//! renamed over the old one, so a reader opens either the old file or the
-//! new one, never a partial one. Everything that decides from what it read
-//! (add, incr, touch, delete, removing an expired or damaged file, culling,
-//! clear) holds the shard's lock, as does every rename, so no process can
-//! slip a fresh value in between the decision and the act. Unrelated keys
-//! mostly live in other shards and do not wait for each other.
+//! Every write holds the shard's lock, and so does everything that decides
+//! from what it read (add, incr, touch, delete, removing an expired or
+//! damaged file, culling, clear), so no process can slip a fresh value in
+//! between the decision and the act. Unrelated keys mostly live in other
+//! shards and do not wait for each other.
+//!
+//! A key's file, once created, is rewritten in place whenever the blocks
+//! it already has can hold the new entry: no new inode, no rename, no
+//! unlink, so a write costs the file system no journalled metadata but the
+//! file's times. (Creating, renaming and unlinking a file per write is what
+//! made writes collapse while other processes created files on the same
+//! file system; figures in the README.) Other writes go to a temp file
+//! that is swapped in.
+//!
+//! Readers take no lock. A reader that catches an in-place rewrite half
+//! done fails the checksum or the length check and reads again; if it
+//! keeps failing, it reads under the shard's lock, where no writer is
+//! midway. So no read returns a torn value.
 
 use crate::stats::{Counters, Snapshot};
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -52,15 +63,9 @@ pub const INTEGER_FLAG: u32 = 1 << 1;
 /// increment keeps the file's size and can be written in place.
 const INTEGER_WIDTH: usize = 40;
 
-/// Files up to this size are rewritten in place (one `pwrite` within one
-/// page, which a reader sees whole or, checksum failing, re-reads) when an
-/// update keeps their size: increments and touches. Everything else is
-/// written to a temp file and swapped in.
-const IN_PLACE_MAX: usize = 4096;
-
-/// Re-reads of a file whose checksum failed before calling it damaged: a
-/// reader may catch an in-place rewrite half done.
-const READ_ATTEMPTS: usize = 3;
+/// Lock-free reads of a file whose checksum fails before reading it under
+/// the shard's lock: a reader may catch an in-place rewrite half done.
+const READ_ATTEMPTS: usize = 2;
 
 /// A live value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,20 +171,32 @@ impl FileStore {
         lock::lock(&self.shard_dir(shard).join(".lock"), self.lock_timeout, None)
     }
 
-    /// Read `path` as `key`'s entry. With `whole`, the value is read and
-    /// checksummed; otherwise only the header, key and file length.
-    fn read(&self, path: &Path, key: &[u8], now: f64, whole: bool) -> Result<Found> {
-        let mut found = self.read_once(path, key, now, whole)?;
-        for _ in 1..READ_ATTEMPTS {
+    /// Read the key's entry without a lock. A file that fails its checksum
+    /// is read again, then under the shard's lock; one still damaged there
+    /// is not being written, so it is removed and reads as missing.
+    fn read(&self, location: &Location, key: &[u8], now: f64) -> Result<Found> {
+        for _ in 0..READ_ATTEMPTS {
+            let found = self.read_locked(location, key, now)?;
             if !matches!(found, Found::Damaged) {
-                break;
+                return Ok(found);
             }
-            found = self.read_once(path, key, now, whole)?;
         }
-        Ok(found)
+        let Some(_held) = self.lock_existing_shard(location.shard)? else {
+            return Ok(Found::Missing);
+        };
+        match self.read_locked(location, key, now)? {
+            Found::Damaged => {
+                self.replace(location, None)?;
+                Ok(Found::Missing)
+            }
+            found => Ok(found),
+        }
     }
 
-    fn read_once(&self, path: &Path, key: &[u8], now: f64, whole: bool) -> Result<Found> {
+    /// Read the key's entry once: with the shard's lock held, or as one
+    /// attempt of a lock-free `read`.
+    fn read_locked(&self, location: &Location, key: &[u8], now: f64) -> Result<Found> {
+        let path = &location.path;
         let mut file = match File::open(path) {
             Ok(file) => file,
             Err(error) if not_found(&error) => return Ok(Found::Missing),
@@ -192,28 +209,8 @@ impl FileStore {
         if len < HEADER_LEN {
             return Ok(Found::Damaged);
         }
-        if !whole {
-            let mut head = vec![0; (HEADER_LEN + key.len()).min(len)];
-            file.read_exact(&mut head).map_err(|e| Error::io("read", path, e))?;
-            let Some(header) = entry::parse_header(&head) else {
-                return Ok(Found::Damaged);
-            };
-            if header.file_len() != len {
-                return Ok(Found::Damaged);
-            }
-            if &head[HEADER_LEN..] != key || header.key_len != key.len() {
-                return Ok(Found::Foreign);
-            }
-            if is_expired(header.expires, now) {
-                return Ok(Found::Expired);
-            }
-            return Ok(Found::Live {
-                flags: header.flags,
-                value: Vec::new(),
-                expires: header.expires,
-            });
-        }
-        // Entry files never change size once in place.
+        // A rewrite in place may change the length meanwhile: a short read
+        // or a length that disagrees with the header is a torn read.
         let mut bytes = vec![0; len];
         match file.read_exact(&mut bytes) {
             Ok(()) => {}
@@ -299,20 +296,53 @@ impl FileStore {
         Ok(())
     }
 
-    /// With the shard lock held: the key's new file content, rewritten in
-    /// place when it is small and the same size as the old, else swapped in.
-    fn rewrite(&self, location: &Location, old_len: usize, bytes: &[u8]) -> Result<()> {
-        if bytes.len() == old_len && bytes.len() <= IN_PLACE_MAX {
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&location.path)
-                .map_err(|e| Error::io("open", &location.path, e))?;
-            return file
-                .write_all_at(bytes, 0)
-                .map_err(|e| Error::io("write", &location.path, e));
+    /// With the shard lock held: make `bytes` the key's file, in place if
+    /// its file has the room, else swapped in from `temp` (written before
+    /// the lock was taken) or from a temp file written now.
+    fn write_locked(&self, location: &Location, bytes: &[u8], temp: Option<PathBuf>) -> Result<()> {
+        if temp.is_none() && self.overwrite(&location.path, bytes)? {
+            return Ok(());
         }
-        let temp = self.write_temp(location.shard, bytes)?;
+        let temp = match temp {
+            Some(temp) => temp,
+            None => self.write_temp(location.shard, bytes)?,
+        };
         self.replace(location, Some(temp))
+    }
+
+    /// With the shard lock held: rewrite the file at `path` in place if the
+    /// blocks it has hold `bytes`; false (nothing done) if there is no such
+    /// file. Within allocated blocks a write needs no new space, so a full
+    /// disk cannot stop it halfway; if it fails anyway, the torn file is
+    /// removed rather than left to be read.
+    fn overwrite(&self, path: &Path, bytes: &[u8]) -> Result<bool> {
+        let file = match OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path) {
+            Ok(file) => file,
+            Err(error) if not_found(&error) || error.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
+            Err(error) => return Err(Error::io("open", path, error)),
+        };
+        let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        let len = bytes.len() as u64;
+        if !meta.is_file() || meta.blocks().saturating_mul(512) < len {
+            return Ok(false);
+        }
+        let written =
+            file.write_all_at(bytes, 0)
+                .and_then(|()| if meta.len() > len { file.set_len(len) } else { Ok(()) });
+        if let Err(error) = written {
+            drop(file);
+            if self.remove(path)? {
+                self.add_count(-1)?;
+            }
+            return Err(Error::io("write", path, error));
+        }
+        Ok(true)
+    }
+
+    /// Whether the key's file looks like it can be rewritten in place (a
+    /// lock-free guess, which `write_locked` confirms).
+    fn has_room(path: &Path, len: usize) -> bool {
+        fs::symlink_metadata(path).is_ok_and(|meta| meta.is_file() && meta.blocks().saturating_mul(512) >= len as u64)
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -338,15 +368,15 @@ impl FileStore {
         self.with_count(SharedCount::get)
     }
 
-    /// After a lock-free read found an expired or damaged file: remove it
-    /// if it is still so under the lock (a writer may have replaced it
-    /// meanwhile). Best effort: a busy lock or an error leaves it.
+    /// After a lock-free read found an expired file: remove it if it is
+    /// still so under the lock (a writer may have replaced it meanwhile).
+    /// Best effort: a busy lock or an error leaves it.
     fn clean_up(&self, location: &Location, key: &[u8], now: f64) {
         let lock_path = self.shard_dir(location.shard).join(".lock");
         let Ok(Some(_held)) = lock::try_lock(&lock_path) else {
             return;
         };
-        if let Ok(Found::Expired | Found::Damaged) = self.read(&location.path, key, now, true) {
+        if let Ok(Found::Expired | Found::Damaged) = self.read_locked(location, key, now) {
             let _ = self.replace(location, None);
         }
     }
@@ -362,10 +392,10 @@ impl FileStore {
 
     fn get_uncounted(&self, key: &[u8], now: f64) -> Result<Option<Value>> {
         let location = self.locate(key);
-        match self.read(&location.path, key, now, true)? {
+        match self.read(&location, key, now)? {
             Found::Live { flags, value, .. } => Ok(Some(Value { flags, value })),
-            Found::Missing | Found::Foreign => Ok(None),
-            Found::Expired | Found::Damaged => {
+            Found::Missing | Found::Foreign | Found::Damaged => Ok(None),
+            Found::Expired => {
                 self.clean_up(&location, key, now);
                 Ok(None)
             }
@@ -374,75 +404,64 @@ impl FileStore {
 
     pub fn contains(&self, key: &[u8], now: f64) -> Result<bool> {
         let location = self.locate(key);
-        Ok(matches!(
-            self.read(&location.path, key, now, false)?,
-            Found::Live { .. }
-        ))
+        Ok(matches!(self.read(&location, key, now)?, Found::Live { .. }))
     }
 
     /// Store a value; an already expired one deletes the key instead.
     pub fn set(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<()> {
-        self.stats.write(retrying_if_removed(|| {
-            self.set_once(key, flags, value, expires, now, limits)
-        }))
-    }
-
-    fn set_once(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<()> {
-        self.cull_if_full(limits)?;
-        let location = self.locate(key);
-        let temp = self.prepare(&location, key, flags, value, expires, now)?;
-        match self.lock_shard(location.shard) {
-            Ok(_held) => self.replace(&location, temp),
-            Err(error) => {
-                Self::discard(temp);
-                Err(error)
-            }
-        }
-    }
-
-    /// The temp file for a write, or None if the value is already expired.
-    fn prepare(
-        &self,
-        location: &Location,
-        key: &[u8],
-        flags: u32,
-        value: &[u8],
-        expires: f64,
-        now: f64,
-    ) -> Result<Option<PathBuf>> {
-        if is_expired(expires, now) {
-            return Ok(None);
-        }
-        let bytes = entry::encode(key, flags, &stored_form(flags, value), expires);
-        self.write_temp(location.shard, &bytes).map(Some)
+        let bytes = encoded(key, flags, value, expires, now);
+        self.stats
+            .write(retrying_if_removed(|| self.store_once(key, bytes.as_deref(), now, limits, false)).map(|_| ()))
     }
 
     /// Store only if the key has no live value; true if stored.
     pub fn add(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<bool> {
+        let bytes = encoded(key, flags, value, expires, now);
         self.stats.stored_if(retrying_if_removed(|| {
-            self.add_once(key, flags, value, expires, now, limits)
+            self.store_once(key, bytes.as_deref(), now, limits, true)
         }))
     }
 
-    fn add_once(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64, limits: Limits) -> Result<bool> {
+    /// `set`, or with `only_if_absent` `add`, of the entry file `bytes`;
+    /// true if stored. None (a value already expired) removes the key's
+    /// file instead.
+    fn store_once(
+        &self,
+        key: &[u8],
+        bytes: Option<&[u8]>,
+        now: f64,
+        limits: Limits,
+        only_if_absent: bool,
+    ) -> Result<bool> {
         self.cull_if_full(limits)?;
         let location = self.locate(key);
-        let temp = self.prepare(&location, key, flags, value, expires, now)?;
-        let found = self
-            .lock_shard(location.shard)
-            .and_then(|held| Ok((held, self.read(&location.path, key, now, true)?)));
-        let (_held, found) = match found {
-            Ok(found) => found,
+        // A new file is written before the lock, so that other writers to
+        // the shard do not wait for it.
+        let temp = match bytes {
+            Some(bytes) if !Self::has_room(&location.path, bytes.len()) => {
+                Some(self.write_temp(location.shard, bytes)?)
+            }
+            _ => None,
+        };
+        let held = self.lock_shard(location.shard).and_then(|held| {
+            let live = only_if_absent && matches!(self.read_locked(&location, key, now)?, Found::Live { .. });
+            Ok((held, live))
+        });
+        let (_held, live) = match held {
+            Ok(held) => held,
             Err(error) => {
                 Self::discard(temp);
                 return Err(error);
             }
         };
-        if let Found::Live { .. } = found {
+        if live {
             Self::discard(temp);
             return Ok(false);
         }
-        self.replace(&location, temp)?;
+        match bytes {
+            Some(bytes) => self.write_locked(&location, bytes, temp)?,
+            None => self.replace(&location, None)?,
+        }
         Ok(true)
     }
 
@@ -457,13 +476,12 @@ impl FileStore {
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
         };
-        match self.read(&location.path, key, now, true)? {
+        match self.read_locked(&location, key, now)? {
             Found::Live { flags, value, .. } => {
                 if is_expired(expires, now) {
                     self.replace(&location, None)?;
                 } else {
-                    let old_len = HEADER_LEN + key.len() + value.len();
-                    self.rewrite(&location, old_len, &entry::encode(key, flags, &value, expires))?;
+                    self.write_locked(&location, &entry::encode(key, flags, &value, expires), None)?;
                 }
                 Ok(true)
             }
@@ -485,7 +503,7 @@ impl FileStore {
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
         };
-        match self.read(&location.path, key, now, true)? {
+        match self.read_locked(&location, key, now)? {
             Found::Live { .. } => {
                 self.replace(&location, None)?;
                 Ok(true)
@@ -510,7 +528,7 @@ impl FileStore {
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(None);
         };
-        match self.read(&location.path, key, now, true)? {
+        match self.read_locked(&location, key, now)? {
             Found::Live { flags, value, expires } => {
                 if flags != INTEGER_FLAG {
                     return Err(Error::NotAnInteger);
@@ -519,7 +537,7 @@ impl FileStore {
                 let new = current.checked_add(delta).ok_or(Error::Overflow)?;
                 let digits = new.to_string();
                 let bytes = entry::encode(key, flags, &stored_form(flags, digits.as_bytes()), expires);
-                self.rewrite(&location, HEADER_LEN + key.len() + value.len(), &bytes)?;
+                self.write_locked(&location, &bytes, None)?;
                 Ok(Some(new))
             }
             Found::Expired | Found::Damaged => {
@@ -646,6 +664,11 @@ impl FileStore {
         }
         Ok(())
     }
+}
+
+/// The entry file for a write, or None if the value is already expired.
+fn encoded(key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64) -> Option<Vec<u8>> {
+    (!is_expired(expires, now)).then(|| entry::encode(key, flags, &stored_form(flags, value), expires))
 }
 
 /// How a value is kept on disk: integers padded to a fixed width.

@@ -150,7 +150,9 @@ fn damaged_files_read_as_misses_and_are_removed() {
     ];
     for damaged in damages {
         fs::write(s.entry_path(b"k"), &damaged).unwrap();
-        assert!(s.contains(b"k", NOW).unwrap() == (damaged.len() == valid.len()));
+        assert!(!s.contains(b"k", NOW).unwrap(), "has_key checks the checksum too");
+        assert!(!s.path_exists(b"k"), "damaged file removed");
+        fs::write(s.entry_path(b"k"), &damaged).unwrap();
         assert_eq!(s.get(b"k", NOW).unwrap(), None);
         assert!(!s.path_exists(b"k"), "damaged file removed");
         assert!(s.add(b"k", 0, b"fresh", 0.0, NOW, ROOMY).unwrap());
@@ -282,7 +284,13 @@ fn threads_increment_exactly_and_add_once() {
 fn readers_never_see_a_partial_value() {
     let dir = TempDir::new();
     let s = Arc::new(store(&dir));
-    let blobs: Vec<Vec<u8>> = (0..4u8).map(|b| vec![b; 64 * 1024]).collect();
+    // Sizes that take turns: rewrites in place (growing within the file's
+    // blocks, shrinking) and swaps of a new file.
+    let blobs: Vec<Vec<u8>> = [64 * 1024, 10_000, 60_000, 100]
+        .iter()
+        .enumerate()
+        .map(|(b, &size)| vec![b as u8; size])
+        .collect();
     s.set(b"k", 0, &blobs[0], 0.0, NOW, ROOMY).unwrap();
     let deadline = Instant::now() + Duration::from_millis(700);
     let writers: Vec<_> = (0..2)
@@ -307,6 +315,33 @@ fn readers_never_see_a_partial_value() {
         writer.join().unwrap();
     }
     assert!(reads > 10);
+}
+
+#[test]
+fn a_file_with_room_is_rewritten_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new();
+    let s = store(&dir);
+    let inode = |s: &FileStore| fs::metadata(s.entry_path(b"k")).unwrap().ino();
+    s.set(b"k", 0, &[1; 100], 0.0, NOW, ROOMY).unwrap();
+    let first = inode(&s);
+    s.set(b"k", 0, &[2; 300], 0.0, NOW, ROOMY).unwrap();
+    assert_eq!(inode(&s), first, "grown within its block");
+    assert_eq!(s.get(b"k", NOW).unwrap(), value(0, &[2; 300]));
+    s.set(b"k", 0, &[3; 20], 0.0, NOW, ROOMY).unwrap();
+    assert_eq!(inode(&s), first, "shrunk in place");
+    assert_eq!(fs::metadata(s.entry_path(b"k")).unwrap().len(), 40 + 1 + 20);
+    assert_eq!(s.get(b"k", NOW).unwrap(), value(0, &[3; 20]));
+    s.set(b"k", 0, &[4; 100_000], 0.0, NOW, ROOMY).unwrap();
+    assert_ne!(inode(&s), first, "too big for its blocks: a new file swapped in");
+    assert_eq!(s.get(b"k", NOW).unwrap(), value(0, &[4; 100_000]));
+    assert!(!s.add(b"k", 0, b"x", 0.0, NOW, ROOMY).unwrap());
+    assert_eq!(s.count().unwrap(), 1);
+    let names: Vec<_> = fs::read_dir(s.entry_path(b"k").parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
 }
 
 #[test]

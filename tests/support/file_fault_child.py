@@ -6,8 +6,9 @@ tests/test_file_faults.py; prints a JSON report.
 MODE is ``readonly`` (every directory of the cache made read-only for the
 middle third of the run), ``deleted`` (the cache directory removed again
 and again in the middle third) or ``full`` (a 64 KiB file-size limit for
-the whole run, so every large value hits "disk full"). Threads set keys to
-values naming the key and read them back; one counter is incremented.
+the whole run, so every large value hits "disk full"). Threads set keys
+(mostly the same 50 per thread, some new) to values naming the key and
+read them back; one counter is incremented.
 Reported: operations, errors by type, garbage reads (a value that is not
 one this key was given), the counter against successful increments, and
 whether everything works again after the fault.
@@ -63,7 +64,9 @@ def main(mode, directory, seconds):
         errors = collections.Counter()
         while not stop.is_set():
             progress[index] = ops
-            key = f"k{index}-{n % 50}"
+            # Mostly keys whose files exist (rewritten in place), every 7th
+            # a new key (a new file).
+            key = f"k{index}-{n % 50}" if n % 7 else f"new{index}-{n}"
             # Every 10th value is bigger than the file-size limit.
             value = f"{key}:{n}" + ("x" * 100_000 if n % 10 == 0 else "")
             n += 1

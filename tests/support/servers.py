@@ -33,15 +33,18 @@ def _process_state(pid):
 
 
 class Memcached:
-    """A memcached process; ``location`` is what goes into LOCATION."""
+    """A memcached process; ``location`` is what goes into LOCATION.
+    ``threads`` is its worker threads (``-t``): memcached's own default
+    unless a benchmark asks for another."""
 
-    def __init__(self, unix_socket=False, memory_mb=64, extra_args=()):
+    def __init__(self, unix_socket=False, memory_mb=64, extra_args=(), threads=4):
         binary = shutil.which("memcached")
         if binary is None:
             raise ServerMissing("memcached is not installed: run `make test` as root, or `apt-get install memcached`")
         self.binary = binary
         self.memory_mb = memory_mb
         self.extra_args = list(extra_args)
+        self.threads = threads
         self.tempdir = tempfile.mkdtemp(prefix="racefree-memcached-")
         self.socket_path = os.path.join(self.tempdir, "memcached.sock") if unix_socket else None
         self.port = None if unix_socket else free_port()
@@ -55,7 +58,7 @@ class Memcached:
         return f"127.0.0.1:{self.port}"
 
     def _command(self):
-        command = [self.binary, "-U", "0", "-m", str(self.memory_mb), "-t", "2", "-c", "4096"]
+        command = [self.binary, "-U", "0", "-m", str(self.memory_mb), "-t", str(self.threads), "-c", "4096"]
         if self.socket_path:
             command += ["-s", self.socket_path, "-a", "0700"]
         else:

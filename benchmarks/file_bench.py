@@ -75,7 +75,7 @@ class Neighbour:
         if not os.path.exists(self.archive):
             self.make_archive()
         target = os.path.join(self.base, "neighbour")
-        loop = f'while :; do mkdir -p "$1" && tar xzf "$2" -C "$1" && rm -rf "$1"; done'
+        loop = 'while :; do mkdir -p "$1" && tar xzf "$2" -C "$1" && rm -rf "$1"; done'
         self.process = subprocess.Popen(["sh", "-c", loop, "neighbour", target, self.archive])
         time.sleep(0.5)
         return self

@@ -154,7 +154,8 @@ def main():
 
 def format_row(row, backends):
     cells = [f"{name} {row[name]:>9.0f}/s" for name in backends]
-    return f"{row['op']:<14} {size_label(row['size']):>6} {row['threads']}T -t{row['server_threads']}  " + "  ".join(cells)
+    label = f"{row['op']:<14} {size_label(row['size']):>6} {row['threads']}T -t{row['server_threads']}"
+    return label + "  " + "  ".join(cells)
 
 
 if __name__ == "__main__":

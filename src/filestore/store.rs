@@ -326,9 +326,9 @@ impl FileStore {
         if !meta.is_file() || meta.blocks().saturating_mul(512) < len {
             return Ok(false);
         }
-        let written =
-            file.write_all_at(bytes, 0)
-                .and_then(|()| if meta.len() > len { file.set_len(len) } else { Ok(()) });
+        let written = file
+            .write_all_at(bytes, 0)
+            .and_then(|()| if meta.len() > len { file.set_len(len) } else { Ok(()) });
         if let Err(error) = written {
             drop(file);
             if self.remove(path)? {

@@ -1,24 +1,25 @@
 //! Awaitables for the async cache methods.
 //!
-//! An `a*` method checks and converts its arguments with the GIL, then runs
-//! the store's blocking call on the blocking pool of a tokio runtime owned
-//! by the extension, and returns an `asyncio.Future` (through
-//! pyo3-async-runtimes) that completes on the caller's event loop. The
+//! An `a*` method checks and converts its arguments with the GIL, creates
+//! an `asyncio.Future` on the running loop, and runs the store's blocking
+//! call on the blocking pool of a tokio runtime owned by the extension. The
 //! event loop thread never waits for I/O, and N awaits run in parallel up
 //! to the store's pool size.
 //!
-//! The path of one call is kept to two thread hand-overs (a worker task
-//! per call and a GIL acquisition per result were measurably slower; see
-//! the async benchmark in the docs):
-//! - the call runs on a pool thread from start to end (`Racefree::spawn`),
-//!   with no tokio worker in between;
-//! - pyo3-async-runtimes completes each asyncio future with a short step
-//!   that needs the GIL (`Racefree::spawn_blocking`). The step is queued,
-//!   and the event loop runs it itself, from a reader on a wake-up socket:
-//!   a pool thread never waits for the GIL a busy loop holds, and one
-//!   wake-up serves every result that arrived meanwhile. A loop without
-//!   `add_reader` gets its results from a delivery thread instead, which
-//!   takes the GIL once per batch.
+//! The path of one call is kept short, since with many tasks on one loop
+//! the loop's own work per call is what limits throughput:
+//! - the call runs on a pool thread from start to end, with no tokio worker
+//!   in between;
+//! - its result is queued, and the event loop settles the future itself,
+//!   from a reader on a wake-up socket: one wake-up serves every result
+//!   that arrived meanwhile, a pool thread never waits for the GIL a busy
+//!   loop holds, and a result costs the loop one `set_result`. (Settling
+//!   through `call_soon_threadsafe`, as pyo3-async-runtimes does, costs a
+//!   self-pipe write, a keyword dict and two more loop callbacks per
+//!   result; figures in docs/benchmarks.md.) A loop without `add_reader`
+//!   gets its results from a delivery thread instead, which takes the GIL
+//!   once per batch and hands each to the loop with
+//!   `call_soon_threadsafe`.
 //!
 //! Interpreter exit: a thread taking the GIL while the interpreter
 //! finalizes crashes it, so the delivery thread and callbacks from pool
@@ -28,14 +29,11 @@
 //! themselves still finish, so no pooled connection is left checked out.
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
-use std::future::Future;
+use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -43,9 +41,11 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use crate::fork::PerProcess;
 use crate::sync::locked;
 use pyo3::exceptions::PyRuntimeError;
+use pyo3::panic::PanicException;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyWeakrefReference;
-use pyo3_async_runtimes::{TaskLocals, generic};
+use pyo3::{IntoPyObjectExt, intern};
 
 /// Blocking pool threads: one per call in flight, up to this many.
 const BLOCKING_THREADS: usize = 256;
@@ -69,7 +69,7 @@ struct Engine {
 type Step = Box<dyn FnOnce() + Send>;
 
 /// Results waiting to be handed to their event loops: each is a short
-/// step from pyo3-async-runtimes that needs the GIL.
+/// step that needs the GIL (`Completion::complete`).
 ///
 /// Results for a loop that has a reader on `wake` are drained by that loop
 /// itself, on its own thread, so they never make a pool thread wait for
@@ -257,126 +257,6 @@ pub(crate) fn _close_async_gate(py: Python<'_>) {
     });
 }
 
-/// The runtime as pyo3-async-runtimes sees it.
-struct Racefree;
-
-thread_local! {
-    /// Set while a pool thread runs an awaited call's future.
-    static RUNNING_CALL: Cell<bool> = const { Cell::new(false) };
-    /// Where the result of that call goes, and the engine that takes it.
-    static DELIVERY: Cell<Option<(Route, &'static Engine)>> = const { Cell::new(None) };
-}
-
-/// Marks this pool thread as running an awaited call, until dropped (a
-/// panicking call included).
-struct RunningCall;
-
-impl RunningCall {
-    fn enter() -> RunningCall {
-        RUNNING_CALL.set(true);
-        RunningCall
-    }
-}
-
-impl Drop for RunningCall {
-    fn drop(&mut self) {
-        RUNNING_CALL.set(false);
-    }
-}
-
-/// A panic inside an awaited call's future, as pyo3-async-runtimes reports
-/// it to Python.
-pub(crate) struct Panicked(Box<dyn Any + Send>);
-
-impl generic::JoinError for Panicked {
-    fn is_panic(&self) -> bool {
-        true
-    }
-
-    fn into_panic(self) -> Box<dyn Any + Send> {
-        self.0
-    }
-}
-
-type Handle = Pin<Box<dyn Future<Output = Result<(), Panicked>> + Send>>;
-
-/// Polls `fut`, turning a panic into an error.
-fn catching_panics<F: Future<Output = ()> + Send>(fut: F) -> impl Future<Output = Result<(), Panicked>> + Send {
-    let mut fut = Box::pin(fut);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(panic) => Poll::Ready(Err(Panicked(panic))),
-        }
-    })
-}
-
-impl generic::Runtime for Racefree {
-    type JoinError = Panicked;
-    type JoinHandle = Handle;
-
-    // pyo3-async-runtimes runs an awaited call as a future that spawns an
-    // inner future (the call) and waits for it. The outer one runs to
-    // completion on a thread of the blocking pool; the inner one runs
-    // inline on that same thread when awaited. So one thread wake-up
-    // starts a call, and no worker thread stands between the event loop
-    // and the store.
-    fn spawn<F>(fut: F) -> Self::JoinHandle
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        if RUNNING_CALL.get() {
-            return Box::pin(catching_panics(fut));
-        }
-        // Outside a pool thread only from `spawn` below, inside
-        // `runtime.enter()`.
-        let call = tokio::task::spawn_blocking(move || {
-            let _running = RunningCall::enter();
-            // Not tokio's block_on: the store's own clients (the postgres
-            // crate) start their runtimes inside the call.
-            pollster::block_on(fut);
-        });
-        Box::pin(async move {
-            call.await.map_err(|error| match error.try_into_panic() {
-                Ok(panic) => Panicked(panic),
-                Err(error) => Panicked(Box::new(error.to_string())),
-            })
-        })
-    }
-
-    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        // pyo3-async-runtimes completes each asyncio future this way, with
-        // the GIL, right after the call on the same pool thread: queued for
-        // the caller's loop or the delivery thread (`Deliveries::push`).
-        match DELIVERY.get() {
-            Some((route, engine)) => engine.deliveries.push(route, Box::new(f)),
-            // Not after one of our calls: nowhere to deliver (and never
-            // Python to touch here).
-            None => std::mem::forget(f),
-        }
-        Box::pin(std::future::ready(Ok(())))
-    }
-}
-
-impl generic::ContextExt for Racefree {
-    fn scope<F, R>(_locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
-    where
-        F: Future<Output = R> + Send + 'static,
-    {
-        // Store calls never call back into Python coroutines, so they need
-        // no task-local event loop.
-        Box::pin(fut)
-    }
-
-    fn get_task_locals() -> Option<TaskLocals> {
-        None
-    }
-}
-
 /// An `asyncio.Future` on the running loop for `call`, run on the blocking
 /// pool. `call` must not touch Python (its result and error are converted
 /// with the GIL when the future completes).
@@ -385,15 +265,104 @@ where
     F: FnOnce() -> PyResult<T> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
+    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let engine = engine().map_err(PyRuntimeError::new_err)?;
-    let locals = TaskLocals::with_running_loop(py)?;
-    let route = route_for(locals.event_loop(py).as_any(), engine);
-    let _entered = engine.runtime.enter();
-    generic::future_into_py_with_locals::<Racefree, _, T>(py, locals, async move {
-        // pyo3-async-runtimes delivers the result from this thread next.
-        DELIVERY.set(Some((route, engine)));
-        call()
-    })
+    let event_loop = GET_RUNNING_LOOP.import(py, "asyncio", "get_running_loop")?.call0()?;
+    let route = route_for(&event_loop, engine);
+    let future = event_loop.call_method0(intern!(py, "create_future"))?;
+    let completion = Completion {
+        future: future.clone().unbind(),
+        event_loop: event_loop.unbind(),
+        loop_thread: std::thread::current().id(),
+    };
+    engine.runtime.spawn_blocking(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+        engine
+            .deliveries
+            .push(route, Box::new(move || completion.complete(outcome)));
+    });
+    Ok(future)
+}
+
+/// Where a call's result goes: the asyncio future its caller awaits.
+struct Completion {
+    future: Py<PyAny>,
+    event_loop: Py<PyAny>,
+    /// The thread that runs the future's loop.
+    loop_thread: std::thread::ThreadId,
+}
+
+impl Completion {
+    /// Runs with the GIL. On the future's own loop's thread (its reader
+    /// drained the queue) the future is settled at once: no cross-thread
+    /// wake-up per result. Anywhere else (the delivery thread, or another
+    /// loop's reader: loops in several threads share the queue) the
+    /// settling is handed to the future's loop, as futures are not
+    /// thread-safe.
+    fn complete<T>(self, outcome: std::thread::Result<PyResult<T>>)
+    where
+        T: for<'a> IntoPyObject<'a>,
+    {
+        Python::attach(|py| {
+            let result = match outcome {
+                Ok(result) => result.and_then(|value| value.into_py_any(py)),
+                Err(panic) => Err(PanicException::new_err(panic_message(&panic))),
+            };
+            let settled = if std::thread::current().id() == self.loop_thread {
+                settle(self.future.bind(py), result)
+            } else {
+                let settle = Settle {
+                    future: self.future,
+                    result: Mutex::new(Some(result)),
+                };
+                self.event_loop
+                    .call_method1(py, intern!(py, "call_soon_threadsafe"), (settle,))
+                    .map(drop)
+            };
+            // Only a closed loop refuses: nobody is waiting for the result.
+            drop(settled);
+        });
+    }
+}
+
+/// Give `future` its result, unless it was cancelled meanwhile.
+fn settle(future: &Bound<'_, PyAny>, result: PyResult<Py<PyAny>>) -> PyResult<()> {
+    let py = future.py();
+    if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return Ok(());
+    }
+    match result {
+        Ok(value) => future.call_method1(intern!(py, "set_result"), (value,))?,
+        Err(error) => future.call_method1(intern!(py, "set_exception"), (error.into_value(py),))?,
+    };
+    Ok(())
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    format!("racefree: an async cache call panicked: {text}")
+}
+
+/// A result on its way to a loop that has no reader for racefree: run by
+/// the loop through `call_soon_threadsafe`.
+#[pyclass(frozen, module = "racefree._core")]
+pub(crate) struct Settle {
+    future: Py<PyAny>,
+    result: Mutex<Option<PyResult<Py<PyAny>>>>,
+}
+
+#[pymethods]
+impl Settle {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        match locked(&self.result).take() {
+            Some(result) => settle(self.future.bind(py), result),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Run Python from a pool thread (e.g. a callback inside a transaction),

@@ -36,9 +36,9 @@ BACKENDS = {
     "PyMemcacheCache": "django.core.cache.backends.memcached.PyMemcacheCache",
     "PyLibMCCache": "django.core.cache.backends.memcached.PyLibMCCache",
     # What combining concurrent gets into shared round trips is worth.
-    "racefree uncombined": RACEFREE,
+    "racefree combined": RACEFREE,
 }
-OPTIONS = {"racefree uncombined": {"COMBINE_GETS": False}}
+OPTIONS = {"racefree combined": {"COMBINE_GETS": True}}
 
 
 def make_backend(name, location):

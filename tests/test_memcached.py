@@ -411,7 +411,7 @@ def test_combined_gets_hand_every_caller_its_own_value(memcached):
     together ride one pipelined round trip. Values from 0 B to 200 KB and
     misses interleave in those pipelines: each caller gets exactly its own
     key's value, and some gets did ride along."""
-    cache = racefree(memcached.location)
+    cache = racefree(memcached.location, COMBINE_GETS=True)
     sizes = [0, 1, 100, 4_000, 70_000, 200_000]
     values = {f"combined-{n}": f"combined-{n}:" + "v" * sizes[n % len(sizes)] for n in range(60)}
     cache.set_many(values)
@@ -439,11 +439,11 @@ def test_combined_gets_hand_every_caller_its_own_value(memcached):
     assert combined_count(cache) == before + ridden
 
 
-def test_combining_can_be_turned_off(memcached):
-    cache = racefree(memcached.location, COMBINE_GETS=False)
-    cache.set("k", "v")
-    assert run_threads(8, lambda index: [cache.get("k") for _ in range(300)]) == []
-    assert combined_count(cache) == 0
+def test_combining_is_off_unless_asked_for(memcached):
+    for cache in (racefree(memcached.location), racefree(memcached.location, COMBINE_GETS=False)):
+        cache.set("k", "v")
+        assert run_threads(8, lambda index: [cache.get("k") for _ in range(300)]) == []
+        assert combined_count(cache) == 0
 
 
 def test_a_frozen_server_fails_every_queued_get_within_one_timeout(fresh_memcached):
@@ -451,7 +451,7 @@ def test_a_frozen_server_fails_every_queued_get_within_one_timeout(fresh_memcach
     of trying again one after another, so no get waits much longer than
     IO_TIMEOUT (without that, up to twice as long)."""
     timeout = 0.4
-    cache = racefree(fresh_memcached.location, IO_TIMEOUT=timeout)
+    cache = racefree(fresh_memcached.location, IO_TIMEOUT=timeout, COMBINE_GETS=True)
     cache.set("k", "v")
     durations, outcomes = [], []
     fresh_memcached.pause()

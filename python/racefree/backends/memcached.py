@@ -51,7 +51,7 @@ OPTIONS = [
     Option("MAX_CONNECTIONS", None, optional(positive_int), store=True),
     Option("IDLE_TIMEOUT", 60.0, positive_number, aliases=("pool_idle_timeout",), store=True),
     Option("SPIN_WAIT", 0.00005, non_negative_number, store=True),
-    Option("COMBINE_GETS", True, boolean, store=True),
+    Option("COMBINE_GETS", False, boolean, store=True),
     Option("IGNORE_EXCEPTIONS", False, boolean, aliases=("ignore_exc",)),
     *serializer_options(),
     *stampede_options(),

@@ -300,7 +300,7 @@ impl FileStore {
     /// its file has the room, else swapped in from `temp` (written before
     /// the lock was taken) or from a temp file written now.
     fn write_locked(&self, location: &Location, bytes: &[u8], temp: Option<PathBuf>) -> Result<()> {
-        if temp.is_none() && self.overwrite(&location.path, bytes)? {
+        if temp.is_none() && self.overwrite(location, bytes)? {
             return Ok(());
         }
         let temp = match temp {
@@ -315,34 +315,33 @@ impl FileStore {
     /// file. Within allocated blocks a write needs no new space, so a full
     /// disk cannot stop it halfway; if it fails anyway, the torn file is
     /// removed rather than left to be read.
-    fn overwrite(&self, path: &Path, bytes: &[u8]) -> Result<bool> {
+    fn overwrite(&self, location: &Location, bytes: &[u8]) -> Result<bool> {
+        let path = &location.path;
         let file = match OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW).open(path) {
             Ok(file) => file,
             Err(error) if not_found(&error) || error.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
             Err(error) => return Err(Error::io("open", path, error)),
         };
         let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-        let len = bytes.len() as u64;
-        if !meta.is_file() || meta.blocks().saturating_mul(512) < len {
+        if !has_room(&meta, bytes.len()) {
             return Ok(false);
         }
+        let len = bytes.len() as u64;
         let written = file
             .write_all_at(bytes, 0)
             .and_then(|()| if meta.len() > len { file.set_len(len) } else { Ok(()) });
         if let Err(error) = written {
             drop(file);
-            if self.remove(path)? {
-                self.add_count(-1)?;
-            }
+            self.replace(location, None)?;
             return Err(Error::io("write", path, error));
         }
         Ok(true)
     }
 
     /// Whether the key's file looks like it can be rewritten in place (a
-    /// lock-free guess, which `write_locked` confirms).
-    fn has_room(path: &Path, len: usize) -> bool {
-        fs::symlink_metadata(path).is_ok_and(|meta| meta.is_file() && meta.blocks().saturating_mul(512) >= len as u64)
+    /// lock-free guess, which `overwrite` confirms under the lock).
+    fn looks_roomy(path: &Path, len: usize) -> bool {
+        fs::symlink_metadata(path).is_ok_and(|meta| has_room(&meta, len))
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -438,7 +437,7 @@ impl FileStore {
         // A new file is written before the lock, so that other writers to
         // the shard do not wait for it.
         let temp = match bytes {
-            Some(bytes) if !Self::has_room(&location.path, bytes.len()) => {
+            Some(bytes) if !Self::looks_roomy(&location.path, bytes.len()) => {
                 Some(self.write_temp(location.shard, bytes)?)
             }
             _ => None,
@@ -664,6 +663,12 @@ impl FileStore {
         }
         Ok(())
     }
+}
+
+/// Whether a regular file's allocated blocks hold `len` bytes, so that
+/// rewriting it in place needs no new space.
+fn has_room(meta: &fs::Metadata, len: usize) -> bool {
+    meta.is_file() && meta.blocks().saturating_mul(512) >= len as u64
 }
 
 /// The entry file for a write, or None if the value is already expired.

@@ -347,8 +347,9 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
     format!("racefree: an async cache call panicked: {text}")
 }
 
-/// A result on its way to a loop that has no reader for racefree: run by
-/// the loop through `call_soon_threadsafe`.
+/// A result delivered on another thread than its future's loop (the
+/// delivery thread, or another loop's reader): run by the future's loop
+/// through `call_soon_threadsafe`.
 #[pyclass(frozen, module = "racefree._core")]
 pub(crate) struct Settle {
     future: Py<PyAny>,

@@ -116,7 +116,6 @@ class MemcachedCache(RacefreeCache, BaseCache):
             timeout += int(time.time())
         return timeout
 
-
     def lock_entry_timeout(self, lease: float) -> int:
         # Memcached's clock ticks in whole seconds: a TTL of n ends within
         # (n - 1, n] seconds, so one more keeps a lock at least its lease.

@@ -22,8 +22,6 @@ from racefree.backends.memcached import MemcachedCache
 # backend's own checks unchanged.
 RAW_KEYS = {"KEY_FUNCTION": lambda key, prefix, version: key}
 
-KEYS = {"KEY_FUNCTION": lambda key, prefix, version: key}
-
 BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build")
 
 KEYS = {
@@ -60,6 +58,14 @@ VALUES = {
     "2 MB": b"x" * (2 * 1024 * 1024),
 }
 
+TIMEOUTS = {
+    "timeout inf": float("inf"),
+    "timeout -inf": float("-inf"),
+    "timeout NaN": float("nan"),
+    "timeout 1e12 s": 1e12,
+    "timeout 10**20 s": 10**20,
+}
+
 #: (kind, input, racefree's outcome, stock's outcome): why they differ.
 DIFFERENCES = {
     ("memcached", "empty"): "refused before the wire with Django's exception; pymemcache sends it and fails "
@@ -77,6 +83,19 @@ DIFFERENCES = {
     ("database", "NUL"): "refused with InvalidCacheKey (and Django's warning): PostgreSQL text cannot hold "
     "NUL; Django's set swallows the driver's error and its get raises DataError",
     ("database", "raises when loaded"): "a miss, logged; Django's database cache raises the loading error",
+    ("memcached", "timeout inf"): "never expires, as Django's file cache reads it; PyMemcacheCache raises "
+    "OverflowError from int(inf)",
+    ("memcached", "timeout -inf"): "already expired; PyMemcacheCache raises OverflowError",
+    ("memcached", "timeout 1e12 s"): "never expires (an expiry beyond memcached's 32-bit timestamps, the year "
+    "2038); pymemcache sends a timestamp memcached reads as past, so the value is silently gone",
+    ("memcached", "timeout 10**20 s"): "never expires; pymemcache sends a number memcached refuses",
+    ("file", "timeout NaN"): "refused with ValueError on every racefree backend; Django's file cache stores "
+    "it for ever, as no comparison with NaN is true",
+    ("database", "timeout inf"): "never expires; Django's database cache raises OverflowError making a date of it",
+    ("database", "timeout -inf"): "already expired; Django's database cache raises OverflowError",
+    ("database", "timeout 1e12 s"): "never expires (later than the table's dates reach); Django's raises "
+    "ValueError (year out of range)",
+    ("database", "timeout 10**20 s"): "never expires; Django's raises OverflowError",
 }
 
 
@@ -112,6 +131,17 @@ def value_outcome(cache, value):
     stored = outcome(lambda: cache.set("value-key", value))
     read = outcome(lambda: cache.get("value-key", "miss"))
     return f"set: {stored}; get: {read}"
+
+
+def timeout_outcome(cache, timeout):
+    """set, get, then touch and get again, with ``timeout``."""
+    cache.delete("timeout-key")
+    stored = outcome(lambda: cache.set("timeout-key", "v", timeout))
+    read = outcome(lambda: cache.get("timeout-key", "miss"))
+    cache.set("timeout-key", "v")
+    touched = outcome(lambda: cache.touch("timeout-key", timeout))
+    read_after_touch = outcome(lambda: cache.get("timeout-key", "miss"))
+    return f"set: {stored}; get: {read}; touch: {touched}; get: {read_after_touch}"
 
 
 @pytest.fixture(params=["memcached", "file", "database"])
@@ -172,3 +202,22 @@ def test_bad_values_as_the_stock_backend_or_a_listed_difference(pair, name, capl
     # Whatever happened, nothing crashed and the cache still works.
     ours.set("after", 1)
     assert ours.get("after") == 1
+
+
+@pytest.mark.parametrize("name", TIMEOUTS)
+def test_bad_timeouts_as_the_stock_backend_or_a_listed_difference(pair, name):
+    kind, ours, stock = pair
+    mine, theirs = timeout_outcome(ours, TIMEOUTS[name]), timeout_outcome(stock, TIMEOUTS[name])
+    TABLE.append((kind, name, mine, theirs))
+    if mine != theirs:
+        assert (kind, name) in DIFFERENCES, f"{kind} {name}: racefree {mine!r}, stock {theirs!r}"
+    else:
+        assert (kind, name) not in DIFFERENCES, "a listed difference is gone: update DIFFERENCES"
+    # Every backend the same way: no end is "never" (Django's meaning of
+    # None, and its file cache's of inf), NaN is refused, -inf is expired.
+    if TIMEOUTS[name] != TIMEOUTS[name]:
+        assert mine == "set: ValueError; get: returned 'miss'; touch: ValueError; get: returned 'v'", mine
+    elif TIMEOUTS[name] < 0:
+        assert mine == "set: ok; get: returned 'miss'; touch: ok; get: returned 'miss'", mine
+    else:
+        assert mine == "set: ok; get: returned 'v'; touch: ok; get: returned 'v'", mine

@@ -59,6 +59,18 @@ def test_a_cache_directory_under_a_file_is_e004(tmp_path):
                          "LOCATION": str(blocker / "cache")}}) == ["racefree.E004"]
 
 
+def test_a_cache_directory_others_may_write_to_is_e006(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    with override_settings(CACHES={"file": {"BACKEND": "racefree.backends.filebased.FileBasedCache",
+                                            "LOCATION": str(shared)}}):
+        (message,) = check_caches()
+    assert message.id == "racefree.E006"
+    assert "mode 775 lets other users write" in message.msg
+    assert "chmod 700" in message.hint
+
+
 def test_forwarding_to_a_missing_alias_is_e005():
     assert ids({"fw": {"BACKEND": "racefree.backends.forwarding.ForwardingCache", "LOCATION": "gone"}}) == [
         "racefree.E005"

@@ -2,6 +2,7 @@
 server: no IntegrityError, one add winner, exact increments, interop with
 Django's DatabaseCache, a restarted server, settings and bad data."""
 
+import asyncio
 import logging
 import multiprocessing
 import threading
@@ -275,6 +276,8 @@ def test_options_are_checked():
         DatabaseCache("t", {"OPTIONS": {"POOL_SIZE": 0}})
     with pytest.raises(ImproperlyConfigured, match="invalid PostgreSQL connection settings"):
         DatabaseCache("t", {"OPTIONS": {"DSN": "host=x port=notaport"}})
+    with pytest.raises(ImproperlyConfigured, match=r"IO_TIMEOUT'\] \(6.0 s\) must be longer than STATEMENT_TIMEOUT"):
+        DatabaseCache("t", {"OPTIONS": {"STATEMENT_TIMEOUT": 30}})
 
 
 def test_unreachable_server_is_a_clear_error_within_the_timeout(table):
@@ -283,6 +286,86 @@ def test_unreachable_server_is_a_clear_error_within_the_timeout(table):
     with pytest.raises(CacheError, match="cannot connect"):
         cache.get("k")
     assert time.monotonic() - started < 3
+
+
+def each_call_fails_within(cache, limit):
+    """Run a sync and an async get, set, incr and get_many, each in a thread
+    that must finish: every one raises CacheError within ``limit`` s."""
+    calls = {
+        "get": lambda: cache.get("k"),
+        "set": lambda: cache.set("k", 1),
+        "incr": lambda: cache.incr("n"),
+        "get_many": lambda: cache.get_many(["k", "n"]),
+        "aget": lambda: asyncio.run(cache.aget("k")),
+        "aset": lambda: asyncio.run(cache.aset("k", 1)),
+        "aincr": lambda: asyncio.run(cache.aincr("n")),
+    }
+    took = {}
+    for name, call in calls.items():
+        outcome = []
+
+        def run(call=call, outcome=outcome):
+            started = time.monotonic()
+            try:
+                call()
+            except Exception as error:  # the assertions below name it
+                outcome.append((time.monotonic() - started, error))
+            else:
+                outcome.append((time.monotonic() - started, None))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        thread.join(limit + 10)
+        assert outcome, f"{name} still blocked after {limit + 10} s"
+        seconds, error = outcome[0]
+        assert isinstance(error, CacheError), f"{name}: {error!r}"
+        assert seconds < limit, f"{name} took {seconds:.2f} s: {error}"
+        took[name] = round(seconds, 2)
+    return took
+
+
+def test_a_silent_server_fails_each_call_within_connect_timeout():
+    """A listener that accepts and never answers (the startup exchange,
+    not the TCP connect, is what hangs)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        port = listener.getsockname()[1]
+        cache = DatabaseCache("t", {"OPTIONS": {
+            "DSN": f"host=127.0.0.1 port={port} user=x", "CONNECT_TIMEOUT": 1.0, "STATEMENT_TIMEOUT": 1.0,
+            "IO_TIMEOUT": 2.0}})
+        took = each_call_fails_within(cache, 1.0 + 0.5)
+        print(f"\nsilent server, seconds per call: {took}")
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("pool", ["warm", "cold"])
+def test_a_frozen_server_fails_each_call_within_its_timeouts(fresh_postgres, pool):
+    """kill -STOP of the whole server: it cannot cancel anything itself.
+    Warm: the pooled connections' statements get no reply (IO_TIMEOUT);
+    cold: new connections get no startup reply (CONNECT_TIMEOUT). Then the
+    server resumes and the cache works."""
+    fresh_postgres.create_cache_table()
+    cache = DatabaseCache("cache", {"OPTIONS": {
+        "DSN": fresh_postgres.dsn, "CONNECT_TIMEOUT": 1.0, "STATEMENT_TIMEOUT": 1.0, "IO_TIMEOUT": 2.0,
+        "POOL_SIZE": 2}})
+    if pool == "warm":
+        cache.set("n", 0)
+        assert cache.get("n") == 0
+    fresh_postgres.pause()
+    try:
+        # Warm: a statement waits IO_TIMEOUT (2 s), then its connection is
+        # discarded, and a new one may wait CONNECT_TIMEOUT (1 s).
+        took = each_call_fails_within(cache, 2.0 + 0.75)
+        print(f"\nfrozen server, {pool} pool, seconds per call: {took}")
+    finally:
+        fresh_postgres.resume()
+    cache.set("n", 5)
+    assert cache.incr("n") == 6
 
 
 def test_ignore_exceptions_reads_a_down_server_as_a_miss(caplog):

@@ -328,3 +328,107 @@ def test_options_are_checked(tmp_path):
         FileBasedCache(str(tmp_path), {"OPTIONS": {"CULL_FREQUENCY": -1}})
     with pytest.raises(ImproperlyConfigured, match="LOCK_TIMEOUT"):
         FileBasedCache(str(tmp_path), {"OPTIONS": {"LOCK_TIMEOUT": 0}})
+
+
+# -- A directory that is not ours alone -------------------------------------------------------
+
+
+def test_a_directory_others_may_write_to_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    cache = file_cache(shared)
+    for call in (lambda: cache.set("k", 1), lambda: cache.get("k"), lambda: cache.clear(), cache._store.count):
+        with pytest.raises(PermissionError, match="lets other users write to it"):
+            call()
+    assert os.listdir(shared) == [], "nothing was written"
+    shared.chmod(0o700)
+    cache.set("k", 1)
+    assert cache.get("k") == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root (CI runs as root)")
+def test_a_directory_planted_by_another_user_is_never_read(tmp_path):
+    """Another user creates LOCATION first and plants an entry there that
+    would run code when unpickled: it is refused, not loaded."""
+    planted = tmp_path / "django_cache"
+    ran = tmp_path / "code-ran"
+    # Other settings: a store of its own, which has not checked the
+    # directory yet (each store checks once).
+    writer = file_cache(planted, LOCK_TIMEOUT=7.0)
+    writer.set("k", RunsCode(ran))
+    os.chown(planted, 65534, 65534)
+    victim = FileBasedCache(str(planted), {})
+    with pytest.raises(PermissionError, match="belongs to uid 65534"):
+        victim.get("k")
+    assert not ran.exists()
+
+
+class RunsCode:
+    """Unpickling it creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_symlinked_files_inside_the_directory_are_not_followed(tmp_path):
+    cache = file_cache(tmp_path / "cache")
+    cache.set("k", "v")
+    entry = cache._key_to_file("k")
+    lock = os.path.join(os.path.dirname(entry), ".lock")
+    elsewhere = tmp_path / "elsewhere"
+    os.unlink(lock)
+    os.symlink(elsewhere, lock)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        cache.set("k", "w")
+    assert not elsewhere.exists(), "the lock's symlink was followed"
+    os.unlink(lock)
+    os.replace(entry, tmp_path / "moved")
+    os.symlink(tmp_path / "moved", entry)
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        cache.get("k")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_full_file_system_is_an_oserror_not_a_crash(tmp_path):
+    """The first write into a full tmpfs: the shared count file cannot be
+    created, and says so, instead of the process dying of SIGBUS."""
+    import subprocess
+    import sys
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        with open(mount / "filler", "wb", buffering=0) as filler:
+            with pytest.raises(OSError):
+                while True:
+                    filler.write(b"\0" * 4096)
+        child = subprocess.run(
+            [sys.executable, "-c", FULL_DISK_CHILD, str(mount / "cache")], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert child.returncode == 0, f"the writer died ({child.returncode}): {child.stderr[-2000:]}"
+    assert child.stdout.split() == ["OSError", "28"] * 3, child.stdout
+
+
+FULL_DISK_CHILD = """
+import sys
+import django
+from django.conf import settings
+settings.configure()
+django.setup()
+from racefree.backends.filebased import FileBasedCache
+cache = FileBasedCache(sys.argv[1], {})
+for call in (lambda: cache.set("k", "v" * 10_000), lambda: cache.add("j", 1), cache.stats):
+    try:
+        call()
+    except OSError as error:
+        print("OSError", error.errno)
+    except ValueError as error:
+        print("ValueError", error)
+"""

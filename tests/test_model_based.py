@@ -26,8 +26,9 @@ values = st.one_of(
     st.none(),
 )
 deltas = st.integers(0, 5)
-# None: forever; 300: live for the test; 0: expired at once.
-timeouts = st.sampled_from([None, 300, 0])
+# None and inf: forever (as Django's); 300 and 1e12: live for the test (the
+# latter beyond what memcached's 32-bit expiry holds); 0: expired at once.
+timeouts = st.sampled_from([None, float("inf"), 300, 1e12, 0])
 MISSING = object()
 
 
@@ -72,7 +73,7 @@ class CacheModel(RuleBasedStateMachine):
         assert self.cache.delete(key, version=version) == (self.model.pop(self.slot(key, version), MISSING)
                                                             is not MISSING)
 
-    @rule(key=keys, version=versions, timeout=st.sampled_from([None, 300]))
+    @rule(key=keys, version=versions, timeout=st.sampled_from([None, float("inf"), 300, 1e12]))
     def touch(self, key, version, timeout):
         assert self.cache.touch(key, timeout, version=version) == (self.slot(key, version) in self.model)
 

@@ -14,6 +14,8 @@ racefree.E002   the database cache is pointed at a database that is not
 racefree.E003   the database cache's table does not exist
 racefree.E004   the file cache's directory cannot be created or written
 racefree.E005   a forwarding cache forwards to an alias missing from CACHES
+racefree.E006   the file cache's directory belongs to another user or others
+                may write to it (its entries could be planted)
 racefree.W001   a memcached server does not answer
 racefree.W002   the database cache's server does not answer
 ==============  ==============================================================

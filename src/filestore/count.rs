@@ -7,8 +7,9 @@
 //! update; a cull lists the directory anyway and corrects the count when
 //! it finds fewer entries than it says.
 
-use std::fs::OpenOptions;
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -30,24 +31,33 @@ struct Mapping {
 
 impl Mapping {
     fn open(path: &Path) -> io::Result<Mapping> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
-        // Only ever grow the file: a shorter mapping than the file is fine,
-        // a mapping past its end would fault.
+        let file = match open_existing(path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                create_complete(path)?;
+                open_existing(path)?
+            }
+            other => other?,
+        };
         if file.metadata()?.len() < MAP_LEN {
-            file.set_len(MAP_LEN)?;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a racefree state file"));
+        }
+        // A file made sparse (by an older version) gets its blocks now, so
+        // that no store into the mapping needs one on a full disk, which
+        // would kill the process with SIGBUS instead of raising.
+        // SAFETY: plain call on an open descriptor.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, MAP_LEN as libc::off_t) } != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(error);
+            }
         }
         let inode = file.metadata()?.ino();
         // SAFETY: the file is at least MAP_LEN long and racefree never
         // shrinks it; the mapping is only accessed through atomics.
         let map = unsafe { memmap2::MmapOptions::new().len(MAP_LEN as usize).map_mut(&file)? };
         let mapping = Mapping { map, inode };
-        // A fresh (zeroed) file: claim it; a racing process may do the same.
+        // A zeroed file (from an older version): claim it; a racing
+        // process may do the same.
         let _ = mapping
             .magic()
             .compare_exchange(0, MAGIC, Ordering::AcqRel, Ordering::Acquire);
@@ -66,6 +76,35 @@ impl Mapping {
         // SAFETY: offset 8 of a page-aligned mapping of MAP_LEN bytes.
         unsafe { &*(self.map.as_ptr().add(8) as *const AtomicI64) }
     }
+}
+
+fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Make the state file whole before anyone can see it: written with
+/// ordinary writes (a full disk is an error here, not a fault later), then
+/// linked into place; if another process got there first, its file stays.
+fn create_complete(path: &Path) -> io::Result<()> {
+    let mut contents = vec![0u8; MAP_LEN as usize];
+    contents[..8].copy_from_slice(&MAGIC.to_le_bytes());
+    let temp = path.with_extension(format!("tmp-{}-{:x}", std::process::id(), fastrand::u64(..)));
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut file| file.write_all(&contents));
+    let linked = written.and_then(|()| match fs::hard_link(&temp, path) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let _ = fs::remove_file(&temp);
+    linked
 }
 
 /// The shared count of one cache directory, mapped lazily.

@@ -13,6 +13,8 @@ pub enum Error {
         path: PathBuf,
         source: io::Error,
     },
+    /// The cache directory is another user's or writable by others.
+    UntrustedDirectory { path: PathBuf, why: String },
     /// Another process held the key's lock longer than the lock timeout.
     LockTimeout { path: PathBuf, waited: Duration },
     /// `incr` on a value that is not an integer.
@@ -42,6 +44,13 @@ impl fmt::Display for Error {
             Error::Io { action, path, source } => {
                 write!(f, "cannot {action} {}: {source}", path.display())
             }
+            Error::UntrustedDirectory { path, why } => write!(
+                f,
+                "racefree will not use the cache directory {}: {why}; anyone who can write there could \
+                 plant values that get unpickled (make it the web server user's, mode 700, or choose \
+                 another LOCATION)",
+                path.display()
+            ),
             Error::LockTimeout { path, waited } => write!(
                 f,
                 "cache lock {} still held by another process after {:.1} s",

@@ -3,6 +3,10 @@
 //! Each lock opens its own file description, so it excludes other threads
 //! of this process as well as other processes, and is released when the
 //! guard is dropped or the process dies (SIGKILL included).
+//!
+//! The guard unlocks before it closes: a child forked while a thread held
+//! the lock has a copy of the descriptor, and closing ours alone would
+//! leave the lock held for as long as that child lives.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -15,7 +19,14 @@ use super::error::{Error, Result};
 
 /// A held lock; released on drop.
 pub(crate) struct Held {
-    _file: File,
+    file: File,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // An error would mean a bad descriptor; closing it follows anyway.
+        let _ = self.file.unlock();
+    }
 }
 
 fn open_lock_file(path: &Path) -> io::Result<File> {
@@ -25,6 +36,9 @@ fn open_lock_file(path: &Path) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        // A planted symlink must not redirect the lock (or create files
+        // elsewhere).
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
 }
 
@@ -51,7 +65,7 @@ pub(crate) fn lock(
     let mut pause = Duration::from_micros(20);
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(Some(Held { _file: file })),
+            Ok(()) => return Ok(Some(Held { file })),
             Err(TryLockError::WouldBlock) => {}
             Err(TryLockError::Error(error)) => return Err(Error::io("lock", path, error)),
         }
@@ -75,8 +89,59 @@ pub(crate) fn try_lock(path: &Path) -> Result<Option<Held>> {
         Err(error) => return Err(Error::io("open lock", path, error)),
     };
     match file.try_lock() {
-        Ok(()) => Ok(Some(Held { _file: file })),
+        Ok(()) => Ok(Some(Held { file })),
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(error)) => Err(Error::io("lock", path, error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A child forked while the lock is held, living on after the parent
+    /// lets go, must not keep the lock.
+    #[test]
+    fn a_lock_held_across_fork_is_released_by_the_parent() {
+        let dir = std::env::temp_dir().join(format!("racefree-lock-fork-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".lock");
+        let held = lock(&path, Duration::from_secs(1), None).unwrap().unwrap();
+        // SAFETY: the child only sleeps and exits, touching nothing the
+        // test harness's other threads may have locked.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            unsafe {
+                libc::sleep(3);
+                libc::_exit(0);
+            }
+        }
+        drop(held);
+        let again = lock(&path, Duration::from_millis(500), None);
+        // SAFETY: plain signal and wait on the child we forked.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            matches!(again, Ok(Some(_))),
+            "the child kept the lock: {:?}",
+            again.err()
+        );
+    }
+
+    #[test]
+    fn a_symlinked_lock_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("racefree-lock-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("elsewhere");
+        std::os::unix::fs::symlink(&target, dir.join(".lock")).unwrap();
+        let outcome = lock(&dir.join(".lock"), Duration::from_millis(100), None);
+        let created = target.exists();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(outcome, Err(Error::Io { .. })), "{:?}", outcome.is_ok());
+        assert!(!created, "the symlink's target was created");
     }
 }

@@ -32,11 +32,11 @@
 use crate::stats::{Counters, Snapshot};
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use xxhash_rust::xxh3::xxh3_128;
@@ -96,6 +96,8 @@ struct Location {
 
 pub struct FileStore {
     root: PathBuf,
+    /// The root was found to be this process user's alone (checked once).
+    root_trusted: AtomicBool,
     lock_timeout: Duration,
     count: SharedCount,
     temp_serial: AtomicU64,
@@ -123,6 +125,7 @@ impl FileStore {
         FileStore {
             count: SharedCount::new(root.join(STATE_DIR).join("state")),
             root,
+            root_trusted: AtomicBool::new(false),
             lock_timeout: options.lock_timeout,
             temp_serial: AtomicU64::new(0),
             stats: Counters::default(),
@@ -135,14 +138,62 @@ impl FileStore {
 
     /// The file that holds `key`.
     pub fn entry_path(&self, key: &[u8]) -> PathBuf {
-        self.locate(key).path
+        self.location_of(key).path
     }
 
-    fn locate(&self, key: &[u8]) -> Location {
+    fn location_of(&self, key: &[u8]) -> Location {
         let hash = xxh3_128(key);
         let shard = (hash >> 120) as u8;
         let path = self.shard_dir(shard).join(format!("{hash:032x}{ENTRY_SUFFIX}"));
         Location { shard, path }
+    }
+
+    /// Where `key` lives, once the root is known to be trusted.
+    fn locate(&self, key: &[u8]) -> Result<Location> {
+        self.check_root()?;
+        Ok(self.location_of(key))
+    }
+
+    /// Refuse a directory that another user owns or may write to: whoever
+    /// can plant a file in it chooses what pickle loads (the checksum is
+    /// not a MAC). Checked once per store, before the first call that reads
+    /// or writes; a directory still missing is checked once created.
+    pub fn check_root(&self) -> Result<()> {
+        if self.root_trusted.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let meta = match fs::metadata(&self.root) {
+            Ok(meta) => meta,
+            Err(error) if not_found(&error) => return Ok(()),
+            Err(error) => return Err(Error::io("inspect", &self.root, error)),
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let user = unsafe { libc::geteuid() };
+        let why = if !meta.is_dir() {
+            Some("it is not a directory".to_owned())
+        } else if meta.uid() != user {
+            Some(format!(
+                "it belongs to uid {}, not to this process's uid {user}",
+                meta.uid()
+            ))
+        } else if meta.mode() & 0o022 != 0 {
+            Some(format!(
+                "its mode {:o} lets other users write to it",
+                meta.mode() & 0o7777
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(Error::UntrustedDirectory {
+                path: self.root.clone(),
+                why,
+            }),
+            None => {
+                self.root_trusted.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 
     fn shard_dir(&self, shard: u8) -> PathBuf {
@@ -154,7 +205,9 @@ impl FileStore {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| Error::io("create directory", dir, e))
+            .map_err(|e| Error::io("create directory", dir, e))?;
+        // Another user may have made the root between the check and now.
+        self.check_root()
     }
 
     /// Lock a shard, creating its directory if needed (for writes).
@@ -197,7 +250,7 @@ impl FileStore {
     /// attempt of a lock-free `read`.
     fn read_locked(&self, location: &Location, key: &[u8], now: f64) -> Result<Found> {
         let path = &location.path;
-        let mut file = match File::open(path) {
+        let mut file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
             Ok(file) => file,
             Err(error) if not_found(&error) => return Ok(Found::Missing),
             Err(error) => return Err(Error::io("open", path, error)),
@@ -349,6 +402,7 @@ impl FileStore {
     }
 
     fn with_count<T>(&self, run: impl Fn(&SharedCount) -> io::Result<T>) -> Result<T> {
+        self.check_root()?;
         match run(&self.count) {
             Err(error) if not_found(&error) => {
                 self.create_dir(&self.state_dir())?;
@@ -390,7 +444,7 @@ impl FileStore {
     }
 
     fn get_uncounted(&self, key: &[u8], now: f64) -> Result<Option<Value>> {
-        let location = self.locate(key);
+        let location = self.locate(key)?;
         match self.read(&location, key, now)? {
             Found::Live { flags, value, .. } => Ok(Some(Value { flags, value })),
             Found::Missing | Found::Foreign | Found::Damaged => Ok(None),
@@ -402,7 +456,7 @@ impl FileStore {
     }
 
     pub fn contains(&self, key: &[u8], now: f64) -> Result<bool> {
-        let location = self.locate(key);
+        let location = self.locate(key)?;
         Ok(matches!(self.read(&location, key, now)?, Found::Live { .. }))
     }
 
@@ -433,7 +487,7 @@ impl FileStore {
         only_if_absent: bool,
     ) -> Result<bool> {
         self.cull_if_full(limits)?;
-        let location = self.locate(key);
+        let location = self.locate(key)?;
         // A new file is written before the lock, so that other writers to
         // the shard do not wait for it.
         let temp = match bytes {
@@ -471,7 +525,7 @@ impl FileStore {
     }
 
     fn touch_once(&self, key: &[u8], expires: f64, now: f64) -> Result<bool> {
-        let location = self.locate(key);
+        let location = self.locate(key)?;
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
         };
@@ -498,7 +552,7 @@ impl FileStore {
     }
 
     fn delete_once(&self, key: &[u8], now: f64) -> Result<bool> {
-        let location = self.locate(key);
+        let location = self.locate(key)?;
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
         };
@@ -523,7 +577,7 @@ impl FileStore {
     }
 
     fn incr_once(&self, key: &[u8], delta: i128, now: f64) -> Result<Option<i128>> {
-        let location = self.locate(key);
+        let location = self.locate(key)?;
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(None);
         };
@@ -549,6 +603,7 @@ impl FileStore {
 
     /// The shard directories that exist.
     fn shards(&self) -> Result<Vec<u8>> {
+        self.check_root()?;
         let listing = match fs::read_dir(&self.root) {
             Ok(listing) => listing,
             Err(error) if not_found(&error) => return Ok(Vec::new()),

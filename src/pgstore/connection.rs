@@ -6,14 +6,15 @@
 
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
 use serde::Deserialize;
+use tokio_postgres::Config;
 
 use crate::config::{optional_seconds, seconds};
 use crate::health::Health;
 use crate::pool::{self, Dial};
 
 use super::error::{Error, Result};
+use super::session::Session;
 
 /// The PostgreSQL backend's OPTIONS of the same names (defaults and checks
 /// are Python's), all about its connections.
@@ -22,9 +23,15 @@ use super::error::{Error, Result};
 pub struct Options {
     /// Connections per process.
     pub pool_size: u32,
-    /// Longest wait for a connection (dialing included).
+    /// Longest wait for a connection: for a free pooled one, and for a new
+    /// one's whole startup (TCP, authentication).
     #[serde(deserialize_with = "seconds")]
     pub connect_timeout: Duration,
+    /// The client's own deadline for each statement's reply, which holds
+    /// when the server cannot enforce `statement_timeout` (frozen, queued
+    /// by a pooler, unreachable); also the TCP user timeout.
+    #[serde(deserialize_with = "seconds")]
+    pub io_timeout: Duration,
     /// Sent as the session's `statement_timeout`: a statement stuck on a
     /// lock or a slow disk is cancelled by the server instead of holding
     /// the caller (None: the server's setting).
@@ -38,7 +45,7 @@ pub struct Options {
 pub(crate) type Pool = pool::Pool<Dialer>;
 
 pub(crate) struct PgConnection {
-    pub(crate) client: Client,
+    pub(crate) session: Session,
     poisoned: bool,
     /// Why the connection broke, if it did.
     lost: Option<String>,
@@ -57,20 +64,24 @@ impl PgConnection {
     }
 
     fn is_broken(&self) -> bool {
-        self.poisoned || self.client.is_closed()
+        self.poisoned || self.session.is_closed()
     }
 }
 
-pub(crate) struct Dialer(postgres::Config);
+pub(crate) struct Dialer {
+    config: Config,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
 
 impl Dial for Dialer {
     type Conn = PgConnection;
     type Error = Error;
 
     fn dial(&self) -> Result<PgConnection> {
-        let client = self.0.connect(NoTls).map_err(|e| Error::Connect(e.to_string()))?;
+        let session = Session::connect(&self.config, self.connect_timeout, self.io_timeout)?;
         Ok(PgConnection {
-            client,
+            session,
             poisoned: false,
             lost: None,
         })
@@ -91,7 +102,7 @@ impl Dial for Dialer {
     fn keeps_unreleased(&self, conn: &PgConnection, health: &Health) -> bool {
         if let Some(why) = &conn.lost {
             health.failed(why);
-        } else if conn.client.is_closed() {
+        } else if conn.session.is_closed() {
             health.failed(&"PostgreSQL connection closed");
         } else {
             health.succeeded();
@@ -101,14 +112,21 @@ impl Dial for Dialer {
 }
 
 /// A pool of connections to the server of `config`, as `options` say.
-pub(crate) fn pool(config: &postgres::Config, options: &Options) -> Pool {
+pub(crate) fn pool(config: &Config, options: &Options) -> Pool {
     let mut config = config.clone();
     config.connect_timeout(options.connect_timeout);
+    // Unacknowledged data, and an idle connection whose peer vanished,
+    // end the connection after about IO_TIMEOUT instead of the kernel's
+    // 15 minutes and 2 hours.
+    config.tcp_user_timeout(options.io_timeout);
     config.keepalives(true);
+    config.keepalives_idle(options.io_timeout.max(Duration::from_secs(1)));
+    config.keepalives_interval((options.io_timeout / 3).max(Duration::from_secs(1)));
+    config.keepalives_retries(3);
     if let Some(timeout) = options.statement_timeout {
         let option = format!("-c statement_timeout={}", timeout.as_millis());
         let given = config.get_options().filter(|given| !given.is_empty());
-        config.options(&given.map_or(option.clone(), |given| format!("{given} {option}")));
+        config.options(given.map_or(option.clone(), |given| format!("{given} {option}")));
     }
     let size = options.pool_size as usize;
     let limits = pool::Config {
@@ -118,14 +136,19 @@ pub(crate) fn pool(config: &postgres::Config, options: &Options) -> Pool {
         idle_timeout: options.idle_timeout,
     };
     let server = server_name(&config);
-    Pool::new(Dialer(config), limits, server)
+    let dialer = Dialer {
+        config,
+        connect_timeout: options.connect_timeout,
+        io_timeout: options.io_timeout,
+    };
+    Pool::new(dialer, limits, server)
 }
 
 /// How log lines name the server: "PostgreSQL server host:port/database".
-fn server_name(config: &postgres::Config) -> String {
+fn server_name(config: &Config) -> String {
     let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(name)) => name.clone(),
-        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
         None => "localhost".to_owned(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);

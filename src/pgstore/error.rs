@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use postgres::error::SqlState;
+use tokio_postgres::error::SqlState;
 
 #[derive(Debug)]
 pub enum Error {
@@ -12,6 +12,9 @@ pub enum Error {
     ConnectionLost(String),
     /// The server cancelled the statement (statement_timeout).
     Timeout(String),
+    /// No reply within the client's deadline (IO_TIMEOUT): the statement
+    /// may or may not have run; the connection was discarded.
+    NoReply(String),
     /// The server refused the statement (missing table, constraint, ...).
     Database { code: String, message: String },
     /// A key the cache table cannot hold; nothing was sent.
@@ -22,7 +25,7 @@ pub enum Error {
 
 impl Error {
     /// Classify a driver error.
-    pub(crate) fn from_pg(error: &postgres::Error) -> Error {
+    pub(crate) fn from_pg(error: &tokio_postgres::Error) -> Error {
         if let Some(db) = error.as_db_error() {
             let code = db.code();
             if *code == SqlState::QUERY_CANCELED {
@@ -45,8 +48,15 @@ impl Error {
         }
     }
 
+    /// The connection broke before the statement was sent or ran: it
+    /// can be sent again on a new one.
     pub(crate) fn is_connection_loss(&self) -> bool {
         matches!(self, Error::ConnectionLost(_))
+    }
+
+    /// The connection cannot be used again (lost, or its state unknown).
+    pub(crate) fn breaks_connection(&self) -> bool {
+        matches!(self, Error::ConnectionLost(_) | Error::NoReply(_))
     }
 }
 
@@ -58,7 +68,7 @@ fn is_connection_loss_code(code: &SqlState) -> bool {
         || *code == SqlState::CONNECTION_EXCEPTION
 }
 
-fn is_io(error: &postgres::Error) -> bool {
+fn is_io(error: &tokio_postgres::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if cause.is::<std::io::Error>() {
@@ -75,6 +85,7 @@ impl fmt::Display for Error {
             Error::Connect(message) => write!(f, "cannot connect to PostgreSQL: {message}"),
             Error::ConnectionLost(message) => write!(f, "PostgreSQL connection lost: {message}"),
             Error::Timeout(message) => write!(f, "PostgreSQL cancelled the statement: {message}"),
+            Error::NoReply(message) => write!(f, "PostgreSQL did not answer: {message}"),
             Error::Database { code, message } if code.is_empty() => write!(f, "PostgreSQL error: {message}"),
             Error::Database { code, message } => write!(f, "PostgreSQL error {code}: {message}"),
             Error::InvalidKey(reason) => write!(f, "cache key {reason}"),

@@ -4,6 +4,7 @@
 
 mod connection;
 mod error;
+mod session;
 mod store;
 
 pub use connection::Options;

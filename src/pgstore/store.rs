@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use postgres::types::{ToSql, Type};
-use postgres::{Row, Transaction};
+use tokio_postgres::Row;
+use tokio_postgres::types::{ToSql, Type};
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::connection::{self, Options, PgConnection, Pool};
@@ -39,7 +39,7 @@ const RECOUNT: Duration = Duration::from_secs(5);
 
 /// Where the cache is: the server and the table.
 pub struct Settings {
-    pub config: postgres::Config,
+    pub config: tokio_postgres::Config,
     pub table: String,
     pub options: Options,
 }
@@ -182,7 +182,7 @@ impl Census {
 
 pub struct PgStore {
     pool: PerProcess<Pool>,
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     options: Options,
     sql: Statements,
     table: String,
@@ -265,23 +265,22 @@ impl PgStore {
 
     fn query(&self, conn: &mut PgConnection, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        conn.client.query_typed(sql, params).map_err(|e| {
-            let error = Error::from_pg(&e);
-            if error.is_connection_loss() {
-                conn.lost(&error);
+        conn.session.query(sql, params).inspect_err(|error| {
+            if error.breaks_connection() {
+                conn.lost(error);
             }
-            error
         })
     }
 
-    fn tx_query(
-        &self,
-        tx: &mut Transaction<'_>,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>> {
+    /// Statements without parameters (transaction control), in one round
+    /// trip.
+    fn batch(&self, conn: &mut PgConnection, sql: &str) -> Result<()> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        tx.query_typed(sql, params).map_err(|e| Error::from_pg(&e))
+        conn.session.batch_execute(sql).inspect_err(|error| {
+            if error.breaks_connection() {
+                conn.lost(error);
+            }
+        })
     }
 
     /// Run one statement. `retry`: the statement may run twice (it is
@@ -511,34 +510,26 @@ impl PgStore {
         let mut conn = pool.lease()?;
         // The first round trip changes nothing, so a dead pooled connection
         // there is replaced, once.
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = conn.client.batch_execute(&begin) {
-            let error = Error::from_pg(&error);
+        if let Err(error) = self.batch(&mut conn, &begin) {
+            conn.poison();
             if !error.is_connection_loss() {
-                conn.poison();
                 return Err(error);
             }
-            conn.lost(&error);
             drop(conn);
             conn = pool.lease()?;
-            self.round_trips.fetch_add(1, Ordering::Relaxed);
-            conn.client.batch_execute(&begin).map_err(|e| {
-                conn.poison();
-                Error::from_pg(&e)
-            })?;
+            self.batch(&mut conn, &begin).inspect_err(|_| conn.poison())?;
         }
         let outcome = self.update_in_transaction(&mut conn, key, now, change);
         let finish = match &outcome {
             Ok(Ok(Some(_))) => "COMMIT",
             _ => "ROLLBACK",
         };
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        if let Err(error) = conn.client.batch_execute(finish) {
+        if let Err(error) = self.batch(&mut conn, finish) {
             // The transaction's fate is unknown to us: never reuse the
             // connection, and report the failure.
             conn.poison();
             if finish == "COMMIT" {
-                return Err(Error::from_pg(&error));
+                return Err(error);
             }
         }
         if outcome.is_err() {
@@ -609,13 +600,21 @@ impl PgStore {
         Ok(())
     }
 
+    /// One transaction: it ends with COMMIT whether or not this caller
+    /// got the cull lock (an error leaves it open, and the caller discards
+    /// the connection).
     fn cull(&self, conn: &mut PgConnection, count: i64, now: SystemTime, limits: Limits) -> Result<i64> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let mut tx = conn.client.transaction().map_err(|e| Error::from_pg(&e))?;
+        self.batch(conn, "BEGIN")?;
+        let removed = self.cull_in_transaction(conn, count, now, limits)?;
+        self.batch(conn, "COMMIT")?;
+        Ok(removed)
+    }
+
+    fn cull_in_transaction(&self, conn: &mut PgConnection, count: i64, now: SystemTime, limits: Limits) -> Result<i64> {
         // One culler at a time; anyone else goes on writing.
         let cull_lock = self.lock_id("\0cull") ^ 0x5bd1_e995;
-        let got = self.tx_query(
-            &mut tx,
+        let got = self.query(
+            conn,
             "SELECT pg_try_advisory_xact_lock($1)",
             &[(&cull_lock, Type::INT8)],
         )?;
@@ -626,24 +625,20 @@ impl PgStore {
         {
             return Ok(0);
         }
-        let removed = if limits.cull_frequency <= 0 {
-            count_of(&self.tx_query(&mut tx, &self.sql.clear, &[])?)?
-        } else {
-            let expired = count_of(&self.tx_query(&mut tx, &self.sql.delete_expired, &[(&now, Type::TIMESTAMPTZ)])?)?;
-            let remaining = count - expired;
-            let mut culled = 0;
-            if remaining > limits.max_entries {
-                let offset = remaining / limits.cull_frequency;
-                let nth = self.tx_query(&mut tx, &self.sql.nth_key, &[(&offset, Type::INT8)])?;
-                if let Some(boundary) = nth.first().and_then(|row| row.try_get::<_, String>(0).ok()) {
-                    culled = count_of(&self.tx_query(&mut tx, &self.sql.delete_below, &[(&boundary, Type::TEXT)])?)?;
-                }
+        if limits.cull_frequency <= 0 {
+            return count_of(&self.query(conn, &self.sql.clear, &[])?);
+        }
+        let expired = count_of(&self.query(conn, &self.sql.delete_expired, &[(&now, Type::TIMESTAMPTZ)])?)?;
+        let remaining = count - expired;
+        let mut culled = 0;
+        if remaining > limits.max_entries {
+            let offset = remaining / limits.cull_frequency;
+            let nth = self.query(conn, &self.sql.nth_key, &[(&offset, Type::INT8)])?;
+            if let Some(boundary) = nth.first().and_then(|row| row.try_get::<_, String>(0).ok()) {
+                culled = count_of(&self.query(conn, &self.sql.delete_below, &[(&boundary, Type::TEXT)])?)?;
             }
-            expired + culled
-        };
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        tx.commit().map_err(|e| Error::from_pg(&e))?;
-        Ok(removed)
+        }
+        Ok(expired + culled)
     }
 }
 

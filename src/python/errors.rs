@@ -5,7 +5,7 @@
 //! built lazily), so calls finishing on the async pool use it too.
 
 use pyo3::PyErrArguments;
-use pyo3::exceptions::{PyOSError, PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyOverflowError, PyPermissionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
@@ -47,6 +47,7 @@ impl From<filestore::Error> for PyErr {
                 Some(errno) => PyOSError::new_err((errno, message, path)),
                 None => PyOSError::new_err(message),
             },
+            Error::UntrustedDirectory { path, .. } => PyPermissionError::new_err((libc::EACCES, message, path)),
             Error::LockTimeout { .. } => LockTimeoutError::new_err(message),
             Error::NotAnInteger => PyTypeError::new_err(message),
             Error::Overflow => PyOverflowError::new_err(message),
@@ -60,7 +61,7 @@ impl From<pgstore::Error> for PyErr {
         let message = error.to_string();
         match error {
             Error::Connect(_) | Error::ConnectionLost(_) => CacheConnectionError::new_err(message),
-            Error::Timeout(_) => CacheTimeoutError::new_err(message),
+            Error::Timeout(_) | Error::NoReply(_) => CacheTimeoutError::new_err(message),
             Error::Database { .. } => CacheServerError::new_err(message),
             Error::InvalidKey(_) => InvalidCacheKey::new_err(message),
             Error::Config(_) => PyValueError::new_err(message),

@@ -56,6 +56,12 @@ store_methods! {
             super::counters_dict(py, &self.store.stats())
         }
 
+        /// PermissionError if the directory is another user's or writable
+        /// by others (every call checks this before its first use).
+        fn check_directory(&self, py: Python<'_>) -> PyResult<()> {
+            Ok(py.detach(|| self.store.check_root())?)
+        }
+
         /// Entries in the cache, as counted in shared memory.
         fn count(&self, py: Python<'_>) -> PyResult<i64> {
             Ok(py.detach(|| self.store.count())?)

@@ -73,7 +73,14 @@ struct Write(f64, i64, i64);
 
 impl Write {
     fn expires(self) -> f64 {
-        self.0
+        // Python sends 0.0 for "never" and keeps past expiries above 0;
+        // anything without an end (inf, NaN) is never as well, since the
+        // entry formats cannot hold it.
+        if self.0.is_nan() || self.0 == f64::INFINITY || self.0 == 0.0 {
+            0.0
+        } else {
+            self.0.max(1e-6)
+        }
     }
 
     fn limits(self) -> crate::Limits {

@@ -21,12 +21,12 @@ pub struct PgStore {
     store: Arc<Store>,
 }
 
-/// A postgres::Config from a libpq DSN or from Django-style parameters.
-fn connection_config(dsn: Option<&str>, params: &HashMap<String, String>) -> PyResult<postgres::Config> {
-    let bad = |e: postgres::Error| PyValueError::new_err(format!("invalid PostgreSQL connection settings: {e}"));
+/// A tokio_postgres::Config from a libpq DSN or from Django-style parameters.
+fn connection_config(dsn: Option<&str>, params: &HashMap<String, String>) -> PyResult<tokio_postgres::Config> {
+    let bad = |e: tokio_postgres::Error| PyValueError::new_err(format!("invalid PostgreSQL connection settings: {e}"));
     let mut config = match dsn {
-        Some(dsn) => postgres::Config::from_str(dsn).map_err(bad)?,
-        None => postgres::Config::new(),
+        Some(dsn) => tokio_postgres::Config::from_str(dsn).map_err(bad)?,
+        None => tokio_postgres::Config::new(),
     };
     for (name, value) in params {
         match name.as_str() {

@@ -37,18 +37,51 @@ fn create_table(server: &Postgres, table: &str) {
         .unwrap();
 }
 
+fn options(connect_timeout: Duration, io_timeout: Duration) -> Options {
+    Options {
+        pool_size: 8,
+        connect_timeout,
+        io_timeout,
+        statement_timeout: None,
+        idle_timeout: Duration::from_secs(300),
+    }
+}
+
 fn store(server: &Postgres, table: &str) -> PgStore {
     PgStore::new(Settings {
-        config: postgres::Config::from_str(&server.dsn()).unwrap(),
+        config: tokio_postgres::Config::from_str(&server.dsn()).unwrap(),
         table: table.into(),
-        options: Options {
-            pool_size: 8,
-            connect_timeout: Duration::from_secs(2),
-            statement_timeout: None,
-            idle_timeout: Duration::from_secs(300),
-        },
+        options: options(Duration::from_secs(2), Duration::from_secs(10)),
     })
     .unwrap()
+}
+
+/// A server that accepts connections and never says a word: the startup
+/// has a deadline of its own, not only the TCP connect.
+#[test]
+fn a_silent_server_fails_within_the_connect_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(2).collect();
+        thread::sleep(Duration::from_secs(3));
+        drop(held);
+    });
+    let config = tokio_postgres::Config::from_str(&format!("host=127.0.0.1 port={port} user=nobody")).unwrap();
+    let store = PgStore::new(Settings {
+        config,
+        table: "cache".into(),
+        options: options(Duration::from_millis(500), Duration::from_millis(500)),
+    })
+    .unwrap();
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let outcome = store.get("k", now());
+        let took = started.elapsed();
+        assert!(matches!(outcome, Err(Error::Connect(_))), "{outcome:?}");
+        assert!(took < Duration::from_millis(1500), "took {took:?}");
+    }
+    accepted.join().unwrap();
 }
 
 fn incr(s: &PgStore, key: &str) -> Option<i64> {

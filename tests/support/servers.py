@@ -282,6 +282,33 @@ class Postgres:
         except (OSError, ValueError):
             os.kill(self.process.pid, signum)
 
+    def _cluster(self):
+        """The postmaster's pid and its children's (the sessions')."""
+        with open(os.path.join(self.datadir, "postmaster.pid")) as pids:
+            postmaster = int(pids.readline())
+        children = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    # The field after the parenthesised name: state, then ppid.
+                    if int(stat.read().rpartition(")")[2].split()[1]) == postmaster:
+                        children.append(int(entry))
+            except (OSError, ValueError):
+                continue
+        return [postmaster, *children]
+
+    def pause(self):
+        """SIGSTOP to every process of the server: connections stay open,
+        new ones are accepted by the kernel, nothing is ever answered."""
+        for pid in self._cluster():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self):
+        # runuser (when running as root) stops itself when its child stops,
+        # and must be woken too.
+        for pid in [*self._cluster(), self.process.pid]:
+            os.kill(pid, signal.SIGCONT)
+
     def stop(self, mode="fast"):
         """Stop the server: "fast" (SIGINT) or "immediate" (SIGQUIT, a crash)."""
         if self.process is None or self.process.poll() is not None:

@@ -20,6 +20,7 @@ everyone else keeps reading the old value.
 import asyncio
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Generator
@@ -230,7 +231,8 @@ class StampedeSafe(_CacheBase):
             return 0
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        if timeout is None or timeout <= window:
+        # A value that never expires needs no early refresh.
+        if timeout is None or timeout == math.inf or timeout <= window:
             return 0
         return window
 

@@ -24,6 +24,7 @@ they differ, those two and ``_decode_or``. Nothing here is unpacked with
 ``*``: a starred call costs a few hundred instructions per operation.
 """
 
+import math
 import os
 import threading
 from collections.abc import Callable, Generator, Hashable, Iterable, Sequence
@@ -82,6 +83,17 @@ def backend_path(backend: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def is_forever(timeout: float) -> bool:
+    """Whether a timeout (or an expiry made from one) that is not None
+    means "never expires", as inf does in Django. ValueError for NaN, which
+    Django's backends each treat differently."""
+    if timeout == math.inf:
+        return True
+    if timeout != timeout:
+        raise ValueError("a cache timeout is a number of seconds or None, not NaN")
+    return False
+
+
 @with_async_twins
 class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     """Mixin for a ``BaseCache`` subclass: put it first in the bases."""
@@ -122,8 +134,11 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         CULL_FREQUENCY, read at every write (Django's tests change them at
         run time)."""
         expires = self.get_backend_timeout(timeout)
+        if expires is None or is_forever(expires):
+            # 0.0 is "never" to the stores.
+            return 0.0, self._max_entries, self._cull_frequency
         # A past expiry must stay distinguishable from "never".
-        return 0.0 if expires is None else max(expires, 1e-6), self._max_entries, self._cull_frequency
+        return max(expires, 1e-6), self._max_entries, self._cull_frequency
 
     def close(self, **kwargs: Any) -> None:
         """Keep the store: Django calls this after every request, and the

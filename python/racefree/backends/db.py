@@ -51,6 +51,9 @@ OPTIONS = [
     Option("POOL_SIZE", 10, positive_int, store=True),
     Option("CONNECT_TIMEOUT", 5.0, positive_number, store=True),
     Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number), store=True),
+    # Above STATEMENT_TIMEOUT: the server cancels a slow statement first
+    # where it can, and the connection stays usable.
+    Option("IO_TIMEOUT", 6.0, positive_number, store=True),
     Option("IDLE_TIMEOUT", 300.0, positive_number, store=True),
     Option("IGNORE_EXCEPTIONS", False, boolean),
     *serializer_options(),
@@ -157,6 +160,13 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
 
     def __init__(self, table: str, params: dict[str, Any]) -> None:
         options = self._configure(params)
+        statement_timeout = options["STATEMENT_TIMEOUT"]
+        if statement_timeout is not None and options["IO_TIMEOUT"] <= statement_timeout:
+            raise ImproperlyConfigured(
+                f"racefree DatabaseCache: OPTIONS['IO_TIMEOUT'] ({options['IO_TIMEOUT']} s) must be longer than "
+                f"STATEMENT_TIMEOUT ({statement_timeout} s), so that the server cancels a slow statement "
+                "before the client gives up on its connection"
+            )
         super().__init__(table, params)
         # The table holds the serializer's bytes only (base64, as Django's).
         self._encode = self._serializer.dumps

@@ -51,7 +51,12 @@ class FileBasedCache(RacefreeCache, BaseCache):
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E004 if the directory cannot be created or written by
-        this process."""
+        this process, E006 if it is not this process user's alone."""
+        try:
+            self._store.check_directory()
+        except PermissionError as failure:
+            hint = "chown the directory to the web server's user and chmod 700 it, or choose another LOCATION."
+            return [error(alias, f": {failure.strerror}", "racefree.E006", hint)]
         existing = self._dir
         while not os.path.exists(existing):
             parent = os.path.dirname(existing)

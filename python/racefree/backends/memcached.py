@@ -32,7 +32,7 @@ from racefree.backends._options import (
     store_settings,
 )
 from racefree.backends._stampede import stampede_options
-from racefree.backends.base import ProcessRegistry, RacefreeCache
+from racefree.backends.base import ProcessRegistry, RacefreeCache, is_forever
 from racefree.checks import PROBE_TIMEOUT, unreachable
 from racefree.exceptions import CacheError
 from racefree.serialization import serializer_options
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 # Memcached reads expiry times above 30 days as Unix timestamps.
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
+# memcached keeps an absolute expiry in a signed 32-bit number.
+MAX_EXPIRY = 2**31 - 1
 
 
 OPTIONS = [
@@ -107,13 +109,18 @@ class MemcachedCache(RacefreeCache, BaseCache):
         an absolute timestamp beyond 30 days."""
         if timeout is DEFAULT_TIMEOUT:
             timeout = self.default_timeout
-        if timeout is None:
+        if timeout is None or is_forever(timeout):
             return 0
-        timeout = int(timeout)
-        if timeout <= 0:
+        # Under a second (once truncated) is already expired; so is -inf.
+        if timeout < 1:
             return -1
+        timeout = int(timeout)
         if timeout > MAX_RELATIVE_TTL:
             timeout += int(time.time())
+            # Beyond memcached's 32-bit expiry (the year 2038): never, as
+            # Django's other backends treat such a timeout.
+            if timeout > MAX_EXPIRY:
+                return 0
         return timeout
 
     def lock_entry_timeout(self, lease: float) -> int:

@@ -398,6 +398,102 @@ def test_frozen_server_times_out(fresh_memcached):
     assert cache.get("k") == "v"
 
 
+class FakeServer:
+    """A listener on loopback that answers each connection's first request
+    with ``reply(connection, header)`` (a real memcached cannot misbehave on
+    cue); ``header(size)`` is the meta protocol's value line answering the
+    request's first ``mg``, opaque token included."""
+
+    def __init__(self, reply):
+        import socket
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.location = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.reply = reply
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection):
+        with connection:
+            try:
+                request = connection.recv(65536).split(b"\r\n")[0].split()
+                opaque = next((token for token in request if token.startswith(b"O")), b"")
+                self.reply(connection, lambda size: b"VA %d f0 %s\r\n" % (size, opaque))
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_trickling_server_cannot_stretch_a_call_past_io_timeout():
+    """One byte every 0.2 s: each read gets data well within IO_TIMEOUT,
+    but the whole reply may not take longer than IO_TIMEOUT."""
+
+    def trickle(connection, header):
+        connection.sendall(header(100))
+        for _ in range(102):
+            time.sleep(0.2)
+            connection.sendall(b"x")
+
+    server = FakeServer(trickle)
+    try:
+        cache = racefree(server.location, IO_TIMEOUT=1.0)
+        for call in (lambda: cache.get("k"), lambda: cache.get_many(["k"])):
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                call()
+            took = time.monotonic() - started
+            print(f"\ntrickled reply given up after {took:.2f} s")
+            assert took < 1.5
+    finally:
+        server.close()
+
+
+def test_an_announced_size_is_not_allocated_before_it_arrives(tmp_path):
+    """A reply announcing a 1 GiB value, then closing: with 512 MiB of
+    address space to spare the get fails cleanly instead of the allocation
+    aborting the interpreter."""
+    import subprocess
+    import sys
+
+    def huge(connection, header):
+        connection.sendall(header(1 << 30) + b"x" * 1000)
+
+    server = FakeServer(huge)
+    child = f"""
+import resource, sys
+import django
+from django.conf import settings
+settings.configure()
+django.setup()
+from racefree.backends.memcached import MemcachedCache
+cache = MemcachedCache({server.location!r}, {{}})
+in_use = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (in_use + 512 * 1024 * 1024,) * 2)
+try:
+    cache.get("k")
+except Exception as error:
+    print(type(error).__name__)
+"""
+    try:
+        result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "CacheConnectionError", result.stdout + result.stderr[-2000:]
+
+
 # -- Combined gets ---------------------------------------------------------------
 
 

@@ -190,3 +190,24 @@ def test_bad_serializer_options_fail_at_startup(tmp_path, options, message):
 def test_signing_without_any_key_fails_at_startup(tmp_path):
     with override_settings(SECRET_KEY=""), pytest.raises(ImproperlyConfigured, match="SECRET_KEY"):
         FileBasedCache(str(tmp_path), {"OPTIONS": {"SIGN_VALUES": True}})
+
+
+@pytest.mark.parametrize("backend, options", [
+    (FileBasedCache, {"SIGN_VALUES": True, "SIGNING_KEYS": ["hunter2-signing-key", 7]}),
+    (MemcachedCache, {"SIGN_VALUES": True, "SIGNING_KEYS": ("hunter2-signing-key", None)}),
+    (DatabaseCache, {"DSN": b"host=db password=hunter2-database"}),
+], ids=["signing keys", "signing keys on memcached", "dsn"])
+def test_secrets_in_bad_options_are_never_shown(backend, options, tmp_path):
+    """A malformed secret-bearing option is refused without its value in the
+    message (which ends up in logs and in manage.py check)."""
+    from racefree.checks import check_caches
+
+    location = str(tmp_path) if backend is FileBasedCache else "127.0.0.1:1" if backend is MemcachedCache else "t"
+    with pytest.raises(ImproperlyConfigured) as refused:
+        backend(location, {"OPTIONS": options})
+    assert "hunter2" not in str(refused.value)
+    assert "not shown: it may hold a secret" in str(refused.value)
+    path = f"{backend.__module__}.{backend.__name__}"
+    with override_settings(CACHES={"c": {"BACKEND": path, "LOCATION": location, "OPTIONS": options}}):
+        (message,) = check_caches()
+    assert message.id == "racefree.E001" and "hunter2" not in message.msg + (message.hint or "")

@@ -207,7 +207,7 @@ def serializer_options() -> list[Option]:
         Option("PICKLE_PROTOCOL", pickle.HIGHEST_PROTOCOL, pickle_protocol),
         Option("SERIALIZER", "pickle", serializer_format),
         Option("SIGN_VALUES", False, boolean),
-        Option("SIGNING_KEYS", None, optional(signing_keys)),
+        Option("SIGNING_KEYS", None, optional(signing_keys), secret=True),
     ]
 
 

@@ -1,17 +1,24 @@
 //! One connection to one memcached server.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket as Socket2, Type};
 
 use super::address::Address;
 use super::spin::SpinWait;
 
 /// Longest reply line accepted; a longer one means garbage on the stream.
 const MAX_LINE: usize = 8 * 1024;
+/// A request buffer that grew past this (a batch of large values) is
+/// dropped after use instead of kept for the connection's life; also the
+/// most a value's buffer is given before its bytes arrive.
+const MAX_KEPT_BUFFER: usize = 1024 * 1024;
 
 enum Socket {
     Tcp(TcpStream),
@@ -20,12 +27,12 @@ enum Socket {
 
 impl Socket {
     fn connect(address: &Address, connect_timeout: Duration) -> io::Result<Socket> {
+        let deadline = Instant::now() + connect_timeout;
         match address {
-            Address::Unix(path) => Ok(Socket::Unix(UnixStream::connect(path)?)),
+            Address::Unix(path) => connect_unix(path, deadline).map(Socket::Unix),
             Address::Tcp { host, port } => {
-                let deadline = Instant::now() + connect_timeout;
                 let mut last_error = None;
-                for addr in (host.as_str(), *port).to_socket_addrs()? {
+                for addr in resolve(host, *port, deadline)? {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
                         break;
@@ -77,14 +84,74 @@ impl Socket {
     }
 }
 
+fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, what.to_owned())
+}
+
+/// The addresses of `host`, resolved within the deadline: getaddrinfo has
+/// no timeout of its own, so a name is looked up on a thread of its own
+/// that is left to finish alone if it takes too long.
+fn resolve(host: &str, port: u16, deadline: Instant) -> io::Result<Vec<SocketAddr>> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (sender, receiver) = mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("racefree-resolve".into())
+        .spawn(move || {
+            let _ = sender.send((name.as_str(), port).to_socket_addrs().map(Vec::from_iter));
+        })?;
+    match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(addresses) => addresses,
+        Err(_) => Err(timed_out("the server's name was not resolved within CONNECT_TIMEOUT")),
+    }
+}
+
+/// Connect to a Unix socket within the deadline: a listener whose backlog
+/// is full makes a blocking connect wait for ever, and a non-blocking one
+/// fail at once with EAGAIN, so that is retried until the deadline.
+fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
+    let address = SockAddr::unix(path)?;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        let socket = Socket2::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&address) {
+            Ok(()) => {
+                socket.set_nonblocking(false)?;
+                return Ok(UnixStream::from(OwnedFd::from(socket)));
+            }
+            Err(error) if error.raw_os_error() == Some(libc::EAGAIN) => {}
+            Err(error) => return Err(error),
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timed_out(
+                "the server's socket accepted no connection within CONNECT_TIMEOUT",
+            ));
+        }
+        std::thread::sleep(pause.min(remaining));
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
 /// A socket that spins briefly for a reply before blocking, and times
-/// replies for the spin estimate.
+/// replies for the spin estimate. Each exchange (a request and its whole
+/// reply) has one deadline, `IO_TIMEOUT` after it starts: the socket's
+/// timeouts are cut to what is left of it before each blocking call, so a
+/// server that trickles its reply cannot stretch a call.
 pub(crate) struct Stream {
     socket: Socket,
     spin: Arc<SpinWait>,
     /// Set by `send`: when the request left, and how long to spin.
     sent_at: Option<Instant>,
     spin_until: Option<Instant>,
+    io_timeout: Duration,
+    /// The current exchange's deadline.
+    deadline: Option<Instant>,
+    /// The socket's read and write timeouts as last set.
+    timeout_set: Duration,
 }
 
 impl Read for Stream {
@@ -104,6 +171,7 @@ impl Read for Stream {
                 std::hint::spin_loop();
             }
         }
+        self.fit_timeout()?;
         let n = match &mut self.socket {
             Socket::Tcp(s) => s.read(buf)?,
             Socket::Unix(s) => s.read(buf)?,
@@ -113,6 +181,24 @@ impl Read for Stream {
 }
 
 impl Stream {
+    /// Before a blocking call: the socket's timeouts cut to what is left of
+    /// the exchange's deadline (set again only when they differ by more
+    /// than a millisecond, so a reply in one piece costs no system call).
+    fn fit_timeout(&mut self) -> io::Result<()> {
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timed_out("no complete reply within IO_TIMEOUT"));
+        }
+        if remaining + Duration::from_millis(1) < self.timeout_set || remaining > self.timeout_set {
+            self.socket.set_timeouts(remaining)?;
+            self.timeout_set = remaining;
+        }
+        Ok(())
+    }
+
     fn first_bytes(&mut self, n: usize) -> usize {
         if let Some(sent) = self.sent_at.take() {
             self.spin.record(sent.elapsed());
@@ -123,6 +209,7 @@ impl Stream {
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.fit_timeout()?;
         match &mut self.socket {
             Socket::Tcp(s) => s.write(buf),
             Socket::Unix(s) => s.write(buf),
@@ -157,6 +244,9 @@ impl Connection {
             spin,
             sent_at: None,
             spin_until: None,
+            io_timeout,
+            deadline: None,
+            timeout_set: io_timeout,
         };
         Ok(Connection {
             reader: BufReader::with_capacity(64 * 1024, stream),
@@ -189,11 +279,15 @@ impl Connection {
         ready == 0
     }
 
-    /// Write the request built in `out`.
+    /// Write the request built in `out`; its exchange's deadline starts.
     pub(crate) fn send(&mut self) -> io::Result<()> {
         let stream = self.reader.get_mut();
+        stream.deadline = Some(Instant::now() + stream.io_timeout).filter(|_| !stream.io_timeout.is_zero());
         let result = stream.write_all(&self.out);
         self.out.clear();
+        if self.out.capacity() > MAX_KEPT_BUFFER {
+            self.out = Vec::with_capacity(1024);
+        }
         let now = Instant::now();
         stream.sent_at = Some(now);
         stream.spin_until = stream.spin.budget().map(|budget| now + budget);
@@ -233,10 +327,18 @@ impl Connection {
         Ok(&self.line)
     }
 
-    /// Read a value block of `size` bytes and its CRLF.
+    /// Read a value block of `size` bytes and its CRLF. Memory grows with
+    /// the bytes that arrive, not with the size the server announced.
     pub(crate) fn read_value(&mut self, size: usize) -> io::Result<Vec<u8>> {
-        let mut value = vec![0; size + 2];
-        self.reader.read_exact(&mut value)?;
+        let wanted = size + 2;
+        let mut value = Vec::with_capacity(wanted.min(MAX_KEPT_BUFFER));
+        (&mut self.reader).take(wanted as u64).read_to_end(&mut value)?;
+        if value.len() < wanted {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection mid-value",
+            ));
+        }
         if !value.ends_with(b"\r\n") {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

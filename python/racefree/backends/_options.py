@@ -24,6 +24,15 @@ class Option:
     #: Handed to the Rust store, by lowercase name (its settings struct
     #: has a field for it, and no default of its own).
     store: bool = False
+    #: Holds a secret (a key, a password): never shown in an error.
+    secret: bool = False
+
+
+def shown(option: Option, value: object) -> str:
+    """How an error names a value given for ``option``."""
+    if option.secret:
+        return f"a {type(value).__name__} (not shown: it may hold a secret)"
+    return repr(value)
 
 
 _T = TypeVar("_T")
@@ -108,7 +117,9 @@ def read_options(
         try:
             values[option.name] = option.convert(value)
         except (TypeError, ValueError) as exc:
-            raise ImproperlyConfigured(f"{backend}: OPTIONS[{name!r}] must be {exc}, not {value!r}") from None
+            raise ImproperlyConfigured(
+                f"{backend}: OPTIONS[{name!r}] must be {exc}, not {shown(option, value)}"
+            ) from None
     return values
 
 

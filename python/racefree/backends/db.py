@@ -47,7 +47,7 @@ OPTIONS = [
     Option("MAX_ENTRIES", 300, positive_int),
     Option("CULL_FREQUENCY", 3, non_negative_int),
     Option("DATABASE", None, optional(text)),
-    Option("DSN", None, optional(text)),
+    Option("DSN", None, optional(text), secret=True),
     Option("POOL_SIZE", 10, positive_int, store=True),
     Option("CONNECT_TIMEOUT", 5.0, positive_number, store=True),
     Option("STATEMENT_TIMEOUT", 5.0, optional(positive_number), store=True),

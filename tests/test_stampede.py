@@ -282,6 +282,36 @@ def test_lock_wait_runs_out_and_a_lease_expires(spec):
     assert cache.lock("name").acquire(wait=0) is True
 
 
+def test_a_release_never_frees_the_next_holders_lock(spec):
+    """If the lease ran out between a release's read of the lock and its
+    delete (simulated: a read of the lock entry is followed by its expiry
+    and a new holder), a read-then-delete release would delete the new
+    holder's lock. The release is one compare-and-delete instead."""
+    cache = make(spec)
+    first = cache.lock("contested", timeout=30)
+    assert first.acquire()
+    second = cache.lock("contested", timeout=30)
+    read = cache.get
+
+    def read_then_lease_runs_out(key, default=None, version=None):
+        value = read(key, default, version)
+        if "contested" in str(key) and not second.held:
+            cache.delete(key, version)
+            assert second.acquire(wait=0)
+        return value
+
+    cache.get = read_then_lease_runs_out
+    try:
+        first.release()
+    finally:
+        del cache.get
+    if not second.held:
+        # A compare-and-delete never reads the lock first: take it here.
+        assert second.acquire(wait=0)
+    assert cache.lock("contested").acquire(wait=0) is False, "the second holder's lock was deleted"
+    assert second.release() is True
+
+
 def test_async_lock(spec):
     cache = make(spec)
 

@@ -548,15 +548,26 @@ impl FileStore {
 
     /// Delete a key; true if it had a live value.
     pub fn delete(&self, key: &[u8], now: f64) -> Result<bool> {
-        self.stats.delete(retrying_if_removed(|| self.delete_once(key, now)))
+        self.stats
+            .delete(retrying_if_removed(|| self.delete_once(key, None, now)))
     }
 
-    fn delete_once(&self, key: &[u8], now: f64) -> Result<bool> {
+    /// Delete `key` only while its live value is exactly `flags`/`value`
+    /// (compare-and-delete, under the shard's lock); true if deleted.
+    pub fn delete_if(&self, key: &[u8], flags: u32, value: &[u8], now: f64) -> Result<bool> {
+        self.stats
+            .delete(retrying_if_removed(|| self.delete_once(key, Some((flags, value)), now)))
+    }
+
+    fn delete_once(&self, key: &[u8], expected: Option<(u32, &[u8])>, now: f64) -> Result<bool> {
         let location = self.locate(key)?;
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
         };
         match self.read_locked(&location, key, now)? {
+            Found::Live { flags, value, .. } if expected.is_some_and(|item| item != (flags, value.as_slice())) => {
+                Ok(false)
+            }
             Found::Live { .. } => {
                 self.replace(&location, None)?;
                 Ok(true)

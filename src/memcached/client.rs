@@ -319,6 +319,50 @@ impl Client {
         self.stats.delete(deleted)
     }
 
+    /// Delete `key` only while it still holds exactly `item`: read it with
+    /// its CAS token, then delete with that token, so a value stored by
+    /// anyone in between is left alone. True if deleted.
+    pub fn delete_if(&self, key: &[u8], item: (u32, &[u8])) -> Result<bool> {
+        let deleted = self.on_server(key, |server| {
+            self.exchange(server, |conn| {
+                let reply = request(conn, server, |out, opaque| {
+                    protocol::meta_get_with_cas(out, key, opaque)
+                })?;
+                let cas = match reply {
+                    Reply::Meta {
+                        status: Status::Value(size),
+                        flags,
+                        cas: Some(cas),
+                        ..
+                    } => {
+                        let value = conn.read_value(size).map_err(io_error(server))?;
+                        if (flags, value.as_slice()) != item {
+                            return Ok(false);
+                        }
+                        cas
+                    }
+                    Reply::Meta {
+                        status: Status::Miss, ..
+                    } => return Ok(false),
+                    other => return Err(unexpected(server, other)),
+                };
+                match request(conn, server, |out, opaque| {
+                    protocol::meta_delete_if_unchanged(out, key, cas, opaque)
+                })? {
+                    Reply::Meta {
+                        status: Status::Stored, ..
+                    } => Ok(true),
+                    Reply::Meta {
+                        status: Status::NotFound | Status::Exists,
+                        ..
+                    } => Ok(false),
+                    other => Err(unexpected(server, other)),
+                }
+            })
+        });
+        self.stats.delete(deleted)
+    }
+
     /// Atomically add `delta` to a stored number and return the result;
     /// `None` if the key is missing. Memcached wraps at 2**64.
     pub fn incr(&self, key: &[u8], delta: u64) -> Result<Option<u64>> {
@@ -664,6 +708,7 @@ impl BatchOp for GetMany<'_> {
                 status: Status::Value(size),
                 flags,
                 opaque,
+                ..
             } => {
                 let index = chunk.item_of(server, opaque)?;
                 let value = conn.read_value(size).map_err(io_error(server))?;

@@ -85,6 +85,25 @@ pub fn meta_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], flags: u32, ttl: i6
     out.extend_from_slice(b"\r\n");
 }
 
+/// `mg` for a compare-and-delete: value, client flags and CAS token.
+pub fn meta_get_with_cas(out: &mut Vec<u8>, key: &[u8], opaque: u32) {
+    out.extend_from_slice(b"mg ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b" v f c");
+    push_opaque(out, opaque);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `md` only while the item's CAS token is still `cas`.
+pub fn meta_delete_if_unchanged(out: &mut Vec<u8>, key: &[u8], cas: u64, opaque: u32) {
+    out.extend_from_slice(b"md ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b" C");
+    push_num(out, cas);
+    push_opaque(out, opaque);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `md`: delete; `quiet` suppresses both the success and the not-found reply.
 pub fn meta_delete(out: &mut Vec<u8>, key: &[u8], opaque: u32, quiet: bool) {
     out.extend_from_slice(b"md ");
@@ -142,6 +161,8 @@ pub enum Reply {
         status: Status,
         flags: u32,
         opaque: Option<u32>,
+        /// The item's CAS token, when asked for (`c`).
+        cas: Option<u64>,
     },
     ClientError(String),
     ServerError(String),
@@ -185,6 +206,7 @@ pub fn parse_reply(line: &[u8]) -> Reply {
     };
     let mut flags = 0;
     let mut opaque = None;
+    let mut cas = None;
     for token in tokens {
         let (letter, value) = (token[0], &token[1..]);
         match letter {
@@ -196,10 +218,19 @@ pub fn parse_reply(line: &[u8]) -> Reply {
                 Some(o) => opaque = Some(o),
                 None => return Reply::Garbage(lossy(line)),
             },
+            b'c' => match parse_num(value) {
+                Some(c) => cas = Some(c),
+                None => return Reply::Garbage(lossy(line)),
+            },
             _ => {}
         }
     }
-    Reply::Meta { status, flags, opaque }
+    Reply::Meta {
+        status,
+        flags,
+        opaque,
+        cas,
+    }
 }
 
 #[cfg(test)]
@@ -228,7 +259,8 @@ mod tests {
             Reply::Meta {
                 status: Status::Value(3),
                 flags: 16,
-                opaque: Some(7)
+                opaque: Some(7),
+                cas: None
             }
         );
         assert_eq!(
@@ -236,7 +268,8 @@ mod tests {
             Reply::Meta {
                 status: Status::Miss,
                 flags: 0,
-                opaque: Some(5)
+                opaque: Some(5),
+                cas: None
             }
         );
         assert_eq!(
@@ -244,7 +277,17 @@ mod tests {
             Reply::Meta {
                 status: Status::NoOp,
                 flags: 0,
-                opaque: None
+                opaque: None,
+                cas: None
+            }
+        );
+        assert_eq!(
+            parse_reply(b"VA 2 f1 c4294967296 O3"),
+            Reply::Meta {
+                status: Status::Value(2),
+                flags: 1,
+                opaque: Some(3),
+                cas: Some(4_294_967_296)
             }
         );
         assert_eq!(

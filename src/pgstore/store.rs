@@ -92,6 +92,7 @@ struct Statements {
     set_many: String,
     touch: String,
     delete: String,
+    delete_if: String,
     delete_many: String,
     lock_row: String,
     rewrite: String,
@@ -126,6 +127,9 @@ impl Statements {
             ),
             touch: format!("UPDATE {t} SET \"expires\" = $2 WHERE \"cache_key\" = $1 AND \"expires\" > $3 RETURNING 1"),
             delete: format!("DELETE FROM {t} WHERE \"cache_key\" = $1 RETURNING \"expires\" > $2"),
+            delete_if: format!(
+                "DELETE FROM {t} WHERE \"cache_key\" = $1 AND \"value\" = $2 RETURNING \"expires\" > $3"
+            ),
             delete_many: format!(
                 "WITH gone AS (DELETE FROM {t} WHERE \"cache_key\" = ANY($1) RETURNING 1) SELECT count(*) FROM gone"
             ),
@@ -455,6 +459,27 @@ impl PgStore {
     pub fn delete(&self, key: &str, now: SystemTime) -> Result<bool> {
         check_key(key)?;
         let rows = self.statement(true, &self.sql.delete, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
+        self.census.add(-(rows.len() as i64));
+        let deleted = rows
+            .first()
+            .and_then(|row| row.try_get::<_, bool>(0).ok())
+            .unwrap_or(false);
+        self.stats.deleted(u64::from(deleted));
+        Ok(deleted)
+    }
+
+    /// Delete `key` only while it holds exactly `value` (compare-and-delete,
+    /// one statement); true if a live value was deleted. Never retried: a
+    /// lost reply leaves its outcome unknown, and a retry would report
+    /// False for a delete that happened.
+    pub fn delete_if(&self, key: &str, value: &[u8], now: SystemTime) -> Result<bool> {
+        check_key(key)?;
+        let encoded = BASE64.encode(value);
+        let rows = self.statement(
+            false,
+            &self.sql.delete_if,
+            &[(&key, Type::TEXT), (&encoded, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+        )?;
         self.census.add(-(rows.len() as i64));
         let deleted = rows
             .first()

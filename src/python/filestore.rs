@@ -123,6 +123,11 @@ store_methods! {
             Ok(Vec::new())
         }
 
+        /// Delete only while the key holds exactly `item` (compare-and-delete).
+        fn delete_if / adelete_if(key: PyBackedStr, item: Item) -> bool {
+            Ok(store.delete_if(key.as_bytes(), item.0, &item.1, now)?)
+        }
+
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> () {
             for key in &keys {
                 store.delete(key.as_bytes(), now)?;

@@ -246,6 +246,11 @@ store_methods! {
         }
 
         /// Delete keys; a failed server raises, with `failed_keys`.
+        /// Delete only while the key holds exactly `item` (compare-and-delete).
+        fn delete_if / adelete_if(key: PyBackedStr, item: Value) -> bool {
+            Ok(client.delete_if(memcached_key(&key)?, (item.0, &item.1))?)
+        }
+
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> Batch<()> {
             let failures = client.delete_many(&memcached_keys(&keys)?)?;
             Ok(Batch::new(keys, (), failures))

@@ -169,6 +169,11 @@ store_methods! {
             Ok(store.delete(&key, moment(now))?)
         }
 
+        /// Delete only while the key holds exactly `item` (compare-and-delete).
+        fn delete_if / adelete_if(key: PyBackedStr, item: PyBackedBytes) -> bool {
+            Ok(store.delete_if(&key, &item, moment(now))?)
+        }
+
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> () {
             let keys: Vec<&str> = keys.iter().map(|key| &**key).collect();
             Ok(store.delete_many(&keys)?)

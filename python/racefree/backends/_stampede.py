@@ -82,7 +82,7 @@ class _LockStore(Protocol):
 
     def add(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
     def get(self, key: Any, default: Any | None = None, version: int | None = None) -> Any: ...
-    def delete(self, key: Any, version: int | None = None) -> bool: ...
+    def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
     def lock_entry_timeout(self, lease: float) -> float: ...
 
 
@@ -166,11 +166,10 @@ class CacheLock:
         if token is None:
             raise RuntimeError(f"the cache lock {self.name!r} is not held by this object")
         try:
-            with failures_raised():
-                holder = yield self._cache.get, (self._key, None, self._version)
-                if holder == token:
-                    yield self._cache.delete, (self._key, self._version)
-                    return True
+            # One atomic compare-and-delete: a read then a delete could
+            # remove the next holder's lock if the lease ran out between.
+            if (yield self._cache._delete_if, (self._key, token, self._version)):
+                return True
         except CacheError as error:
             logger.warning("cache lock %r: release failed, its lease will free it: %s", self.name, error)
             return False
@@ -213,6 +212,10 @@ class StampedeSafe(_CacheBase):
     def lock_entry_timeout(self, lease: float) -> float:
         """The timeout of a lock entry held for at least ``lease`` seconds."""
         return lease
+
+    if TYPE_CHECKING:
+        # Each backend's atomic compare-and-delete (RacefreeCache's).
+        def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
 
     def lock(
         self, key: Any, timeout: float | None = None, wait: float | None = None, version: int | None = None

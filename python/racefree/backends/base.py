@@ -208,6 +208,14 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
             return False
 
     @store_operation
+    def _delete_if(self, key: Any, value: Any, version: int | None = None) -> Generator[Any, Any, bool]:
+        """Delete ``key`` only while it holds exactly ``value``, atomically
+        (a lock's release: never the next holder's). Failures raise."""
+        key = self._key(key, version)
+        deleted: bool = yield self._store.delete_if, (key, self._encode(value))
+        return deleted
+
+    @store_operation
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
         """Atomic across threads, processes (and hosts, on a server); keeps
         the key's expiry. A missing key raises ValueError, a value the store

@@ -18,7 +18,7 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.core.cache.backends.base import BaseCache, InvalidCacheBackendError
@@ -198,6 +198,24 @@ class ForwardingCache(BaseCache):
         ``lock``); the lease defaults to the target's LOCK_LEASE."""
         settings = getattr(self._core.target(), "_stampede", None) or Stampede()
         return CacheLock(self, key, settings.lease if timeout is None else timeout, wait, version)
+
+    def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool:
+        """A lock's release: the target's atomic compare-and-delete where it
+        has one (racefree's backends), else a read then a delete (all that
+        Django's own backends offer)."""
+        with self._core.lease() as leased:
+            target = cast(BaseCache, leased)
+            if hasattr(target, "_delete_if"):
+                return bool(target._delete_if(key, value, version))
+            return target.get(key, None, version) == value and bool(target.delete(key, version))
+
+    async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool:
+        """See _delete_if."""
+        with self._core.lease() as leased:
+            target = cast(BaseCache, leased)
+            if hasattr(target, "a_delete_if"):
+                return bool(await target.a_delete_if(key, value, version))
+            return await target.aget(key, None, version) == value and bool(await target.adelete(key, version))
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E005 if the forwarded alias is missing from CACHES."""

@@ -365,3 +365,67 @@ def test_aset_of_an_evaluated_queryset_with_deferred_fields(backend):
     (poll,) = asyncio.run(main())
     assert poll.get_deferred_fields() == {"question"}
     assert poll.pk == Poll.objects.get().pk
+
+
+def test_a_stalled_store_does_not_starve_another(fresh_postgres, memcached):
+    """Four hundred awaited calls on a frozen PostgreSQL take at most its
+    POOL_SIZE threads of the shared blocking pool: memcached calls made
+    meanwhile are answered at once, and every stalled call ends with an
+    error within its timeouts."""
+    from racefree.exceptions import CacheError
+
+    fresh_postgres.create_cache_table()
+    database = DatabaseCache("cache", {"OPTIONS": {
+        "DSN": fresh_postgres.dsn, "CONNECT_TIMEOUT": 1.0, "STATEMENT_TIMEOUT": 1.0, "IO_TIMEOUT": 2.0,
+        "POOL_SIZE": 4}})
+    other = MemcachedCache(memcached.location, {"KEY_PREFIX": uuid.uuid4().hex})
+    database.set("k", 1)
+    other.set("k", 2)
+
+    async def meanwhile():
+        stalled = [asyncio.ensure_future(database.aget("k")) for _ in range(400)]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        values = await asyncio.gather(*(other.aget("k") for _ in range(50)))
+        answered_in = time.monotonic() - started
+        outcomes = await asyncio.gather(*stalled, return_exceptions=True)
+        return values, answered_in, outcomes, time.monotonic() - started
+
+    fresh_postgres.pause()
+    try:
+        values, answered_in, outcomes, all_done_in = asyncio.run(meanwhile())
+    finally:
+        fresh_postgres.resume()
+    print(f"\nmemcached answered in {answered_in:.3f} s; 400 stalled calls done in {all_done_in:.1f} s")
+    assert values == [2] * 50
+    assert answered_in < 0.5
+    assert all(isinstance(outcome, CacheError) for outcome in outcomes), {type(o) for o in outcomes}
+    assert all_done_in < 2.0 + 1.0 + 1.0
+    assert database.get("k") == 1
+
+
+def test_a_cancelled_lock_acquire_leaves_no_lock(fresh_memcached):
+    """The cancellation lands while the lock's entry is being added (the
+    server is frozen, then thawed after the cancel): the add completes on
+    its own, and the lock it took is given back at once, not held for its
+    whole lease."""
+    cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"IO_TIMEOUT": 5.0}})
+    cache.set("warm", 1)
+
+    async def cancelled_acquire():
+        lock = cache.lock("job", timeout=60)
+        fresh_memcached.pause()
+        acquiring = asyncio.ensure_future(lock.aacquire())
+        await asyncio.sleep(0.2)
+        acquiring.cancel()
+        fresh_memcached.resume()
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+        # The add, then the give-back, finish in the background.
+        for _ in range(100):
+            if await cache.lock("job", timeout=60).atry_acquire():
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    assert asyncio.run(cancelled_acquire()), "the cancelled acquire's lock is still held"

@@ -30,6 +30,7 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::{Condvar, Mutex, PoisonError};
 
+use super::errors::CacheTimeoutError;
 use crate::fork::PerProcess;
 use crate::sync::locked;
 use pyo3::exceptions::PyRuntimeError;
@@ -257,10 +259,74 @@ pub(crate) fn _close_async_gate(py: Python<'_>) {
     });
 }
 
+/// The async calls of one store. At most `limit` of them occupy the
+/// blocking pool at a time; the rest wait here, in order, and a pool thread
+/// that finishes one takes the next itself (no hand-off through the pool).
+/// So a stalled store (a frozen server holding each call until its
+/// timeouts) ties up at most `limit` threads, never the whole pool the
+/// other stores' calls need. A call that waited longer than `max_wait`
+/// fails with a timeout instead of running late.
+pub(crate) struct Lane {
+    limit: usize,
+    max_wait: Duration,
+    /// Per process: a forked child has none of the parent's running calls.
+    state: PerProcess<Mutex<LaneState>>,
+}
+
+#[derive(Default)]
+struct LaneState {
+    running: usize,
+    waiting: VecDeque<(Instant, Job)>,
+}
+
+/// A call waiting in its lane; `true`: it waited too long, fail it.
+type Job = Box<dyn FnOnce(bool) + Send>;
+
+impl Lane {
+    pub(crate) fn new(limit: usize, max_wait: Duration) -> Lane {
+        Lane {
+            limit: limit.max(1),
+            max_wait,
+            state: PerProcess::new(),
+        }
+    }
+
+    fn submit(&self, engine: &'static Engine, job: Job) {
+        let state = self.state.get(Mutex::default);
+        {
+            let mut lane = locked(&state);
+            if lane.running >= self.limit {
+                lane.waiting.push_back((Instant::now(), job));
+                return;
+            }
+            lane.running += 1;
+        }
+        let max_wait = self.max_wait;
+        engine.runtime.spawn_blocking(move || {
+            let mut job = job;
+            let mut late = false;
+            loop {
+                job(late);
+                let mut lane = locked(&state);
+                match lane.waiting.pop_front() {
+                    Some((queued, next)) => {
+                        late = queued.elapsed() > max_wait;
+                        job = next;
+                    }
+                    None => {
+                        lane.running -= 1;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// An `asyncio.Future` on the running loop for `call`, run on the blocking
-/// pool. `call` must not touch Python (its result and error are converted
-/// with the GIL when the future completes).
-pub(crate) fn spawn<'py, T, F>(py: Python<'py>, call: F) -> PyResult<Bound<'py, PyAny>>
+/// pool in the store's `lane`. `call` must not touch Python (its result and
+/// error are converted with the GIL when the future completes).
+pub(crate) fn spawn<'py, T, F>(py: Python<'py>, lane: &Lane, call: F) -> PyResult<Bound<'py, PyAny>>
 where
     F: FnOnce() -> PyResult<T> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
@@ -275,12 +341,21 @@ where
         event_loop: event_loop.unbind(),
         loop_thread: std::thread::current().id(),
     };
-    engine.runtime.spawn_blocking(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call));
+    let max_wait = lane.max_wait;
+    let job: Job = Box::new(move |late| {
+        let outcome = if late {
+            Ok(Err(CacheTimeoutError::new_err(format!(
+                "racefree: the call waited more than {:.1} s for one of the store's busy async slots",
+                max_wait.as_secs_f64()
+            ))))
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+        };
         engine
             .deliveries
             .push(route, Box::new(move || completion.complete(outcome)));
     });
+    lane.submit(engine, job);
     Ok(future)
 }
 

@@ -18,7 +18,12 @@ use crate::filestore::{FileStore as Store, Value};
 #[pyclass(frozen, module = "racefree._core")]
 pub struct FileStore {
     store: Arc<Store>,
+    lane: super::aio::Lane,
 }
+
+/// Async file calls in flight at once per store: enough to keep a disk
+/// busy, few enough to leave the blocking pool to the other stores.
+const FILE_CALLS_IN_FLIGHT: usize = 32;
 
 /// A value as the backend stores it: `(flags, bytes)`.
 type Item = (u32, PyBackedBytes);
@@ -29,15 +34,17 @@ fn found(value: Option<Value>) -> Found {
 }
 
 store_methods! {
-    FileStore, store = self.store, now = super::python_clock;
+    FileStore, store = self.store, now = super::python_clock, lane = self.lane;
 
     plain {
         /// `options`: the backend's OPTIONS the store takes, by lowercase name.
         #[new]
         fn new(directory: PathBuf, options: &Bound<'_, PyDict>) -> PyResult<Self> {
-            let options = settings("FileStore", options)?;
+            let options: crate::filestore::Options = settings("FileStore", options)?;
+            let lane = super::aio::Lane::new(FILE_CALLS_IN_FLIGHT, options.lock_timeout);
             Ok(FileStore {
                 store: Arc::new(Store::new(directory, options)),
+                lane,
             })
         }
 

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use super::aio;
 use super::errors::memcached_key;
 use super::{Delta, settings};
 use crate::memcached::{BatchFailure, Client, Entry, Item, StoreMode, StoreOutcome};
@@ -16,6 +17,7 @@ use crate::memcached::{BatchFailure, Client, Entry, Item, StoreMode, StoreOutcom
 #[pyclass(frozen, module = "racefree._core")]
 pub struct MemcachedClient {
     client: Arc<Client>,
+    lane: aio::Lane,
 }
 
 fn memcached_keys(keys: &[PyBackedStr]) -> PyResult<Vec<&[u8]>> {
@@ -126,16 +128,22 @@ fn magnitude(delta: i128) -> PyResult<u64> {
 }
 
 store_methods! {
-    MemcachedClient, client = self.client, _now = super::server_clock;
+    MemcachedClient, client = self.client, _now = super::server_clock, lane = self.lane;
 
     plain {
         /// `config`: the backend's OPTIONS the client takes, by lowercase name.
         #[new]
         fn new(servers: Vec<String>, config: &Bound<'_, PyDict>) -> PyResult<Self> {
-            let client = Client::new(&servers, settings("MemcachedClient", config)?)
-                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            let config: crate::memcached::Config = settings("MemcachedClient", config)?;
+            // As many async calls in flight per server as it may have
+            // connections (at least a few); a call may wait its own
+            // budget for one of them.
+            let per_server = config.max_connections.unwrap_or(config.pool_size).max(4);
+            let lane = aio::Lane::new(per_server * servers.len(), config.connect_timeout + config.io_timeout);
+            let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(MemcachedClient {
                 client: Arc::new(client),
+                lane,
             })
         }
 

@@ -21,7 +21,7 @@ use pyo3::types::{PyDict, PyModule};
 /// `plain` holds the class's other methods, as written.
 macro_rules! store_methods {
     (
-        $class:ident, $store:ident = self.$field:ident, $now:ident = $clock:path;
+        $class:ident, $store:ident = self.$field:ident, $now:ident = $clock:path, lane = self.$lane:ident;
         plain { $($plain:tt)* }
         calls {
             $(
@@ -45,7 +45,7 @@ macro_rules! store_methods {
                 fn $aname<'py>(&self, py: Python<'py>, $($arg: $ty),*) -> PyResult<Bound<'py, PyAny>> {
                     let ($store, $now) = (std::sync::Arc::clone(&self.$field), $clock(py)?);
                     let _ = &$now;
-                    super::aio::spawn(py, move || -> PyResult<$ret> { $($body)* })
+                    super::aio::spawn(py, &self.$lane, move || -> PyResult<$ret> { $($body)* })
                 }
             )*
         }

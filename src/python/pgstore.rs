@@ -19,6 +19,7 @@ use crate::pgstore::{PgStore as Store, Settings, expiry, moment};
 #[pyclass(frozen, module = "racefree._core")]
 pub struct PgStore {
     store: Arc<Store>,
+    lane: aio::Lane,
 }
 
 /// A tokio_postgres::Config from a libpq DSN or from Django-style parameters.
@@ -73,7 +74,7 @@ fn changed(change: &Py<PyAny>, current: &[u8]) -> PyResult<Vec<u8>> {
 }
 
 store_methods! {
-    PgStore, store = self.store, now = super::python_clock;
+    PgStore, store = self.store, now = super::python_clock, lane = self.lane;
 
     plain {
         /// `params` (Django-style) or `dsn` say where the server is;
@@ -86,12 +87,19 @@ store_methods! {
             dsn: Option<&str>,
             options: &Bound<'_, PyDict>,
         ) -> PyResult<Self> {
+            let options: crate::pgstore::Options = settings("PgStore", options)?;
+            // No more async calls in flight than pooled connections: the
+            // others wait here, not on pool threads, for CONNECT_TIMEOUT.
+            let lane = aio::Lane::new(options.pool_size as usize, options.connect_timeout);
             let store = Store::new(Settings {
                 config: connection_config(dsn, &params)?,
                 table,
-                options: settings("PgStore", options)?,
+                options,
             })?;
-            Ok(PgStore { store: Arc::new(store) })
+            Ok(PgStore {
+                store: Arc::new(store),
+                lane,
+            })
         }
 
         /// Statements sent so far: each is one round trip to the server.

@@ -131,9 +131,10 @@ def store_operation(steps: Steps) -> Any:
 
 
 def with_async_twins(cls: type[Any]) -> type[Any]:
-    """Class decorator: ``a<name>`` for every store operation ``<name>``."""
+    """Class decorator: ``a<name>`` for every store operation ``<name>``,
+    unless the class defines that twin itself."""
     for name, value in list(vars(cls).items()):
         twin = getattr(value, "asynchronous", None)
-        if twin is not None:
+        if twin is not None and "a" + name not in vars(cls):
             setattr(cls, "a" + name, twin)
     return cls

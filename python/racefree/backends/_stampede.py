@@ -18,6 +18,7 @@ everyone else keeps reading the old value.
 """
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -83,6 +84,8 @@ class _LockStore(Protocol):
     def add(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
     def get(self, key: Any, default: Any | None = None, version: int | None = None) -> Any: ...
     def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
+    async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
+    async def aadd(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
     def lock_entry_timeout(self, lease: float) -> float: ...
 
 
@@ -91,6 +94,26 @@ class _Pause:
 
     sleep = staticmethod(time.sleep)
     asleep = staticmethod(asyncio.sleep)
+
+
+#: Give-backs of locks taken by cancelled acquires, kept until done.
+_giving_back: set["asyncio.Future[bool]"] = set()
+
+
+def _give_back(cache: _LockStore, key: str, token: str, version: int | None, adding: "asyncio.Future[bool]") -> None:
+    """After a cancelled acquire: if its add took the lock, delete it."""
+    if adding.cancelled() or adding.exception() is not None or not adding.result():
+        return
+    release = asyncio.ensure_future(cache.a_delete_if(key, token, version))
+    _giving_back.add(release)
+    release.add_done_callback(_gave_back)
+
+
+def _gave_back(release: "asyncio.Future[bool]") -> None:
+    _giving_back.discard(release)
+    if not release.cancelled() and release.exception() is not None:
+        logger.warning("cache lock: giving back a lock after a cancellation failed, its lease will free it: %s",
+                       release.exception())
 
 
 @with_async_twins
@@ -141,6 +164,26 @@ class CacheLock:
             self._token = token
         return won
 
+    async def atry_acquire(self) -> bool:
+        """See try_acquire. A cancellation while the lock's entry is being
+        added leaves no lock behind: the add runs on without the caller,
+        and if it took the lock, it is given back at once instead of
+        blocking every caller of the key for the whole lease."""
+        if self._token is not None:
+            raise RuntimeError(f"the cache lock {self.name!r} is already held by this object")
+        token = secrets.token_hex(16)
+        timeout = self._cache.lock_entry_timeout(self.lease)
+        with failures_raised():
+            adding = asyncio.ensure_future(self._cache.aadd(self._key, token, timeout, self._version))
+            try:
+                won: bool = await asyncio.shield(adding)
+            except asyncio.CancelledError:
+                adding.add_done_callback(functools.partial(_give_back, self._cache, self._key, token, self._version))
+                raise
+        if won:
+            self._token = token
+        return won
+
     @store_operation
     def acquire(self, wait: float | None = MISSING) -> Generator[Any, Any, bool]:
         """Take the lock, waiting up to ``wait`` seconds (default: the
@@ -178,7 +221,6 @@ class CacheLock:
 
     if TYPE_CHECKING:
         # The awaitable twins, added by with_async_twins.
-        async def atry_acquire(self) -> bool: ...
         async def aacquire(self, wait: float | None = ...) -> bool: ...
         async def arelease(self) -> bool: ...
 
@@ -216,6 +258,7 @@ class StampedeSafe(_CacheBase):
     if TYPE_CHECKING:
         # Each backend's atomic compare-and-delete (RacefreeCache's).
         def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
+        async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
 
     def lock(
         self, key: Any, timeout: float | None = None, wait: float | None = None, version: int | None = None

@@ -167,12 +167,92 @@ def test_signed_json(make):
 def test_unverified_value_cannot_be_incremented(make):
     make().set("n", Trap("incr"))
     cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
-    # memcached and the file store count on the server / in the file and
-    # refuse a non-integer (TypeError); the PostgreSQL cache treats an
-    # unverified value as missing (ValueError). Neither loads it.
-    with pytest.raises(TypeError if isinstance(cache, (MemcachedCache, FileBasedCache)) else ValueError):
+    # A signed counter is read and verified before it is counted: an
+    # unverified value is missing (ValueError), and never loaded.
+    with pytest.raises(ValueError, match="not found"):
         cache.incr("n")
     assert sprung == []
+    cache.set("s", "text")
+    with pytest.raises(TypeError):
+        cache.incr("s")
+
+
+def raw_copy(cache, source, target):
+    """Copy a stored entry's raw item to another key, as any other client
+    of the server (or user of the directory or table) could."""
+    item = cache._store.get(cache._key(source, None))
+    cache._store.set(cache._key(target, None), item, cache._write_args(None))
+
+
+@backends
+def test_a_signed_value_copied_to_another_key_is_a_miss(make, caplog):
+    """``perm:alice``'s signed bytes and flags, copied to ``perm:bob``."""
+    cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    cache.set("perm:alice", {"admin": True})
+    raw_copy(cache, "perm:alice", "perm:bob")
+    with caplog.at_level(logging.WARNING, logger="racefree"):
+        assert cache.get("perm:bob", "miss") == "miss"
+        assert cache.get_many(["perm:bob"]) == {}
+    assert "treated as a miss" in caplog.text
+    assert cache.get("perm:alice") == {"admin": True}
+    # Another version of the same key is another key, too.
+    cache.set("perm:carol", {"admin": True}, version=2)
+    item = cache._store.get(cache._key("perm:carol", 2))
+    cache._store.set(cache._key("perm:carol", 1), item, cache._write_args(None))
+    assert cache.get("perm:carol", "miss", version=1) == "miss"
+
+
+@backends
+def test_an_unsigned_integer_never_replaces_a_signed_value(make):
+    """Another client writes a plain integer over a signed dict."""
+    cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    cache.set("perm:dave", {"admin": False})
+    make().set("perm:dave", 7)  # unsigned, as a plain client would write it
+    assert cache.get("perm:dave", "miss") == "miss"
+    with pytest.raises(ValueError, match="not found"):
+        cache.incr("perm:dave")
+
+
+@backends
+def test_signed_counters_count_exactly_from_threads(make):
+    """Signed integers are counted by atomic read-verify-add-sign updates:
+    8 threads x 100 increments, none lost."""
+    import threading
+
+    cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    cache.set("n", 0)
+    errors = []
+
+    def count():
+        try:
+            for _ in range(100):
+                cache.incr("n")
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=count) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert cache.get("n") == 800
+    # The counter stays signed: a plain cache cannot read it as digits.
+    assert make().get("n", "miss") == "miss"
+
+
+@backends
+def test_signed_counters_count_from_async_tasks(make):
+    import asyncio
+
+    cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
+    cache.set("n", 0)
+
+    async def count():
+        await asyncio.gather(*(cache.aincr("n") for _ in range(100)))
+
+    asyncio.run(count())
+    assert cache.get("n") == 100
 
 
 @pytest.mark.parametrize("options, message", [

@@ -5,12 +5,17 @@ backends. Two options change that, on every backend:
 
 - ``SERIALIZER: "json"``: values other than bytes, str and int are stored
   as JSON; nothing read is ever unpickled.
-- ``SIGN_VALUES: True``: every stored value carries an HMAC-SHA256 of its
-  bytes (and kind) under the first of the signing keys (``SIGNING_KEYS``,
-  else Django's ``SECRET_KEY`` followed by ``SECRET_KEY_FALLBACKS``); a
-  value that no current key verifies is a miss, logged, and is never
-  loaded. Integers stay plain digits, so memcached and the file store can
-  still count with them atomically; reading one runs no code.
+- ``SIGN_VALUES: True``: every stored value carries an HMAC-SHA256 of the
+  full cache key it is stored under (prefix and version included), its
+  kind and its bytes, under the first of the signing keys
+  (``SIGNING_KEYS``, else Django's ``SECRET_KEY`` followed by
+  ``SECRET_KEY_FALLBACKS``); a value that no current key verifies for its
+  key is a miss, logged, and is never loaded. So a value copied to another
+  key does not verify, and neither does anything unsigned, integers
+  included: a signed integer is not digits the server can count with, so
+  ``incr`` reads, verifies, adds and signs it again in one atomic update
+  (a compare-and-swap on memcached, the shard's lock on the file store,
+  the row's lock on PostgreSQL).
 
 The memcached and file stores keep ``(flags, bytes)`` with pymemcache's
 flags (bytes as they are, str as UTF-8, int as decimal digits, anything
@@ -117,48 +122,60 @@ class Serializer:
 
     # -- signatures -------------------------------------------------------
 
-    def _mac(self, key: bytes, kind: int, data: bytes) -> bytes:
-        return hmac.new(key, kind.to_bytes(4, "big") + data, hashlib.sha256).digest()
+    @property
+    def signs(self) -> bool:
+        """Whether values are signed (SIGN_VALUES)."""
+        return self._keys is not None
 
-    def _sign(self, kind: int, data: bytes) -> bytes:
+    def _mac(self, secret: bytes, key: str, kind: int, data: bytes) -> bytes:
+        # The cache key, length first so that no two (key, data) pairs run
+        # together the same way.
+        named = key.encode("utf-8", "surrogatepass")
+        message = len(named).to_bytes(4, "big") + named + kind.to_bytes(4, "big") + data
+        return hmac.new(secret, message, hashlib.sha256).digest()
+
+    def _sign(self, key: str, kind: int, data: bytes) -> bytes:
         assert self._keys is not None
-        return self._mac(self._keys[0], kind, data) + data
+        return self._mac(self._keys[0], key, kind, data) + data
 
-    def _verified(self, kind: int, signed: bytes) -> bytes:
+    def _verified(self, key: str, kind: int, signed: bytes) -> bytes:
         assert self._keys is not None
         mac, data = signed[:MAC_SIZE], signed[MAC_SIZE:]
-        if len(mac) == MAC_SIZE and any(hmac.compare_digest(mac, self._mac(key, kind, data)) for key in self._keys):
+        if len(mac) == MAC_SIZE and any(
+            hmac.compare_digest(mac, self._mac(secret, key, kind, data)) for secret in self._keys
+        ):
             return data
-        raise UnverifiedValue("not signed with a current signing key")
+        raise UnverifiedValue("not signed for this key with a current signing key")
 
     # -- (flags, bytes): memcached and the file store ---------------------
 
-    def encode(self, value: Any) -> tuple[int, bytes]:
-        """``(flags, bytes)`` for ``value``; exact types only, so a subclass
-        of str or int is serialized and comes back as itself."""
+    def encode(self, key: str, value: Any) -> tuple[int, bytes]:
+        """``(flags, bytes)`` for ``value`` stored under ``key``; exact
+        types only, so a subclass of str or int is serialized and comes back
+        as itself."""
         kind = type(value)
         if kind is int:
-            return FLAG_INTEGER, b"%d" % value
-        if kind is bytes:
+            flags, data = FLAG_INTEGER, b"%d" % value
+        elif kind is bytes:
             flags, data = FLAG_BYTES, value
         elif kind is str:
             flags, data = FLAG_TEXT, value.encode()
         else:
             flags, data = self._dump_object(value)
         if self._keys:
-            return flags | FLAG_SIGNED, self._sign(flags, data)
+            return flags | FLAG_SIGNED, self._sign(key, flags, data)
         return flags, data
 
-    def decode(self, flags: int, data: bytes) -> Any:
-        if flags & (FLAG_INTEGER | FLAG_LONG) and not flags & FLAG_SIGNED:
-            return int(data)
+    def decode(self, key: str, flags: int, data: bytes) -> Any:
         if self._keys:
             if not flags & FLAG_SIGNED:
                 raise UnverifiedValue("not signed")
             flags &= ~FLAG_SIGNED
-            data = self._verified(flags, data)
+            data = self._verified(key, flags, data)
         elif flags & FLAG_SIGNED:
             raise UnverifiedValue("a signed value, read by a cache without SIGN_VALUES")
+        if flags & (FLAG_INTEGER | FLAG_LONG):
+            return int(data)
         if flags == FLAG_BYTES:
             return data
         if flags & FLAG_TEXT:
@@ -170,27 +187,35 @@ class Serializer:
         (logged) if it cannot be loaded: unverified, a class that moved,
         corrupt bytes. A miss is the safe answer."""
         try:
-            return self.decode(item[0], item[1])
+            return self.decode(key, item[0], item[1])
         except Exception:
             _log_unloadable(key)
             return default
 
+    def incremented(self, key: str, delta: int, item: tuple[int, bytes]) -> tuple[int, bytes]:
+        """A signed counter's next item: verified, ``delta`` added, signed
+        again (TypeError if it is not an integer)."""
+        value = self.decode(key, item[0], item[1])
+        if type(value) is not int:
+            raise TypeError("the cached value is not an integer")
+        return self.encode(key, value + delta)
+
     # -- bytes only: the PostgreSQL store ---------------------------------
 
-    def dumps(self, value: Any) -> bytes:
+    def dumps(self, key: str, value: Any) -> bytes:
         kind, data = self._dump_object(value)
-        return self._sign(kind, data) if self._keys else data
+        return self._sign(key, kind, data) if self._keys else data
 
-    def loads(self, data: bytes) -> Any:
+    def loads(self, key: str, data: bytes) -> Any:
         kind = FLAG_JSON if self.format == "json" else FLAG_PICKLE
         if self._keys:
-            data = self._verified(kind, data)
+            data = self._verified(key, kind, data)
         return self._load_object(kind, data)
 
     def load_or(self, default: Any, key: Any, data: bytes) -> Any:
         """``loads``, or ``default`` (logged): see ``decode_item_or``."""
         try:
-            return self.loads(data)
+            return self.loads(key, data)
         except Exception:
             _log_unloadable(key)
             return default

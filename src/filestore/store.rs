@@ -612,6 +612,48 @@ impl FileStore {
         }
     }
 
+    /// Read-modify-write a live value under the shard's lock, keeping its
+    /// expiry: `change` gets the flags and value and returns new ones (a
+    /// signed counter's increment, which the store cannot count with
+    /// itself). `Ok(Ok(None))`: no live value. If `change` fails, nothing
+    /// is written and its error is returned.
+    pub fn update<E>(
+        &self,
+        key: &[u8],
+        now: f64,
+        change: impl FnOnce(u32, &[u8]) -> std::result::Result<(u32, Vec<u8>), E>,
+    ) -> Result<std::result::Result<Option<Value>, E>> {
+        self.stats.other(self.update_uncounted(key, now, change))
+    }
+
+    fn update_uncounted<E>(
+        &self,
+        key: &[u8],
+        now: f64,
+        change: impl FnOnce(u32, &[u8]) -> std::result::Result<(u32, Vec<u8>), E>,
+    ) -> Result<std::result::Result<Option<Value>, E>> {
+        let location = self.locate(key)?;
+        let Some(_held) = self.lock_existing_shard(location.shard)? else {
+            return Ok(Ok(None));
+        };
+        let outcome = match self.read_locked(&location, key, now)? {
+            Found::Live { flags, value, expires } => match change(flags, &value) {
+                Ok((flags, value)) => {
+                    let bytes = entry::encode(key, flags, &stored_form(flags, &value), expires);
+                    self.write_locked(&location, &bytes, None)?;
+                    Ok(Some(Value { flags, value }))
+                }
+                Err(error) => Err(error),
+            },
+            Found::Expired | Found::Damaged => {
+                self.replace(&location, None)?;
+                Ok(None)
+            }
+            Found::Missing | Found::Foreign => Ok(None),
+        };
+        Ok(outcome)
+    }
+
     /// The shard directories that exist.
     fn shards(&self) -> Result<Vec<u8>> {
         self.check_root()?;

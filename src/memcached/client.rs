@@ -319,6 +319,74 @@ impl Client {
         self.stats.delete(deleted)
     }
 
+    /// Read-modify-write `key` with its CAS token: `change` gets the flags
+    /// and value and returns new ones, which are stored, with the TTL the
+    /// item had left, only if no one wrote the key meanwhile; otherwise it
+    /// is read again after a short random pause, for up to four
+    /// `IO_TIMEOUT`s (`CacheServerError` after that). `Ok(Ok(None))`: no
+    /// such key. If `change` fails, nothing is written and its error is
+    /// returned. (A signed counter's increment: the server cannot count
+    /// with it.)
+    pub fn update<E>(
+        &self,
+        key: &[u8],
+        mut change: impl FnMut(u32, &[u8]) -> std::result::Result<(u32, Vec<u8>), E>,
+    ) -> Result<std::result::Result<Option<Item>, E>> {
+        let result = self.on_server(key, |server| {
+            let deadline = std::time::Instant::now() + server.config().io_timeout * 4;
+            let mut pause = std::time::Duration::from_micros(50);
+            loop {
+                let Some((flags, value, cas, ttl)) = self.exchange(server, |conn| read_with_cas(conn, server, key))?
+                else {
+                    return Ok(Ok(None));
+                };
+                let new = match change(flags, &value) {
+                    Ok(new) => new,
+                    Err(error) => return Ok(Err(error)),
+                };
+                let stored = self.exchange(server, |conn| {
+                    let reply = request(conn, server, |out, opaque| {
+                        protocol::meta_set(out, key, &new.1, new.0, ttl, StoreMode::IfUnchanged(cas), opaque)
+                    })?;
+                    match reply {
+                        Reply::Meta {
+                            status: Status::Stored, ..
+                        } => Ok(Some(true)),
+                        Reply::Meta {
+                            status: Status::Exists, ..
+                        } => Ok(Some(false)),
+                        Reply::Meta {
+                            status: Status::NotFound,
+                            ..
+                        } => Ok(None),
+                        other => Err(unexpected(server, other)),
+                    }
+                })?;
+                match stored {
+                    Some(true) => {
+                        return Ok(Ok(Some(Item {
+                            flags: new.0,
+                            value: new.1,
+                        })));
+                    }
+                    Some(false) => {}
+                    None => return Ok(Ok(None)),
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error::Server {
+                        server: server.name().to_owned(),
+                        message: "others kept changing the value during every read-modify-write".into(),
+                    });
+                }
+                // Random, so that the writers contending for the key do not
+                // collide again in step.
+                std::thread::sleep(pause.mul_f64(fastrand::f64()));
+                pause = (pause * 2).min(std::time::Duration::from_millis(5));
+            }
+        });
+        self.stats.other(result)
+    }
+
     /// Delete `key` only while it still holds exactly `item`: read it with
     /// its CAS token, then delete with that token, so a value stored by
     /// anyone in between is left alone. True if deleted.
@@ -605,6 +673,50 @@ fn request(conn: &mut Connection, server: &Server, build: impl FnOnce(&mut Vec<u
     build(&mut conn.out, opaque);
     conn.send().map_err(io_error(server))?;
     read_reply(conn, server, Some(opaque))
+}
+
+/// An item read for a compare-and-swap: flags, value, CAS token, and the
+/// TTL that keeps its expiry when it is stored again.
+type Versioned = (u32, Vec<u8>, u64, i64);
+
+/// `key` as read for a compare-and-swap; None if missing.
+fn read_with_cas(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<Option<Versioned>> {
+    match request(conn, server, |out, opaque| {
+        protocol::meta_get_with_cas(out, key, opaque)
+    })? {
+        Reply::Meta {
+            status: Status::Value(size),
+            flags,
+            cas: Some(cas),
+            ttl: Some(ttl),
+            ..
+        } => {
+            let value = conn.read_value(size).map_err(io_error(server))?;
+            Ok(Some((flags, value, cas, ttl_to_keep(ttl))))
+        }
+        Reply::Meta {
+            status: Status::Miss, ..
+        } => Ok(None),
+        other => Err(unexpected(server, other)),
+    }
+}
+
+/// The `T` that keeps an item's remaining TTL `left` (-1: none): 0 is
+/// "never", at least 1 s otherwise, and beyond 30 days memcached reads
+/// a TTL as a Unix time.
+fn ttl_to_keep(left: i64) -> i64 {
+    const MAX_RELATIVE: i64 = 60 * 60 * 24 * 30;
+    match left {
+        ..0 => 0,
+        0 => 1,
+        left if left > MAX_RELATIVE => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs() as i64);
+            now + left
+        }
+        left => left,
+    }
 }
 
 fn delete_on(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<bool> {

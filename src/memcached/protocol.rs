@@ -34,6 +34,8 @@ pub enum StoreMode {
     Set,
     /// Store only if absent (memcached `add`).
     Add,
+    /// Store only while the item's CAS token is still this one.
+    IfUnchanged(u64),
 }
 
 fn push_num(out: &mut Vec<u8>, n: impl itoa::Integer) {
@@ -76,8 +78,13 @@ pub fn meta_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], flags: u32, ttl: i6
     push_num(out, ttl);
     out.extend_from_slice(b" F");
     push_num(out, flags);
-    if mode == StoreMode::Add {
-        out.extend_from_slice(b" ME");
+    match mode {
+        StoreMode::Set => {}
+        StoreMode::Add => out.extend_from_slice(b" ME"),
+        StoreMode::IfUnchanged(cas) => {
+            out.extend_from_slice(b" C");
+            push_num(out, cas);
+        }
     }
     push_opaque(out, opaque);
     out.extend_from_slice(b"\r\n");
@@ -85,11 +92,12 @@ pub fn meta_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], flags: u32, ttl: i6
     out.extend_from_slice(b"\r\n");
 }
 
-/// `mg` for a compare-and-delete: value, client flags and CAS token.
+/// `mg` for a compare-and-delete or -swap: value, client flags, CAS token
+/// and remaining TTL.
 pub fn meta_get_with_cas(out: &mut Vec<u8>, key: &[u8], opaque: u32) {
     out.extend_from_slice(b"mg ");
     out.extend_from_slice(key);
-    out.extend_from_slice(b" v f c");
+    out.extend_from_slice(b" v f c t");
     push_opaque(out, opaque);
     out.extend_from_slice(b"\r\n");
 }
@@ -163,6 +171,8 @@ pub enum Reply {
         opaque: Option<u32>,
         /// The item's CAS token, when asked for (`c`).
         cas: Option<u64>,
+        /// The item's remaining TTL in seconds (-1: none), when asked for (`t`).
+        ttl: Option<i64>,
     },
     ClientError(String),
     ServerError(String),
@@ -207,6 +217,7 @@ pub fn parse_reply(line: &[u8]) -> Reply {
     let mut flags = 0;
     let mut opaque = None;
     let mut cas = None;
+    let mut ttl = None;
     for token in tokens {
         let (letter, value) = (token[0], &token[1..]);
         match letter {
@@ -222,6 +233,10 @@ pub fn parse_reply(line: &[u8]) -> Reply {
                 Some(c) => cas = Some(c),
                 None => return Reply::Garbage(lossy(line)),
             },
+            b't' => match parse_num(value) {
+                Some(t) => ttl = Some(t),
+                None => return Reply::Garbage(lossy(line)),
+            },
             _ => {}
         }
     }
@@ -230,6 +245,7 @@ pub fn parse_reply(line: &[u8]) -> Reply {
         flags,
         opaque,
         cas,
+        ttl,
     }
 }
 
@@ -260,7 +276,8 @@ mod tests {
                 status: Status::Value(3),
                 flags: 16,
                 opaque: Some(7),
-                cas: None
+                cas: None,
+                ttl: None
             }
         );
         assert_eq!(
@@ -269,7 +286,8 @@ mod tests {
                 status: Status::Miss,
                 flags: 0,
                 opaque: Some(5),
-                cas: None
+                cas: None,
+                ttl: None
             }
         );
         assert_eq!(
@@ -278,16 +296,18 @@ mod tests {
                 status: Status::NoOp,
                 flags: 0,
                 opaque: None,
-                cas: None
+                cas: None,
+                ttl: None
             }
         );
         assert_eq!(
-            parse_reply(b"VA 2 f1 c4294967296 O3"),
+            parse_reply(b"VA 2 f1 c4294967296 t-1 O3"),
             Reply::Meta {
                 status: Status::Value(2),
                 flags: 1,
                 opaque: Some(3),
-                cas: Some(4_294_967_296)
+                cas: Some(4_294_967_296),
+                ttl: Some(-1)
             }
         );
         assert_eq!(

@@ -130,6 +130,15 @@ store_methods! {
             Ok(Vec::new())
         }
 
+        /// Read-modify-write under the shard's lock, keeping the expiry:
+        /// `change((flags, value))` returns the new `(flags, value)`, which
+        /// is returned; None if there was no live value. An exception from
+        /// `change` writes nothing and propagates.
+        fn update / aupdate(key: PyBackedStr, change: Py<PyAny>) -> Found {
+            let outcome = store.update(key.as_bytes(), now, |flags, value| super::changed_item(&change, flags, value))?;
+            Ok(found(outcome?))
+        }
+
         /// Delete only while the key holds exactly `item` (compare-and-delete).
         fn delete_if / adelete_if(key: PyBackedStr, item: Item) -> bool {
             Ok(store.delete_if(key.as_bytes(), item.0, &item.1, now)?)

@@ -254,6 +254,16 @@ store_methods! {
         }
 
         /// Delete keys; a failed server raises, with `failed_keys`.
+        /// Read-modify-write with a CAS token, keeping the TTL:
+        /// `change((flags, value))` returns the new `(flags, value)`, which
+        /// is returned; None if the key is missing. It may be called again
+        /// if another client wrote the key meanwhile; an exception from it
+        /// writes nothing and propagates.
+        fn update / aupdate(key: PyBackedStr, change: Py<PyAny>) -> Option<(u32, aio::Bytes)> {
+            let outcome = client.update(memcached_key(&key)?, |flags, value| super::changed_item(&change, flags, value))?;
+            Ok(outcome?.map(|item| (item.flags, aio::Bytes(item.value))))
+        }
+
         /// Delete only while the key holds exactly `item` (compare-and-delete).
         fn delete_if / adelete_if(key: PyBackedStr, item: Value) -> bool {
             Ok(client.delete_if(memcached_key(&key)?, (item.0, &item.1))?)

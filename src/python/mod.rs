@@ -88,6 +88,16 @@ impl Write {
     }
 }
 
+/// `change((flags, value))` -> the new `(flags, value)`, called with the
+/// GIL from a thread that may or may not hold it (a store's `update`).
+fn changed_item(change: &Py<PyAny>, flags: u32, value: &[u8]) -> PyResult<(u32, Vec<u8>)> {
+    aio::with_python(|py| {
+        change
+            .call1(py, ((flags, pyo3::types::PyBytes::new(py, value)),))?
+            .extract::<(u32, Vec<u8>)>(py)
+    })
+}
+
 /// An `incr` delta: Python's int, read fast when it fits 64 bits.
 #[derive(Clone, Copy)]
 struct Delta(i128);

@@ -129,6 +129,35 @@ fn add_touch_delete_incr() {
     assert_eq!(s.count().unwrap(), 2);
 }
 
+/// The read-modify-write and compare-and-delete that signed counters and
+/// lock releases use.
+#[test]
+fn update_and_delete_if() {
+    let dir = TempDir::new();
+    let s = store(&dir);
+    s.set(b"c", 7, b"1", NOW + 100.0, NOW, ROOMY).unwrap();
+    let appended = |flags: u32, value: &[u8]| Ok::<_, ()>((flags + 1, [value, b"1"].concat()));
+    assert_eq!(s.update(b"c", NOW, appended).unwrap(), Ok(value(8, b"11")));
+    assert_eq!(
+        s.get(b"c", NOW + 99.0).unwrap(),
+        value(8, b"11"),
+        "update keeps the expiry"
+    );
+    assert_eq!(s.update(b"missing", NOW, appended).unwrap(), Ok(None));
+    let refused = s.update(b"c", NOW, |_, _| Err::<(u32, Vec<u8>), _>("no")).unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(
+        s.get(b"c", NOW).unwrap(),
+        value(8, b"11"),
+        "a failed change writes nothing"
+    );
+    assert!(!s.delete_if(b"c", 8, b"other", NOW).unwrap());
+    assert!(!s.delete_if(b"c", 9, b"11", NOW).unwrap());
+    assert!(s.delete_if(b"c", 8, b"11", NOW).unwrap());
+    assert!(!s.delete_if(b"c", 8, b"11", NOW).unwrap());
+    assert_eq!(s.get(b"c", NOW).unwrap(), None);
+}
+
 #[test]
 fn damaged_files_read_as_misses_and_are_removed() {
     let dir = TempDir::new();

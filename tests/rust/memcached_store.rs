@@ -63,6 +63,40 @@ fn single_key_operations() {
     assert_eq!(c.get(b"new").unwrap(), None);
 }
 
+/// Compare-and-swap and compare-and-delete: a concurrent writer's value is
+/// never overwritten or deleted.
+#[test]
+fn update_and_delete_if_respect_other_writers() {
+    let server = Memcached::start();
+    let c = Arc::new(client(&[&server], settings()));
+    assert!(c.store(b"n", b"0", 3, 300, StoreMode::Set).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let c = Arc::clone(&c);
+            thread::spawn(move || {
+                for _ in 0..100 {
+                    let next = |flags: u32, value: &[u8]| {
+                        let n: u64 = std::str::from_utf8(value).unwrap().parse().unwrap();
+                        Ok::<_, ()>((flags, (n + 1).to_string().into_bytes()))
+                    };
+                    assert!(c.update(b"n", next).unwrap().unwrap().is_some());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let item = c.get(b"n").unwrap().unwrap();
+    assert_eq!((item.value.as_slice(), item.flags), (&b"800"[..], 3));
+    let same = |flags: u32, value: &[u8]| Ok::<_, ()>((flags, value.to_vec()));
+    assert_eq!(c.update(b"missing", same).unwrap(), Ok(None));
+    assert!(!c.delete_if(b"n", (3, b"799")).unwrap());
+    assert!(!c.delete_if(b"n", (4, b"800")).unwrap());
+    assert!(c.delete_if(b"n", (3, b"800")).unwrap());
+    assert!(!c.delete_if(b"n", (3, b"800")).unwrap());
+}
+
 #[test]
 fn arithmetic_is_memcached_native() {
     let server = Memcached::start();

@@ -105,6 +105,11 @@ fn operations_on_django_s_table() {
     assert!(s.contains("k", now()).unwrap());
     assert!(!s.add("k", b"other", expiry(0.0), now(), ROOMY).unwrap());
     assert!(s.add("new", b"v", in_secs(100.0), now(), ROOMY).unwrap());
+    // Compare-and-delete (a lock's release): only the exact value goes.
+    s.set("lock", b"token-1", expiry(0.0), now(), ROOMY).unwrap();
+    assert!(!s.delete_if("lock", b"token-2", now()).unwrap());
+    assert!(s.delete_if("lock", b"token-1", now()).unwrap());
+    assert!(!s.delete_if("lock", b"token-1", now()).unwrap());
     // add over an expired row succeeds.
     s.set("old", b"x", in_secs(-1.0), now(), ROOMY).unwrap();
     assert_eq!(s.get("old", now()).unwrap(), None);

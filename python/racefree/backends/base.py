@@ -24,6 +24,8 @@ they differ, those two and ``_decode_or``. Nothing here is unpacked with
 ``*``: a starred call costs a few hundred instructions per operation.
 """
 
+import functools
+import logging
 import math
 import os
 import threading
@@ -38,7 +40,9 @@ from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import Option, read_options
 from racefree.backends._stampede import MISSING, Stampede, StampedeSafe
 from racefree.exceptions import CacheError
-from racefree.serialization import serializer_from
+from racefree.serialization import UnverifiedValue, serializer_from
+
+logger = logging.getLogger("racefree")
 
 if TYPE_CHECKING:
     from django.core.cache.backends.base import BaseCache as _CacheBase
@@ -103,10 +107,10 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     refused_options: ClassVar[dict[str, str]] = {}
 
     _store: Any
-    #: value -> item; (default, key, item) -> the value, or default if it
+    #: (key, value) -> item; (default, key, item) -> the value, or default if it
     #: cannot be loaded; timeout -> what a write tells the store beside key
     #: and item. Bound per instance (no extra frame per call).
-    _encode: Callable[[Any], Any]
+    _encode: Callable[[str, Any], Any]
     _decode_or: Callable[[Any, Any, Any], Any]
     _write_args: Callable[[float | None], Any]
 
@@ -172,7 +176,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     ) -> Generator[Any, Any, None]:
         key = self._key(key, version)
         try:
-            yield self._store.set, (key, self._encode(value), self._write_args(timeout))
+            yield self._store.set, (key, self._encode(key, value), self._write_args(timeout))
         except CacheError as error:
             self._server_failed("set", error)
 
@@ -182,7 +186,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     ) -> Generator[Any, Any, Any]:
         key = self._key(key, version)
         try:
-            return (yield self._store.add, (key, self._encode(value), self._write_args(timeout)))
+            return (yield self._store.add, (key, self._encode(key, value), self._write_args(timeout)))
         except CacheError as error:
             self._server_failed("add", error)
             return False
@@ -212,7 +216,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         """Delete ``key`` only while it holds exactly ``value``, atomically
         (a lock's release: never the next holder's). Failures raise."""
         key = self._key(key, version)
-        deleted: bool = yield self._store.delete_if, (key, self._encode(value))
+        deleted: bool = yield self._store.delete_if, (key, self._encode(key, value))
         return deleted
 
     @store_operation
@@ -222,7 +226,16 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         cannot count with TypeError."""
         key = self._key(key, version)
         try:
-            value = yield self._store.incr, (key, delta)
+            if self._serializer.signs:
+                # A signed counter is not digits the store can count with:
+                # read, verify, add and sign it again in one atomic update.
+                item = yield self._store.update, (key, functools.partial(self._serializer.incremented, key, delta))
+                value = None if item is None else self._serializer.decode(key, *item)
+            else:
+                value = yield self._store.incr, (key, delta)
+        except UnverifiedValue:
+            logger.warning("cannot load the cached value of %r; incr treats it as missing", key)
+            value = None
         except CacheError as error:
             self._server_failed("incr", error)
             value = None
@@ -257,7 +270,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         for key, value in data.items():
             made = self._key(key, version)
             original[made] = key
-            items.append((made, self._encode(value)))
+            items.append((made, self._encode(made, value)))
         if not items:
             return []
         try:

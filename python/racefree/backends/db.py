@@ -207,9 +207,9 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
         results: list[Any] = []
 
         def add_delta(data: bytes) -> bytes:
-            value = self._serializer.loads(data) + delta
+            value = self._serializer.loads(key, data) + delta
             results.append(value)
-            return self._serializer.dumps(value)
+            return self._serializer.dumps(key, value)
 
         try:
             written = yield self._store.update, (key, add_delta)

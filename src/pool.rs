@@ -3,7 +3,10 @@
 //! Dials happen in the calling thread, so a refused connection fails at
 //! once instead of waiting out a pool timeout. Open connections may be
 //! capped, with a bounded wait for a free one. An idle connection too old
-//! or no longer fit (see `Dial::is_reusable`) is closed on checkout.
+//! or no longer fit (see `Dial::is_reusable`) is closed on checkout, and
+//! idle connections past `idle_timeout` are closed whenever one comes
+//! back: the idle list is a stack, so without that, connections under the
+//! top would never be looked at again while the top ones stay busy.
 //!
 //! Why not r2d2: its pools start background threads that park on
 //! parking_lot locks, which can hang a forked child (see `crate::sync`).
@@ -155,16 +158,24 @@ impl<D: Dial> Pool<D> {
     /// A lease ended: keep its connection idle if `keep` and there is
     /// room, else close it.
     fn check_in(&self, conn: D::Conn, keep: bool) {
+        let mut stale = Vec::new();
         if keep {
             let mut state = self.state();
+            // The oldest are at the bottom: stop at the first fresh one.
+            let old = (state.idle.iter())
+                .take_while(|(_, since)| since.elapsed() > self.config.idle_timeout)
+                .count();
+            stale.extend(state.idle.drain(..old).map(|(conn, _)| conn));
             if state.idle.len() < self.config.max_idle {
                 state.idle.push((conn, Instant::now()));
                 drop(state);
                 self.wake_one();
+                stale.into_iter().for_each(|conn| self.close(conn));
                 return;
             }
         }
         self.close(conn);
+        stale.into_iter().for_each(|conn| self.close(conn));
     }
 
     /// Close a connection (outside the lock), then free its slot.
@@ -275,8 +286,11 @@ mod tests {
     }
 
     fn pool(max_idle: usize, max_open: Option<usize>) -> Pool<Numbers> {
+        pool_idling(max_idle, max_open, Duration::from_secs(60))
+    }
+
+    fn pool_idling(max_idle: usize, max_open: Option<usize>, idle_timeout: Duration) -> Pool<Numbers> {
         let wait = Duration::from_millis(50);
-        let idle_timeout = Duration::from_secs(60);
         let config = Config {
             max_idle,
             max_open,
@@ -301,6 +315,24 @@ mod tests {
         assert_eq!((pool.open(), pool.connects()), (0, 3), "dropped unreleased: closed");
         assert!(pool.lease().is_err());
         assert_eq!(pool.open(), 0, "a failed dial frees its slot");
+    }
+
+    /// Connections under the top of the idle stack are closed once idle
+    /// too long, although checkouts only ever take the top one.
+    #[test]
+    fn idle_connections_below_the_top_are_closed_once_stale() {
+        let pool = pool_idling(4, None, Duration::from_millis(30));
+        let (first, second) = (pool.lease().expect("dialed"), pool.lease().expect("dialed"));
+        let third = pool.lease().expect("dialed");
+        first.release();
+        second.release();
+        third.release();
+        assert_eq!((pool.open(), pool.idle()), (3, 3));
+        for _ in 0..10 {
+            pool.lease().expect("reused").release();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!((pool.open(), pool.idle(), pool.connects()), (1, 1, 3));
     }
 
     #[test]

@@ -368,6 +368,65 @@ def test_a_frozen_server_fails_each_call_within_its_timeouts(fresh_postgres, poo
     assert cache.incr("n") == 6
 
 
+@pytest.mark.parametrize("write", ["set", "set_many", "delete"])
+def test_a_write_whose_reply_was_lost_is_never_sent_again(fresh_postgres, write):
+    """A's write commits, its reply is lost, B writes a newer value, then
+    A's connection breaks. Sending A's write again on a new connection
+    would undo B's (or report A's delete as not done): A must get an error
+    instead, and B's value stay."""
+    from support.proxy import Proxy
+
+    fresh_postgres.create_cache_table()
+    proxy = Proxy(fresh_postgres.port)
+    through_proxy = f"host=127.0.0.1 port={proxy.port} user=postgres dbname=postgres"
+    a = DatabaseCache("cache", {"OPTIONS": {"DSN": through_proxy, "MAX_ENTRIES": 1000}})
+    b = DatabaseCache("cache", {"OPTIONS": {"DSN": fresh_postgres.dsn, "MAX_ENTRIES": 1000}})
+    a.set("k", "old")
+    outcome = []
+
+    def a_writes():
+        try:
+            if write == "set":
+                outcome.append(a.set("k", "from A"))
+            elif write == "set_many":
+                outcome.append(a.set_many({"k": "from A"}))
+            else:
+                outcome.append(a.delete("k"))
+        except CacheError as error:
+            outcome.append(error)
+
+    proxy.swallow.set()
+    writer = threading.Thread(target=a_writes)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 5
+        while b.get("k", "gone") == "old" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.get("k", "gone") != "old", "A's write never reached the server"
+        b.set("k", "from B, newer")
+        proxy.swallow.clear()
+        proxy.cut()
+        writer.join(10)
+    finally:
+        proxy.close()
+    assert not writer.is_alive()
+    assert b.get("k") == "from B, newer", "A's write was sent again and undid B's"
+    assert len(outcome) == 1 and isinstance(outcome[0], CacheError), outcome
+
+
+def test_connections_of_a_restarted_server_are_replaced_before_any_write(fresh_postgres):
+    """Writes are not retried, so pooled connections a restart broke must
+    be found at checkout: after a restart every write succeeds at once."""
+    fresh_postgres.create_cache_table()
+    cache = DatabaseCache("cache", {"OPTIONS": {"DSN": fresh_postgres.dsn, "POOL_SIZE": 4}})
+    with load_threads(4, lambda index, stop: [cache.set(f"warm{index}", index) for _ in range(20)]):
+        pass
+    fresh_postgres.restart()
+    for n in range(12):
+        cache.set(f"k{n}", n)
+    assert cache.get_many([f"k{n}" for n in range(12)]) == {f"k{n}": n for n in range(12)}
+
+
 def test_ignore_exceptions_reads_a_down_server_as_a_miss(caplog):
     cache = DatabaseCache(
         "t", {"OPTIONS": {"DSN": "host=127.0.0.1 port=1 user=x", "CONNECT_TIMEOUT": 0.2, "IGNORE_EXCEPTIONS": True}}

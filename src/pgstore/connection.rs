@@ -88,7 +88,7 @@ impl Dial for Dialer {
     }
 
     fn is_reusable(&self, conn: &PgConnection) -> bool {
-        !conn.is_broken()
+        !conn.is_broken() && conn.session.is_alive()
     }
 
     fn all_busy(&self, cap: usize, waited: Duration) -> Error {

@@ -81,4 +81,16 @@ impl Session {
     pub(crate) fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
+
+    /// Whether the server is still connected, as far as the socket shows
+    /// without a round trip: the runtime polls its I/O once (`yield_now`
+    /// defers until after that poll) and lets the connection task read an
+    /// end of stream or a termination notice a restarted server sent.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.runtime.block_on(async {
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        });
+        !self.client.is_closed()
+    }
 }

@@ -287,9 +287,13 @@ impl PgStore {
         })
     }
 
-    /// Run one statement. `retry`: the statement may run twice (it is
-    /// idempotent), so a pooled connection found dead (a restarted
-    /// server) is replaced and the statement sent once more.
+    /// Run one statement. `retry`: running it twice is harmless (a read,
+    /// or `clear`), so if its connection turns out dead it is sent once
+    /// more on a new one. A write is never sent twice: its first attempt
+    /// may have committed with only the reply lost, and a second could
+    /// overwrite a newer value another client wrote meanwhile, or report a
+    /// delete it did as not done. Pooled connections that died while idle
+    /// (a restarted server) are weeded out at checkout instead.
     fn statement(&self, retry: bool, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {
         let pool = self.pool();
         let result = pool
@@ -364,7 +368,7 @@ impl PgStore {
         self.cull_if_full(now, limits)?;
         let encoded = BASE64.encode(value);
         let rows = self.statement(
-            true,
+            false,
             &self.sql.set,
             &[
                 (&key, Type::TEXT),
@@ -427,7 +431,7 @@ impl PgStore {
             }
         }
         let rows = self.statement(
-            true,
+            false,
             &self.sql.set_many,
             &[
                 (&keys, Type::TEXT_ARRAY),
@@ -458,7 +462,11 @@ impl PgStore {
     /// Delete a key; true if it had a live value.
     pub fn delete(&self, key: &str, now: SystemTime) -> Result<bool> {
         check_key(key)?;
-        let rows = self.statement(true, &self.sql.delete, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])?;
+        let rows = self.statement(
+            false,
+            &self.sql.delete,
+            &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
+        )?;
         self.census.add(-(rows.len() as i64));
         let deleted = rows
             .first()
@@ -495,7 +503,7 @@ impl PgStore {
         if keys.is_empty() {
             return Ok(());
         }
-        let rows = self.statement(true, &self.sql.delete_many, &[(&keys, Type::TEXT_ARRAY)])?;
+        let rows = self.statement(false, &self.sql.delete_many, &[(&keys, Type::TEXT_ARRAY)])?;
         let deleted = count_of(&rows)?;
         self.census.add(-deleted);
         self.stats.deleted(deleted.max(0) as u64);

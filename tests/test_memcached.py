@@ -671,6 +671,38 @@ def test_unix_socket_location():
         server.stop()
 
 
+def test_a_unix_socket_that_accepts_nothing_fails_within_connect_timeout(tmp_path):
+    """A listener whose backlog is full (a server that stopped accepting):
+    a blocking connect would wait for ever."""
+    import socket
+
+    path = str(tmp_path / "full.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    waiting = []
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            client.connect(path)
+        except BlockingIOError:
+            client.close()
+            break
+        waiting.append(client)
+    try:
+        cache = racefree(f"unix:{path}", CONNECT_TIMEOUT=0.5)
+        started = time.monotonic()
+        with pytest.raises(CacheError):
+            cache.get("k")
+        took = time.monotonic() - started
+        assert 0.4 < took < 1.5, took
+    finally:
+        for client in waiting:
+            client.close()
+        listener.close()
+
+
 @pytest.mark.parametrize("separator", [";", ","])
 def test_location_lists(memcached_cluster, separator):
     locations = [server.location for server in memcached_cluster]

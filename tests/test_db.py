@@ -14,7 +14,7 @@ from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 from django.test import override_settings
-from support.load import load_threads
+from support.load import load_threads, run_threads
 
 from racefree.backends.db import DatabaseCache, close_pools
 from racefree.exceptions import CacheError
@@ -31,23 +31,6 @@ def dsn_of_test_db():
 
 def racefree(table, **options):
     return DatabaseCache(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000, **options}})
-
-
-def run_threads(count, target):
-    errors = []
-
-    def runner(index):
-        try:
-            target(index)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
 
 
 # -- Races across threads and processes ------------------------------------------------

@@ -15,7 +15,7 @@ from django.core.cache.backends.memcached import PyMemcacheCache
 from django.core.exceptions import ImproperlyConfigured
 from django.http import JsonResponse
 from django.test import override_settings
-from support.load import load_threads
+from support.load import load_threads, run_threads
 
 from racefree.backends.memcached import MemcachedCache
 from racefree.exceptions import CacheError, ValueTooLargeError
@@ -31,24 +31,6 @@ def racefree(location, **options):
 
 def stock(location):
     return PyMemcacheCache(location, {})
-
-
-def run_threads(count, target):
-    """Run ``target(index)`` in ``count`` threads; return their exceptions."""
-    errors = []
-
-    def runner(index):
-        try:
-            target(index)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
 
 
 # -- Interop with Django's PyMemcacheCache on the same cluster ---------------

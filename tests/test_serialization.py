@@ -217,25 +217,11 @@ def test_an_unsigned_integer_never_replaces_a_signed_value(make):
 def test_signed_counters_count_exactly_from_threads(make):
     """Signed integers are counted by atomic read-verify-add-sign updates:
     8 threads x 100 increments, none lost."""
-    import threading
+    from support.load import run_threads
 
     cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
     cache.set("n", 0)
-    errors = []
-
-    def count():
-        try:
-            for _ in range(100):
-                cache.incr("n")
-        except Exception as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=count) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert run_threads(8, lambda index: [cache.incr("n") for _ in range(100)]) == []
     assert cache.get("n") == 800
     # The counter stays signed: a plain cache cannot read it as digits.
     assert make().get("n", "miss") == "miss"

@@ -393,39 +393,16 @@ impl Client {
     pub fn delete_if(&self, key: &[u8], item: (u32, &[u8])) -> Result<bool> {
         let deleted = self.on_server(key, |server| {
             self.exchange(server, |conn| {
-                let reply = request(conn, server, |out, opaque| {
-                    protocol::meta_get_with_cas(out, key, opaque)
-                })?;
-                let cas = match reply {
-                    Reply::Meta {
-                        status: Status::Value(size),
-                        flags,
-                        cas: Some(cas),
-                        ..
-                    } => {
-                        let value = conn.read_value(size).map_err(io_error(server))?;
-                        if (flags, value.as_slice()) != item {
-                            return Ok(false);
-                        }
-                        cas
-                    }
-                    Reply::Meta {
-                        status: Status::Miss, ..
-                    } => return Ok(false),
-                    other => return Err(unexpected(server, other)),
+                let Some((flags, value, cas, _)) = read_with_cas(conn, server, key)? else {
+                    return Ok(false);
                 };
-                match request(conn, server, |out, opaque| {
-                    protocol::meta_delete_if_unchanged(out, key, cas, opaque)
-                })? {
-                    Reply::Meta {
-                        status: Status::Stored, ..
-                    } => Ok(true),
-                    Reply::Meta {
-                        status: Status::NotFound | Status::Exists,
-                        ..
-                    } => Ok(false),
-                    other => Err(unexpected(server, other)),
+                if (flags, value.as_slice()) != item {
+                    return Ok(false);
                 }
+                let reply = request(conn, server, |out, opaque| {
+                    protocol::meta_delete_if_unchanged(out, key, cas, opaque)
+                })?;
+                deleted(server, reply)
             })
         });
         self.stats.delete(deleted)
@@ -720,14 +697,21 @@ fn ttl_to_keep(left: i64) -> i64 {
 }
 
 fn delete_on(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<bool> {
-    match request(conn, server, |out, opaque| {
+    let reply = request(conn, server, |out, opaque| {
         protocol::meta_delete(out, key, opaque, false)
-    })? {
+    })?;
+    deleted(server, reply)
+}
+
+/// Whether an `md` deleted: not when the key was missing, or (with a CAS
+/// token) changed.
+fn deleted(server: &Server, reply: Reply) -> Result<bool> {
+    match reply {
         Reply::Meta {
             status: Status::Stored, ..
         } => Ok(true),
         Reply::Meta {
-            status: Status::NotFound,
+            status: Status::NotFound | Status::Exists,
             ..
         } => Ok(false),
         other => Err(unexpected(server, other)),

@@ -462,11 +462,12 @@ impl PgStore {
     /// Delete a key; true if it had a live value.
     pub fn delete(&self, key: &str, now: SystemTime) -> Result<bool> {
         check_key(key)?;
-        let rows = self.statement(
-            false,
-            &self.sql.delete,
-            &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
-        )?;
+        self.delete_one(&self.sql.delete, &[(&key, Type::TEXT), (&now, Type::TIMESTAMPTZ)])
+    }
+
+    /// Run a single-row DELETE that returns whether the row was live.
+    fn delete_one(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<bool> {
+        let rows = self.statement(false, sql, params)?;
         self.census.add(-(rows.len() as i64));
         let deleted = rows
             .first()
@@ -483,18 +484,10 @@ impl PgStore {
     pub fn delete_if(&self, key: &str, value: &[u8], now: SystemTime) -> Result<bool> {
         check_key(key)?;
         let encoded = BASE64.encode(value);
-        let rows = self.statement(
-            false,
+        self.delete_one(
             &self.sql.delete_if,
             &[(&key, Type::TEXT), (&encoded, Type::TEXT), (&now, Type::TIMESTAMPTZ)],
-        )?;
-        self.census.add(-(rows.len() as i64));
-        let deleted = rows
-            .first()
-            .and_then(|row| row.try_get::<_, bool>(0).ok())
-            .unwrap_or(false);
-        self.stats.deleted(u64::from(deleted));
-        Ok(deleted)
+        )
     }
 
     /// Delete many keys, one round trip.

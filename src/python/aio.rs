@@ -265,7 +265,8 @@ pub(crate) fn _close_async_gate(py: Python<'_>) {
 /// So a stalled store (a frozen server holding each call until its
 /// timeouts) ties up at most `limit` threads, never the whole pool the
 /// other stores' calls need. A call that waited longer than `max_wait`
-/// fails with a timeout instead of running late.
+/// fails with a timeout instead of running late, and one that finds
+/// `MOST_WAITING` calls already waiting fails at once.
 pub(crate) struct Lane {
     limit: usize,
     max_wait: Duration,
@@ -282,6 +283,10 @@ struct LaneState {
 /// A call waiting in its lane; `true`: it waited too long, fail it.
 type Job = Box<dyn FnOnce(bool) + Send>;
 
+/// Calls that may wait in one lane: far more than a healthy store ever
+/// queues, few enough that a stalled one cannot pile up work without end.
+const MOST_WAITING: usize = 10_000;
+
 impl Lane {
     pub(crate) fn new(limit: usize, max_wait: Duration) -> Lane {
         Lane {
@@ -296,7 +301,13 @@ impl Lane {
         {
             let mut lane = locked(&state);
             if lane.running >= self.limit {
-                lane.waiting.push_back((Instant::now(), job));
+                if lane.waiting.len() >= MOST_WAITING {
+                    drop(lane);
+                    // Failed as a call that waited too long, at once.
+                    job(true);
+                } else {
+                    lane.waiting.push_back((Instant::now(), job));
+                }
                 return;
             }
             lane.running += 1;
@@ -345,7 +356,8 @@ where
     let job: Job = Box::new(move |late| {
         let outcome = if late {
             Ok(Err(CacheTimeoutError::new_err(format!(
-                "racefree: the call waited more than {:.1} s for one of the store's busy async slots",
+                "racefree: the store's async calls stayed busy: this one waited more than {:.1} s for a \
+                 slot, or found {MOST_WAITING} calls waiting already",
                 max_wait.as_secs_f64()
             ))))
         } else {

@@ -1,4 +1,5 @@
-"""Load threads that keep calling a cache while a test injects a fault."""
+"""Threads for tests: load that keeps calling a cache while a test injects
+a fault, and a one-off run of many threads."""
 
 import contextlib
 import threading
@@ -19,3 +20,21 @@ def load_threads(count, load):
         stop.set()
         for thread in threads:
             thread.join()
+
+
+def run_threads(count, target):
+    """Run ``target(index)`` in ``count`` threads; return their exceptions."""
+    errors = []
+
+    def runner(index):
+        try:
+            target(index)
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=runner, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors

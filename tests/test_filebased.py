@@ -22,6 +22,12 @@ SEED_SECONDS = float(os.environ.get("RACEFREE_SEED_SECONDS", "30"))
 SPAWN = multiprocessing.get_context("spawn")
 
 
+def ROOT_ONLY(why):
+    """Skip a test that needs root on a developer's machine, never in CI
+    (which runs as root): there it runs, and fails if it cannot."""
+    return pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"), reason=f"{why} (CI runs as root)")
+
+
 def file_cache(location, **options):
     params = {"OPTIONS": {"MAX_ENTRIES": 1_000_000, **options}}
     return FileBasedCache(str(location), params)
@@ -347,7 +353,7 @@ def test_a_directory_others_may_write_to_is_refused(tmp_path):
     assert cache.get("k") == 1
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root (CI runs as root)")
+@ROOT_ONLY("giving a directory to another user needs root")
 def test_a_directory_planted_by_another_user_is_never_read(tmp_path):
     """Another user creates LOCATION first and plants an entry there that
     would run code when unpickled: it is refused, not loaded."""
@@ -392,7 +398,7 @@ def test_symlinked_files_inside_the_directory_are_not_followed(tmp_path):
         cache.get("k")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+@ROOT_ONLY("mounting a tmpfs needs root")
 def test_a_full_file_system_is_an_oserror_not_a_crash(tmp_path):
     """The first write into a full tmpfs: the shared count file cannot be
     created, and says so, instead of the process dying of SIGBUS."""

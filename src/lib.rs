@@ -14,6 +14,7 @@ pub mod pgstore;
 mod pool;
 pub mod stats;
 mod sync;
+pub mod tls;
 
 /// Django's MAX_ENTRIES and CULL_FREQUENCY, passed with every write so a
 /// backend's settings may change at run time (Django's tests do).

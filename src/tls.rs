@@ -15,7 +15,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, aws_lc_rs};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
+};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// How much of the server's certificate is checked.
@@ -68,6 +70,10 @@ pub struct Settings {
     /// Needed unless `verify` is `Nothing`.
     pub roots: Option<Roots>,
     pub identity: Option<Identity>,
+    /// PEM files of certificate revocation lists: a server certificate
+    /// they list is refused, and so is one whose issuer has no list here
+    /// (as OpenSSL's CRL check does). Empty: no revocation check.
+    pub crls: Vec<PathBuf>,
 }
 
 /// A rustls client configuration for `settings`, or why none can be made
@@ -82,7 +88,13 @@ pub fn client_config(settings: &Settings) -> Result<Arc<ClientConfig>, String> {
         (Verify::Nothing, _) => Arc::new(AnyCertificate(provider.signature_verification_algorithms)),
         (verify, Some(roots)) => {
             let store = Arc::new(root_store(roots)?);
-            let chain = WebPkiServerVerifier::builder_with_provider(store, provider)
+            let mut chain = WebPkiServerVerifier::builder_with_provider(store, provider);
+            if !settings.crls.is_empty() {
+                chain = chain
+                    .with_crls(read_crls(&settings.crls)?)
+                    .only_check_end_entity_revocation();
+            }
+            let chain = chain
                 .build()
                 .map_err(|e| format!("TLS: cannot check certificates: {e}"))?;
             if verify == Verify::Full {
@@ -145,6 +157,20 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("TLS: no PEM certificate in {}", path.display()));
     }
     Ok(certs)
+}
+
+fn read_crls(paths: &[PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let mut crls = Vec::new();
+    for path in paths {
+        let found = CertificateRevocationListDer::pem_file_iter(path)
+            .and_then(|crls| crls.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("TLS: cannot read revocation lists from {}: {e}", path.display()))?;
+        if found.is_empty() {
+            return Err(format!("TLS: no PEM revocation list (X509 CRL) in {}", path.display()));
+        }
+        crls.extend(found);
+    }
+    Ok(crls)
 }
 
 fn read_identity(identity: &Identity) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
@@ -280,6 +306,12 @@ impl ServerCertVerifier for AnyName {
 /// from the server says it refused ours.
 pub fn describe(error: &rustls::Error) -> String {
     match error {
+        rustls::Error::InvalidCertificate(CertificateError::Revoked) => {
+            "the server's certificate is revoked (listed in the given revocation list)".into()
+        }
+        rustls::Error::InvalidCertificate(CertificateError::UnknownRevocationStatus) => {
+            "the server's certificate cannot be checked: no revocation list from its issuer was given".into()
+        }
         rustls::Error::InvalidCertificate(why) => format!("the server's certificate was rejected: {why}"),
         rustls::Error::AlertReceived(alert) => format!("the server refused the TLS handshake ({alert:?})"),
         other => format!("TLS handshake failed: {other}"),
@@ -296,6 +328,7 @@ mod tests {
             verify: Verify::Full,
             roots: None,
             identity: None,
+            crls: Vec::new(),
         };
         let error = client_config(&settings).unwrap_err();
         assert!(error.contains("root certificates"), "{error}");
@@ -307,6 +340,7 @@ mod tests {
             verify: Verify::Nothing,
             roots: None,
             identity: None,
+            crls: Vec::new(),
         };
         assert!(client_config(&settings).is_ok());
     }
@@ -317,6 +351,7 @@ mod tests {
             verify: Verify::Chain,
             roots: Some(Roots::File("/nonexistent/ca.pem".into())),
             identity: None,
+            crls: Vec::new(),
         };
         let error = client_config(&settings).unwrap_err();
         assert!(error.contains("/nonexistent/ca.pem"), "{error}");

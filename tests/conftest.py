@@ -20,15 +20,21 @@ from django.test.utils import setup_databases, setup_test_environment, teardown_
 sys.path.insert(0, os.path.dirname(__file__))
 
 from support import django_suite  # noqa: E402
+from support.certs import Authority  # noqa: E402
 from support.servers import Memcached, Postgres  # noqa: E402
 
 SERVERS = {}
+#: The CA of the session's servers' certificates ("ca").
+PKI = {}
 _teardown = []
 
 
 def pytest_configure(config):
     SERVERS["memcached"] = Memcached()
-    SERVERS["postgres"] = Postgres()
+    # TLS on but not required: connections without sslmode (libpq's
+    # "prefer") use it, and "disable" still connects.
+    PKI["ca"] = Authority()
+    SERVERS["postgres"] = Postgres(tls=PKI["ca"])
     sys.path.insert(0, str(django_suite.suite_dir()))
     postgres = SERVERS["postgres"]
     settings.configure(
@@ -65,6 +71,8 @@ def pytest_unconfigure(config):
         teardown_test_environment()
     for server in SERVERS.values():
         server.close()
+    for authority in PKI.values():
+        authority.close()
 
 
 def pytest_report_header(config):

@@ -14,7 +14,9 @@ from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 from django.test import override_settings
+from support.certs import Authority
 from support.load import load_threads, run_threads
+from support.servers import Postgres
 
 from racefree.backends.db import DatabaseCache, close_pools
 from racefree.exceptions import CacheError
@@ -180,15 +182,29 @@ def test_interop_with_time_zones_on(table):
 # -- A restarted server ---------------------------------------------------------------------
 
 
+@pytest.fixture(params=["plain", "tls"])
+def restartable_postgres(request):
+    """A server of the test's own and the DSN to reach it: over plain TCP,
+    or over TLS only, the certificate and host name checked."""
+    if request.param == "plain":
+        server = Postgres()
+        yield server, server.dsn
+    else:
+        authority = Authority()
+        server = Postgres(tls=authority, tls_only=True)
+        yield server, f"{server.dsn} sslmode=verify-full sslrootcert={authority.cert}"
+        authority.close()
+    server.close()
+
+
 @pytest.mark.cross_version
-def test_restarted_server_during_load(fresh_postgres):
+def test_restarted_server_during_load(restartable_postgres):
     """Immediate shutdown mid-load, restart on the same port: broken pooled
     connections are discarded, every acknowledged write is there, and every
     increment in flight at the crash either committed or raised."""
+    fresh_postgres, dsn = restartable_postgres
     fresh_postgres.create_cache_table()
-    cache = DatabaseCache(
-        "cache", {"OPTIONS": {"DSN": fresh_postgres.dsn, "CONNECT_TIMEOUT": 1.0, "MAX_ENTRIES": 1_000_000}}
-    )
+    cache = DatabaseCache("cache", {"OPTIONS": {"DSN": dsn, "CONNECT_TIMEOUT": 1.0, "MAX_ENTRIES": 1_000_000}})
     cache.set("counter", 0)
     down = threading.Event()
     acknowledged, failures_while_up, failures_while_down = [], [], [0]

@@ -7,6 +7,7 @@ import time
 
 import cache.tests as django_tests
 import pytest
+from conftest import PKI, SERVERS
 from django.core.cache import cache
 from django.test import override_settings
 from support.django_suite import exclude
@@ -64,6 +65,43 @@ class RacefreeDBCacheTests(RoundTripTests, django_tests.DBCacheTests):
 @override_settings(CACHES=RACEFREE)
 class RacefreeDBCacheWithTimeZoneTests(RoundTripTests, django_tests.DBCacheWithTimeZoneTests):
     pass
+
+
+def over_tls():
+    """The suite's caches with every connection over TLS, the certificate
+    and host name checked (the session's server has TLS on)."""
+    from django.db import connections
+
+    database = connections["default"].settings_dict
+    dsn = (f"host=127.0.0.1 port={SERVERS['postgres'].port} user={database['USER']} dbname={database['NAME']} "
+           f"sslmode=verify-full sslrootcert={PKI['ca'].cert} application_name=racefree-suite-tls")
+    caches = django_tests.caches_setting_for_tests(
+        BACKEND="racefree.backends.db.DatabaseCache", LOCATION="test cache table"
+    )
+    # Beside each test cache's own OPTIONS (MAX_ENTRIES for the cull tests).
+    for params in caches.values():
+        params["OPTIONS"] = {**params.get("OPTIONS", {}), "DSN": dsn}
+    return caches
+
+
+@exclude
+@override_settings(CACHES=over_tls())
+class RacefreeDBCacheOverTLSTests(RoundTripTests, django_tests.DBCacheTests):
+    """Django's suite again, over verified TLS; each test checks that the
+    cache's sessions were TLS sessions."""
+
+    def tearDown(self):
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) "
+                "WHERE a.application_name = 'racefree-suite-tls'"
+            )
+            sessions = [ssl for (ssl,) in cursor.fetchall()]
+        super().tearDown()
+        self.assertTrue(sessions, "the cache opened no session")
+        self.assertTrue(all(sessions), "a cache session was not TLS")
 
 
 # The same tests through the async API (support/through_async.py).

@@ -4,6 +4,8 @@
 //! transaction, a lost connection) is poisoned and closed when its lease
 //! ends instead of handed to the next caller.
 
+use std::collections::HashMap;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,6 +17,7 @@ use crate::pool::{self, Dial};
 
 use super::error::{Error, Result};
 use super::session::Session;
+use super::tls::{SslParams, Tls, split_dsn};
 
 /// The PostgreSQL backend's OPTIONS of the same names (defaults and checks
 /// are Python's), all about its connections.
@@ -70,6 +73,7 @@ impl PgConnection {
 
 pub(crate) struct Dialer {
     config: Config,
+    tls: Tls,
     connect_timeout: Duration,
     io_timeout: Duration,
 }
@@ -79,7 +83,7 @@ impl Dial for Dialer {
     type Error = Error;
 
     fn dial(&self) -> Result<PgConnection> {
-        let session = Session::connect(&self.config, self.connect_timeout, self.io_timeout)?;
+        let session = Session::connect(&self.config, &self.tls, self.connect_timeout, self.io_timeout)?;
         Ok(PgConnection {
             session,
             poisoned: false,
@@ -112,7 +116,7 @@ impl Dial for Dialer {
 }
 
 /// A pool of connections to the server of `config`, as `options` say.
-pub(crate) fn pool(config: &Config, options: &Options) -> Pool {
+pub(crate) fn pool(config: &Config, tls: &Tls, options: &Options) -> Pool {
     let mut config = config.clone();
     config.connect_timeout(options.connect_timeout);
     // Unacknowledged data, and an idle connection whose peer vanished,
@@ -138,6 +142,7 @@ pub(crate) fn pool(config: &Config, options: &Options) -> Pool {
     let server = server_name(&config);
     let dialer = Dialer {
         config,
+        tls: tls.clone(),
         connect_timeout: options.connect_timeout,
         io_timeout: options.io_timeout,
     };
@@ -154,4 +159,58 @@ fn server_name(config: &Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let database = config.get_dbname().or(config.get_user()).unwrap_or("");
     format!("PostgreSQL server {host}:{port}/{database}")
+}
+
+/// Where and how to connect, from a libpq DSN (key/value or URL form) and
+/// Django-style parameters (`host`, `port`, `user`, `password`, `dbname`,
+/// `options`, `application_name` and libpq's TLS parameters), the latter
+/// taking precedence. `home` is where libpq's `~/.postgresql` files are.
+pub fn connection_settings(
+    dsn: Option<&str>,
+    params: &HashMap<String, String>,
+    home: Option<std::path::PathBuf>,
+) -> Result<(Config, Tls)> {
+    let invalid = |e: String| Error::Config(format!("invalid PostgreSQL connection settings: {e}"));
+    let (mut config, mut ssl) = match dsn {
+        Some(dsn) => {
+            let (rest, ssl) = split_dsn(dsn).map_err(invalid)?;
+            (Config::from_str(&rest).map_err(|e| invalid(e.to_string()))?, ssl)
+        }
+        None => (Config::new(), SslParams::default()),
+    };
+    for (name, value) in params {
+        match name.as_str() {
+            "host" => {
+                for host in value.split(',') {
+                    config.host(host.trim());
+                }
+            }
+            "port" => {
+                let port = value.parse().map_err(|_| invalid(format!("invalid port {value:?}")))?;
+                config.port(port);
+            }
+            "user" => {
+                config.user(value);
+            }
+            "password" => {
+                config.password(value);
+            }
+            "dbname" => {
+                config.dbname(value);
+            }
+            "options" => {
+                config.options(value);
+            }
+            "application_name" => {
+                config.application_name(value);
+            }
+            other => {
+                if !ssl.take(other, value).map_err(invalid)? {
+                    return Err(invalid(format!("unsupported parameter {other:?}")));
+                }
+            }
+        }
+    }
+    let tls = ssl.tls(home).map_err(invalid)?;
+    Ok((config, tls))
 }

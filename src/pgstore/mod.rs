@@ -6,7 +6,9 @@ mod connection;
 mod error;
 mod session;
 mod store;
+mod tls;
 
-pub use connection::Options;
+pub use connection::{Options, connection_settings};
 pub use error::{Error, Result};
 pub use store::{MAX_KEY_CHARS, PgStore, Settings, expiry, moment, quote_table};
+pub use tls::{SslMode, SslParams, Tls, split_dsn};

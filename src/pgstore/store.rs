@@ -40,6 +40,7 @@ const RECOUNT: Duration = Duration::from_secs(5);
 /// Where the cache is: the server and the table.
 pub struct Settings {
     pub config: tokio_postgres::Config,
+    pub tls: super::Tls,
     pub table: String,
     pub options: Options,
 }
@@ -187,6 +188,7 @@ impl Census {
 pub struct PgStore {
     pool: PerProcess<Pool>,
     config: tokio_postgres::Config,
+    tls: super::Tls,
     options: Options,
     sql: Statements,
     table: String,
@@ -217,13 +219,19 @@ fn inserted(rows: &[Row]) -> i64 {
 impl PgStore {
     /// A store; no connection is made until the first call.
     pub fn new(settings: Settings) -> Result<PgStore> {
-        let Settings { config, table, options } = settings;
+        let Settings {
+            config,
+            tls,
+            table,
+            options,
+        } = settings;
         if options.pool_size == 0 {
             return Err(Error::Config("POOL_SIZE must be at least 1".into()));
         }
         Ok(PgStore {
             pool: PerProcess::new(),
             config,
+            tls,
             options,
             sql: Statements::new(&table),
             table,
@@ -264,7 +272,8 @@ impl PgStore {
 
     /// This process's pool (a forked child builds its own).
     fn pool(&self) -> Arc<Built<Pool>> {
-        self.pool.get(|| connection::pool(&self.config, &self.options))
+        self.pool
+            .get(|| connection::pool(&self.config, &self.tls, &self.options))
     }
 
     fn query(&self, conn: &mut PgConnection, sql: &str, params: &[(&(dyn ToSql + Sync), Type)]) -> Result<Vec<Row>> {

@@ -1,17 +1,15 @@
 //! `racefree._core.PgStore`: the PostgreSQL store for Python.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict};
 
 use super::aio::{self, Bytes};
 use super::{Write, settings};
-use crate::pgstore::{PgStore as Store, Settings, expiry, moment};
+use crate::pgstore::{PgStore as Store, Settings, connection_settings, expiry, moment};
 
 /// A pooled PostgreSQL cache on Django's cache table. Values are the
 /// pickled bytes (stored base64, as Django does); expiry times are Unix
@@ -20,51 +18,6 @@ use crate::pgstore::{PgStore as Store, Settings, expiry, moment};
 pub struct PgStore {
     store: Arc<Store>,
     lane: aio::Lane,
-}
-
-/// A tokio_postgres::Config from a libpq DSN or from Django-style parameters.
-fn connection_config(dsn: Option<&str>, params: &HashMap<String, String>) -> PyResult<tokio_postgres::Config> {
-    let bad = |e: tokio_postgres::Error| PyValueError::new_err(format!("invalid PostgreSQL connection settings: {e}"));
-    let mut config = match dsn {
-        Some(dsn) => tokio_postgres::Config::from_str(dsn).map_err(bad)?,
-        None => tokio_postgres::Config::new(),
-    };
-    for (name, value) in params {
-        match name.as_str() {
-            "host" => {
-                for host in value.split(',') {
-                    config.host(host.trim());
-                }
-            }
-            "port" => {
-                let port = value
-                    .parse()
-                    .map_err(|_| PyValueError::new_err(format!("invalid PostgreSQL port {value:?}")))?;
-                config.port(port);
-            }
-            "user" => {
-                config.user(value);
-            }
-            "password" => {
-                config.password(value);
-            }
-            "dbname" => {
-                config.dbname(value);
-            }
-            "options" => {
-                config.options(value);
-            }
-            "application_name" => {
-                config.application_name(value);
-            }
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "unsupported PostgreSQL connection parameter {other:?}"
-                )));
-            }
-        }
-    }
-    Ok(config)
 }
 
 /// `change(value) -> new value`, called with the GIL from a thread that
@@ -91,8 +44,11 @@ store_methods! {
             // No more async calls in flight than pooled connections: the
             // others wait here, not on pool threads, for CONNECT_TIMEOUT.
             let lane = aio::Lane::new(options.pool_size as usize, options.connect_timeout);
+            let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+            let (config, tls) = connection_settings(dsn, &params, home)?;
             let store = Store::new(Settings {
-                config: connection_config(dsn, &params)?,
+                config,
+                tls,
                 table,
                 options,
             })?;

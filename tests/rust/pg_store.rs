@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use postgres::NoTls;
 use racefree::Limits;
-use racefree::pgstore::{Error, Options, PgStore, Settings, expiry, moment};
+use racefree::pgstore::{Error, Options, PgStore, Settings, Tls, expiry, moment};
 use support::Postgres;
 
 const ROOMY: Limits = Limits {
@@ -50,6 +50,7 @@ fn options(connect_timeout: Duration, io_timeout: Duration) -> Options {
 fn store(server: &Postgres, table: &str) -> PgStore {
     PgStore::new(Settings {
         config: tokio_postgres::Config::from_str(&server.dsn()).unwrap(),
+        tls: Tls::disabled(),
         table: table.into(),
         options: options(Duration::from_secs(2), Duration::from_secs(10)),
     })
@@ -70,6 +71,7 @@ fn a_silent_server_fails_within_the_connect_timeout() {
     let config = tokio_postgres::Config::from_str(&format!("host=127.0.0.1 port={port} user=nobody")).unwrap();
     let store = PgStore::new(Settings {
         config,
+        tls: Tls::disabled(),
         table: "cache".into(),
         options: options(Duration::from_millis(500), Duration::from_millis(500)),
     })

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 
-from tests.support.servers import ServerMissing
+from support.servers import ServerMissing
 
 
 def _openssl(*args, cwd):
@@ -61,7 +61,8 @@ class Authority:
     def client(self, user):
         """A client certificate whose common name is ``user`` (PostgreSQL's
         ``clientcert=verify-full`` matches it against the user name)."""
-        return self._issue(f"client-{user}", user, ["extendedKeyUsage=clientAuth", "basicConstraints=critical,CA:FALSE"])
+        extensions = ["extendedKeyUsage=clientAuth", "basicConstraints=critical,CA:FALSE"]
+        return self._issue(f"client-{user}", user, extensions)
 
     def encrypted(self, key, password):
         """``key`` as encrypted PKCS#8 under ``password`` (libpq's sslpassword)."""
@@ -70,6 +71,27 @@ class Authority:
                  cwd=self.dir)
         os.chmod(out, 0o600)
         return out
+
+    def revocation_list(self, revoked=()):
+        """A PEM CRL of this CA listing the certificates (paths) ``revoked``."""
+        ca_dir = tempfile.mkdtemp(dir=self.dir)
+        config = os.path.join(ca_dir, "ca.cnf")
+        open(os.path.join(ca_dir, "index.txt"), "w").close()
+        with open(os.path.join(ca_dir, "crlnumber"), "w") as number:
+            number.write("01\n")
+        with open(config, "w") as cnf:
+            cnf.write(
+                "[ca]\ndefault_ca = this\n[this]\n"
+                f"database = {ca_dir}/index.txt\ncrlnumber = {ca_dir}/crlnumber\n"
+                f"certificate = {self.cert}\nprivate_key = {self.key}\n"
+                "default_md = sha256\ndefault_crl_days = 2\n"
+            )
+        for cert in revoked:
+            _openssl("ca", "-config", config, "-revoke", cert, cwd=ca_dir)
+        crl = os.path.join(ca_dir, "crl.pem")
+        _openssl("ca", "-config", config, "-gencrl", "-out", crl, cwd=ca_dir)
+        os.chmod(ca_dir, 0o755)
+        return crl
 
     def chown(self, user):
         """Let ``user`` (a pwd entry: the server's unprivileged user) read

@@ -151,7 +151,8 @@ def exclude(test_class):
     ``...ThroughAsync...`` class excludes what its sync twin does, and
     ``EXCLUDED_THROUGH_ASYNC``)."""
     name = test_class.__name__
-    excluded = dict(EXCLUDED.get(name.replace("ThroughAsync", ""), {}))
+    # The same suite over TLS excludes what it does over plain TCP.
+    excluded = dict(EXCLUDED.get(name.replace("ThroughAsync", "").replace("OverTLS", ""), {}))
     if "ThroughAsync" in name:
         excluded.update(EXCLUDED_THROUGH_ASYNC)
     for name, reason in excluded.items():

@@ -192,9 +192,18 @@ class Postgres:
     """A throwaway PostgreSQL cluster in a temp dir on 127.0.0.1 and a free
     port. fsync is off (the data is throwaway and the OS does not crash in
     tests), but commits stay synchronous so that a killed server loses
-    nothing it acknowledged. ``settings()`` is a DATABASES entry."""
+    nothing it acknowledged. ``settings()`` is a DATABASES entry.
 
-    def __init__(self):
+    ``tls``: a ``tests.support.certs.Authority`` turns TLS on, with a
+    certificate for localhost and 127.0.0.1 issued by it. With ``tls_only``
+    the server refuses plain TCP connections (``hostnossl ... reject``),
+    and the user ``certuser`` connects only with a client certificate of
+    that CA (``clientcert=verify-full``)."""
+
+    #: The user that must present a client certificate on a TLS server.
+    CERT_USER = "certuser"
+
+    def __init__(self, tls=None, tls_only=False):
         self.bindir = postgres_bindir()
         self.tempdir = tempfile.mkdtemp(prefix="racefree-postgres-")
         self.datadir = os.path.join(self.tempdir, "data")
@@ -209,8 +218,31 @@ class Postgres:
         os.makedirs(self.socketdir, exist_ok=True)
         if self.user:
             os.chown(self.socketdir, self.user.pw_uid, self.user.pw_gid)
+        self.tls = tls
+        self._tls_args = []
+        if tls is not None:
+            self._configure_tls(tls, tls_only)
         self.process = None
         self.start()
+        if tls is not None:
+            self._run([os.path.join(self.bindir, "psql"), "-h", self.socketdir, "-p", str(self.port), "-U",
+                       "postgres", "-d", "postgres", "-qc", f"CREATE ROLE {self.CERT_USER} LOGIN SUPERUSER"])
+
+    def _configure_tls(self, authority, tls_only):
+        cert, key = authority.server("postgres-server")
+        if self.user:
+            authority.chown(self.user)
+        self._tls_args = ["-c", "ssl=on", "-c", f"ssl_cert_file={cert}", "-c", f"ssl_key_file={key}",
+                          "-c", f"ssl_ca_file={authority.cert}"]
+        if not tls_only:
+            return
+        with open(os.path.join(self.datadir, "pg_hba.conf"), "w") as hba:
+            hba.write(
+                "local all all trust\n"
+                "hostnossl all all 127.0.0.1/32 reject\n"
+                f"hostssl all {self.CERT_USER} 127.0.0.1/32 trust clientcert=verify-full\n"
+                "hostssl all all 127.0.0.1/32 trust\n"
+            )
 
     def _as_server_user(self, command):
         if self.user is None:
@@ -250,7 +282,7 @@ class Postgres:
             command = [
                 os.path.join(self.bindir, "postgres"), "-D", self.datadir, "-p", str(self.port),
                 "-k", self.socketdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=400",
+                "-c", "full_page_writes=off", "-c", "max_connections=400", *self._tls_args,
             ]
             self.log = open(os.path.join(self.tempdir, "server.log"), "ab")
             self.process = subprocess.Popen(

@@ -62,8 +62,14 @@ OPTIONS = [
 
 # Django DATABASES OPTIONS that only concern Django's own connection.
 DJANGO_ONLY_OPTIONS = {"pool", "server_side_binding", "isolation_level", "assume_role", "client_encoding"}
-# libpq settings racefree passes on to its own connections.
+# libpq settings racefree passes on to its own connections; so are the TLS
+# ones (ssl*), which the store checks itself.
 LIBPQ_OPTIONS = {"options", "application_name"}
+
+
+def is_libpq_option(name: str) -> bool:
+    return name in LIBPQ_OPTIONS or name.startswith("ssl")
+
 
 _stores: ProcessRegistry[tuple[object, ...], PgStore] = ProcessRegistry()
 
@@ -94,14 +100,13 @@ def libpq_params(alias: str) -> dict[str, str]:
     for name, value in (settings.get("OPTIONS") or {}).items():
         if name in DJANGO_ONLY_OPTIONS:
             continue
-        if name in LIBPQ_OPTIONS:
-            params[name] = str(value)
-        elif name == "sslmode" and value in ("disable", "allow", "prefer"):
-            continue
+        if is_libpq_option(name):
+            # As psycopg takes them: paths may be Path objects.
+            params[name] = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
         else:
             raise ImproperlyConfigured(
-                f"racefree DatabaseCache cannot use DATABASES[{alias!r}]['OPTIONS'][{name!r}] "
-                "(TLS and other libpq settings are not supported yet); give OPTIONS['DSN']"
+                f"racefree DatabaseCache cannot use DATABASES[{alias!r}]['OPTIONS'][{name!r}]: a libpq "
+                "setting it does not support; give OPTIONS['DSN'] without it"
             )
     return params
 

@@ -168,15 +168,31 @@ fn unzstd(data: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
         codec,
         reason: error.to_string(),
     };
-    // The streaming decoder allocates as output arrives (and its window
-    // within zstd's default 128 MiB cap), not the size a header announces;
-    // it reports a truncated frame as an error.
-    let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(corrupt)?;
-    let mut output = Vec::with_capacity(first_capacity(data.len(), limit));
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    decoder.take(cap).read_to_end(&mut output).map_err(corrupt)?;
-    if output.len() > limit {
-        return Err(Error::TooLarge { codec, limit });
+    if data.is_empty() {
+        // Not even a frame header (which `upper_bound` would count as no
+        // frames of no bytes).
+        return Err(Error::Corrupt {
+            codec,
+            reason: "empty".to_owned(),
+        });
     }
-    Ok(output)
+    match zstd::bulk::Decompressor::upper_bound(data) {
+        // Every frame records its size, as racefree's do: one call into
+        // exactly that much room (zstd checks the frames hold as much).
+        Some(size) if size <= limit => zstd::bulk::decompress(data, size).map_err(corrupt),
+        Some(_) => Err(Error::TooLarge { codec, limit }),
+        // Otherwise the streaming decoder, which allocates as output
+        // arrives (and its window within zstd's default 128 MiB cap), and
+        // reports a truncated frame as an error.
+        None => {
+            let decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(corrupt)?;
+            let mut output = Vec::with_capacity(first_capacity(data.len(), limit));
+            let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+            decoder.take(cap).read_to_end(&mut output).map_err(corrupt)?;
+            if output.len() > limit {
+                return Err(Error::TooLarge { codec, limit });
+            }
+            Ok(output)
+        }
+    }
 }

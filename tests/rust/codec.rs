@@ -165,6 +165,36 @@ fn the_limit_is_enforced_to_the_byte() {
 }
 
 #[test]
+fn zstd_frames_that_do_not_record_their_size_stream_within_the_limit() {
+    // What a streaming compressor writes (not racefree): the decoder then
+    // cannot size its output from the header.
+    let value = text(100_000);
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("a valid level");
+    std::io::Write::write_all(&mut encoder, &value).expect("into a Vec");
+    let unsized_frame = encoder.finish().expect("into a Vec");
+    assert!(matches!(
+        zstd::zstd_safe::get_frame_content_size(&unsized_frame),
+        Ok(None)
+    ));
+    let read = |data: &[u8], limit| decompress(Codec::Zstd, data, limit).map(|value| value.len());
+    assert_eq!(read(&unsized_frame, value.len()), Ok(value.len()));
+    let limit = value.len() - 1;
+    assert_eq!(
+        read(&unsized_frame, limit),
+        Err(Error::TooLarge {
+            codec: Codec::Zstd,
+            limit
+        })
+    );
+    for end in [0, 1, 10, unsized_frame.len() / 2, unsized_frame.len() - 1] {
+        assert!(
+            matches!(read(&unsized_frame[..end], LIMIT), Err(Error::Corrupt { .. })),
+            "cut at {end}"
+        );
+    }
+}
+
+#[test]
 fn a_bomb_stops_at_the_limit() {
     // 32 MiB of zeros compress to tens of KB; decompressing stops at the
     // limit instead of allocating all of it.

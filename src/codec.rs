@@ -146,18 +146,26 @@ fn inflate(data: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
     loop {
         let consumed = usize::try_from(inflater.total_in()).unwrap_or(usize::MAX);
         let rest = data.get(consumed..).unwrap_or_default();
+        let before = (inflater.total_in(), inflater.total_out());
         let status = inflater
             .decompress_vec(rest, &mut output, FlushDecompress::Finish)
             .map_err(|error| corrupt(&error.to_string()))?;
         match status {
             Status::StreamEnd if output.len() <= limit => return Ok(output),
             Status::StreamEnd => return Err(Error::TooLarge { codec, limit }),
-            // Room left in the output, so zlib stopped for want of input.
-            _ if output.len() < output.capacity() => return Err(corrupt("truncated")),
-            _ if output.len() > limit => return Err(Error::TooLarge { codec, limit }),
-            // One byte past the limit tells a stream of exactly `limit`
-            // bytes from a longer one.
-            _ => output.reserve_exact(output.capacity().min(limit.saturating_add(1) - output.len()).max(1)),
+            _ if output.len() == output.capacity() => {
+                if output.len() > limit {
+                    return Err(Error::TooLarge { codec, limit });
+                }
+                // Doubling, up to one byte past the limit: that byte tells
+                // a stream of exactly `limit` bytes from a longer one.
+                let room = output.capacity().min(limit.saturating_add(1) - output.len()).max(1);
+                output.reserve_exact(room);
+            }
+            // Room left and all input read: the stream stops short.
+            _ if inflater.total_in() >= data.len() as u64 => return Err(corrupt("truncated")),
+            _ if (inflater.total_in(), inflater.total_out()) == before => return Err(corrupt("no progress")),
+            _ => {}
         }
     }
 }

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import pickle
+import threading
+import time
 import uuid
 import zlib
 
@@ -455,6 +457,33 @@ def test_zlib_is_pythons_format_both_ways():
     assert _core.decompress("zlib", zlib.compress(data), len(data)) == data
     for level in range(1, 10):
         assert zlib.decompress(_core.compress("zlib", data, level)) == data
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_compression_releases_the_gil(codec):
+    """Another thread runs Python while a value is compressed: the
+    longest pause it sees is a fraction of the compression's time (with
+    the GIL held it would be all of it)."""
+    data = (TEXT * 400).encode()  # 10 MB
+    level = 9 if codec == "zlib" else 19
+    done = threading.Event()
+    timing = {}
+
+    def compress():
+        started = time.perf_counter()
+        _core.compress(codec, data, level)
+        timing["took"] = time.perf_counter() - started
+        done.set()
+
+    worker = threading.Thread(target=compress)
+    longest_pause, last = 0.0, time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        longest_pause, last = max(longest_pause, now - last), now
+    worker.join()
+    assert timing["took"] > 0.1, "too little work to tell"
+    assert longest_pause < timing["took"] / 2, (longest_pause, timing["took"])
 
 
 def test_the_extension_refuses_what_it_cannot_do():

@@ -4,6 +4,7 @@
 //! the `python` feature adds the thin PyO3 layer that Django's backends
 //! (in `python/racefree/backends/`) call.
 
+pub mod codec;
 pub mod config;
 pub mod filestore;
 pub mod fork;

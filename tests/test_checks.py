@@ -32,7 +32,13 @@ def test_good_configurations_pass(memcached, tmp_path, table):
     {"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": "/tmp/x", "OPTIONS": {"MAX_ENTRIES": "9"}},
     {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": "t", "OPTIONS": {"POOL_SIZE": 0}},
     {"BACKEND": "racefree.backends.forwarding.ForwardingCache", "LOCATION": "x", "OPTIONS": {"A": 1}},
-], ids=["unknown option", "wrong type", "bad location", "file wrong type", "db wrong value", "forwarding options"])
+    {"BACKEND": "racefree.backends.memcached.MemcachedCache", "LOCATION": "127.0.0.1:1",
+     "OPTIONS": {"COMPRESS": "gzip"}},
+    {"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": "/tmp/x",
+     "OPTIONS": {"COMPRESS": "zlib", "COMPRESS_LEVEL": 10}},
+    {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": "t", "OPTIONS": {"COMPRESS_LEVEL": 3}},
+], ids=["unknown option", "wrong type", "bad location", "file wrong type", "db wrong value", "forwarding options",
+        "unknown codec", "level out of the codec's range", "level without a codec"])
 def test_settings_that_cannot_work_are_e001(config):
     assert ids({"broken": config}) == ["racefree.E001"]
 

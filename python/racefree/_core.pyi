@@ -11,6 +11,14 @@ from typing_extensions import Self
 __version__: str
 MAX_SECONDS: float
 
+def compress(codec: str, data: bytes, level: int | None = None) -> bytes:
+    """``data`` compressed with ``codec`` ("zlib" or "zstd") at ``level``
+    (None: the codec's default), with the GIL released."""
+
+def decompress(codec: str, data: bytes, limit: int) -> bytes:
+    """``data`` decompressed with ``codec``; ValueError if it is not one
+    complete stream of the codec or would pass ``limit`` bytes."""
+
 def _after_fork_in_child() -> None: ...
 def _close_async_gate() -> None: ...
 
@@ -22,6 +30,8 @@ __all__ = [
     "PgStore",
     "ForwardingCore",
     "ForwardingLease",
+    "compress",
+    "decompress",
     "_after_fork_in_child",
     "_close_async_gate",
 ]

@@ -1,7 +1,7 @@
 """How values become stored bytes and come back.
 
 Defaults are Django's: pickle, so entries are shared with the stock
-backends. Two options change that, on every backend:
+backends. These options change that, on every backend:
 
 - ``SERIALIZER: "json"``: values other than bytes, str and int are stored
   as JSON; nothing read is ever unpickled.
@@ -17,9 +17,20 @@ backends. Two options change that, on every backend:
   (a compare-and-swap on memcached, the shard's lock on the file store,
   the row's lock on PostgreSQL).
 
+- ``COMPRESS: "zlib"`` or ``"zstd"``: a value whose serialized bytes are
+  longer than ``COMPRESS_MIN_SIZE`` (400) is stored compressed, in Rust
+  with the GIL released, if that makes it smaller; integers never are
+  (memcached counts their digits). Compressed bytes are what is signed.
+  Reading does not depend on the option: any cache reads compressed
+  entries of either codec, so compression can be turned off or changed
+  with the cache warm.
+
 The memcached and file stores keep ``(flags, bytes)`` with pymemcache's
 flags (bytes as they are, str as UTF-8, int as decimal digits, anything
-else pickled); the PostgreSQL store keeps bytes only.
+else pickled; zlib-compressed with pymemcache's ``FLAG_COMPRESSED``, so
+its ``CompressedSerde`` and racefree read each other's values); the
+PostgreSQL store keeps bytes only, and marks compressed ones with a
+prefix no pickle or JSON starts with (``COMPRESSED_MARK``).
 """
 
 import hashlib
@@ -27,13 +38,16 @@ import hmac
 import json
 import logging
 import pickle
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-from racefree.backends._options import Option, boolean, optional
+from racefree import _core
+from racefree.backends._options import Option, boolean, non_negative_int, optional
 
 logger = logging.getLogger("racefree")
 
@@ -41,13 +55,39 @@ FLAG_BYTES = 0
 FLAG_PICKLE = 1 << 0
 FLAG_INTEGER = 1 << 1
 FLAG_LONG = 1 << 2
+# zlib, as pymemcache's CompressedSerde writes and reads it.
+FLAG_COMPRESSED = 1 << 3
 FLAG_TEXT = 1 << 4
 # racefree's own, unused by pymemcache.
 FLAG_JSON = 1 << 8
 FLAG_SIGNED = 1 << 9
+# Always with FLAG_COMPRESSED: the codec is zstd, not zlib. pymemcache's
+# CompressedSerde then fails in zlib.decompress instead of returning
+# zstd bytes as a value.
+FLAG_ZSTD = 1 << 10
+COMPRESSION_FLAGS = {"zlib": FLAG_COMPRESSED, "zstd": FLAG_COMPRESSED | FLAG_ZSTD}
 
 FORMATS = ("pickle", "json")
 MAC_SIZE = hashlib.sha256().digest_size
+
+CODECS = ("zlib", "zstd")
+#: Levels each codec takes (COMPRESS_LEVEL); None is its own default
+#: (zlib 6, as Python's zlib.compress; zstd 3).
+COMPRESS_LEVELS = {"zlib": range(1, 10), "zstd": range(1, 23)}
+#: pymemcache's CompressedSerde default: values longer than this are compressed.
+COMPRESS_MIN_SIZE = 400
+#: No stored value decompresses to more than this, so an entry crafted to
+#: expand (a "zip bomb") costs at most this much memory; larger values are
+#: stored uncompressed.
+MAX_DECOMPRESSED_SIZE = 128 * 1024 * 1024
+#: The PostgreSQL store keeps bytes only: compressed ones start with this,
+#: then the codec's byte. No pickle (its first opcode) or JSON document
+#: starts with NUL, so Django's DatabaseCache fails to unpickle such a
+#: value instead of reading a wrong one.
+COMPRESSED_MARK = b"\x00rfz"
+CODEC_MARKS = {"zlib": COMPRESSED_MARK + b"\x01", "zstd": COMPRESSED_MARK + b"\x02"}
+_MARKED_CODECS = {mark: codec for codec, mark in CODEC_MARKS.items()}
+_MARK_SIZE = len(COMPRESSED_MARK) + 1
 
 
 class UnverifiedValue(ValueError):
@@ -66,6 +106,22 @@ def serializer_format(value: object) -> str:
     """Option check for SERIALIZER."""
     if value not in FORMATS:
         raise ValueError(" or ".join(repr(name) for name in FORMATS))
+    return value
+
+
+def compress_codec(value: object) -> str:
+    """Option check for COMPRESS."""
+    if value not in CODECS:
+        raise ValueError(" or ".join(repr(name) for name in CODECS) + " (or None: off)")
+    assert isinstance(value, str)
+    return value
+
+
+def compress_level(value: object) -> int:
+    """Option check for COMPRESS_LEVEL (the codec's range is checked
+    with COMPRESS, in ``serializer_from``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("an integer level (zlib 1-9, zstd 1-22) or None (the codec's default)")
     return value
 
 
@@ -88,16 +144,32 @@ def _derived(secret: str | bytes) -> bytes:
     return hashlib.sha256(b"racefree.cache.sign-values:" + raw).digest()
 
 
+@dataclass(frozen=True)
+class Compression:
+    """What COMPRESS, COMPRESS_LEVEL and COMPRESS_MIN_SIZE ask for."""
+
+    codec: str
+    #: None: the codec's default.
+    level: int | None = None
+    #: Values whose serialized bytes are longer than this are compressed.
+    min_size: int = COMPRESS_MIN_SIZE
+
+
 class Serializer:
     def __init__(
         self,
         format: str = "pickle",
         pickle_protocol: int = pickle.HIGHEST_PROTOCOL,
         keys: Sequence[str | bytes] | None = None,
+        compression: Compression | None = None,
     ) -> None:
         self.format = format
         self.pickle_protocol = pickle_protocol
         self._keys = [_derived(key) for key in keys] if keys else None
+        self.compression = compression
+        # One comparison per write decides whether to try: without
+        # compression no value is longer than this.
+        self._compress_above = compression.min_size if compression else sys.maxsize
 
     # -- the body of a value: pickle or JSON ------------------------------
 
@@ -119,6 +191,24 @@ class Serializer:
                 raise UnverifiedValue("a pickled value, read by a cache with SERIALIZER 'json'")
             return pickle.loads(data)
         raise UnverifiedValue(f"unknown value flags {kind}")
+
+    # -- compression ------------------------------------------------------
+
+    def _compressed(self, data: bytes, overhead: int = 0) -> bytes | None:
+        """``data`` compressed, if that saves bytes (``overhead`` counts
+        what marks it as compressed); else None. Called only for data
+        longer than ``_compress_above``."""
+        compression = self.compression
+        if compression is None or len(data) > MAX_DECOMPRESSED_SIZE:
+            return None
+        compressed = _core.compress(compression.codec, data, compression.level)
+        return compressed if len(compressed) + overhead < len(data) else None
+
+    @staticmethod
+    def _decompressed(codec: str, data: bytes) -> bytes:
+        # ValueError for anything that is not one complete stream of the
+        # codec: the callers' readers make it a logged miss.
+        return _core.decompress(codec, data, MAX_DECOMPRESSED_SIZE)
 
     # -- signatures -------------------------------------------------------
 
@@ -162,7 +252,15 @@ class Serializer:
             flags, data = FLAG_TEXT, value.encode()
         else:
             flags, data = self._dump_object(value)
+        # Integers stay digits, which memcached's incr counts.
+        if len(data) > self._compress_above and kind is not int:
+            compressed = self._compressed(data)
+            if compressed is not None:
+                assert self.compression is not None
+                flags, data = flags | COMPRESSION_FLAGS[self.compression.codec], compressed
         if self._keys:
+            # What is signed is what is stored: a MAC is checked before
+            # anything is decompressed.
             return flags | FLAG_SIGNED, self._sign(key, flags, data)
         return flags, data
 
@@ -174,6 +272,9 @@ class Serializer:
             data = self._verified(key, flags, data)
         elif flags & FLAG_SIGNED:
             raise UnverifiedValue("a signed value, read by a cache without SIGN_VALUES")
+        if flags & FLAG_COMPRESSED:
+            data = self._decompressed("zstd" if flags & FLAG_ZSTD else "zlib", data)
+            flags &= ~(FLAG_COMPRESSED | FLAG_ZSTD)
         if flags & (FLAG_INTEGER | FLAG_LONG):
             return int(data)
         if flags == FLAG_BYTES:
@@ -204,12 +305,22 @@ class Serializer:
 
     def dumps(self, key: str, value: Any) -> bytes:
         kind, data = self._dump_object(value)
+        if len(data) > self._compress_above:
+            compressed = self._compressed(data, overhead=_MARK_SIZE)
+            if compressed is not None:
+                assert self.compression is not None
+                data = CODEC_MARKS[self.compression.codec] + compressed
         return self._sign(key, kind, data) if self._keys else data
 
     def loads(self, key: str, data: bytes) -> Any:
         kind = FLAG_JSON if self.format == "json" else FLAG_PICKLE
         if self._keys:
             data = self._verified(key, kind, data)
+        if data.startswith(COMPRESSED_MARK):
+            codec = _MARKED_CODECS.get(data[:_MARK_SIZE])
+            if codec is None:
+                raise ValueError(f"unknown compression mark {data[:_MARK_SIZE]!r}")
+            data = self._decompressed(codec, data[_MARK_SIZE:])
         return self._load_object(kind, data)
 
     def load_or(self, default: Any, key: Any, data: bytes) -> Any:
@@ -233,6 +344,9 @@ def serializer_options() -> list[Option]:
         Option("SERIALIZER", "pickle", serializer_format),
         Option("SIGN_VALUES", False, boolean),
         Option("SIGNING_KEYS", None, optional(signing_keys), secret=True),
+        Option("COMPRESS", None, optional(compress_codec)),
+        Option("COMPRESS_MIN_SIZE", COMPRESS_MIN_SIZE, non_negative_int),
+        Option("COMPRESS_LEVEL", None, optional(compress_level)),
     ]
 
 
@@ -248,4 +362,16 @@ def serializer_from(backend: str, options: dict[str, Any]) -> Serializer:
                 raise ImproperlyConfigured(f"{backend}: SIGN_VALUES needs SIGNING_KEYS or a SECRET_KEY")
     elif options["SIGNING_KEYS"] is not None:
         raise ImproperlyConfigured(f"{backend}: OPTIONS['SIGNING_KEYS'] is set but SIGN_VALUES is not True")
-    return Serializer(options["SERIALIZER"], options["PICKLE_PROTOCOL"], keys)
+    compression: Compression | None = None
+    codec, level = options["COMPRESS"], options["COMPRESS_LEVEL"]
+    if codec is not None:
+        if level is not None and level not in COMPRESS_LEVELS[codec]:
+            levels = COMPRESS_LEVELS[codec]
+            raise ImproperlyConfigured(
+                f"{backend}: OPTIONS['COMPRESS_LEVEL'] must be from {levels[0]} to {levels[-1]} "
+                f"for {codec!r} (or None: its default), not {level!r}"
+            )
+        compression = Compression(codec, level, options["COMPRESS_MIN_SIZE"])
+    elif level is not None:
+        raise ImproperlyConfigured(f"{backend}: OPTIONS['COMPRESS_LEVEL'] is set but COMPRESS is not")
+    return Serializer(options["SERIALIZER"], options["PICKLE_PROTOCOL"], keys, compression)

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyOverflowError, PyPermissionError, PyTypeErro
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::{filestore, memcached, pgstore};
+use crate::{codec, filestore, memcached, pgstore};
 
 pyo3::import_exception!(racefree.exceptions, CacheConnectionError);
 pyo3::import_exception!(racefree.exceptions, CacheTimeoutError);
@@ -18,6 +18,13 @@ pyo3::import_exception!(racefree.exceptions, CacheServerError);
 pyo3::import_exception!(racefree.exceptions, ValueTooLargeError);
 pyo3::import_exception!(racefree.exceptions, LockTimeoutError);
 pyo3::import_exception!(django.core.cache.backends.base, InvalidCacheKey);
+
+impl From<codec::Error> for PyErr {
+    fn from(error: codec::Error) -> PyErr {
+        // A bad level, or stored bytes that are not what they claim to be.
+        PyValueError::new_err(error.to_string())
+    }
+}
 
 impl From<memcached::Error> for PyErr {
     fn from(error: memcached::Error) -> PyErr {

@@ -53,6 +53,7 @@ macro_rules! store_methods {
 }
 
 mod aio;
+mod codec;
 mod errors;
 mod filestore;
 mod forwarding;
@@ -176,6 +177,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pgstore::PgStore>()?;
     m.add_class::<forwarding::ForwardingCore>()?;
     m.add_class::<forwarding::Lease>()?;
+    m.add_function(wrap_pyfunction!(codec::compress, m)?)?;
+    m.add_function(wrap_pyfunction!(codec::decompress, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(aio::_close_async_gate, m)?)?;
     Ok(())

@@ -61,7 +61,8 @@ class Authority:
     def client(self, user):
         """A client certificate whose common name is ``user`` (PostgreSQL's
         ``clientcert=verify-full`` matches it against the user name)."""
-        return self._issue(f"client-{user}", user, ["extendedKeyUsage=clientAuth", "basicConstraints=critical,CA:FALSE"])
+        extensions = ["extendedKeyUsage=clientAuth", "basicConstraints=critical,CA:FALSE"]
+        return self._issue(f"client-{user}", user, extensions)
 
     def encrypted(self, key, password):
         """``key`` as encrypted PKCS#8 under ``password`` (libpq's sslpassword)."""

@@ -31,8 +31,9 @@ pub(crate) trait Dial {
     /// Open a connection.
     fn dial(&self) -> Result<Self::Conn, Self::Error>;
 
-    /// Whether an idle connection may serve another call.
-    fn is_reusable(&self, conn: &Self::Conn) -> bool;
+    /// Whether an idle connection may serve another call (it may first
+    /// take in what arrived while it was idle).
+    fn is_reusable(&self, conn: &mut Self::Conn) -> bool;
 
     /// The error when all `cap` connections stayed in use for `waited`.
     fn all_busy(&self, cap: usize, waited: Duration) -> Self::Error;
@@ -110,9 +111,9 @@ impl<D: Dial> Pool<D> {
         let mut deadline = None;
         let mut state = self.state();
         loop {
-            if let Some((conn, since)) = state.idle.pop() {
+            if let Some((mut conn, since)) = state.idle.pop() {
                 drop(state);
-                if since.elapsed() <= self.config.idle_timeout && self.dialer.is_reusable(&conn) {
+                if since.elapsed() <= self.config.idle_timeout && self.dialer.is_reusable(&mut conn) {
                     return Ok(self.lend(conn));
                 }
                 self.close(conn);
@@ -276,7 +277,7 @@ mod tests {
                 .ok_or_else(|| "refused".into())
         }
 
-        fn is_reusable(&self, conn: &usize) -> bool {
+        fn is_reusable(&self, conn: &mut usize) -> bool {
             *conn != 0
         }
 

@@ -10,6 +10,7 @@ import os
 
 from racefree import _core
 from racefree.exceptions import (
+    CacheAuthenticationError,
     CacheConnectionError,
     CacheError,
     CacheProtocolError,
@@ -21,6 +22,7 @@ from racefree.exceptions import (
 __version__ = _core.__version__
 
 __all__ = [
+    "CacheAuthenticationError",
     "CacheConnectionError",
     "CacheError",
     "CacheProtocolError",

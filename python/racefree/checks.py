@@ -8,7 +8,8 @@ not answer right now is a warning, as it may come up later.
 
 ==============  ==============================================================
 racefree.E001   a backend cannot be built from its settings (unknown OPTIONS,
-                wrong types, a LOCATION that cannot be parsed)
+                wrong types, a LOCATION that cannot be parsed, a TLS file
+                that cannot be read)
 racefree.E002   the database cache is pointed at a database that is not
                 PostgreSQL
 racefree.E003   the database cache's table does not exist
@@ -16,7 +17,8 @@ racefree.E004   the file cache's directory cannot be created or written
 racefree.E005   a forwarding cache forwards to an alias missing from CACHES
 racefree.E006   the file cache's directory belongs to another user or others
                 may write to it (its entries could be planted)
-racefree.W001   a memcached server does not answer
+racefree.W001   a memcached server does not answer (or refuses this
+                client's TLS or login)
 racefree.W002   the database cache's server does not answer
 ==============  ==============================================================
 """
@@ -50,10 +52,13 @@ def error(alias: str, problem: str, check_id: str, hint: str | None = None) -> c
     return checks.Error(f"CACHES[{alias!r}]{problem}", hint=hint, obj=f"CACHES[{alias!r}]", id=check_id)
 
 
-def unreachable(alias: str, what: str, failure: Exception, check_id: str) -> checks.Warning:
+UNREACHABLE_HINT = "Start it, or fix LOCATION; until it answers every call raises (or misses with IGNORE_EXCEPTIONS)."
+
+
+def unreachable(alias: str, what: str, failure: Exception, check_id: str, hint: str | None = None) -> checks.Warning:
     return checks.Warning(
         f"CACHES[{alias!r}]: {what} did not answer: {failure}",
-        hint="Start it, or fix LOCATION; until it answers every call raises (or misses with IGNORE_EXCEPTIONS).",
+        hint=hint or UNREACHABLE_HINT,
         obj=f"CACHES[{alias!r}]",
         id=check_id,
     )

@@ -17,6 +17,11 @@ class CacheConnectionError(CacheError, ConnectionError):
     """The server could not be reached or dropped the connection."""
 
 
+class CacheAuthenticationError(CacheConnectionError):
+    """The server refused the login (memcached's ``-Y`` authfile): the
+    credentials were rejected, or it requires some and none are set."""
+
+
 class CacheTimeoutError(CacheError, TimeoutError):
     """The server did not answer within the configured timeout."""
 

@@ -9,7 +9,8 @@ use crate::stats::{Counters, Snapshot};
 use super::address::Address;
 use super::combine::{RoundTrip, duplicate};
 use super::connection::Connection;
-use super::error::{Error, Result};
+use super::error::{AuthProblem, Error, Result};
+use super::handshake::Handshake;
 use super::item::Item;
 use super::protocol::{self, Reply, Status, StoreMode};
 use super::routing::Rendezvous;
@@ -49,6 +50,8 @@ pub struct Client {
     stats: Counters,
     servers: PerProcess<Vec<Server>>,
     addresses: Vec<Address>,
+    /// What a new connection to each server goes through (TLS, login).
+    handshakes: Vec<Handshake>,
     config: Config,
     router: Rendezvous,
 }
@@ -82,6 +85,12 @@ fn unexpected(server: &Server, reply: Reply) -> Error {
             server: server.name().to_owned(),
             message,
         },
+        // A server with a login (-Y) answers this to every request until
+        // the connection logged in.
+        Reply::ClientError(message) if message == "unauthenticated" => Error::Auth {
+            server: server.name().to_owned(),
+            problem: AuthProblem::Required,
+        },
         Reply::ClientError(message) => Error::protocol(server.name(), format!("CLIENT_ERROR {message}")),
         other => Error::protocol(server.name(), format!("unexpected reply {other:?}")),
     }
@@ -114,11 +123,18 @@ impl Client {
             }
             addresses.push(address);
         }
+        let handshakes = Handshake::for_servers(
+            &addresses,
+            config.tls.as_ref(),
+            config.username.as_deref(),
+            config.password.as_ref(),
+        )?;
         let router = Rendezvous::new(addresses.iter().map(Address::node_name).collect());
         Ok(Client {
             stats: Counters::default(),
             servers: PerProcess::new(),
             addresses,
+            handshakes,
             config,
             router,
         })
@@ -136,9 +152,8 @@ impl Client {
     /// This process's servers (a forked child builds its own).
     fn current(&self) -> Arc<Built<Vec<Server>>> {
         self.servers.get(|| {
-            self.addresses
-                .iter()
-                .map(|a| Server::new(a.clone(), &self.config))
+            (self.addresses.iter().zip(&self.handshakes))
+                .map(|(address, handshake)| Server::new(address.clone(), handshake.for_this_process(), &self.config))
                 .collect()
         })
     }
@@ -839,15 +854,34 @@ impl BatchOp for SetMany<'_> {
     }
 
     fn read(&self, conn: &mut Connection, server: &Server, chunk: Chunk<'_>, out: &mut [Self::Out]) -> Result<()> {
+        let last = chunk.indexes.len().saturating_sub(1);
+        let mut nudges = 0;
         // Replies come in request order; error lines carry no token.
-        for (index, opaque) in chunk.tagged() {
+        for (position, (index, opaque)) in chunk.tagged().enumerate() {
             out[index] = match read_reply(conn, server, Some(opaque))? {
                 Reply::Meta {
                     status: Status::Stored, ..
                 } => StoreOutcome::Stored,
-                Reply::ServerError(message) if message.contains("too large") => StoreOutcome::TooLarge,
+                Reply::ServerError(message) if message.contains("too large") => {
+                    // Over TLS, memcached (1.6.18) skips a refused value and
+                    // then waits for its socket, not for the requests behind
+                    // it that it already decrypted: new bytes wake it.
+                    if conn.is_tls() && position < last {
+                        conn.send_no_op().map_err(io_error(server))?;
+                        nudges += 1;
+                    }
+                    StoreOutcome::TooLarge
+                }
                 other => return Err(unexpected(server, other)),
             };
+        }
+        for _ in 0..nudges {
+            match read_reply(conn, server, None)? {
+                Reply::Meta {
+                    status: Status::NoOp, ..
+                } => {}
+                other => return Err(unexpected(server, other)),
+            }
         }
         Ok(())
     }

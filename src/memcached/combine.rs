@@ -300,6 +300,14 @@ pub(crate) fn duplicate(error: &Error) -> Error {
             size: *size,
         },
         Error::NotANumber { server } => Error::NotANumber { server: server.clone() },
+        Error::Tls { server, detail } => Error::Tls {
+            server: server.clone(),
+            detail: detail.clone(),
+        },
+        Error::Auth { server, problem } => Error::Auth {
+            server: server.clone(),
+            problem: problem.clone(),
+        },
         Error::Config(message) => Error::Config(message.clone()),
     }
 }

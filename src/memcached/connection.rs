@@ -8,9 +8,12 @@ use std::path::Path;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use rustls::{ClientConnection, StreamOwned};
 use socket2::{Domain, SockAddr, Socket as Socket2, Type};
 
 use super::address::Address;
+use super::error::{AuthProblem, Error, Result};
+use super::handshake::{Handshake, TlsTarget};
 use super::spin::SpinWait;
 
 /// Longest reply line accepted; a longer one means garbage on the stream.
@@ -26,8 +29,7 @@ enum Socket {
 }
 
 impl Socket {
-    fn connect(address: &Address, connect_timeout: Duration) -> io::Result<Socket> {
-        let deadline = Instant::now() + connect_timeout;
+    fn connect(address: &Address, deadline: Instant) -> io::Result<Socket> {
         match address {
             Address::Unix(path) => connect_unix(path, deadline).map(Socket::Unix),
             Address::Tcp { host, port } => {
@@ -136,61 +138,29 @@ fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
     }
 }
 
-/// A socket that spins briefly for a reply before blocking, and times
-/// replies for the spin estimate. Each exchange (a request and its whole
-/// reply) has one deadline, `IO_TIMEOUT` after it starts: the socket's
-/// timeouts are cut to what is left of it before each blocking call, so a
-/// server that trickles its reply cannot stretch a call.
-pub(crate) struct Stream {
+/// A socket whose blocking reads and writes end by a deadline: before
+/// each one its timeouts are cut to what is left, so a server that
+/// trickles its bytes cannot stretch an exchange (nor, under TLS, a
+/// record at a time).
+struct Timed {
     socket: Socket,
-    spin: Arc<SpinWait>,
-    /// Set by `send`: when the request left, and how long to spin.
-    sent_at: Option<Instant>,
-    spin_until: Option<Instant>,
-    io_timeout: Duration,
-    /// The current exchange's deadline.
+    /// The current exchange's deadline (`None`: the socket's timeouts as set).
     deadline: Option<Instant>,
     /// The socket's read and write timeouts as last set.
     timeout_set: Duration,
 }
 
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(until) = self.spin_until.take() {
-            loop {
-                match self.socket.read_now(buf) {
-                    Ok(n) => return Ok(self.first_bytes(n)),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(error) => return Err(error),
-                }
-                // Stop once others wait too: their replies, and the server,
-                // need the CPU this loop would take.
-                if Instant::now() >= until || super::spin::crowded() {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
-        self.fit_timeout()?;
-        let n = match &mut self.socket {
-            Socket::Tcp(s) => s.read(buf)?,
-            Socket::Unix(s) => s.read(buf)?,
-        };
-        Ok(self.first_bytes(n))
-    }
-}
-
-impl Stream {
+impl Timed {
     /// Before a blocking call: the socket's timeouts cut to what is left of
-    /// the exchange's deadline (set again only when they differ by more
-    /// than a millisecond, so a reply in one piece costs no system call).
+    /// the deadline (set again only when they differ by more than a
+    /// millisecond, so a reply in one piece costs no system call).
     fn fit_timeout(&mut self) -> io::Result<()> {
         let Some(deadline) = self.deadline else {
             return Ok(());
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(timed_out("no complete reply within IO_TIMEOUT"));
+            return Err(timed_out("the exchange's deadline passed"));
         }
         if remaining + Duration::from_millis(1) < self.timeout_set || remaining > self.timeout_set {
             self.socket.set_timeouts(remaining)?;
@@ -198,16 +168,19 @@ impl Stream {
         }
         Ok(())
     }
+}
 
-    fn first_bytes(&mut self, n: usize) -> usize {
-        if let Some(sent) = self.sent_at.take() {
-            self.spin.record(sent.elapsed());
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.fit_timeout()?;
+        match &mut self.socket {
+            Socket::Tcp(s) => s.read(buf),
+            Socket::Unix(s) => s.read(buf),
         }
-        n
     }
 }
 
-impl Write for Stream {
+impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.fit_timeout()?;
         match &mut self.socket {
@@ -221,6 +194,130 @@ impl Write for Stream {
     }
 }
 
+/// The socket's own `read_now`, as a `Read` rustls can take records from.
+struct DontWait<'a>(&'a Socket);
+
+impl Read for DontWait<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_now(buf)
+    }
+}
+
+type TlsStream = StreamOwned<ClientConnection, Timed>;
+
+/// Plain text, or TLS over the same timed socket (boxed: rustls's state is
+/// large, and plain connections should not carry its size).
+enum Channel {
+    Plain(Timed),
+    Tls(Box<TlsStream>),
+}
+
+impl Channel {
+    fn timed(&mut self) -> &mut Timed {
+        match self {
+            Channel::Plain(timed) => timed,
+            Channel::Tls(tls) => &mut tls.sock,
+        }
+    }
+
+    fn socket(&self) -> &Socket {
+        match self {
+            Channel::Plain(timed) => &timed.socket,
+            Channel::Tls(tls) => &tls.sock.socket,
+        }
+    }
+
+    /// Read what already arrived, without blocking (`WouldBlock` if nothing
+    /// did). Under TLS, records that arrived are decrypted; a record only
+    /// partly there is `WouldBlock` too.
+    fn read_now(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Channel::Plain(timed) => timed.socket.read_now(buf),
+            Channel::Tls(tls) => {
+                match tls.conn.reader().read(buf) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    done => return done,
+                }
+                tls.conn.read_tls(&mut DontWait(&tls.sock.socket))?;
+                tls.conn
+                    .process_new_packets()
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                tls.conn.reader().read(buf)
+            }
+        }
+    }
+}
+
+impl Read for Channel {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Channel::Plain(timed) => timed.read(buf),
+            Channel::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Channel {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Channel::Plain(timed) => timed.write(buf),
+            Channel::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    /// Under TLS, until every record is on the wire: rustls may still hold
+    /// some after `write`.
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Channel::Plain(_) => Ok(()),
+            Channel::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+/// A channel that spins briefly for a reply before blocking, and times
+/// replies for the spin estimate. Each exchange (a request and its whole
+/// reply) has one deadline, `IO_TIMEOUT` after it starts (see `Timed`).
+pub(crate) struct Stream {
+    channel: Channel,
+    spin: Arc<SpinWait>,
+    /// Set by `send`: when the request left, and how long to spin.
+    sent_at: Option<Instant>,
+    spin_until: Option<Instant>,
+    io_timeout: Duration,
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.spin_until.take() {
+            loop {
+                match self.channel.read_now(buf) {
+                    Ok(n) => return Ok(self.first_bytes(n)),
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Err(error),
+                }
+                // Stop once others wait too: their replies, and the server,
+                // need the CPU this loop would take.
+                if Instant::now() >= until || super::spin::crowded() {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let n = self.channel.read(buf)?;
+        Ok(self.first_bytes(n))
+    }
+}
+
+impl Stream {
+    fn first_bytes(&mut self, n: usize) -> usize {
+        if let Some(sent) = self.sent_at.take() {
+            self.spin.record(sent.elapsed());
+        }
+        n
+    }
+}
+
 /// A connection with a read buffer and a request buffer. Requests are
 /// built in `out` and written with one `write` call per exchange.
 pub(crate) struct Connection {
@@ -228,32 +325,113 @@ pub(crate) struct Connection {
     pub(crate) out: Vec<u8>,
     line: Vec<u8>,
     next_opaque: u32,
+    /// A plain TCP connection that has not had a reply yet: if the server
+    /// drops it at the first request, the error says it may want TLS.
+    awaits_first_reply: bool,
 }
 
 impl Connection {
+    /// Connect to `address` and go through `handshake` (TLS, login), all
+    /// within `connect_timeout`. `server` names the server in errors.
     pub(crate) fn open(
         address: &Address,
+        server: &str,
+        handshake: &Handshake,
         connect_timeout: Duration,
         io_timeout: Duration,
         spin: Arc<SpinWait>,
-    ) -> io::Result<Connection> {
-        let socket = Socket::connect(address, connect_timeout)?;
-        socket.set_timeouts(io_timeout)?;
-        let stream = Stream {
+    ) -> Result<Connection> {
+        let deadline = Instant::now() + connect_timeout;
+        let connect_error = |source| Error::Connect {
+            server: server.to_owned(),
+            source,
+        };
+        let socket = Socket::connect(address, deadline).map_err(connect_error)?;
+        let plain_tcp = matches!(socket, Socket::Tcp(_)) && handshake.tls.is_none();
+        socket.set_timeouts(io_timeout).map_err(connect_error)?;
+        let mut timed = Timed {
             socket,
+            deadline: None,
+            timeout_set: io_timeout,
+        };
+        if handshake.confirms() {
+            timed.deadline = Some(deadline);
+        }
+        let channel = match &handshake.tls {
+            None => Channel::Plain(timed),
+            Some(target) => Channel::Tls(Box::new(shake_hands(target, timed, server)?)),
+        };
+        let stream = Stream {
+            channel,
             spin,
             sent_at: None,
             spin_until: None,
             io_timeout,
-            deadline: None,
-            timeout_set: io_timeout,
         };
-        Ok(Connection {
+        let mut conn = Connection {
             reader: BufReader::with_capacity(64 * 1024, stream),
             out: Vec::with_capacity(1024),
             line: Vec::with_capacity(128),
             next_opaque: 0,
-        })
+            awaits_first_reply: plain_tcp,
+        };
+        if handshake.confirms() {
+            conn.confirm(handshake, server)?;
+            conn.reader.get_mut().channel.timed().deadline = None;
+        }
+        Ok(conn)
+    }
+
+    /// The round trip that confirms a new connection: `version`, which a
+    /// server with a login (`-Y`) refuses until it had one; then the login
+    /// if it asks. Credentials are sent only to a server that asks for
+    /// them (one without `-Y` would store them as an item). (Not `mn`: a
+    /// TLS-only port waits for a record header's five bytes before it
+    /// drops a plain-text client.)
+    fn confirm(&mut self, handshake: &Handshake, server: &str) -> Result<()> {
+        let failed = |error: io::Error| opening_failed(server, error);
+        self.write_now(b"version\r\n").map_err(failed)?;
+        let reply = self.read_line().map_err(failed)?;
+        if reply.starts_with(b"VERSION ") {
+            return Ok(());
+        }
+        if reply != b"CLIENT_ERROR unauthenticated" {
+            let reply = String::from_utf8_lossy(reply).into_owned();
+            return Err(Error::protocol(
+                server,
+                format!("unexpected reply {reply:?} to `version`"),
+            ));
+        }
+        let Some(credentials) = &handshake.credentials else {
+            return Err(Error::Auth {
+                server: server.to_owned(),
+                problem: AuthProblem::Required,
+            });
+        };
+        self.write_now(&credentials.login_request()).map_err(failed)?;
+        match self.read_line().map_err(failed)? {
+            b"STORED" => Ok(()),
+            b"CLIENT_ERROR authentication failure" => Err(Error::Auth {
+                server: server.to_owned(),
+                problem: AuthProblem::Rejected {
+                    username: credentials.username.clone(),
+                },
+            }),
+            other => {
+                let reply = String::from_utf8_lossy(other).into_owned();
+                Err(Error::protocol(
+                    server,
+                    format!("unexpected reply {reply:?} to the login"),
+                ))
+            }
+        }
+    }
+
+    /// Write `request` whole, by the deadline set (opening: CONNECT_TIMEOUT's).
+    fn write_now(&mut self, request: &[u8]) -> io::Result<()> {
+        let channel = &mut self.reader.get_mut().channel;
+        channel.write_all(request)?;
+        channel.flush()
     }
 
     /// A fresh opaque token for the next request.
@@ -264,26 +442,37 @@ impl Connection {
 
     /// Whether an idle connection can carry a new request: nothing may be
     /// waiting to be read (an EOF from a restarted server, or bytes that
-    /// belong to nobody) and no buffered reply may be left over.
-    pub(crate) fn is_reusable(&self) -> bool {
+    /// belong to nobody) and no buffered reply may be left over. A TLS
+    /// connection first takes in the records that arrived while it was
+    /// idle: ones that carry no data (TLS 1.3 session tickets, key
+    /// updates) leave it reusable.
+    pub(crate) fn is_reusable(&mut self) -> bool {
         if !self.reader.buffer().is_empty() {
             return false;
         }
+        let channel = &mut self.reader.get_mut().channel;
         let mut poll = libc::pollfd {
-            fd: self.reader.get_ref().socket.raw_fd(),
+            fd: channel.socket().raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: one valid pollfd, zero timeout; the fd is owned by self.
         let ready = unsafe { libc::poll(&mut poll, 1, 0) };
-        ready == 0
+        match channel {
+            Channel::Plain(_) => ready == 0,
+            Channel::Tls(tls) => takes_in_idle_records(tls, ready != 0),
+        }
     }
 
     /// Write the request built in `out`; its exchange's deadline starts.
     pub(crate) fn send(&mut self) -> io::Result<()> {
         let stream = self.reader.get_mut();
-        stream.deadline = Some(Instant::now() + stream.io_timeout).filter(|_| !stream.io_timeout.is_zero());
-        let result = stream.write_all(&self.out);
+        let io_timeout = stream.io_timeout;
+        stream.channel.timed().deadline = Some(Instant::now() + io_timeout).filter(|_| !io_timeout.is_zero());
+        let result = stream
+            .channel
+            .write_all(&self.out)
+            .and_then(|()| stream.channel.flush());
         self.out.clear();
         if self.out.capacity() > MAX_KEPT_BUFFER {
             self.out = Vec::with_capacity(1024);
@@ -294,17 +483,32 @@ impl Connection {
         result
     }
 
+    /// Write a no-op (`mn`) within the current exchange: its deadline
+    /// stays, and its reply is read after the others'.
+    pub(crate) fn send_no_op(&mut self) -> io::Result<()> {
+        self.write_now(b"mn\r\n")
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self.reader.get_ref().channel, Channel::Tls(_))
+    }
+
     /// Read one reply line, without its CRLF.
     pub(crate) fn read_line(&mut self) -> io::Result<&[u8]> {
         self.line.clear();
         loop {
-            let available = self.reader.fill_buf()?;
-            if available.is_empty() {
-                return Err(io::Error::new(
+            let available = match self.reader.fill_buf() {
+                Ok([]) => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "server closed the connection",
-                ));
-            }
+                )),
+                other => other,
+            };
+            let available = match available {
+                Ok(available) => available,
+                Err(error) if self.awaits_first_reply => return Err(dropped_at_first_request(error)),
+                Err(error) => return Err(error),
+            };
             match available.iter().position(|&b| b == b'\n') {
                 Some(end) => {
                     self.line.extend_from_slice(&available[..end]);
@@ -324,6 +528,7 @@ impl Connection {
         if self.line.last() == Some(&b'\r') {
             self.line.pop();
         }
+        self.awaits_first_reply = false;
         Ok(&self.line)
     }
 
@@ -347,5 +552,95 @@ impl Connection {
         }
         value.truncate(size);
         Ok(value)
+    }
+}
+
+/// A TLS handshake on `timed`, by its deadline.
+fn shake_hands(target: &TlsTarget, timed: Timed, server: &str) -> Result<TlsStream> {
+    let conn = ClientConnection::new(Arc::clone(&target.config), target.name.clone()).map_err(|error| Error::Tls {
+        server: server.to_owned(),
+        detail: crate::tls::describe(&error),
+    })?;
+    let mut tls = StreamOwned::new(conn, timed);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|error| opening_failed(server, error))?;
+    }
+    Ok(tls)
+}
+
+/// The error for a new connection that failed before its first request:
+/// what TLS said, if it was TLS; a timeout is CONNECT_TIMEOUT's.
+fn opening_failed(server: &str, error: io::Error) -> Error {
+    if let Some(tls) = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        let mut detail = crate::tls::describe(tls);
+        match tls {
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                detail.push_str(": it requires a client certificate (TLS CERT_FILE and KEY_FILE)");
+            }
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            ) => {
+                detail.push_str(" (not issued by a CA that TLS CA_FILE, or the system, trusts)");
+            }
+            rustls::Error::InvalidMessage(_) => {
+                detail.push_str(": the server did not answer in TLS; is it started with -Z, on this port?");
+            }
+            _ => {}
+        }
+        return Error::Tls {
+            server: server.to_owned(),
+            detail,
+        };
+    }
+    let source = match error.kind() {
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+            timed_out("no TLS handshake and login within CONNECT_TIMEOUT")
+        }
+        _ => error,
+    };
+    Error::Connect {
+        server: server.to_owned(),
+        source,
+    }
+}
+
+/// `error` for a plain connection the server dropped at its first
+/// request: what a TLS-only port does to a plain-text client.
+#[cold]
+fn dropped_at_first_request(error: io::Error) -> io::Error {
+    io::Error::new(
+        error.kind(),
+        format!(
+            "{error}; the server dropped a new connection at its first request \
+             (a TLS-only port does that: then set OPTIONS TLS)"
+        ),
+    )
+}
+
+/// Take in what arrived on an idle TLS connection (if the socket is
+/// `readable`), without blocking: whether it held only records that carry
+/// no data (session tickets, key updates). Application data (also any
+/// rustls still holds), a close_notify, EOF or a bad record make the
+/// connection unfit.
+fn takes_in_idle_records(tls: &mut TlsStream, readable: bool) -> bool {
+    let mut more = readable;
+    loop {
+        if more {
+            match tls.conn.read_tls(&mut DontWait(&tls.sock.socket)) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => more = false,
+                Err(_) => return false,
+            }
+        }
+        match tls.conn.process_new_packets() {
+            Ok(state) if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {}
+            _ => return false,
+        }
+        if !more {
+            return true;
+        }
     }
 }

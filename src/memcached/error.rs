@@ -34,8 +34,22 @@ pub enum Error {
     ValueTooLarge { server: String, size: usize },
     /// `incr`/`decr` on a value memcached cannot treat as a number.
     NotANumber { server: String },
+    /// The TLS handshake failed: the server's certificate was rejected,
+    /// the server refused ours, or it does not speak TLS.
+    Tls { server: String, detail: String },
+    /// The server's login (memcached `-Y`) refused this client.
+    Auth { server: String, problem: AuthProblem },
     /// Bad settings.
     Config(String),
+}
+
+/// Why a server's login refused this client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthProblem {
+    /// The username and password were not accepted.
+    Rejected { username: String },
+    /// The server asks for a login and none is configured.
+    Required,
 }
 
 impl Error {
@@ -50,7 +64,15 @@ impl Error {
                 | Error::Io { .. }
                 | Error::Protocol { .. }
                 | Error::Server { .. }
+                | Error::Tls { .. }
+                | Error::Auth { .. }
         )
+    }
+
+    /// Whether the server refused this client as configured (its TLS or
+    /// its login), which trying again at once will not change.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, Error::Tls { .. } | Error::Auth { .. })
     }
 
     /// Errors after which the stream is still in step: the whole reply was
@@ -121,6 +143,23 @@ impl fmt::Display for Error {
                 f,
                 "the cached value is not an integer memcached can increment or decrement \
                  (it must be stored as an int between 0 and 2**64-1)"
+            ),
+            Error::Tls { server, detail } => write!(f, "TLS with memcached server {server} failed: {detail}"),
+            Error::Auth {
+                server,
+                problem: AuthProblem::Rejected { username },
+            } => write!(
+                f,
+                "memcached server {server} rejected the credentials of user {username:?} \
+                 (OPTIONS USERNAME and PASSWORD)"
+            ),
+            Error::Auth {
+                server,
+                problem: AuthProblem::Required,
+            } => write!(
+                f,
+                "memcached server {server} requires authentication (it runs with -Y): \
+                 set OPTIONS USERNAME and PASSWORD"
             ),
             Error::Config(message) => write!(f, "{message}"),
         }

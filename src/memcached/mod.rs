@@ -9,6 +9,7 @@ mod client;
 mod combine;
 mod connection;
 mod error;
+mod handshake;
 mod item;
 pub mod protocol;
 mod routing;
@@ -17,7 +18,8 @@ mod spin;
 
 pub use address::Address;
 pub use client::{BatchFailure, Client, Entry, StoreOutcome};
-pub use error::{Error, KeyProblem, Result};
+pub use error::{AuthProblem, Error, KeyProblem, Result};
+pub use handshake::{Der, Secret, TlsOptions};
 pub use item::Item;
 pub use protocol::StoreMode;
 pub use routing::Rendezvous;

@@ -6,20 +6,27 @@
 //! mid-reply still has someone else's reply in it, and reusing it is how
 //! the seed bug happens (a `get` returning another request's value).
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use crate::config::seconds;
 use crate::health::Health;
 use crate::pool::{self, Dial, Pool};
+use crate::sync::locked;
 
 use super::address::Address;
-use super::combine::Combiner;
+use super::combine::{Combiner, duplicate};
 use super::connection::Connection;
 use super::error::{Error, Result};
+use super::handshake::{Handshake, Secret, TlsOptions};
 use super::spin::{InFlight, SpinWait};
+
+/// How long a server's refusal of this client (its TLS or its login) is
+/// remembered: calls meanwhile fail with it at once instead of each
+/// dialing and being refused again.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(1);
 
 /// Connection settings shared by every server of a client: the backend's
 /// OPTIONS of the same names (defaults and checks are Python's).
@@ -50,6 +57,14 @@ pub struct Config {
     /// Combine concurrent gets to a server into shared round trips (see
     /// `combine`).
     pub combine_gets: bool,
+    /// TLS to every server (`None`: plain text).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub tls: Option<TlsOptions>,
+    /// Login for a server started with `-Y` (with `password`).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub username: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub password: Option<Secret>,
 }
 
 /// A memcached server: its pool and get combiner.
@@ -60,7 +75,7 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn new(address: Address, config: &Config) -> Server {
+    pub(crate) fn new(address: Address, handshake: Handshake, config: &Config) -> Server {
         let name = address.to_string();
         let limits = pool::Config {
             max_idle: config.pool_size,
@@ -71,8 +86,10 @@ impl Server {
         let dialer = Dialer {
             address,
             name: name.clone(),
+            handshake,
             config: config.clone(),
             spin: Arc::new(SpinWait::new(config.spin_wait)),
+            refusal: Mutex::new(None),
         };
         Server {
             pool: Pool::new(dialer, limits, format!("memcached server {name}")),
@@ -96,6 +113,7 @@ impl Server {
         Ok(Lease {
             conn: self.pool.lease()?,
             health: &self.pool.health,
+            dialer: &self.pool.dialer,
             _in_flight: InFlight::start(),
         })
     }
@@ -106,6 +124,7 @@ impl Server {
 pub(crate) struct Lease<'a> {
     conn: pool::Lease<'a, Dialer>,
     health: &'a Health,
+    dialer: &'a Dialer,
     _in_flight: InFlight,
 }
 
@@ -127,6 +146,11 @@ impl Lease<'_> {
         if error.is_server_failure() {
             self.health.failed(error);
         }
+        // A server with a login refuses every request of a connection
+        // that has none.
+        if error.is_refusal() {
+            self.dialer.remember(error);
+        }
     }
 }
 
@@ -135,8 +159,24 @@ pub(crate) struct Dialer {
     address: Address,
     /// How errors name the server ("127.0.0.1:11211").
     name: String,
+    handshake: Handshake,
     config: Config,
     spin: Arc<SpinWait>,
+    /// The server's last refusal of this client, and when it came.
+    refusal: Mutex<Option<(Instant, Error)>>,
+}
+
+impl Dialer {
+    fn remember(&self, refusal: &Error) {
+        *locked(&self.refusal) = Some((Instant::now(), duplicate(refusal)));
+    }
+
+    /// The refusal still remembered, if any.
+    fn recent_refusal(&self) -> Option<Error> {
+        let refusal = locked(&self.refusal);
+        let (at, error) = refusal.as_ref()?;
+        (at.elapsed() < REFUSAL_MEMORY).then(|| duplicate(error))
+    }
 }
 
 impl Dial for Dialer {
@@ -144,15 +184,22 @@ impl Dial for Dialer {
     type Error = Error;
 
     fn dial(&self) -> Result<Connection> {
+        if let Some(refusal) = self.recent_refusal() {
+            return Err(refusal);
+        }
         let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
-        Connection::open(&self.address, connect, io, Arc::clone(&self.spin)).map_err(|source| Error::Connect {
-            server: self.name.clone(),
-            source,
-        })
+        let spin = Arc::clone(&self.spin);
+        let opened = Connection::open(&self.address, &self.name, &self.handshake, connect, io, spin);
+        if let Err(error) = &opened
+            && error.is_refusal()
+        {
+            self.remember(error);
+        }
+        opened
     }
 
     /// Not stale-closed by a restarted server, and holding no stray bytes.
-    fn is_reusable(&self, conn: &Connection) -> bool {
+    fn is_reusable(&self, conn: &mut Connection) -> bool {
         conn.is_reusable()
     }
 

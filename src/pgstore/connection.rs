@@ -91,7 +91,7 @@ impl Dial for Dialer {
         })
     }
 
-    fn is_reusable(&self, conn: &PgConnection) -> bool {
+    fn is_reusable(&self, conn: &mut PgConnection) -> bool {
         !conn.is_broken() && conn.session.is_alive()
     }
 

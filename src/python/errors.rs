@@ -12,6 +12,7 @@ use pyo3::sync::PyOnceLock;
 use crate::{codec, filestore, memcached, pgstore};
 
 pyo3::import_exception!(racefree.exceptions, CacheConnectionError);
+pyo3::import_exception!(racefree.exceptions, CacheAuthenticationError);
 pyo3::import_exception!(racefree.exceptions, CacheTimeoutError);
 pyo3::import_exception!(racefree.exceptions, CacheProtocolError);
 pyo3::import_exception!(racefree.exceptions, CacheServerError);
@@ -33,7 +34,8 @@ impl From<memcached::Error> for PyErr {
         match error {
             // Keys are checked with `memcached_key` first, which names the key.
             Error::InvalidKey(_) | Error::Config(_) => PyValueError::new_err(message),
-            Error::Connect { .. } | Error::Io { .. } => CacheConnectionError::new_err(message),
+            Error::Connect { .. } | Error::Io { .. } | Error::Tls { .. } => CacheConnectionError::new_err(message),
+            Error::Auth { .. } => CacheAuthenticationError::new_err(message),
             Error::Timeout { .. } => CacheTimeoutError::new_err(message),
             Error::Protocol { .. } => CacheProtocolError::new_err(message),
             Error::Server { .. } => CacheServerError::new_err(message),

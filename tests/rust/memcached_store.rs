@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use racefree::memcached::{Client, Config, Entry, Error, KeyProblem, StoreMode, StoreOutcome};
-use support::Memcached;
+use racefree::memcached::{
+    AuthProblem, Client, Config, Entry, Error, KeyProblem, Secret, StoreMode, StoreOutcome, TlsOptions,
+};
+use racefree::tls::Verify;
+use support::{Memcached, Pki, Security};
 
 fn client(servers: &[&Memcached], config: Config) -> Client {
     let locations: Vec<String> = servers.iter().map(|s| s.location()).collect();
@@ -26,6 +29,9 @@ fn settings() -> Config {
         idle_timeout: Duration::from_secs(60),
         spin_wait: Duration::from_micros(50),
         combine_gets: true,
+        tls: None,
+        username: None,
+        password: None,
     }
 }
 
@@ -432,4 +438,249 @@ fn bad_configuration_is_refused() {
         ..settings()
     };
     assert!(matches!(Client::new(&["a:1"], zero), Err(Error::Config(_))));
+}
+
+// -- TLS and memcached's login ---------------------------------------------------
+
+fn tls_to(ca: &std::path::Path) -> TlsOptions {
+    TlsOptions {
+        verify: Verify::Full,
+        ca_file: Some(ca.to_path_buf()),
+        ca_certs: None,
+        cert_file: None,
+        key_file: None,
+        key_password: None,
+        server_name: None,
+    }
+}
+
+fn secure_server(pki: &Pki) -> Memcached {
+    let authfile = pki.dir.join("authfile");
+    std::fs::write(&authfile, "alice:s3cret\n").unwrap();
+    let security = Security {
+        tls: Some((pki.cert.clone(), pki.key.clone())),
+        login: Some((authfile, "alice".into(), "s3cret".into())),
+    };
+    Memcached::start_secure(security, &[])
+}
+
+fn logged_in(pki: &Pki, password: &str) -> Config {
+    Config {
+        tls: Some(tls_to(&pki.ca)),
+        username: Some("alice".into()),
+        password: Some(Secret(password.into())),
+        ..settings()
+    }
+}
+
+fn connects(c: &Client) -> u64 {
+    c.stats().1[0].3
+}
+
+#[test]
+fn tls_with_login_round_trips_and_pools() {
+    let pki = Pki::new("round-trip");
+    let server = secure_server(&pki);
+    let c = client(&[&server], logged_in(&pki, "s3cret"));
+    let big = vec![7u8; 300_000];
+    c.store(b"big", &big, 0, 0, StoreMode::Set).unwrap();
+    assert_eq!(c.get(b"big").unwrap().unwrap().value, big);
+    let entries: Vec<Entry<'_>> = (0..200)
+        .map(|i| Entry {
+            key: b"many",
+            value: b"x",
+            flags: i,
+        })
+        .collect();
+    c.set_many(&entries[..1], 0).unwrap();
+    assert_eq!(c.incr(b"missing", 1).unwrap(), None);
+    for _ in 0..100 {
+        assert!(c.get(b"many").unwrap().is_some());
+    }
+    assert_eq!(connects(&c), 1, "every call on the one pooled TLS connection");
+}
+
+#[test]
+fn tls_refusals_say_why_and_are_remembered() {
+    let pki = Pki::new("refusals");
+    let server = secure_server(&pki);
+    let wrong = client(&[&server], logged_in(&pki, "wrong"));
+    for _ in 0..50 {
+        match wrong.get(b"k") {
+            Err(Error::Auth {
+                problem: AuthProblem::Rejected { username },
+                ..
+            }) => assert_eq!(username, "alice"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(connects(&wrong), 0, "no dial succeeded");
+    let anonymous = client(
+        &[&server],
+        Config {
+            tls: Some(tls_to(&pki.ca)),
+            ..settings()
+        },
+    );
+    assert!(matches!(
+        anonymous.get(b"k"),
+        Err(Error::Auth {
+            problem: AuthProblem::Required,
+            ..
+        })
+    ));
+    let other = Pki::new("other");
+    let wrong_ca = client(
+        &[&server],
+        Config {
+            tls: Some(tls_to(&other.ca)),
+            ..logged_in(&pki, "s3cret")
+        },
+    );
+    match wrong_ca.get(b"k") {
+        Err(error @ Error::Tls { .. }) => assert!(error.to_string().contains("UnknownIssuer"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let plain = client(&[&server], settings());
+    match plain.get(b"k") {
+        Err(error @ Error::Io { .. }) => assert!(error.to_string().contains("TLS"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn tls_set_many_with_a_refused_value_in_the_middle() {
+    let pki = Pki::new("too-large");
+    let server = secure_server(&pki);
+    let c = client(&[&server], logged_in(&pki, "s3cret"));
+    let big = vec![1u8; 2 << 20];
+    let entries = [
+        Entry {
+            key: b"a",
+            value: b"1",
+            flags: 0,
+        },
+        Entry {
+            key: b"big1",
+            value: &big,
+            flags: 0,
+        },
+        Entry {
+            key: b"b",
+            value: b"2",
+            flags: 0,
+        },
+        Entry {
+            key: b"big2",
+            value: &big,
+            flags: 0,
+        },
+        Entry {
+            key: b"c",
+            value: b"3",
+            flags: 0,
+        },
+    ];
+    let started = Instant::now();
+    let (outcomes, failures) = c.set_many(&entries, 0).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    use StoreOutcome::{Stored, TooLarge};
+    assert_eq!(outcomes, [Stored, TooLarge, Stored, TooLarge, Stored]);
+    assert_eq!(c.get(b"c").unwrap().unwrap().value, b"3");
+    assert_eq!(connects(&c), 1);
+}
+
+/// A TLS server (rustls) that answers `version` and `mg` (a miss). After
+/// its first reply, while the client's connection sits idle in the pool,
+/// it sends a TLS 1.3 key update: a record that carries no data, as the
+/// session tickets a server may send at any time (records must arrive in
+/// order, so tickets, sent at the handshake's end, cannot be held back for
+/// this). After its second reply, it sends a stray reply line. Counts its
+/// connections.
+fn fake_tls_server(pki: &Pki) -> (String, Arc<AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+
+    let certs = vec![CertificateDer::from_pem_file(&pki.cert).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(&pki.key).unwrap();
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let location = listener.local_addr().unwrap().to_string();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(socket) = socket else { return };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let config = Arc::clone(&config);
+            thread::spawn(move || {
+                let tls = rustls::ServerConnection::new(config).unwrap();
+                let mut stream = rustls::StreamOwned::new(tls, socket);
+                let (mut lines, mut replies) = (String::new(), 0);
+                loop {
+                    let mut buf = [0u8; 4096];
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => lines.push_str(&String::from_utf8_lossy(&buf[..n])),
+                    }
+                    while let Some(end) = lines.find("\r\n") {
+                        let line: String = lines.drain(..end + 2).collect();
+                        let reply = if line.starts_with("version") {
+                            "VERSION 1.6.18\r\n".to_string()
+                        } else {
+                            let opaque = line.split_whitespace().find(|t| t.starts_with('O')).unwrap_or("");
+                            format!("EN {opaque}\r\n")
+                        };
+                        stream.write_all(reply.as_bytes()).unwrap();
+                        stream.flush().unwrap();
+                        if !line.starts_with("mg") {
+                            continue;
+                        }
+                        replies += 1;
+                        thread::sleep(Duration::from_millis(50));
+                        if replies == 1 {
+                            stream.conn.refresh_traffic_keys().unwrap();
+                        } else if replies == 2 {
+                            stream.write_all(b"VA 5 f0 O1\r\nstray\r\n").unwrap();
+                        }
+                        stream.flush().unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (location, connections)
+}
+
+#[test]
+fn an_idle_tls_connection_survives_a_key_update_but_not_stray_data() {
+    let pki = Pki::new("fake");
+    let (location, connections) = fake_tls_server(&pki);
+    let config = Config {
+        tls: Some(tls_to(&pki.ca)),
+        ..settings()
+    };
+    let c = Client::new(&[location], config).unwrap();
+    assert!(c.get(b"k").unwrap().is_none());
+    // The key update arrives while the connection is idle: still reusable.
+    thread::sleep(Duration::from_millis(200));
+    assert!(c.get(b"k").unwrap().is_none());
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    // A stray reply arrives while it is idle: closed, and a new one used.
+    thread::sleep(Duration::from_millis(200));
+    assert!(c.get(b"k").unwrap().is_none());
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }

@@ -76,6 +76,7 @@ EXCLUDED = {
     "RacefreeFileBasedCacheTests": _FILE_BASED,
     "RacefreeFileBasedCachePathLibTests": _FILE_BASED,
     "RacefreeMemcachedCacheTests": _MEMCACHED,
+    "RacefreeMemcachedCacheOverTLSTests": _MEMCACHED,
     "ForwardingToMemcachedCacheTests": _MEMCACHED,
 }
 

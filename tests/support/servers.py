@@ -35,19 +35,32 @@ def _process_state(pid):
 class Memcached:
     """A memcached process; ``location`` is what goes into LOCATION.
     ``threads`` is its worker threads (``-t``): memcached's own default
-    unless a benchmark asks for another."""
+    unless a benchmark asks for another.
 
-    def __init__(self, unix_socket=False, memory_mb=64, extra_args=(), threads=4):
+    ``tls=(cert, key)`` makes its port TLS-only (``-Z``); ``ca_cert`` then
+    also requires a client certificate issued under that CA. The harness
+    reads ``stats`` on a second, plain-text port of its own
+    (``admin_port``). ``authfile`` (lines ``user:password``) turns on
+    memcached's login (``-Y``); the harness logs in as its first user."""
+
+    def __init__(self, unix_socket=False, memory_mb=64, extra_args=(), threads=4, tls=None, ca_cert=None,
+                 authfile=None):
         binary = shutil.which("memcached")
         if binary is None:
             raise ServerMissing("memcached is not installed: run `make test` as root, or `apt-get install memcached`")
+        if tls and unix_socket:
+            raise ValueError("memcached speaks TLS on TCP ports only")
         self.binary = binary
         self.memory_mb = memory_mb
         self.extra_args = list(extra_args)
         self.threads = threads
+        self.tls = tls
+        self.ca_cert = ca_cert
+        self.authfile = authfile
         self.tempdir = tempfile.mkdtemp(prefix="racefree-memcached-")
         self.socket_path = os.path.join(self.tempdir, "memcached.sock") if unix_socket else None
         self.port = None if unix_socket else free_port()
+        self.admin_port = free_port() if tls else None
         self.process = None
         self.start()
 
@@ -61,8 +74,19 @@ class Memcached:
         command = [self.binary, "-U", "0", "-m", str(self.memory_mb), "-t", str(self.threads), "-c", "4096"]
         if self.socket_path:
             command += ["-s", self.socket_path, "-a", "0700"]
+        elif self.tls:
+            command += ["-l", f"127.0.0.1:{self.port}", "-l", f"notls:127.0.0.1:{self.admin_port}"]
         else:
             command += ["-l", "127.0.0.1", "-p", str(self.port)]
+        if self.tls:
+            cert, key = self.tls
+            tls_options = f"ssl_chain_cert={cert},ssl_key={key}"
+            if self.ca_cert:
+                # 2: require a client certificate, checked against ssl_ca_cert.
+                tls_options += f",ssl_ca_cert={self.ca_cert},ssl_verify_mode=2"
+            command += ["-Z", "-o", tls_options]
+        if self.authfile:
+            command += ["-Y", self.authfile]
         if os.geteuid() == 0:
             command += ["-u", "root"]
         return command + self.extra_args
@@ -72,8 +96,23 @@ class Memcached:
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             conn.settimeout(1)
             conn.connect(self.socket_path)
-            return conn
-        return socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        else:
+            conn = socket.create_connection(("127.0.0.1", self.admin_port or self.port), timeout=1)
+        if self.authfile:
+            with open(self.authfile) as users:
+                user, _, password = users.readline().rstrip("\n").partition(":")
+            login = f"{user} {password}".encode()
+            conn.sendall(b"set login 0 0 %d\r\n%s\r\n" % (len(login), login))
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = conn.recv(100)
+                if not chunk:
+                    break
+                reply += chunk
+            if reply != b"STORED\r\n":
+                conn.close()
+                raise OSError(f"memcached refused the harness's login: {reply!r}")
+        return conn
 
     def stats(self):
         """The server's ``stats``, as a dict of ints (and strings)."""
@@ -110,6 +149,7 @@ class Memcached:
             self.kill()
             if self.port and not keep_port:
                 self.port = free_port()
+                self.admin_port = self.admin_port and free_port()
         raise RuntimeError(f"memcached did not start on {self.location}")
 
     def pause(self):

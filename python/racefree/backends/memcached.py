@@ -10,8 +10,11 @@ later one.
 """
 
 import math
+import os
 import re
+import ssl
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +37,7 @@ from racefree.backends._options import (
 from racefree.backends._stampede import stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache, is_forever
 from racefree.checks import PROBE_TIMEOUT, unreachable
-from racefree.exceptions import CacheError
+from racefree.exceptions import CacheAuthenticationError, CacheError
 from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
@@ -46,6 +49,89 @@ MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
 MAX_EXPIRY = 2**31 - 1
 
 
+# OPTIONS["TLS"] as a dict: these keys, each optional.
+TLS_KEYS = ("VERIFY", "CA_FILE", "CERT_FILE", "KEY_FILE", "KEY_PASSWORD", "SERVER_NAME")
+# How much of the server's certificate is checked: its chain and name,
+# its chain only, or nothing (encryption only).
+VERIFY_LEVELS = ("full", "ca", "none")
+TLS_SHAPE = f"True, an ssl.SSLContext, or a dict of {', '.join(TLS_KEYS)}"
+
+
+def tls_settings(value: object) -> dict[str, Any] | None:
+    """OPTIONS["TLS"] (or pymemcache's ``tls_context``) as the store takes
+    it: every key present, ``None`` where not set."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if isinstance(value, ssl.SSLContext):
+        return _from_ssl_context(value)
+    if not isinstance(value, dict):
+        raise ValueError(TLS_SHAPE)
+    for key in value:
+        if key not in TLS_KEYS:
+            raise ValueError(f"{TLS_SHAPE} (unknown key {key!r})")
+    verify = value.get("VERIFY", "full")
+    if verify not in VERIFY_LEVELS:
+        raise ValueError(f"{TLS_SHAPE}, with VERIFY one of {', '.join(map(repr, VERIFY_LEVELS))} (not {verify!r})")
+    settings = {"verify": verify, "ca_certs": None}
+    for key in TLS_KEYS[1:]:
+        given = value.get(key)
+        if key.endswith("_FILE") and isinstance(given, os.PathLike):
+            given = os.fspath(given)
+        if given is not None and (not isinstance(given, str) or not given):
+            # KEY_PASSWORD's value is never shown.
+            shown = "" if key == "KEY_PASSWORD" else f", not {given!r}"
+            raise ValueError(f"{TLS_SHAPE}, with {key} a non-empty str{shown}")
+        settings[key.lower()] = given
+    if verify == "none" and settings["ca_file"] is not None:
+        raise ValueError(f"{TLS_SHAPE}, with CA_FILE only when VERIFY is 'full' or 'ca' ('none' checks nothing)")
+    if (settings["cert_file"] is None) != (settings["key_file"] is None):
+        raise ValueError(f"{TLS_SHAPE}, with CERT_FILE and KEY_FILE together (a client certificate and its key)")
+    if settings["key_password"] is not None and settings["key_file"] is None:
+        raise ValueError(f"{TLS_SHAPE}, with KEY_PASSWORD only for a KEY_FILE")
+    return settings
+
+
+def _from_ssl_context(context: ssl.SSLContext) -> dict[str, Any]:
+    """What an ``ssl.SSLContext`` (pymemcache's ``tls_context``) says that
+    rustls can do: the check level and the CA certificates loaded into it
+    (none loaded: the system's). A client certificate loaded into it
+    cannot be read back: give CERT_FILE and KEY_FILE in a TLS dict instead."""
+    if context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        raise ValueError(f"{TLS_SHAPE}; this ssl.SSLContext is a server's (PROTOCOL_TLS_SERVER)")
+    too_old = (ssl.TLSVersion.SSLv3, ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1)
+    if context.maximum_version in too_old:
+        raise ValueError(f"{TLS_SHAPE}; this ssl.SSLContext allows nothing newer than "
+                         f"{context.maximum_version.name}, and racefree speaks TLS 1.2 and 1.3 only")
+    if context.verify_mode == ssl.CERT_NONE:
+        verify = "none"
+    else:
+        verify = "full" if context.check_hostname else "ca"
+    roots = context.get_ca_certs(binary_form=True) if verify != "none" else []
+    return {"verify": verify, "ca_file": None, "ca_certs": roots or None, "cert_file": None, "key_file": None,
+            "key_password": None, "server_name": None}
+
+
+def _unfit(c: str) -> bool:
+    # The login is one line, "<user> <password>", and the authfile's
+    # "user:password": memcached (1.6.18) matches no password with a space
+    # in it, and a line break would end the line.
+    return c.isspace() or unicodedata.category(c) == "Cc"
+
+
+def username(value: object) -> str:
+    if not isinstance(value, str) or not value or any(_unfit(c) or c == ":" for c in value):
+        raise ValueError("a non-empty str without spaces, control characters or ':'")
+    return value
+
+
+def password(value: object) -> str:
+    if not isinstance(value, str) or not value or any(_unfit(c) for c in value):
+        raise ValueError("a non-empty str without spaces or control characters")
+    return value
+
+
 OPTIONS = [
     Option("CONNECT_TIMEOUT", 1.0, positive_number, aliases=("connect_timeout",), store=True),
     Option("IO_TIMEOUT", 1.0, positive_number, aliases=("timeout",), store=True),
@@ -54,6 +140,10 @@ OPTIONS = [
     Option("IDLE_TIMEOUT", 60.0, positive_number, aliases=("pool_idle_timeout",), store=True),
     Option("SPIN_WAIT", 0.00005, non_negative_number, store=True),
     Option("COMBINE_GETS", False, boolean, store=True),
+    # pymemcache's tls_context: Django's PyMemcacheCache passes an ssl.SSLContext.
+    Option("TLS", None, tls_settings, aliases=("tls_context",), store=True, secret=True),
+    Option("USERNAME", None, optional(username), store=True),
+    Option("PASSWORD", None, optional(password), store=True, secret=True),
     Option("IGNORE_EXCEPTIONS", False, boolean, aliases=("ignore_exc",)),
     *serializer_options(),
     *stampede_options(),
@@ -78,6 +168,16 @@ def split_location(location: str | Iterable[str]) -> list[str]:
     return list(location)
 
 
+def _frozen(value: Any) -> Any:
+    """``value`` with its dicts (sorted) and lists as tuples, so that a
+    configuration, TLS settings included, can key the registry of clients."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, _frozen(item)) for key, item in value.items()))
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value)
+    return value
+
+
 class MemcachedCache(RacefreeCache, BaseCache):
     options_spec = OPTIONS
     refused_options = UNSUPPORTED
@@ -92,13 +192,17 @@ class MemcachedCache(RacefreeCache, BaseCache):
         self._write_args = self.get_backend_timeout
         self._servers = split_location(server)
         self._options = options
+        path = f"{type(self).__module__}.{type(self).__qualname__}"
+        if (options["USERNAME"] is None) != (options["PASSWORD"] is None):
+            raise ImproperlyConfigured(f"{path}: OPTIONS['USERNAME'] and OPTIONS['PASSWORD'] go together")
         config = store_settings(options, OPTIONS)
         try:
             self._client = self._store = _clients.get(
-                (tuple(self._servers), *sorted(config.items())), lambda: MemcachedClient(self._servers, config)
+                (tuple(self._servers), *_frozen(config)),
+                lambda: MemcachedClient(self._servers, config),
             )
         except ValueError as exc:
-            raise ImproperlyConfigured(f"{type(self).__module__}.{type(self).__qualname__}: {exc}") from None
+            raise ImproperlyConfigured(f"{path}: {exc}") from None
 
     @property
     def client_servers(self) -> list[str]:
@@ -134,13 +238,17 @@ class MemcachedCache(RacefreeCache, BaseCache):
             raise error
 
     def system_checks(self, alias: str) -> "list[CheckMessage]":
-        """racefree.W001 for each server that does not answer now."""
+        """racefree.W001 for each server that does not answer now (or
+        refuses this client's TLS or login)."""
         probe = {**store_settings(self._options, OPTIONS), "connect_timeout": PROBE_TIMEOUT,
                  "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
         messages: list[CheckMessage] = []
         for server in self._servers:
             try:
                 MemcachedClient([server], probe).has_key("racefree:check")
+            except CacheAuthenticationError as error:
+                hint = "Set OPTIONS USERNAME and PASSWORD to a user of the server's authfile (memcached -Y)."
+                messages.append(unreachable(alias, f"memcached server {server!r}", error, "racefree.W001", hint))
             except CacheError as error:
                 messages.append(unreachable(alias, f"memcached server {server!r}", error, "racefree.W001"))
         return messages

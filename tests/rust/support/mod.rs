@@ -26,8 +26,21 @@ pub struct Memcached {
     pub socket: Option<PathBuf>,
     child: Option<Child>,
     extra: Vec<String>,
+    /// With TLS on `port`: a plain-text port for the harness's `stats`.
+    admin_port: Option<u16>,
+    /// With a login (`-Y`): the user and password the harness logs in as.
+    login: Option<(String, String)>,
     /// Restarts keep their port.
     restarting: bool,
+}
+
+/// TLS and a login for a test server.
+#[derive(Default)]
+pub struct Security {
+    /// Certificate and key: the port speaks TLS only.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// An authfile (`user:password` lines) and the login the harness uses.
+    pub login: Option<(PathBuf, String, String)>,
 }
 
 impl Memcached {
@@ -36,11 +49,26 @@ impl Memcached {
     }
 
     pub fn start_with(extra: &[&str]) -> Memcached {
+        Memcached::start_secure(Security::default(), extra)
+    }
+
+    pub fn start_secure(security: Security, extra: &[&str]) -> Memcached {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some((cert, key)) = &security.tls {
+            extra.extend(["-Z".into(), "-o".into()]);
+            extra.push(format!("ssl_chain_cert={},ssl_key={}", cert.display(), key.display()));
+        }
+        let login = security.login.map(|(authfile, user, password)| {
+            extra.extend(["-Y".into(), authfile.display().to_string()]);
+            (user, password)
+        });
         let mut server = Memcached {
             port: free_port(),
             socket: None,
             child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
+            admin_port: security.tls.map(|_| free_port()),
+            login,
             restarting: false,
         };
         server.spawn();
@@ -56,6 +84,8 @@ impl Memcached {
             socket: Some(dir.join("memcached.sock")),
             child: None,
             extra: Vec::new(),
+            admin_port: None,
+            login: None,
             restarting: false,
         };
         server.spawn();
@@ -77,6 +107,7 @@ impl Memcached {
             // Another process took the port between our probe and the bind.
             if self.socket.is_none() && !self.restarting {
                 self.port = free_port();
+                self.admin_port = self.admin_port.map(|_| free_port());
             }
         }
         panic!("memcached did not start on {}", self.location());
@@ -84,9 +115,14 @@ impl Memcached {
 
     fn try_spawn(&mut self) -> bool {
         let mut command = Command::new("memcached");
-        match &self.socket {
-            Some(path) => command.arg("-s").arg(path).arg("-a").arg("0700"),
-            None => command.args(["-l", "127.0.0.1", "-p", &self.port.to_string()]),
+        match (&self.socket, self.admin_port) {
+            (Some(path), _) => command.arg("-s").arg(path).arg("-a").arg("0700"),
+            (None, Some(admin)) => command
+                .arg("-l")
+                .arg(format!("127.0.0.1:{}", self.port))
+                .arg("-l")
+                .arg(format!("notls:127.0.0.1:{admin}")),
+            (None, None) => command.args(["-l", "127.0.0.1", "-p", &self.port.to_string()]),
         };
         command.args(["-U", "0", "-m", "64", "-t", "2", "-c", "4096"]);
         command.args(&self.extra);
@@ -123,12 +159,22 @@ impl Memcached {
                 (Box::new(stream.try_clone().ok()?), Box::new(stream))
             }
             None => {
-                let stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+                let stream = TcpStream::connect(("127.0.0.1", self.admin_port.unwrap_or(self.port))).ok()?;
                 (Box::new(stream.try_clone().ok()?), Box::new(stream))
             }
         };
+        let mut lines = BufReader::new(reader).lines();
+        if let Some((user, password)) = &self.login {
+            let login = format!("{user} {password}");
+            writer
+                .write_all(format!("set login 0 0 {}\r\n{login}\r\n", login.len()).as_bytes())
+                .ok()?;
+            if lines.next()?.ok()? != "STORED" {
+                return None;
+            }
+        }
         writer.write_all(b"stats\r\n").ok()?;
-        for line in BufReader::new(reader).lines() {
+        for line in lines {
             let line = line.ok()?;
             if line == "END" {
                 break;
@@ -203,6 +249,68 @@ impl Drop for Memcached {
         {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// A throwaway CA and a server certificate for localhost and 127.0.0.1,
+/// made with the `openssl` command in a temp dir (removed on drop).
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("racefree-pki-{}-{}-{name}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Arguments split at spaces: only file names of this directory.
+        let openssl = |args: &str, subject: &str| {
+            let status = Command::new("openssl")
+                .args(args.split_whitespace())
+                .args(["-subj", subject])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("cannot run openssl: install it (apt-get install openssl)");
+            assert!(status.success(), "openssl {args} failed");
+        };
+        let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+        openssl(
+            &format!(
+                "req -x509 {new_key} -days 2 -keyout ca.key -out ca.pem \
+                 -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
+            &format!("/CN={name} CA"),
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("extensions file");
+        openssl(
+            &format!("req -new {new_key} -keyout server.key -out server.csr"),
+            "/CN=localhost",
+        );
+        openssl(
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+             -extfile server.ext -out server.pem",
+            "/CN=localhost",
+        );
+        Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+            dir,
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

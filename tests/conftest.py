@@ -108,6 +108,46 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(line)
 
 
+def backend_builder(request, tmp_path):
+    """``build(**options)`` -> a racefree backend of the kind
+    ``request.param`` names ("memcached", "file" or "database") on one
+    location and key prefix per test, so differently configured instances
+    see each other's entries (for indirectly parametrized fixtures)."""
+    from racefree.backends.db import DatabaseCache
+    from racefree.backends.filebased import FileBasedCache
+    from racefree.backends.memcached import MemcachedCache
+
+    kind = request.param
+    prefix = uuid.uuid4().hex[:8]
+    table = request.getfixturevalue("table") if kind == "database" else None
+
+    def build(**options):
+        params = {"KEY_PREFIX": prefix, "OPTIONS": options}
+        if kind == "memcached":
+            return MemcachedCache(SERVERS["memcached"].location, params)
+        if kind == "file":
+            return FileBasedCache(str(tmp_path), params)
+        return DatabaseCache(table, params)
+
+    return build
+
+
+@pytest.fixture(scope="module")
+def authority():
+    """A throwaway certificate authority of the module's own."""
+    ca = Authority()
+    yield ca
+    ca.close()
+
+
+@pytest.fixture(scope="module")
+def other_authority():
+    """A CA that nothing else here trusts (a "wrong CA")."""
+    ca = Authority("a CA nobody trusts here")
+    yield ca
+    ca.close()
+
+
 @pytest.fixture(scope="session")
 def memcached():
     """The session's memcached (also used by Django's suite)."""

@@ -13,10 +13,10 @@ import os
 import pickle
 import threading
 import time
-import uuid
 import zlib
 
 import pytest
+from conftest import backend_builder
 from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
 from django.core.cache.backends.memcached import PyMemcacheCache
 from django.core.exceptions import ImproperlyConfigured
@@ -24,7 +24,6 @@ from pymemcache.serde import CompressedSerde
 
 from racefree import _core, serialization
 from racefree.backends.db import DatabaseCache
-from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
 from racefree.serialization import (
     CODEC_MARKS,
@@ -49,19 +48,7 @@ def make(request, memcached, tmp_path):
     """make(**options) -> a backend of the parametrized kind on one shared
     location, so differently configured instances see each other's
     entries."""
-    kind = request.param
-    prefix = uuid.uuid4().hex[:8]
-    table = request.getfixturevalue("table") if kind == "database" else None
-
-    def build(**options):
-        params = {"KEY_PREFIX": prefix, "OPTIONS": options}
-        if kind == "memcached":
-            return MemcachedCache(memcached.location, params)
-        if kind == "file":
-            return FileBasedCache(str(tmp_path), params)
-        return DatabaseCache(table, params)
-
-    return build
+    return backend_builder(request, tmp_path)
 
 
 backends = pytest.mark.parametrize("make", ["memcached", "file", "database"], indirect=True)

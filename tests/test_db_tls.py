@@ -15,18 +15,10 @@ import pytest
 from conftest import PKI, SERVERS
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
-from support.certs import Authority
 from support.servers import Postgres
 
 from racefree.backends.db import DatabaseCache
 from racefree.exceptions import CacheError
-
-
-@pytest.fixture(scope="module")
-def authority():
-    ca = Authority()
-    yield ca
-    ca.close()
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +27,6 @@ def tls_server(authority):
     server.create_cache_table()
     yield server
     server.close()
-
-
-@pytest.fixture(scope="module")
-def other_authority():
-    ca = Authority("a CA nobody trusts here")
-    yield ca
-    ca.close()
 
 
 def dsn(server, user="postgres", host="127.0.0.1", **params):

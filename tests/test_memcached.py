@@ -16,6 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import JsonResponse
 from django.test import override_settings
 from support.load import load_threads, run_threads
+from support.secure_memcached import SecureMemcached
+from support.servers import Memcached
 
 from racefree.backends.memcached import MemcachedCache
 from racefree.exceptions import CacheError, ValueTooLargeError
@@ -327,9 +329,24 @@ def test_killed_server_fails_within_the_timeout_and_recovers(fresh_memcached):
     assert time.monotonic() - started < 1.0
 
 
+@pytest.fixture(params=["plain", "tls"])
+def killable_memcached(request):
+    """A memcached of the test's own and the OPTIONS that reach it: plain
+    text, or TLS with a login (certificate and name checked)."""
+    if request.param == "plain":
+        server = Memcached()
+        yield server, {}
+        server.close()
+    else:
+        secure = SecureMemcached()
+        yield secure.server, secure.options()
+        secure.close()
+
+
 @pytest.mark.cross_version
-def test_server_killed_during_load_fails_fast_then_recovers(fresh_memcached):
-    cache = racefree(fresh_memcached.location, CONNECT_TIMEOUT=0.5, IO_TIMEOUT=0.5)
+def test_server_killed_during_load_fails_fast_then_recovers(killable_memcached):
+    fresh_memcached, options = killable_memcached
+    cache = racefree(fresh_memcached.location, **options, CONNECT_TIMEOUT=0.5, IO_TIMEOUT=0.5)
     restarted_at = []
     mismatches, failure_durations, recovered_after = [], [], []
 

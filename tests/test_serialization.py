@@ -3,9 +3,9 @@
 A value this cache must not load is a miss, and is never unpickled."""
 
 import logging
-import uuid
 
 import pytest
+from conftest import backend_builder
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
@@ -37,20 +37,8 @@ def make(request, memcached, tmp_path):
     """make(options) -> a backend of the parametrized kind on one shared
     location, so differently configured instances see each other's
     entries."""
-    kind = request.param
-    prefix = uuid.uuid4().hex[:8]
-    table = request.getfixturevalue("table") if kind == "database" else None
     sprung.clear()
-
-    def build(**options):
-        params = {"KEY_PREFIX": prefix, "OPTIONS": options}
-        if kind == "memcached":
-            return MemcachedCache(memcached.location, params)
-        if kind == "file":
-            return FileBasedCache(str(tmp_path), params)
-        return DatabaseCache(table, params)
-
-    return build
+    return backend_builder(request, tmp_path)
 
 
 backends = pytest.mark.parametrize("make", ["memcached", "file", "database"], indirect=True)

@@ -74,6 +74,7 @@ bench: build bench-deps
 	$(PY) benchmarks/async_bench.py --json build/async_bench.json
 	$(PY) benchmarks/stampede_bench.py --json build/stampede_bench.json
 	$(PY) benchmarks/compression_bench.py --dir build --json build/compression_bench.json
+	$(PY) benchmarks/tls_bench.py --json build/tls_bench.json
 	$(PY) benchmarks/race_table.py
 
 system-deps:

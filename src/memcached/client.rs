@@ -12,7 +12,7 @@ use super::connection::Connection;
 use super::error::{AuthProblem, Error, Result};
 use super::handshake::Handshake;
 use super::item::Item;
-use super::protocol::{self, Reply, Status, StoreMode};
+use super::protocol::{self, Marks, Reply, Status, StoreMode};
 use super::routing::Rendezvous;
 use super::server::{Config, Lease, Server};
 
@@ -44,6 +44,28 @@ pub enum StoreOutcome {
     TooLarge,
     /// The key's server failed (see the batch failures).
     Failed,
+}
+
+/// What `claim` found: the item to serve (None for a placeholder or a
+/// miss), the marks saying who computes, and the CAS token and remaining
+/// TTL a winner gives its turn back with.
+#[derive(Debug)]
+pub struct Claim {
+    pub item: Option<Item>,
+    pub marks: Marks,
+    pub cas: u64,
+    pub ttl: i64,
+}
+
+/// The turn a winner of `claim` gives back (see `Client::give_back`).
+#[derive(Debug, Clone, Copy)]
+pub enum Turn<'a> {
+    /// It won a placeholder (a miss).
+    Placeholder,
+    /// It won an invalidated item.
+    Stale,
+    /// It won the early refresh of this current item, which had `ttl` left.
+    Refresh { flags: u32, value: &'a [u8], ttl: i64 },
 }
 
 pub struct Client {
@@ -240,9 +262,16 @@ impl Client {
                 Reply::Meta {
                     status: Status::Value(size),
                     flags,
+                    marks,
                     ..
                 } => {
                     let value = conn.read_value(size).map_err(io_error(server))?;
+                    if marks.not_current(size, flags) {
+                        if marks.win {
+                            hand_back(conn, server, key)?;
+                        }
+                        return Ok(None);
+                    }
                     Ok(Some(Item { value, flags }))
                 }
                 Reply::Meta {
@@ -255,12 +284,13 @@ impl Client {
 
     /// Several callers' gets as one pipeline on one connection.
     fn get_pipelined(&self, server: &Server, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
-        let op = GetMany { keys };
+        let op = GetMany::new(keys);
         let indexes: Vec<usize> = (0..keys.len()).collect();
         let mut results = vec![None; keys.len()];
         let outcome = send_batch(server, &op, &indexes).and_then(|(lease, first)| {
             finish_batch(server, lease, &op, &indexes, first, &mut results).map_err(|(_, e)| e)
         });
+        self.hand_back_wins(&op);
         match outcome {
             Ok(()) => results.into_iter().map(Ok).collect(),
             Err(error) => {
@@ -280,14 +310,28 @@ impl Client {
         self.meta_flag(key, Some(ttl))
     }
 
+    /// Whether the key holds a current value (an invalidated item or a
+    /// placeholder does not; a touch still reaches it).
     fn meta_flag(&self, key: &[u8], ttl: Option<i64>) -> Result<bool> {
         let result = self.single(
             key,
             |out, opaque| protocol::meta_get(out, key, opaque, false, ttl, false),
-            |_, server, reply| match reply {
+            |conn, server, reply| match reply {
                 Reply::Meta {
-                    status: Status::Stored, ..
-                } => Ok(true),
+                    status: Status::Stored,
+                    size,
+                    flags,
+                    marks,
+                    ..
+                } => {
+                    if !marks.not_current(size.unwrap_or(1), flags) {
+                        return Ok(true);
+                    }
+                    if marks.win {
+                        hand_back(conn, server, key)?;
+                    }
+                    Ok(false)
+                }
                 Reply::Meta {
                     status: Status::Miss, ..
                 } => Ok(false),
@@ -312,7 +356,7 @@ impl Client {
                 Reply::Meta {
                     status: Status::NotStored,
                     ..
-                } if mode == StoreMode::Add => Ok(false),
+                } if mode == StoreMode::Add => add_over_stale(conn, server, key, (flags, value), ttl),
                 Reply::ServerError(message) if message.contains("too large") => {
                     if mode == StoreMode::Set {
                         delete_on(conn, server, key)?;
@@ -464,6 +508,98 @@ impl Client {
         self.stats.other(result)
     }
 
+    /// `get_or_set`'s read: the item, or a placeholder vivified for
+    /// `vivify` seconds when missing, with the marks saying whether this
+    /// caller computes (`win`), must wait (a placeholder it did not win),
+    /// or may serve what it got. With `recache`, the caller that finds
+    /// less than `recache` seconds left wins a refresh. One round trip.
+    pub fn claim(&self, key: &[u8], vivify: i64, recache: Option<i64>) -> Result<Claim> {
+        let result = self.single(
+            key,
+            |out, opaque| protocol::meta_lease_get(out, key, opaque, vivify, recache),
+            |conn, server, reply| match reply {
+                Reply::Meta {
+                    status: Status::Value(size),
+                    flags,
+                    cas,
+                    ttl,
+                    marks,
+                    ..
+                } => {
+                    let value = conn.read_value(size).map_err(io_error(server))?;
+                    let item = (!marks.placeholder(size, flags)).then_some(Item { value, flags });
+                    Ok(Claim {
+                        item,
+                        marks,
+                        cas: cas.unwrap_or(0),
+                        ttl: ttl.unwrap_or(-1),
+                    })
+                }
+                // A miss that was not vivified (another client's delete
+                // raced the get): nothing to serve, no win.
+                Reply::Meta {
+                    status: Status::Miss, ..
+                } => Ok(Claim {
+                    item: None,
+                    marks: Marks::default(),
+                    cas: 0,
+                    ttl: -1,
+                }),
+                other => Err(unexpected(server, other)),
+            },
+        );
+        match &result {
+            Ok(claim) if claim.item.is_some() && !claim.marks.stale => self.stats.looked_up(1, 0),
+            Ok(_) => self.stats.looked_up(0, 1),
+            Err(error) => self.stats.failed(error),
+        }
+        result
+    }
+
+    /// A winner of `claim` that could not compute gives its turn back, so
+    /// the next caller wins at once instead of after the lease: its
+    /// placeholder is deleted, its stale item invalidated again, or its
+    /// refreshing item stored again as it was (`turn`). Each only while
+    /// the item is still the one claimed (`cas`); true if done.
+    pub fn give_back(&self, key: &[u8], cas: u64, turn: Turn<'_>) -> Result<bool> {
+        let result = self.single(
+            key,
+            |out, opaque| match turn {
+                Turn::Placeholder => protocol::meta_delete_if_unchanged(out, key, cas, opaque),
+                Turn::Stale => protocol::meta_invalidate(out, key, opaque, None, Some(cas)),
+                Turn::Refresh { flags, value, ttl } => {
+                    let mode = StoreMode::IfUnchanged(cas);
+                    protocol::meta_set(out, key, value, flags, ttl_to_keep(ttl), mode, opaque)
+                }
+            },
+            |_, server, reply| deleted(server, reply),
+        );
+        self.stats.other(result)
+    }
+
+    /// Mark `key` stale (`md … I`): plain reads miss it from now on, while
+    /// `claim` still serves it, with its win to one caller. With `ttl`, the
+    /// stale item lives that long (memcached's TTL). True if it was there.
+    pub fn invalidate(&self, key: &[u8], ttl: Option<i64>) -> Result<bool> {
+        let result = self.single(
+            key,
+            |out, opaque| protocol::meta_invalidate(out, key, opaque, ttl, None),
+            |_, server, reply| deleted(server, reply),
+        );
+        self.stats.other(result)
+    }
+
+    /// Hand back the wins a batch read was given for stale items.
+    fn hand_back_wins(&self, op: &GetMany<'_>) {
+        let won = op.wins.take();
+        for index in won {
+            let key = op.keys[index];
+            // Best effort: if it fails, the stale item's own TTL ends the
+            // wait for a refresh.
+            let _ = self.on_server(key, |server| self.exchange(server, |conn| hand_back(conn, server, key)));
+        }
+    }
+
     /// Empty every server. Every server is tried; the first error is
     /// returned.
     pub fn flush_all(&self) -> Result<()> {
@@ -523,7 +659,9 @@ impl Client {
     pub fn get_many(&self, keys: &[&[u8]]) -> Result<(Vec<Option<Item>>, Vec<BatchFailure>)> {
         check_keys(keys.iter().copied())?;
         let mut results = vec![None; keys.len()];
-        let failures = self.run_batch(keys, &mut results, &GetMany { keys })?;
+        let op = GetMany::new(keys);
+        let failures = self.run_batch(keys, &mut results, &op)?;
+        self.hand_back_wins(&op);
         let hits = results.iter().filter(|r| r.is_some()).count() as u64;
         self.stats.looked_up(hits, keys.len() as u64 - hits);
         Ok((results, failures))
@@ -667,6 +805,76 @@ fn request(conn: &mut Connection, server: &Server, build: impl FnOnce(&mut Vec<u
     read_reply(conn, server, Some(opaque))
 }
 
+/// A plain read that memcached handed the win for a stale item (the first
+/// `mg` of one takes it) gives the win back by invalidating the item again,
+/// while it is unchanged, so that a `get_or_set` caller refreshes it.
+fn hand_back(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<()> {
+    match request(conn, server, |out, opaque| protocol::meta_standing(out, key, opaque))? {
+        Reply::Meta {
+            status: Status::Stored,
+            cas: Some(cas),
+            marks,
+            ..
+        } if marks.stale => {
+            let reply = request(conn, server, |out, opaque| {
+                protocol::meta_invalidate(out, key, opaque, None, Some(cas))
+            })?;
+            deleted(server, reply).map(drop)
+        }
+        Reply::Meta {
+            status: Status::Stored | Status::Miss,
+            ..
+        } => Ok(()),
+        other => Err(unexpected(server, other)),
+    }
+}
+
+/// How many times `add` retries storing over an item it found not current
+/// while others keep changing it.
+const ADD_ATTEMPTS: usize = 8;
+
+/// `add` found the key taken. An invalidated item or a placeholder is not a
+/// value (plain reads miss it), so the add stores over it, while it is
+/// unchanged; a current value makes it `false`, as memcached's own add.
+fn add_over_stale(conn: &mut Connection, server: &Server, key: &[u8], item: (u32, &[u8]), ttl: i64) -> Result<bool> {
+    let (flags, value) = item;
+    for _ in 0..ADD_ATTEMPTS {
+        let mode = match request(conn, server, |out, opaque| protocol::meta_standing(out, key, opaque))? {
+            Reply::Meta {
+                status: Status::Stored,
+                size,
+                flags: held,
+                cas: Some(cas),
+                marks,
+                ..
+            } => {
+                if !marks.not_current(size.unwrap_or(1), held) {
+                    return Ok(false);
+                }
+                StoreMode::IfUnchanged(cas)
+            }
+            // Gone since: an ordinary add again.
+            Reply::Meta {
+                status: Status::Miss, ..
+            } => StoreMode::Add,
+            other => return Err(unexpected(server, other)),
+        };
+        match request(conn, server, |out, opaque| {
+            protocol::meta_set(out, key, value, flags, ttl, mode, opaque)
+        })? {
+            Reply::Meta {
+                status: Status::Stored, ..
+            } => return Ok(true),
+            Reply::Meta {
+                status: Status::Exists | Status::NotFound | Status::NotStored,
+                ..
+            } => {}
+            other => return Err(unexpected(server, other)),
+        }
+    }
+    Ok(false)
+}
+
 /// An item read for a compare-and-swap: flags, value, CAS token, and the
 /// TTL that keeps its expiry when it is stored again.
 type Versioned = (u32, Vec<u8>, u64, i64);
@@ -802,6 +1010,18 @@ fn opaque_block(conn: &mut Connection, n: usize) -> u32 {
 
 struct GetMany<'a> {
     keys: &'a [&'a [u8]],
+    /// Keys whose stale item this read was handed the win for (see
+    /// `hand_back`).
+    wins: std::cell::RefCell<Vec<usize>>,
+}
+
+impl<'a> GetMany<'a> {
+    fn new(keys: &'a [&'a [u8]]) -> Self {
+        GetMany {
+            keys,
+            wins: std::cell::RefCell::new(Vec::new()),
+        }
+    }
 }
 
 impl BatchOp for GetMany<'_> {
@@ -819,11 +1039,16 @@ impl BatchOp for GetMany<'_> {
                 status: Status::Value(size),
                 flags,
                 opaque,
+                marks,
                 ..
             } => {
                 let index = chunk.item_of(server, opaque)?;
                 let value = conn.read_value(size).map_err(io_error(server))?;
-                out[index] = Some(Item { value, flags });
+                if !marks.not_current(size, flags) {
+                    out[index] = Some(Item { value, flags });
+                } else if marks.win {
+                    self.wins.borrow_mut().push(index);
+                }
                 Ok(())
             }
             other => Err(unexpected(server, other)),

@@ -17,10 +17,10 @@ mod server;
 mod spin;
 
 pub use address::Address;
-pub use client::{BatchFailure, Client, Entry, StoreOutcome};
+pub use client::{BatchFailure, Claim, Client, Entry, StoreOutcome, Turn};
 pub use error::{AuthProblem, Error, KeyProblem, Result};
 pub use handshake::{Der, Secret, TlsOptions};
 pub use item::Item;
-pub use protocol::StoreMode;
+pub use protocol::{Marks, StoreMode};
 pub use routing::Rendezvous;
 pub use server::Config;

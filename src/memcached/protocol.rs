@@ -48,14 +48,13 @@ fn push_opaque(out: &mut Vec<u8>, opaque: u32) {
     push_num(out, opaque);
 }
 
-/// `mg`: with `value`, fetch value and client flags; with `ttl`, also
-/// update the expiry (touch); `quiet` suppresses the miss reply.
+/// `mg`: with `value`, fetch value and client flags, else size and client
+/// flags (enough to tell a placeholder); with `ttl`, also update the
+/// expiry (touch); `quiet` suppresses the miss reply.
 pub fn meta_get(out: &mut Vec<u8>, key: &[u8], opaque: u32, value: bool, ttl: Option<i64>, quiet: bool) {
     out.extend_from_slice(b"mg ");
     out.extend_from_slice(key);
-    if value {
-        out.extend_from_slice(b" v f");
-    }
+    out.extend_from_slice(if value { b" v f" } else { b" s f" });
     if let Some(ttl) = ttl {
         out.extend_from_slice(b" T");
         push_num(out, ttl);
@@ -89,6 +88,52 @@ pub fn meta_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], flags: u32, ttl: i6
     push_opaque(out, opaque);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `mg` for `get_or_set`: value, client flags, CAS token and remaining
+/// TTL, vivifying a miss into a placeholder for `vivify` seconds (`N`), and
+/// with `recache`, handing one caller the refresh once the remaining TTL
+/// drops below it (`R`). The reply's marks say who computes.
+pub fn meta_lease_get(out: &mut Vec<u8>, key: &[u8], opaque: u32, vivify: i64, recache: Option<i64>) {
+    out.extend_from_slice(b"mg ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b" v f c t N");
+    push_num(out, vivify);
+    if let Some(recache) = recache {
+        out.extend_from_slice(b" R");
+        push_num(out, recache);
+    }
+    push_opaque(out, opaque);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `mg` for an item's standing, without its value: size, client flags and
+/// CAS token (the marks come with every reply).
+pub fn meta_standing(out: &mut Vec<u8>, key: &[u8], opaque: u32) {
+    out.extend_from_slice(b"mg ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b" s f c");
+    push_opaque(out, opaque);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `md … I`: mark an item stale instead of deleting it; readers asking for
+/// marks see `X`, and the next `mg` gets the win. With `ttl`, also set its
+/// remaining life; with `cas`, only while the item is still that one.
+pub fn meta_invalidate(out: &mut Vec<u8>, key: &[u8], opaque: u32, ttl: Option<i64>, cas: Option<u64>) {
+    out.extend_from_slice(b"md ");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b" I");
+    if let Some(ttl) = ttl {
+        out.extend_from_slice(b" T");
+        push_num(out, ttl);
+    }
+    if let Some(cas) = cas {
+        out.extend_from_slice(b" C");
+        push_num(out, cas);
+    }
+    push_opaque(out, opaque);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -162,6 +207,33 @@ pub enum Status {
     NoOp,
 }
 
+/// The stampede marks memcached puts on a meta get's reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Marks {
+    /// `W`: this caller won the right to (re)compute the item.
+    pub win: bool,
+    /// `X`: the item was invalidated (marked stale).
+    pub stale: bool,
+    /// `Z`: another caller already won; it is computing.
+    pub taken: bool,
+}
+
+impl Marks {
+    /// Whether an item with these marks, `size` bytes and client `flags`
+    /// is a placeholder left by a vivifying get (`N`) rather than a value:
+    /// empty, flags 0, and its win handed out. (A stored empty byte string
+    /// looks the same only while its own refresh is under way, and then
+    /// reads as a miss, which a cache may always return.)
+    pub fn placeholder(self, size: usize, flags: u32) -> bool {
+        size == 0 && flags == 0 && (self.win || self.taken)
+    }
+
+    /// Whether a plain read must not return the item as current.
+    pub fn not_current(self, size: usize, flags: u32) -> bool {
+        self.stale || self.placeholder(size, flags)
+    }
+}
+
 /// One parsed reply line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -173,6 +245,9 @@ pub enum Reply {
         cas: Option<u64>,
         /// The item's remaining TTL in seconds (-1: none), when asked for (`t`).
         ttl: Option<i64>,
+        /// The item's size, when asked for (`s`) without its value.
+        size: Option<usize>,
+        marks: Marks,
     },
     ClientError(String),
     ServerError(String),
@@ -218,9 +293,18 @@ pub fn parse_reply(line: &[u8]) -> Reply {
     let mut opaque = None;
     let mut cas = None;
     let mut ttl = None;
+    let mut size = None;
+    let mut marks = Marks::default();
     for token in tokens {
         let (letter, value) = (token[0], &token[1..]);
         match letter {
+            b'W' => marks.win = true,
+            b'X' => marks.stale = true,
+            b'Z' => marks.taken = true,
+            b's' => match parse_num(value) {
+                Some(s) => size = Some(s),
+                None => return Reply::Garbage(lossy(line)),
+            },
             b'f' => match parse_num(value) {
                 Some(f) => flags = f,
                 None => return Reply::Garbage(lossy(line)),
@@ -246,6 +330,8 @@ pub fn parse_reply(line: &[u8]) -> Reply {
         opaque,
         cas,
         ttl,
+        size,
+        marks,
     }
 }
 
@@ -264,7 +350,17 @@ mod tests {
         meta_noop(&mut out);
         assert_eq!(
             out,
-            b"mg k v f O7\r\nmg k T-1 q O8\r\nms k 3 T300 F16 ME O9\r\nval\r\nmd k q O10\r\nma k MD D5 v O11\r\nmn\r\n"
+            b"mg k v f O7\r\nmg k s f T-1 q O8\r\nms k 3 T300 F16 ME O9\r\nval\r\nmd k q O10\r\nma k MD D5 v O11\r\nmn\r\n"
+        );
+        out.clear();
+        meta_lease_get(&mut out, b"k", 1, 11, None);
+        meta_lease_get(&mut out, b"k", 2, 11, Some(5));
+        meta_standing(&mut out, b"k", 3);
+        meta_invalidate(&mut out, b"k", 4, Some(30), None);
+        meta_invalidate(&mut out, b"k", 5, None, Some(9));
+        assert_eq!(
+            out,
+            b"mg k v f c t N11 O1\r\nmg k v f c t N11 R5 O2\r\nmg k s f c O3\r\nmd k I T30 O4\r\nmd k I C9 O5\r\n"
         );
     }
 
@@ -277,7 +373,9 @@ mod tests {
                 flags: 16,
                 opaque: Some(7),
                 cas: None,
-                ttl: None
+                ttl: None,
+                size: None,
+                marks: Marks::default()
             }
         );
         assert_eq!(
@@ -287,7 +385,9 @@ mod tests {
                 flags: 0,
                 opaque: Some(5),
                 cas: None,
-                ttl: None
+                ttl: None,
+                size: None,
+                marks: Marks::default()
             }
         );
         assert_eq!(
@@ -297,7 +397,9 @@ mod tests {
                 flags: 0,
                 opaque: None,
                 cas: None,
-                ttl: None
+                ttl: None,
+                size: None,
+                marks: Marks::default()
             }
         );
         assert_eq!(
@@ -307,9 +409,38 @@ mod tests {
                 flags: 1,
                 opaque: Some(3),
                 cas: Some(4_294_967_296),
-                ttl: Some(-1)
+                ttl: Some(-1),
+                size: None,
+                marks: Marks::default()
             }
         );
+        // memcached 1.6.18's replies to a vivifying get, a get of the
+        // placeholder, and a get of an invalidated item.
+        let reply = |line: &[u8]| match parse_reply(line) {
+            Reply::Meta {
+                status, size, marks, ..
+            } => (status, size, marks),
+            other => panic!("{other:?}"),
+        };
+        let marks = |win, stale, taken| Marks { win, stale, taken };
+        assert_eq!(
+            reply(b"VA 0 f0 c1 t-1 O1 W"),
+            (Status::Value(0), None, marks(true, false, false))
+        );
+        assert_eq!(
+            reply(b"HD s0 f0 c10 t30 Z"),
+            (Status::Stored, Some(0), marks(false, false, true))
+        );
+        assert_eq!(
+            reply(b"VA 3 f16 c3 t30 O9 Z X"),
+            (Status::Value(3), None, marks(false, true, true))
+        );
+        assert!(marks(true, false, false).placeholder(0, 0));
+        assert!(marks(false, false, true).placeholder(0, 0));
+        assert!(!marks(false, false, false).placeholder(0, 0));
+        assert!(!marks(false, false, true).placeholder(0, 16));
+        assert!(marks(false, true, false).not_current(3, 16));
+        assert!(matches!(parse_reply(b"HD sx"), Reply::Garbage(_)));
         assert_eq!(
             parse_reply(b"SERVER_ERROR object too large for cache"),
             Reply::ServerError("object too large for cache".into())

@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use super::aio;
 use super::errors::memcached_key;
 use super::{Delta, settings};
-use crate::memcached::{BatchFailure, Client, Entry, Item, StoreMode, StoreOutcome};
+use crate::memcached::{BatchFailure, Client, Entry, Item, StoreMode, StoreOutcome, Turn};
 
 /// A pooled, thread-safe memcached client. Values are `(flags, bytes)`
 /// pairs; the flags are pymemcache's serializer flags, set in Python.
@@ -272,6 +272,38 @@ store_methods! {
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> Batch<()> {
             let failures = client.delete_many(&memcached_keys(&keys)?)?;
             Ok(Batch::new(keys, (), failures))
+        }
+
+        /// `get_or_set`'s one round trip: `(item, win, stale, cas, ttl)`.
+        /// `item` is `(flags, value)`, or None while another caller computes
+        /// it (a placeholder); `win`: this caller computes (a miss, which
+        /// left a placeholder for `vivify` seconds; the stale item; or, with
+        /// `recache`, the refresh of an item with less than that left).
+        fn claim / aclaim(key: PyBackedStr, vivify: i64, recache: Option<i64>) -> (Option<(u32, aio::Bytes)>, bool, bool, u64, i64) {
+            let claim = client.claim(memcached_key(&key)?, vivify, recache)?;
+            let item = claim.item.map(|item| (item.flags, aio::Bytes(item.value)));
+            Ok((item, claim.marks.win, claim.marks.stale, claim.cas, claim.ttl))
+        }
+
+        /// A winner that could not compute gives its turn back, so that
+        /// the next caller wins: `item` None gives back a placeholder,
+        /// `stale` an invalidated item, else the refresh of `item`
+        /// (stored again, with `ttl` left). Only while the key still has
+        /// `cas`; True if given back.
+        fn give_back / agive_back(key: PyBackedStr, cas: u64, item: Option<Value>, stale: bool, ttl: i64) -> bool {
+            let turn = match (&item, stale) {
+                (None, _) => Turn::Placeholder,
+                (Some(_), true) => Turn::Stale,
+                (Some((flags, value)), false) => Turn::Refresh { flags: *flags, value, ttl },
+            };
+            Ok(client.give_back(memcached_key(&key)?, cas, turn)?)
+        }
+
+        /// Mark stale (plain reads miss it; `claim` serves it while one
+        /// caller refreshes it), to live `write` more seconds as memcached
+        /// takes a TTL. True if the key was there.
+        fn invalidate / ainvalidate(key: PyBackedStr, write: i64) -> bool {
+            Ok(client.invalidate(memcached_key(&key)?, Some(write))?)
         }
 
         /// Empty every server (memcached `flush_all`).

@@ -335,6 +335,19 @@ class StampedeSafe(_CacheBase):
                 return value
 
     @store_operation
+    def invalidate(self, key: Any, version: int | None = None) -> Generator[Any, Any, bool]:
+        """Mark the value outdated, so that get_or_set recomputes it once.
+        Here a delete: the next get_or_set callers wait for the one that
+        recomputes it (only memcached can serve them the old value
+        meanwhile). True if the key was there."""
+        deleted: bool = yield self.delete, (key, version)
+        return deleted
+
+    if TYPE_CHECKING:
+
+        async def ainvalidate(self, key: Any, version: int | None = None) -> bool: ...
+
+    @store_operation
     def _added(self, key: Any, value: Any, timeout: float | None, version: int | None) -> Generator[Any, Any, Any]:
         """Django's ending: add (someone else's value wins), then read back."""
         yield self.add, (key, value, timeout, version)

@@ -217,6 +217,22 @@ class ForwardingCache(BaseCache):
                 return bool(await target.a_delete_if(key, value, version))
             return await target.aget(key, None, version) == value and bool(await target.adelete(key, version))
 
+    def invalidate(self, key: Any, version: int | None = None) -> bool:
+        """The target's invalidate (racefree's backends), else a delete."""
+        with self._core.lease() as leased:
+            target = cast(BaseCache, leased)
+            if hasattr(target, "invalidate"):
+                return bool(target.invalidate(key, version))
+            return bool(target.delete(key, version))
+
+    async def ainvalidate(self, key: Any, version: int | None = None) -> bool:
+        """See invalidate."""
+        with self._core.lease() as leased:
+            target = cast(BaseCache, leased)
+            if hasattr(target, "ainvalidate"):
+                return bool(await target.ainvalidate(key, version))
+            return bool(await target.adelete(key, version))
+
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.E005 if the forwarded alias is missing from CACHES."""
         if self._alias in getattr(settings, "CACHES", {}):

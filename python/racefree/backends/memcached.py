@@ -9,13 +9,14 @@ exchange, so a timed-out or failed call can never hand its reply to a
 later one.
 """
 
+import logging
 import math
 import os
 import re
 import ssl
 import time
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
@@ -34,7 +35,8 @@ from racefree.backends._options import (
     positive_number,
     store_settings,
 )
-from racefree.backends._stampede import stampede_options
+from racefree.backends._ops import store_operation, with_async_twins
+from racefree.backends._stampede import MISSING, _Pause, stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache, is_forever
 from racefree.checks import PROBE_TIMEOUT, unreachable
 from racefree.exceptions import CacheAuthenticationError, CacheError
@@ -43,10 +45,19 @@ from racefree.serialization import serializer_options
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
 
+logger = logging.getLogger("racefree")
+
 # Memcached reads expiry times above 30 days as Unix timestamps.
 MAX_RELATIVE_TTL = 60 * 60 * 24 * 30
 # memcached keeps an absolute expiry in a signed 32-bit number.
 MAX_EXPIRY = 2**31 - 1
+
+#: First and longest pause between the re-reads of a get_or_set caller
+#: waiting for another's value. A re-read is one small round trip, so the
+#: wait stays short: a waiter gets the value at most LONGEST_POLL after it
+#: is stored (benchmarks/stampede_bench.py measures the choice).
+FIRST_POLL = 0.001
+LONGEST_POLL = 0.01
 
 
 # OPTIONS["TLS"] as a dict: these keys, each optional.
@@ -178,6 +189,7 @@ def _frozen(value: Any) -> Any:
     return value
 
 
+@with_async_twins
 class MemcachedCache(RacefreeCache, BaseCache):
     options_spec = OPTIONS
     refused_options = UNSUPPORTED
@@ -231,6 +243,119 @@ class MemcachedCache(RacefreeCache, BaseCache):
         # Memcached's clock ticks in whole seconds: a TTL of n ends within
         # (n - 1, n] seconds, so one more keeps a lock at least its lease.
         return math.ceil(lease) + 1
+
+    @store_operation
+    def get_or_set(
+        self, key: Any, default: Any | None, timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
+        """Django's get_or_set, stampede-safe in memcached's own meta
+        protocol: one ``mg`` reads the value, or on a miss leaves a
+        placeholder (for LOCK_LEASE) and tells exactly one caller to compute
+        (``W``); the others re-read until its value is there. An
+        invalidated value, or with EARLY_REFRESH one close to expiry, is
+        served to everyone while one caller recomputes it. A hit is one
+        round trip. If the computation raises, its caller gets the
+        exception and the turn passes to the next caller at once."""
+        if not callable(default):
+            # Django's: a value given outright is added, never waited for.
+            value = yield self.get, (key, MISSING, version)
+            if value is not MISSING:
+                return value
+            yield self.add, (key, default, timeout, version)
+            return (yield self.get, (key, default, version))
+        made = self._key(key, version)
+        recache = self._recache_below(timeout)
+        vivify = self.lock_entry_timeout(self._stampede.lease)
+        deadline = 0.0
+        pause = FIRST_POLL
+        while True:
+            try:
+                item, won, stale, cas, ttl = yield self._store.claim, (made, vivify, recache)
+            except CacheError as error:
+                # Only with IGNORE_EXCEPTIONS: compute, as Django would.
+                self._server_failed("get_or_set", error)
+                return default()
+            if won:
+                return (yield self._computed, (key, made, default, timeout, version, (item, cas, stale, ttl)))
+            if item is not None:
+                value = self._decode_or(MISSING, made, item)
+                if value is not MISSING:
+                    return value
+                # Unreadable (logged): a miss that no one else computes.
+                return (yield self._computed, (key, made, default, timeout, version, None))
+            if not deadline:
+                deadline = time.monotonic() + self._stampede.wait
+            left = deadline - time.monotonic()
+            if left <= 0:
+                logger.warning("get_or_set %r: waited %ss for another caller's value; computing", key,
+                               self._stampede.wait)
+                return (yield self._computed, (key, made, default, timeout, version, None))
+            yield _Pause.sleep, (min(pause, left),)
+            pause = min(pause * 2, LONGEST_POLL)
+
+    def _recache_below(self, timeout: float | None) -> int | None:
+        """With EARLY_REFRESH, the ``R`` of get_or_set's ``mg``: the
+        remaining TTL, in memcached's whole seconds, below which one caller
+        refreshes. memcached counts a TTL down on a clock that ticks once a
+        second, so one more second keeps a refresh from starting late (it
+        may start up to a second early), and a refresh never starts as soon
+        as the value is stored."""
+        window = self._refresh_window(timeout)
+        if not window:
+            return None
+        below = math.ceil(window) + 1
+        ttl = self.get_backend_timeout(timeout)
+        if ttl <= MAX_RELATIVE_TTL:
+            below = min(below, ttl - 1)
+        return below if below >= 1 else None
+
+    @store_operation
+    def _computed(
+        self,
+        key: Any,
+        made: str,
+        default: Callable[[], Any],
+        timeout: float | None,
+        version: int | None,
+        turn: tuple[Any, int, bool, int] | None,
+    ) -> Generator[Any, Any, Any]:
+        """The value ``default()`` computes, stored (which replaces the
+        placeholder or stale item). If it raises, the ``turn`` won
+        (item, cas, stale, ttl) is given back, so that the next caller
+        computes instead of waiting out the lease, and stale readers keep
+        their old value meanwhile."""
+        try:
+            value = default()
+        except BaseException:
+            if turn is not None:
+                item, cas, stale, ttl = turn
+                try:
+                    yield self._store.give_back, (made, cas, item, stale, ttl)
+                except CacheError as error:
+                    logger.warning("get_or_set %r: the computation failed and its turn could not be given back "
+                                   "(%s); the next caller computes after LOCK_LEASE", key, error)
+            raise
+        yield self.set, (key, value, timeout, version)
+        return value
+
+    @store_operation
+    def invalidate(self, key: Any, version: int | None = None) -> Generator[Any, Any, bool]:
+        """Mark the value outdated without deleting it (memcached's
+        ``md … I``): plain reads (get, get_many, has_key) miss it at once,
+        add stores over it, and get_or_set serves it to every caller while
+        exactly one recomputes it. It is served so for at most LOCK_LEASE
+        seconds. True if the key was there."""
+        key = self._key(key, version)
+        try:
+            invalidated: bool = yield self._store.invalidate, (key, self.lock_entry_timeout(self._stampede.lease))
+        except CacheError as error:
+            self._server_failed("invalidate", error)
+            return False
+        return invalidated
+
+    if TYPE_CHECKING:
+
+        async def ainvalidate(self, key: Any, version: int | None = None) -> bool: ...
 
     def validate_key(self, key: str) -> None:
         error = memcached_key_error(key)

@@ -452,3 +452,19 @@ def test_stampede_options_are_checked(memcached):
         with pytest.raises(ImproperlyConfigured, match=name):
             MemcachedCache(memcached.location, {"OPTIONS": {name: bad}})
 
+
+
+def test_invalidate_makes_get_or_set_recompute_on_every_backend(spec):
+    cache = make(spec)
+    cache.set("k", "old", 600)
+    assert cache.invalidate("k") is True
+    assert cache.invalidate("missing") is False
+    assert cache.get("k") is None and not cache.has_key("k")
+    assert cache.get_or_set("k", lambda: "new", 600) == "new"
+    assert cache.get("k") == "new"
+
+    async def again():
+        assert await cache.ainvalidate("k") is True
+        return await cache.aget_or_set("k", lambda: "newer", 600)
+
+    assert asyncio.run(again()) == "newer"

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use racefree::memcached::{
-    AuthProblem, Client, Config, Entry, Error, KeyProblem, Secret, StoreMode, StoreOutcome, TlsOptions,
+    AuthProblem, Client, Config, Entry, Error, KeyProblem, Secret, StoreMode, StoreOutcome, TlsOptions, Turn,
 };
 use racefree::tls::Verify;
 use support::{Memcached, Pki, Security};
@@ -71,6 +71,64 @@ fn single_key_operations() {
 
 /// Compare-and-swap and compare-and-delete: a concurrent writer's value is
 /// never overwritten or deleted.
+#[test]
+fn claims_give_one_caller_the_win() {
+    let server = Memcached::start();
+    let c = client(&[&server], settings());
+    // A miss: the first claim wins a placeholder, the next is told to wait.
+    let first = c.claim(b"k", 10, None).unwrap();
+    assert!(first.item.is_none() && first.marks.win);
+    let second = c.claim(b"k", 10, None).unwrap();
+    assert!(second.item.is_none() && !second.marks.win && second.marks.taken);
+    // Plain reads see no value in a placeholder.
+    assert_eq!(c.get(b"k").unwrap(), None);
+    assert!(!c.contains(b"k").unwrap());
+    // The winner gives its turn back: the next claim wins at once.
+    assert!(c.give_back(b"k", first.cas, Turn::Placeholder).unwrap());
+    let third = c.claim(b"k", 10, None).unwrap();
+    assert!(third.marks.win);
+    assert!(c.store(b"k", b"v", 16, 100, StoreMode::Set).unwrap());
+    let hit = c.claim(b"k", 10, None).unwrap();
+    assert_eq!(hit.item.map(|i| (i.value, i.flags)), Some((b"v".to_vec(), 16)));
+    assert!(!hit.marks.win && !hit.marks.taken);
+    // Early refresh: one claim below the remaining TTL wins, with the value.
+    let refresh = c.claim(b"k", 10, Some(1000)).unwrap();
+    assert!(refresh.marks.win && refresh.item.is_some());
+    let other = c.claim(b"k", 10, Some(1000)).unwrap();
+    assert!(!other.marks.win && other.marks.taken && other.item.is_some());
+    let turn = Turn::Refresh {
+        flags: 16,
+        value: b"v",
+        ttl: refresh.ttl,
+    };
+    assert!(c.give_back(b"k", refresh.cas, turn).unwrap());
+    assert!(c.claim(b"k", 10, Some(1000)).unwrap().marks.win);
+}
+
+#[test]
+fn invalidated_items_are_served_only_to_claims() {
+    let server = Memcached::start();
+    let c = client(&[&server], settings());
+    assert!(!c.invalidate(b"k", Some(30)).unwrap());
+    assert!(c.store(b"k", b"old", 0, 100, StoreMode::Set).unwrap());
+    assert!(c.invalidate(b"k", Some(30)).unwrap());
+    // A plain get misses it, and passes on the win memcached gave it.
+    assert_eq!(c.get(b"k").unwrap(), None);
+    let (found, failures) = c.get_many(&[&b"k"[..]]).unwrap();
+    assert!(found == vec![None] && failures.is_empty());
+    let winner = c.claim(b"k", 10, None).unwrap();
+    assert!(winner.marks.win && winner.marks.stale);
+    assert_eq!(winner.item.as_ref().map(|i| i.value.as_slice()), Some(&b"old"[..]));
+    let reader = c.claim(b"k", 10, None).unwrap();
+    assert!(!reader.marks.win && reader.marks.stale && reader.item.is_some());
+    // Given back: the next claim wins; an add stores over the stale item.
+    assert!(c.give_back(b"k", winner.cas, Turn::Stale).unwrap());
+    assert!(c.claim(b"k", 10, None).unwrap().marks.win);
+    assert!(c.store(b"k", b"added", 0, 100, StoreMode::Add).unwrap());
+    assert_eq!(c.get(b"k").unwrap().map(|i| i.value), Some(b"added".to_vec()));
+    assert!(!c.store(b"k", b"again", 0, 100, StoreMode::Add).unwrap());
+}
+
 #[test]
 fn update_and_delete_if_respect_other_writers() {
     let server = Memcached::start();

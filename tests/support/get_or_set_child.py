@@ -9,7 +9,10 @@ SPEC: ``backend`` (import path), ``location``, ``params``, ``databases``
 the computation takes), ``calls`` (a file each computation appends one line
 to, with O_APPEND, so every process counts in one place) and ``mode``:
 ``compute`` returns ``value-<pid>``; ``hang`` records its start and never
-returns (the test kills the process).
+returns (the test kills the process); ``loop`` calls ``get_or_set`` (with
+``ttl``) until ``duration`` seconds after ``start_at``, pausing ``pace``
+seconds between calls, and reports each call as ``[start, seconds,
+computed, value]`` (its computation returns ``value-<pid>-<n>``).
 """
 
 import json
@@ -47,6 +50,10 @@ def main(spec):
 
     results = []
     lock = threading.Lock()
+    if spec["mode"] == "loop":
+        run_loop(spec, backend_class, results, lock)
+        json.dump(results, sys.stdout)
+        return
 
     def call():
         # Each thread its own backend object, as Django's caches[...] gives.
@@ -67,6 +74,42 @@ def main(spec):
     for thread in threads:
         thread.join()
     json.dump(results, sys.stdout)
+
+
+def run_loop(spec, backend_class, results, lock):
+    """The ``loop`` mode: every thread calls get_or_set on the hot key until
+    the end of the run."""
+    serial = iter(range(1, 1_000_000))
+    mine = threading.local()
+
+    def compute():
+        mine.computed = True
+        record_call(spec["calls"], f"start {time.time():.6f}")
+        time.sleep(spec["sleep"])
+        return f"value-{os.getpid()}-{next(serial)}"
+
+    def call():
+        cache = backend_class(spec["location"], spec["params"])
+        calls = []
+        time.sleep(max(0.0, spec["start_at"] - time.time()))
+        end = spec["start_at"] + spec["duration"]
+        while time.time() < end:
+            mine.computed = False
+            began, started = time.time(), time.monotonic()
+            try:
+                value = cache.get_or_set(spec["key"], compute, spec["ttl"])
+            except Exception as error:  # reported, and the test asserts there are none
+                value = f"error {type(error).__name__}: {error}"
+            calls.append([began, time.monotonic() - started, mine.computed, value])
+            time.sleep(spec["pace"])
+        with lock:
+            results.extend(calls)
+
+    threads = [threading.Thread(target=call) for _ in range(spec["threads"])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from racefree._core import MemcachedClient
 from racefree._keys import memcached_key_error
+from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import (
     Option,
     boolean,
@@ -35,7 +36,6 @@ from racefree.backends._options import (
     positive_number,
     store_settings,
 )
-from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._stampede import MISSING, _Pause, stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache, is_forever
 from racefree.checks import PROBE_TIMEOUT, unreachable
@@ -207,6 +207,8 @@ class MemcachedCache(RacefreeCache, BaseCache):
         path = f"{type(self).__module__}.{type(self).__qualname__}"
         if (options["USERNAME"] is None) != (options["PASSWORD"] is None):
             raise ImproperlyConfigured(f"{path}: OPTIONS['USERNAME'] and OPTIONS['PASSWORD'] go together")
+        # get_or_set's placeholder (and an invalidated value) lives a lease.
+        self._placeholder_ttl = self.lock_entry_timeout(self._stampede.lease)
         config = store_settings(options, OPTIONS)
         try:
             self._client = self._store = _clients.get(
@@ -264,8 +266,8 @@ class MemcachedCache(RacefreeCache, BaseCache):
             yield self.add, (key, default, timeout, version)
             return (yield self.get, (key, default, version))
         made = self._key(key, version)
-        recache = self._recache_below(timeout)
-        vivify = self.lock_entry_timeout(self._stampede.lease)
+        recache = self._recache_below(timeout) if self._stampede.early_refresh else None
+        vivify = self._placeholder_ttl
         deadline = 0.0
         pause = FIRST_POLL
         while True:
@@ -347,7 +349,7 @@ class MemcachedCache(RacefreeCache, BaseCache):
         seconds. True if the key was there."""
         key = self._key(key, version)
         try:
-            invalidated: bool = yield self._store.invalidate, (key, self.lock_entry_timeout(self._stampede.lease))
+            invalidated: bool = yield self._store.invalidate, (key, self._placeholder_ttl)
         except CacheError as error:
             self._server_failed("invalidate", error)
             return False

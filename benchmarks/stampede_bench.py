@@ -6,7 +6,7 @@ stock backend of the same kind; and what ``get_or_set`` costs on a hit.
                                         [--compute 0.05] [--only memcached,file,database]
                                         [--poll FIRST,LONGEST ...] [--rows meta,lock-entry,stock]
                                         [--hit-seconds 1] [--hit-rounds 3] [--hit-threads 1,8]
-                                        [--no-hits]
+                                        [--no-hits] [--no-expiry]
 
 Expiry scenario: ``--workers`` threads (each with its own backend object,
 as Django's ``caches[...]`` gives) call ``get_or_set`` on one key in a
@@ -40,7 +40,8 @@ present and never expires (its callable is never called) against a
 plain ``cache.get`` of the same key on the same backend objects, at each
 of ``--hit-threads``; backends and the two operations take turns, round
 by round; the ratio get_or_set/get is the median of each round's ratio of
-runs that ran back to back.
+runs that ran back to back. ``--no-expiry`` runs the hit loop alone (for
+more ``--hit-rounds``).
 
 ``--poll FIRST,LONGEST`` (seconds; repeatable) sets racefree's
 ``memcached.FIRST_POLL`` / ``LONGEST_POLL`` (the meta path's pauses
@@ -387,6 +388,7 @@ def main():
     parser.add_argument("--hit-rounds", type=int, default=3)
     parser.add_argument("--hit-threads", default="1,8")
     parser.add_argument("--no-hits", action="store_true")
+    parser.add_argument("--no-expiry", action="store_true", help="memcached: the hit loop only")
     parser.add_argument("--dir", default=None, help="where the file caches live (default: a temp dir)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -409,7 +411,8 @@ def main():
         for kind in kinds:
             if kind == "memcached":
                 rows = memcached_rows(args)
-                results += expiry_scenario(kind, rows, args, lambda side: (memcached.location, {}), memcached)
+                if not args.no_expiry:
+                    results += expiry_scenario(kind, rows, args, lambda side: (memcached.location, {}), memcached)
                 if not args.no_hits:
                     hit_rows = [row for row in rows if row[3] in (None, (args.poll or [DEFAULT_POLL])[0])]
                     hits += hit_loop(hit_rows, args, memcached.location, memcached)
@@ -435,8 +438,9 @@ def main():
     print()
     print(f"{args.workers} workers, key TTL {args.ttl} s, computation {args.compute * 1000:.0f} ms, "
           f"{args.rounds} rounds of {args.seconds:g} s per backend")
-    print()
-    print("| store | backend | computations per expiry | round trips per call | extra round trips per expiry "
+    if results:
+        print()
+        print("| store | backend | computations per expiry | round trips per call | extra round trips per expiry "
           "| at-expiry calls | at expiry p50 / p99 / max | overall p50 / p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for row in results:

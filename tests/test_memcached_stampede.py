@@ -375,3 +375,24 @@ def test_forwarding_backend_invalidates_through_its_target(memcached, prefix):
         assert make(memcached.location, prefix).get_or_set("k", lambda: "new", 600) == "new"
         assert asyncio.run(forwarder.ainvalidate("k")) is True
         assert forwarder.get("k") is None
+
+
+def test_a_cancelled_async_caller_gives_back_the_win_it_was_bringing(cache, tmp_path):
+    calls = Calls(tmp_path / "calls")
+
+    async def main():
+        for _ in range(20):
+            key = f"k-{uuid.uuid4().hex[:6]}"
+            task = asyncio.ensure_future(cache.aget_or_set(key, computation(calls, "never"), 600))
+            await asyncio.sleep(0)  # the claim is on its way
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0.05)  # its reply, and the give-back
+            started = time.monotonic()
+            assert await cache.aget_or_set(key, computation(calls, "next", seconds=0), 600) == "next"
+            # At once, not after LOCK_LEASE (10 s).
+            assert time.monotonic() - started < 1.0
+
+    asyncio.run(main())
+    assert calls.count("start") == 20  # the cancelled callers computed nothing

@@ -9,6 +9,8 @@ exchange, so a timed-out or failed call can never hand its reply to a
 later one.
 """
 
+import asyncio
+import functools
 import logging
 import math
 import os
@@ -36,7 +38,7 @@ from racefree.backends._options import (
     positive_number,
     store_settings,
 )
-from racefree.backends._stampede import MISSING, _Pause, stampede_options
+from racefree.backends._stampede import MISSING, _gave_back, _giving_back, _Pause, stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache, is_forever
 from racefree.checks import PROBE_TIMEOUT, unreachable
 from racefree.exceptions import CacheAuthenticationError, CacheError
@@ -272,7 +274,7 @@ class MemcachedCache(RacefreeCache, BaseCache):
         pause = FIRST_POLL
         while True:
             try:
-                item, won, stale, cas, ttl = yield self._store.claim, (made, vivify, recache)
+                item, won, stale, cas, ttl = yield self._claim, (made, vivify, recache)
             except CacheError as error:
                 # Only with IGNORE_EXCEPTIONS: compute, as Django would.
                 self._server_failed("get_or_set", error)
@@ -294,6 +296,30 @@ class MemcachedCache(RacefreeCache, BaseCache):
                 return (yield self._computed, (key, made, default, timeout, version, None))
             yield _Pause.sleep, (min(pause, left),)
             pause = min(pause * 2, LONGEST_POLL)
+
+    def _claim(self, key: str, vivify: int, recache: int | None) -> Any:
+        return self._store.claim(key, vivify, recache)
+
+    async def a_claim(self, key: str, vivify: int, recache: int | None) -> Any:
+        """The claim, awaited. If the caller is cancelled while it is in
+        flight, a win it brings is given back at once: otherwise every other
+        caller of the key would wait out the lease for a computation that
+        will never come."""
+        claiming = asyncio.ensure_future(self._store.aclaim(key, vivify, recache))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            claiming.add_done_callback(functools.partial(self._give_back_unused, key))
+            raise
+
+    def _give_back_unused(self, key: str, claiming: "asyncio.Future[Any]") -> None:
+        if claiming.cancelled() or claiming.exception() is not None:
+            return
+        item, won, stale, cas, ttl = claiming.result()
+        if won:
+            giving = asyncio.ensure_future(self._store.agive_back(key, cas, item, stale, ttl))
+            _giving_back.add(giving)
+            giving.add_done_callback(_gave_back)
 
     def _recache_below(self, timeout: float | None) -> int | None:
         """With EARLY_REFRESH, the ``R`` of get_or_set's ``mg``: the

@@ -311,7 +311,7 @@ impl Client {
     }
 
     /// Whether the key holds a current value (an invalidated item or a
-    /// placeholder does not; a touch still reaches it).
+    /// placeholder does not, and a touch gives it back its own expiry).
     fn meta_flag(&self, key: &[u8], ttl: Option<i64>) -> Result<bool> {
         let result = self.single(
             key,
@@ -322,10 +322,27 @@ impl Client {
                     size,
                     flags,
                     marks,
+                    ttl: left,
                     ..
                 } => {
                     if !marks.not_current(size.unwrap_or(1), flags) {
                         return Ok(true);
+                    }
+                    if let (Some(_), Some(left)) = (ttl, left) {
+                        // The touch reached it: its lease must stay as it was.
+                        let kept = ttl_to_keep(left);
+                        let reply = request(conn, server, |out, opaque| {
+                            protocol::meta_get(out, key, opaque, false, Some(kept), false)
+                        })?;
+                        if !matches!(
+                            reply,
+                            Reply::Meta {
+                                status: Status::Stored | Status::Miss,
+                                ..
+                            }
+                        ) {
+                            return Err(unexpected(server, reply));
+                        }
                     }
                     if marks.win {
                         hand_back(conn, server, key)?;
@@ -535,13 +552,18 @@ impl Client {
                         ttl: ttl.unwrap_or(-1),
                     })
                 }
-                // A miss that was not vivified (another client's delete
-                // raced the get): nothing to serve, no win.
+                // A miss memcached could not vivify (out of memory): no one
+                // else was told to compute, so this caller does; with no
+                // placeholder, there is no turn to give back (memcached
+                // matches no item to CAS 0).
                 Reply::Meta {
                     status: Status::Miss, ..
                 } => Ok(Claim {
                     item: None,
-                    marks: Marks::default(),
+                    marks: Marks {
+                        win: true,
+                        ..Marks::default()
+                    },
                     cas: 0,
                     ttl: -1,
                 }),

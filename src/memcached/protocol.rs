@@ -48,13 +48,14 @@ fn push_opaque(out: &mut Vec<u8>, opaque: u32) {
     push_num(out, opaque);
 }
 
-/// `mg`: with `value`, fetch value and client flags, else size and client
-/// flags (enough to tell a placeholder); with `ttl`, also update the
-/// expiry (touch); `quiet` suppresses the miss reply.
+/// `mg`: with `value`, fetch value and client flags, else size, client
+/// flags (enough to tell a placeholder) and the remaining TTL (before a
+/// touch); with `ttl`, also update the expiry (touch); `quiet` suppresses
+/// the miss reply.
 pub fn meta_get(out: &mut Vec<u8>, key: &[u8], opaque: u32, value: bool, ttl: Option<i64>, quiet: bool) {
     out.extend_from_slice(b"mg ");
     out.extend_from_slice(key);
-    out.extend_from_slice(if value { b" v f" } else { b" s f" });
+    out.extend_from_slice(if value { &b" v f"[..] } else { &b" s f t"[..] });
     if let Some(ttl) = ttl {
         out.extend_from_slice(b" T");
         push_num(out, ttl);
@@ -350,7 +351,7 @@ mod tests {
         meta_noop(&mut out);
         assert_eq!(
             out,
-            b"mg k v f O7\r\nmg k s f T-1 q O8\r\nms k 3 T300 F16 ME O9\r\nval\r\nmd k q O10\r\nma k MD D5 v O11\r\nmn\r\n"
+            b"mg k v f O7\r\nmg k s f t T-1 q O8\r\nms k 3 T300 F16 ME O9\r\nval\r\nmd k q O10\r\nma k MD D5 v O11\r\nmn\r\n"
         );
         out.clear();
         meta_lease_get(&mut out, b"k", 1, 11, None);

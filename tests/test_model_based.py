@@ -37,11 +37,19 @@ class CacheModel(RuleBasedStateMachine):
 
     cache = None
     clamps_at_zero = False  # memcached's decr stops at 0
+    # memcached's invalidate keeps the value, marked stale: plain reads miss
+    # it, but incr/decr count on from it, and delete removes it.
+    keeps_invalidated = False
 
     def __init__(self):
         super().__init__()
         self.cache.clear()
         self.model = {}
+        # memcached: slot -> the invalidated value still held.
+        self.stale = {}
+
+    def forget_stale(self, slot):
+        self.stale.pop(slot, None)
 
     def slot(self, key, version):
         return key, version or 1
@@ -49,6 +57,7 @@ class CacheModel(RuleBasedStateMachine):
     @rule(key=keys, value=values, timeout=timeouts, version=versions)
     def set(self, key, value, timeout, version):
         self.cache.set(key, value, timeout, version=version)
+        self.forget_stale(self.slot(key, version))
         if timeout == 0:
             self.model.pop(self.slot(key, version), None)
         else:
@@ -59,6 +68,7 @@ class CacheModel(RuleBasedStateMachine):
         added = self.cache.add(key, value, version=version)
         assert added == (self.slot(key, version) not in self.model)
         self.model.setdefault(self.slot(key, version), value)
+        self.forget_stale(self.slot(key, version))
 
     @rule(key=keys, version=versions)
     def get(self, key, version):
@@ -70,8 +80,27 @@ class CacheModel(RuleBasedStateMachine):
 
     @rule(key=keys, version=versions)
     def delete(self, key, version):
-        assert self.cache.delete(key, version=version) == (self.model.pop(self.slot(key, version), MISSING)
-                                                            is not MISSING)
+        slot = self.slot(key, version)
+        held = slot in self.model or slot in self.stale
+        assert self.cache.delete(key, version=version) == held
+        self.model.pop(slot, None)
+        self.forget_stale(slot)
+
+    @rule(key=keys, version=versions)
+    def invalidate(self, key, version):
+        slot = self.slot(key, version)
+        assert self.cache.invalidate(key, version=version) == (slot in self.model or slot in self.stale)
+        if slot in self.model and self.keeps_invalidated:
+            self.stale[slot] = self.model[slot]
+        self.model.pop(slot, None)
+
+    @rule(key=keys, value=values, version=versions)
+    def get_or_set(self, key, value, version):
+        slot = self.slot(key, version)
+        expected = self.model.get(slot, value)
+        assert self.cache.get_or_set(key, lambda: value, version=version) == expected
+        self.model[slot] = expected
+        self.forget_stale(slot)
 
     @rule(key=keys, version=versions, timeout=st.sampled_from([None, float("inf"), 300, 1e12]))
     def touch(self, key, version, timeout):
@@ -81,6 +110,10 @@ class CacheModel(RuleBasedStateMachine):
     def incr_or_decr(self, key, delta, version, down):
         slot = self.slot(key, version)
         current = self.model.get(slot, MISSING)
+        model = self.model
+        if current is MISSING and slot in self.stale:
+            # Counting on from the invalidated number, which stays invalidated.
+            current, model = self.stale[slot], self.stale
         operation = self.cache.decr if down else self.cache.incr
         if current is MISSING:
             with pytest.raises(ValueError):
@@ -93,7 +126,7 @@ class CacheModel(RuleBasedStateMachine):
             if self.clamps_at_zero:
                 expected = max(expected, 0)
             assert operation(key, delta, version=version) == expected
-            self.model[slot] = expected
+            model[slot] = expected
 
     @rule(chosen=st.lists(keys, max_size=4), version=versions)
     def get_many(self, chosen, version):
@@ -105,12 +138,14 @@ class CacheModel(RuleBasedStateMachine):
         assert self.cache.set_many(data, version=version) == []
         for key, value in data.items():
             self.model[self.slot(key, version)] = value
+            self.forget_stale(self.slot(key, version))
 
     @rule(chosen=st.lists(keys, max_size=3), version=versions)
     def delete_many(self, chosen, version):
         self.cache.delete_many(chosen, version=version)
         for key in chosen:
             self.model.pop(self.slot(key, version), None)
+            self.forget_stale(self.slot(key, version))
 
     @rule(key=keys, version=st.sampled_from([1, 2]), up=st.booleans())
     def change_version(self, key, version, up):
@@ -123,11 +158,13 @@ class CacheModel(RuleBasedStateMachine):
             return
         assert change(key, version=version) == target
         self.model[(key, target)] = self.model.pop((key, version))
+        self.forget_stale((key, target))
 
     @rule()
     def clear(self):
         self.cache.clear()
         self.model.clear()
+        self.stale.clear()
 
     @invariant()
     def agrees_on_every_key(self):
@@ -140,14 +177,16 @@ MACHINE_SETTINGS = settings(
 )
 
 
-def check(cache, clamps_at_zero=False):
-    machine = type("Machine", (CacheModel,), {"cache": cache, "clamps_at_zero": clamps_at_zero})
+def check(cache, clamps_at_zero=False, keeps_invalidated=False):
+    machine = type("Machine", (CacheModel,), {"cache": cache, "clamps_at_zero": clamps_at_zero,
+                                              "keeps_invalidated": keeps_invalidated})
     run_state_machine_as_test(machine, settings=MACHINE_SETTINGS)
 
 
 def test_memcached_follows_the_model(fresh_memcached):
     # Its own server: the machine's clear() flushes it.
-    check(MemcachedCache(fresh_memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:6]}), clamps_at_zero=True)
+    check(MemcachedCache(fresh_memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:6]}), clamps_at_zero=True,
+          keeps_invalidated=True)
 
 
 def test_file_store_follows_the_model(tmp_path):

@@ -212,8 +212,9 @@ def test_a_timed_out_call_never_hands_its_reply_to_a_later_call(fresh_memcached)
     assert answers[0] > 0
 
 
-def _child_uses_cache(location, queue):
-    # Forked: the parent's pooled sockets must not be reused here.
+def _child_uses_cache(queue):
+    # Forked while the parent's threads used (and dialed, and over TLS
+    # handshook) pooled connections: none of them may be reused here.
     cache = caches_for_child[0]
     bad = 0
     for i in range(300):
@@ -227,38 +228,36 @@ def _child_uses_cache(location, queue):
 caches_for_child = []
 
 
-def test_forked_children_do_not_share_the_parents_sockets(memcached):
-    cache = racefree(memcached.location)
+def test_forked_children_do_not_share_the_parents_connections(own_memcached):
+    server, options = own_memcached
+    cache = racefree(server.location, **options)
     caches_for_child[:] = [cache]
     for i in range(50):
         cache.set(f"parent-{i}", i)
     assert cache._client.idle_connections()[0] >= 1
-    stop = threading.Event()
     parent_bad = []
 
-    def parent_load():
+    def load(index, stop):
         n = 0
         while not stop.is_set():
+            if n % 20 == 0:
+                # New connections too: dials and handshakes while the children fork.
+                cache._client.close_idle()
             key = f"parent-{n % 50}"
             if cache.get(key) != n % 50:
                 parent_bad.append(key)
             n += 1
 
-    loader = threading.Thread(target=parent_load)
-    loader.start()
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    try:
-        children = [context.Process(target=_child_uses_cache, args=(memcached.location, queue)) for _ in range(4)]
+    with load_threads(4, load):
+        children = [context.Process(target=_child_uses_cache, args=(queue,)) for _ in range(4)]
         for child in children:
             child.start()
         results = [queue.get(timeout=60) for _ in children]
         for child in children:
             child.join(60)
             assert child.exitcode == 0
-    finally:
-        stop.set()
-        loader.join()
     assert results == [0, 0, 0, 0]
     assert parent_bad == []
 
@@ -330,7 +329,7 @@ def test_killed_server_fails_within_the_timeout_and_recovers(fresh_memcached):
 
 
 @pytest.fixture(params=["plain", "tls"])
-def killable_memcached(request):
+def own_memcached(request):
     """A memcached of the test's own and the OPTIONS that reach it: plain
     text, or TLS with a login (certificate and name checked)."""
     if request.param == "plain":
@@ -344,8 +343,8 @@ def killable_memcached(request):
 
 
 @pytest.mark.cross_version
-def test_server_killed_during_load_fails_fast_then_recovers(killable_memcached):
-    fresh_memcached, options = killable_memcached
+def test_server_killed_during_load_fails_fast_then_recovers(own_memcached):
+    fresh_memcached, options = own_memcached
     cache = racefree(fresh_memcached.location, **options, CONNECT_TIMEOUT=0.5, IO_TIMEOUT=0.5)
     restarted_at = []
     mismatches, failure_durations, recovered_after = [], [], []

@@ -3,7 +3,6 @@ memcached processes started with ``-Z`` and ``-Y``: round trips, the
 failures that must be fast and say their cause, client certificates,
 no reconnect storm on refused credentials, faults and threads."""
 
-import multiprocessing
 import os
 import socket
 import ssl
@@ -14,7 +13,7 @@ import warnings
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from support.load import load_threads, run_threads
+from support.load import run_threads
 from support.secure_memcached import PASSWORD, USER, SecureMemcached, write_authfile
 from support.servers import Memcached
 
@@ -308,48 +307,6 @@ def test_eight_threads_share_one_tls_client_exactly(secure_memcached):
     assert run_threads(8, work) == []
     assert mismatches == []
     assert cache.get("hits") == 8 * 500
-
-
-_forked_cache = []
-
-
-def _child_uses_tls_cache(queue):
-    # Forked while the parent's threads dialed and used TLS connections.
-    cache = _forked_cache[0]
-    bad = 0
-    for i in range(200):
-        key = f"child-{os.getpid()}-{i % 10}"
-        cache.set(key, key)
-        bad += cache.get(key) != key
-    queue.put(bad)
-
-
-def test_children_forked_during_tls_traffic_use_tls_connections_of_their_own(secure_memcached):
-    cache = racefree(secure_memcached.location, **secure_memcached.options())
-    _forked_cache[:] = [cache]
-    parent_bad = []
-
-    def load(index, stop):
-        while not stop.is_set():
-            # New connections too: handshakes (and session tickets stored)
-            # while the children fork.
-            cache._client.close_idle()
-            cache.set(f"parent-{index}", index)
-            if cache.get(f"parent-{index}") != index:
-                parent_bad.append(index)
-
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    with load_threads(4, load):
-        children = [context.Process(target=_child_uses_tls_cache, args=(queue,)) for _ in range(4)]
-        for child in children:
-            child.start()
-        results = [queue.get(timeout=60) for _ in children]
-        for child in children:
-            child.join(60)
-            assert child.exitcode == 0
-    assert results == [0, 0, 0, 0]
-    assert parent_bad == []
 
 
 # -- Settings ------------------------------------------------------------------------

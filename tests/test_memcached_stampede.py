@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 from django.core.cache.backends.memcached import PyMemcacheCache
 from django.test import override_settings
-from test_stampede import CHILD, Calls, memcached_stats, run_threads
+from test_stampede import CHILD, Calls, run_threads
 
 from racefree.backends import memcached as memcached_backend
 from racefree.backends.forwarding import ForwardingCache
@@ -140,21 +140,45 @@ def test_with_early_refresh_no_caller_waits_after_the_first_fill(memcached, pref
     assert max(quick) < slow / 2
 
 
+class ServerCommands:
+    """What memcached counted (its ``stats``) during the ``with`` body."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def __enter__(self):
+        self.before = self.server.stats()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.after = self.server.stats()
+
+    def __getitem__(self, name):
+        return self.after[name] - self.before[name]
+
+    def deletes(self):
+        return self["delete_hits"] + self["delete_misses"]
+
+
 @pytest.mark.parametrize("early_refresh", [0, 30])
 def test_a_hit_is_one_mg(memcached, prefix, early_refresh):
     cache = make(memcached.location, prefix, EARLY_REFRESH=early_refresh)
     assert cache.get_or_set("hot", lambda: "value", 600) == "value"
-    before = memcached_stats(memcached.location)
-    for _ in range(20):
-        assert cache.get_or_set("hot", lambda: "other", 600) == "value"
-    after = memcached_stats(memcached.location)
+    with ServerCommands(memcached) as commands:
+        for _ in range(20):
+            assert cache.get_or_set("hot", lambda: "other", 600) == "value"
+    assert commands["cmd_get"] == 20 and commands["get_hits"] == 20
+    assert commands["cmd_set"] + commands["cmd_touch"] + commands.deletes() == 0
+    assert commands["total_connections"] == 1  # the stats probe's own: the hits dialed none
 
-    def delta(name):
-        return int(after[name]) - int(before[name])
 
-    assert delta("cmd_get") == 20 and delta("get_hits") == 20
-    assert delta("cmd_set") + delta("cmd_touch") + delta("delete_hits") + delta("delete_misses") == 0
-    assert delta("total_connections") == 1  # the stats probe's own: the hits dialed none
+def test_an_uncontended_miss_is_one_mg_then_one_ms(cache, memcached):
+    with ServerCommands(memcached) as commands:
+        assert cache.get_or_set("cold", lambda: "value", 60) == "value"
+    # The mg that missed (and left the placeholder) and the ms of the value:
+    # no lock entry, no re-read, no delete.
+    assert commands["cmd_get"] == 1 and commands["cmd_set"] == 1 and commands.deletes() == 0
+    assert cache.get("cold") == "value"
 
 
 def test_invalidate_under_load_serves_the_old_value_while_one_caller_recomputes(memcached, prefix, tmp_path):

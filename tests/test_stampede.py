@@ -6,7 +6,6 @@ exclude, leases that expire, early refresh, and a hit that costs one get."""
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -389,52 +388,6 @@ def test_early_refresh_is_off_by_default_and_skips_short_timeouts(store_spec, tm
     assert not short.has_key(_named("fresh", "short"))
     assert short.get_or_set("short", calls.computation("w", seconds=0), 10) == "v"
     assert calls.count("start") == 2
-
-
-def memcached_stats(location):
-    host, port = location.rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=5) as conn:
-        conn.sendall(b"stats\r\n")
-        data = b""
-        while not data.endswith(b"END\r\n"):
-            data += conn.recv(65536)
-    return {
-        fields[1]: fields[2]
-        for fields in (line.split() for line in data.decode().splitlines())
-        if len(fields) == 3 and fields[0] == "STAT"
-    }
-
-
-def test_a_hit_costs_one_get_and_nothing_else(memcached):
-    cache = MemcachedCache(memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:8]})
-    cache.set("hot", "value")
-    before = memcached_stats(memcached.location)
-    for _ in range(10):
-        assert cache.get_or_set("hot", lambda: "other", 60) == "value"
-    after = memcached_stats(memcached.location)
-
-    def delta(name):
-        return int(after[name]) - int(before[name])
-
-    assert delta("cmd_get") == 10 and delta("get_hits") == 10
-    assert delta("cmd_set") == 0 and delta("cmd_touch") == 0 and delta("delete_hits") + delta("delete_misses") == 0
-
-
-def test_an_uncontended_miss_is_one_mg_then_one_ms(memcached):
-    cache = MemcachedCache(memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:8]})
-    before = memcached_stats(memcached.location)
-    assert cache.get_or_set("cold", lambda: "value", 60) == "value"
-    after = memcached_stats(memcached.location)
-
-    def delta(name):
-        return int(after[name]) - int(before[name])
-
-    # The mg that missed (and left the placeholder) and the ms of the value:
-    # no lock entry, no re-read, no delete.
-    assert delta("cmd_get") == 1
-    assert delta("cmd_set") == 1
-    assert delta("delete_hits") + delta("delete_misses") == 0
-    assert cache.get("cold") == "value"
 
 
 def test_a_down_server_with_ignore_exceptions_computes_at_once(fresh_memcached):

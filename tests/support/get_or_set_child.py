@@ -68,11 +68,7 @@ def main(spec):
         with lock:
             results.append(outcome)
 
-    threads = [threading.Thread(target=call) for _ in range(spec["threads"])]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(spec["threads"], call)
     json.dump(results, sys.stdout)
 
 
@@ -105,7 +101,12 @@ def run_loop(spec, backend_class, results, lock):
         with lock:
             results.extend(calls)
 
-    threads = [threading.Thread(target=call) for _ in range(spec["threads"])]
+    in_threads(spec["threads"], call)
+
+
+def in_threads(count, call):
+    """Run ``call`` in ``count`` threads and wait for them all."""
+    threads = [threading.Thread(target=call) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:

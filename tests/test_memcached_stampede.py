@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 from django.core.cache.backends.memcached import PyMemcacheCache
 from django.test import override_settings
-from test_stampede import CHILD, Calls, run_threads
+from test_stampede import CHILD, Calls, hanging_computer, run_threads
 
 from racefree.backends import memcached as memcached_backend
 from racefree.backends.forwarding import ForwardingCache
@@ -312,16 +312,8 @@ def test_a_killed_refresher_of_an_invalidated_value_leaves_it_served_until_its_l
     cache.set("hot", "old", 600)
     cache.invalidate("hot")
     spec = {"backend": "racefree.backends.memcached.MemcachedCache", "location": memcached.location,
-            "params": {"KEY_PREFIX": prefix, "OPTIONS": options}, "key": "hot", "threads": 1, "start_at": 0,
-            "sleep": 0, "calls": calls.path, "mode": "hang"}
-    child = subprocess.Popen([sys.executable, CHILD, json.dumps(spec)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while calls.count("start") == 0:
-            assert child.poll() is None, child.stderr.read()
-            assert time.monotonic() < deadline, "the child never started computing"
-            time.sleep(0.02)
+            "params": {"KEY_PREFIX": prefix, "OPTIONS": options}}
+    with hanging_computer(spec, calls) as child:
         won_at = time.monotonic()
         child.kill()
         child.wait()
@@ -334,9 +326,6 @@ def test_a_killed_refresher_of_an_invalidated_value_leaves_it_served_until_its_l
             assert time.monotonic() - won_at < lease + 2 + 1, "the old value outlived its lease"
             time.sleep(0.05)
         assert value == "new"
-    finally:
-        child.kill()
-        child.wait()
     assert calls.count("start") == 2 and calls.count("done") == 1
 
 

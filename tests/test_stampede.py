@@ -4,6 +4,7 @@ killed computer's lease running out, a failing computation, locks that
 exclude, leases that expire, early refresh, and a hit that costs one get."""
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -157,12 +158,11 @@ def test_four_processes_of_eight_threads_compute_once(store_spec, tmp_path):
     assert Calls(calls).count("start") == 1
 
 
-def test_a_killed_computer_frees_the_key_within_its_lease(store_spec, tmp_path):
-    lease = 2
-    options = {**store_spec["params"]["OPTIONS"], "LOCK_LEASE": lease}
-    store_spec = dict(store_spec, params=dict(store_spec["params"], OPTIONS=options))
-    calls = Calls(tmp_path / "calls")
-    child_spec = dict(store_spec, key="hot", threads=1, start_at=0, sleep=0, calls=calls.path, mode="hang")
+@contextlib.contextmanager
+def hanging_computer(spec, calls):
+    """A child process whose get_or_set of "hot" computes forever: yields it
+    once it started computing, and kills it at the end."""
+    child_spec = dict(spec, key="hot", threads=1, start_at=0, sleep=0, calls=calls.path, mode="hang")
     child = subprocess.Popen([sys.executable, CHILD, json.dumps(child_spec)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE)
     try:
@@ -171,6 +171,18 @@ def test_a_killed_computer_frees_the_key_within_its_lease(store_spec, tmp_path):
             assert child.poll() is None, child.stderr.read()
             assert time.monotonic() < deadline, "the child never started computing"
             time.sleep(0.02)
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_killed_computer_frees_the_key_within_its_lease(store_spec, tmp_path):
+    lease = 2
+    options = {**store_spec["params"]["OPTIONS"], "LOCK_LEASE": lease}
+    store_spec = dict(store_spec, params=dict(store_spec["params"], OPTIONS=options))
+    calls = Calls(tmp_path / "calls")
+    with hanging_computer(store_spec, calls) as child:
         locked_at = time.monotonic()
         waiting = threading.Barrier(9, timeout=30)
 
@@ -184,9 +196,6 @@ def test_a_killed_computer_frees_the_key_within_its_lease(store_spec, tmp_path):
         holder.start()
         results, errors = run_threads(8, call)
         holder.join()
-    finally:
-        child.kill()
-        child.wait()
     assert errors == []
     assert [value for value, _ in results] == ["recomputed"] * 8
     # Started: the killed child's computation, then exactly one waiter's.

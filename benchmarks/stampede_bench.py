@@ -6,7 +6,7 @@ stock backend of the same kind; and what ``get_or_set`` costs on a hit.
                                         [--compute 0.05] [--only memcached,file,database]
                                         [--poll FIRST,LONGEST ...] [--rows meta,lock-entry,stock]
                                         [--hit-seconds 1] [--hit-rounds 3] [--hit-threads 1,8]
-                                        [--no-hits] [--no-expiry]
+                                        [--paired-calls 10000] [--no-hits] [--no-expiry]
 
 Expiry scenario: ``--workers`` threads (each with its own backend object,
 as Django's ``caches[...]`` gives) call ``get_or_set`` on one key in a
@@ -33,15 +33,22 @@ the same server, and Django's ``PyMemcacheCache``. Reported per row:
   although they had started before its computation returned (they waited
   for it), with their p50/p99/max. A call counts from its own start,
   which may be before the expiry: under 64 threads on two cores a call
-  waits for the GIL. Overall p50/p99 is over every call, hits included.
+  waits for the GIL. Overall p50/p99 is over every call, hits included;
+- lag at expiry: for those calls, how long after the computation of the
+  value they returned had finished they returned it (p50/p99): the
+  store, the rest of the waiter's pause between re-reads, its re-read,
+  and waiting for the GIL. What the poll schedule changes.
 
 Hit loop (memcached, unless ``--no-hits``): ``get_or_set`` of a key that is
 present and never expires (its callable is never called) against a
 plain ``cache.get`` of the same key on the same backend objects, at each
 of ``--hit-threads``; backends and the two operations take turns, round
 by round; the ratio get_or_set/get is the median of each round's ratio of
-runs that ran back to back. ``--no-expiry`` runs the hit loop alone (for
-more ``--hit-rounds``).
+runs that ran back to back. On a shared machine those ratios move by
+10-30% from round to round, so the hit loop also times ``--paired-calls``
+pairs of calls in one thread, get_or_set and get by turns: the ratio of
+their median latencies is the precise figure. ``--no-expiry`` runs the
+hit loop alone (for more ``--hit-rounds``).
 
 ``--poll FIRST,LONGEST`` (seconds; repeatable) sets racefree's
 ``memcached.FIRST_POLL`` / ``LONGEST_POLL`` (the meta path's pauses
@@ -102,7 +109,7 @@ def percentile(values, fraction):
 
 
 def bursts_of(computations, ttl):
-    """The computations ``(call_start, compute_start, compute_end)``
+    """The computations ``(call_start, compute_start, compute_end, value)``
     grouped by expiry: a burst is the computations starting within a
     quarter of the TTL of its first one."""
     bursts = []
@@ -136,20 +143,21 @@ class Polling:
         memcached.FIRST_POLL, memcached.LONGEST_POLL = self.saved
 
 
-def hammer(make_cache, workers, seconds, ttl, compute_seconds):
+def hammer(make_cache, workers, seconds, ttl, compute_seconds, snapshot=lambda: None):
     """One run of the load on a fresh key, stored before the clock starts
     (so that every burst of computations answers an expiry, not a cold
     start) by threads that have each made one call already (so that no
     connection is opened under the clock): the computations
     ``(call_start, compute_start, compute_end, value)`` and every call's
-    ``(start, latency, value)``."""
+    ``(start, latency, value)``; and ``snapshot()`` (the server's stats)
+    taken when the clock starts and when every thread is done."""
     computations = []
     starts = [[] for _ in range(workers)]
     latencies = [[] for _ in range(workers)]
     values = [[] for _ in range(workers)]
     key = f"hot-{uuid.uuid4().hex[:8]}"
     serial = iter(range(1, 1 << 30))
-    start = threading.Barrier(workers + 1)
+    ready, start = threading.Barrier(workers + 1), threading.Barrier(workers + 1)
     stop = threading.Event()
 
     def run(index):
@@ -168,6 +176,7 @@ def hammer(make_cache, workers, seconds, ttl, compute_seconds):
             return value
 
         cache.get(key)
+        ready.wait()
         start.wait()
         while not stop.is_set():
             began = clock()
@@ -180,18 +189,21 @@ def hammer(make_cache, workers, seconds, ttl, compute_seconds):
     threads = [threading.Thread(target=run, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
+    ready.wait()
+    before = snapshot()
     start.wait()
     time.sleep(seconds)
     stop.set()
     for thread in threads:
         thread.join()
+    after = snapshot()
     calls = [call for per_worker in zip(starts, latencies, values) for call in zip(*per_worker)]
-    return {"computations": computations, "calls": calls}
+    return {"computations": computations, "calls": calls, "stats": (before, after)}
 
 
 def summarize(runs, ttl, commands_counted=None):
     """A row's figures over its rounds' runs."""
-    computations, expiries, at_expiry, everyone, served = 0, 0, [], [], 0
+    computations, expiries, at_expiry, lags, everyone, served = 0, 0, [], [], [], 0
     for run in runs:
         # When each computed value was ready; the call that computed it.
         ready = {value: ended for _began, _computing, ended, value in run["computations"]}
@@ -200,6 +212,7 @@ def summarize(runs, ttl, commands_counted=None):
             everyone.append(latency)
             if began in computed or began < ready.get(value, -math.inf):
                 at_expiry.append(latency)
+                lags.append(began + latency - ready[value])
         computations += len(run["computations"])
         expiries += len(bursts_of(run["computations"], ttl))
         served += len({value for _, _, value in run["calls"]})
@@ -218,6 +231,8 @@ def summarize(runs, ttl, commands_counted=None):
         "expiry_p50_ms": percentile(at_expiry, 0.5) * 1000,
         "expiry_p99_ms": percentile(at_expiry, 0.99) * 1000,
         "expiry_max_ms": max(at_expiry, default=float("nan")) * 1000,
+        "lag_p50_ms": percentile(lags, 0.5) * 1000,
+        "lag_p99_ms": percentile(lags, 0.99) * 1000,
     }
     if commands_counted is not None:
         row["commands"] = commands_counted
@@ -260,6 +275,58 @@ def hit_run(make_cache, threads, seconds, key, op):
         worker.join()
     elapsed = time.perf_counter() - started
     return sum(counts) / elapsed, sum(counts) + threads
+
+
+def paired_latency(rows, args, location):
+    """One thread calling get_or_set and get of a present key by turns
+    (which goes first alternating from pair to pair), each call timed: the
+    median latency of each and their ratio. Machine noise, which on a
+    shared machine moves throughput by 10-30% from one second to the next,
+    hits both calls of a pair alike."""
+    results = []
+    value = "v" * 100
+    clock = time.perf_counter_ns
+
+    def never():
+        raise AssertionError("the hot key is present: get_or_set must not compute")
+
+    for round_index in range(args.hit_rounds):
+        for label, side, backend, _schedule in rotated(rows, round_index):
+            cache = backend(location, {})
+            key = f"paired-{uuid.uuid4().hex[:8]}"
+            cache.set(key, value, None)
+            get_or_set, get = cache.get_or_set, cache.get
+            ours, plain = [], []
+            for i in range(args.paired_calls):
+                if i % 2:
+                    began = clock()
+                    get_or_set(key, never, None)
+                    middle = clock()
+                    get(key)
+                    ended = clock()
+                    ours.append(middle - began)
+                    plain.append(ended - middle)
+                else:
+                    began = clock()
+                    get(key)
+                    middle = clock()
+                    get_or_set(key, never, None)
+                    ended = clock()
+                    plain.append(middle - began)
+                    ours.append(ended - middle)
+            results.append((label, side, backend, statistics.median(ours) / 1000, statistics.median(plain) / 1000))
+    rows_out = []
+    for label, side, backend, _schedule in rows:
+        mine = [r for r in results if r[0] == label]
+        ours = statistics.median(r[3] for r in mine)
+        plain = statistics.median(r[4] for r in mine)
+        row = {"label": label, "side": side, "backend": backend.__name__, "get_or_set_us": ours, "get_us": plain,
+               "ratio": statistics.median(r[4] / r[3] for r in mine), "ratios": [r[4] / r[3] for r in mine]}
+        rows_out.append(row)
+        print(f"paired 1 thread {label:<24} get_or_set {ours:6.2f} us, get {plain:6.2f} us, "
+              f"get_or_set/get throughput {row['ratio']:.3f} (rounds: {', '.join(f'{r:.3f}' for r in row['ratios'])})",
+              flush=True)
+    return rows_out
 
 
 def rotated(items, by):
@@ -309,12 +376,12 @@ def expiry_scenario(kind, rows, args, location_of, memcached):
     for round_index in range(args.rounds):
         for label, side, backend, schedule in rotated(rows, round_index):
             location, params = location_of(side)
-            before = memcached.stats() if memcached else None
             with Polling(schedule):
                 run = hammer(lambda: backend(location, dict(params)), args.workers, args.seconds, args.ttl,
-                             args.compute)
+                             args.compute, memcached.stats if memcached else lambda: None)
             if memcached:
-                counted[label] += commands(memcached.stats()) - commands(before)
+                before, after = run.pop("stats")
+                counted[label] += commands(after) - commands(before)
             runs[label].append(run)
             print(f"  {kind} round {round_index + 1}: {label}: {len(run['computations'])} computations, "
                   f"{len(run['calls'])} calls", flush=True)
@@ -328,7 +395,8 @@ def expiry_scenario(kind, rows, args, location_of, memcached):
                  f"{row['extra_round_trips_per_expiry']:.0f} extra/expiry" if memcached else "")
         print(f"{kind:<9} {label:<34} {row['computations']:>5} computations / {row['expiries']:>3} expiries"
               f" = {row['per_expiry']:5.1f} per expiry{trips}; at expiry ({row['at_expiry_calls']} calls)"
-              f" p50 {row['expiry_p50_ms']:.1f} / p99 {row['expiry_p99_ms']:.1f} / max {row['expiry_max_ms']:.1f} ms;"
+              f" p50 {row['expiry_p50_ms']:.1f} / p99 {row['expiry_p99_ms']:.1f} / max {row['expiry_max_ms']:.1f} ms,"
+              f" lag p50 {row['lag_p50_ms']:.1f} / p99 {row['lag_p99_ms']:.1f} ms;"
               f" overall p50 {row['p50_ms']:.2f} / p99 {row['p99_ms']:.1f} ms, {row['calls']} calls", flush=True)
     return results
 
@@ -385,6 +453,7 @@ def main():
     parser.add_argument("--hit-seconds", type=float, default=1.0)
     parser.add_argument("--hit-rounds", type=int, default=3)
     parser.add_argument("--hit-threads", default="1,8")
+    parser.add_argument("--paired-calls", type=int, default=10000, help="pairs per backend and round")
     parser.add_argument("--no-hits", action="store_true")
     parser.add_argument("--no-expiry", action="store_true", help="memcached: the hit loop only")
     parser.add_argument("--dir", default=None, help="where the file caches live (default: a temp dir)")
@@ -397,7 +466,7 @@ def main():
     memcached = Memcached() if "memcached" in kinds else None
     postgres = Postgres() if "database" in kinds else None
     servers = [s for s in (memcached, postgres) if s]
-    results, hits = [], []
+    results, hits, paired = [], [], []
     try:
         databases = {"default": postgres.settings("postgres")} if postgres else {}
         settings.configure(DATABASES=databases, USE_TZ=True)
@@ -414,6 +483,7 @@ def main():
                 if not args.no_hits:
                     hit_rows = [row for row in rows if row[3] in (None, (args.poll or [DEFAULT_POLL])[0])]
                     hits += hit_loop(hit_rows, args, memcached.location, memcached)
+                    paired += paired_latency(hit_rows, args, memcached.location)
                 continue
             rows = [(side, side, import_string(path), None) for side, path in zip(("racefree", "stock"), PAIRS[kind])]
             if kind == "file":
@@ -439,15 +509,15 @@ def main():
               f"{args.rounds} rounds of {args.seconds:g} s per backend")
         print()
         print("| store | backend | computations per expiry | round trips per call | extra round trips per expiry "
-              "| at-expiry calls | at expiry p50 / p99 / max | overall p50 / p99 |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| at-expiry calls | at expiry p50 / p99 / max | lag at expiry p50 / p99 | overall p50 / p99 |")
+        print("|---|---|---|---|---|---|---|---|---|")
     for row in results:
         trips = (f"{row['round_trips_per_call']:.3f} | {row['extra_round_trips_per_expiry']:.0f}"
                  if "commands" in row else "– | –")
         print(f"| {row['kind']} | {row['label']} ({row['backend']}) | {row['per_expiry']:.1f} "
               f"({row['computations']}/{row['expiries']}) | {trips} | {row['at_expiry_calls']} | "
               f"{row['expiry_p50_ms']:.1f} / {row['expiry_p99_ms']:.1f} / {row['expiry_max_ms']:.1f} ms | "
-              f"{row['p50_ms']:.2f} / {row['p99_ms']:.1f} ms |")
+              f"{row['lag_p50_ms']:.1f} / {row['lag_p99_ms']:.1f} ms | {row['p50_ms']:.2f} / {row['p99_ms']:.1f} ms |")
     if hits:
         print()
         print(f"Hit loop: a present key, {args.hit_rounds} rounds of {args.hit_seconds:g} s per backend and operation")
@@ -457,7 +527,17 @@ def main():
         for row in hits:
             print(f"| {row['label']} ({row['backend']}) | {row['threads']} | {row['get_or_set_ops']:,.0f} | "
                   f"{row['get_ops']:,.0f} | {row['ratio']:.2f}x | {row['round_trips_per_hit']:.2f} |")
-    save(args.json, results, hits=hits, workers=args.workers, seconds=args.seconds, rounds=args.rounds,
+    if paired:
+        print()
+        print(f"Paired calls: one thread, get_or_set and get by turns, {args.paired_calls} pairs per backend "
+              f"and round, {args.hit_rounds} rounds; medians")
+        print()
+        print("| backend | get_or_set latency | get latency | get_or_set / get (throughput) |")
+        print("|---|---|---|---|")
+        for row in paired:
+            print(f"| {row['label']} ({row['backend']}) | {row['get_or_set_us']:.2f} µs | {row['get_us']:.2f} µs | "
+                  f"{row['ratio']:.3f}x |")
+    save(args.json, results, hits=hits, paired=paired, workers=args.workers, seconds=args.seconds, rounds=args.rounds,
          ttl=args.ttl, compute=args.compute, poll=args.poll, hit_seconds=args.hit_seconds,
          hit_rounds=args.hit_rounds)
 

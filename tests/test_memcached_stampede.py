@@ -237,7 +237,8 @@ def test_plain_reads_miss_an_invalidated_value_and_add_stores_over_it(cache):
     assert cache.touch("c", 600) is False
     assert cache.touch("c", None) is False
     # The touch left the invalidated item its own expiry (LOCK_LEASE, + 1 s).
-    assert 0 < cache._store.claim(cache.make_and_validate_key("c"), 11, None)[4] <= 11
+    item, (_, stale, _, ttl) = cache._store.claim(cache.make_and_validate_key("c"), 11, None)
+    assert item is not None and stale and 0 < ttl <= 11
     assert cache.add("a", "added") is True and cache.get("a") == "added"
     assert cache.add("b", "not added") is False and cache.get("b") == "kept"
     cache.set("c", "set again")

@@ -77,9 +77,10 @@ _Culled = tuple[float, int, int]
 _ItemChange = Callable[[tuple[int, bytes]], tuple[int, bytes]]
 
 # get_or_set's read on memcached: (item or None while another caller
-# computes it, won: this caller computes, stale: invalidated, CAS token,
-# remaining TTL in seconds or -1).
-_Claim = tuple[tuple[int, bytes] | None, bool, bool, int, int]
+# computes it, turn): turn is None when the item is to be served, else
+# (won: this caller computes, stale: invalidated, CAS token, remaining TTL
+# in seconds or -1).
+_Claim = tuple[tuple[int, bytes] | None, tuple[bool, bool, int, int] | None]
 
 @final
 class MemcachedClient(_Store[tuple[int, bytes], int]):

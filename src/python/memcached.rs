@@ -274,15 +274,19 @@ store_methods! {
             Ok(Batch::new(keys, (), failures))
         }
 
-        /// `get_or_set`'s one round trip: `(item, win, stale, cas, ttl)`.
-        /// `item` is `(flags, value)`, or None while another caller computes
-        /// it (a placeholder); `win`: this caller computes (a miss, which
-        /// left a placeholder for `vivify` seconds; the stale item; or, with
-        /// `recache`, the refresh of an item with less than that left).
-        fn claim / aclaim(key: PyBackedStr, vivify: i64, recache: Option<i64>) -> (Option<(u32, aio::Bytes)>, bool, bool, u64, i64) {
+        /// `get_or_set`'s one round trip: `(item, turn)`. `item` is
+        /// `(flags, value)`, or None while another caller computes it (a
+        /// placeholder). `turn` is None when `item` is to be served (a hit,
+        /// also of an invalidated item or one another caller refreshes),
+        /// else `(win, stale, cas, ttl)`: `win` if this caller computes (a
+        /// miss, which left a placeholder for `vivify` seconds; the stale
+        /// item; or, with `recache`, the refresh of an item with less than
+        /// that left), not if it waits for another's value.
+        fn claim / aclaim(key: PyBackedStr, vivify: i64, recache: Option<i64>) -> (Option<(u32, aio::Bytes)>, Option<(bool, bool, u64, i64)>) {
             let claim = client.claim(memcached_key(&key)?, vivify, recache)?;
-            let item = claim.item.map(|item| (item.flags, aio::Bytes(item.value)));
-            Ok((item, claim.marks.win, claim.marks.stale, claim.cas, claim.ttl))
+            let turn = (claim.item.is_none() || claim.marks.win)
+                .then_some((claim.marks.win, claim.marks.stale, claim.cas, claim.ttl));
+            Ok((claim.item.map(|item| (item.flags, aio::Bytes(item.value))), turn))
         }
 
         /// A winner that could not compute gives its turn back, so that

@@ -57,10 +57,11 @@ def save(path, results, **settings):
             json.dump({"results": results, **settings}, out, indent=2)
 
 
-def threaded_rate(threads, seconds, prepare, finish=None):
+def threaded_rate(threads, seconds, prepare, finish=None, with_calls=False):
     """Calls per second summed over ``threads`` threads, each calling the
     callable ``prepare(index)`` returns (once before the clock starts)
-    until ``seconds`` are up; ``finish()`` runs in each thread at the end."""
+    until ``seconds`` are up; ``finish()`` runs in each thread at the end.
+    ``with_calls``: also the number of calls made, warm-up calls included."""
     counts = [0] * threads
     barrier = threading.Barrier(threads + 1)
     stop = threading.Event()
@@ -86,7 +87,8 @@ def threaded_rate(threads, seconds, prepare, finish=None):
     stop.set()
     for worker in workers:
         worker.join()
-    return sum(counts) / (time.perf_counter() - started)
+    rate = sum(counts) / (time.perf_counter() - started)
+    return (rate, sum(counts) + threads) if with_calls else rate
 
 
 def cycling_get(cache, keys, start=0):

@@ -59,6 +59,7 @@ and PostgreSQL are started here (memcached in its default configuration,
 """
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -71,7 +72,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import django  # noqa: E402
-from _common import save  # noqa: E402
+from _common import save, threaded_rate  # noqa: E402
 from django.conf import settings  # noqa: E402
 from support.servers import Memcached, Postgres  # noqa: E402
 
@@ -245,36 +246,18 @@ def hit_run(make_cache, threads, seconds, key, op):
     """Calls/s of ``op`` ("get_or_set" or "get") on ``key`` over ``threads``
     threads, each with its own backend object; and the calls made (the
     timed ones plus one warm-up call per thread)."""
-    counts = [0] * threads
-    barrier = threading.Barrier(threads + 1)
-    stop = threading.Event()
 
     def never():
         raise AssertionError("the hot key is present: get_or_set must not compute")
 
-    def run(index):
+    def prepare(index):
         cache = make_cache()
-        call = cache.get_or_set if op == "get_or_set" else cache.get
-        args = (key, never, None) if op == "get_or_set" else (key,)
-        assert call(*args) is not None
-        barrier.wait()
-        n = 0
-        while not stop.is_set():
-            call(*args)
-            n += 1
-        counts[index] = n
+        assert cache.get(key) is not None
+        if op == "get_or_set":
+            return functools.partial(cache.get_or_set, key, never, None)
+        return functools.partial(cache.get, key)
 
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    barrier.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
-    return sum(counts) / elapsed, sum(counts) + threads
+    return threaded_rate(threads, seconds, prepare, with_calls=True)
 
 
 def paired_latency(rows, args, location):

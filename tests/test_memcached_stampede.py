@@ -160,6 +160,7 @@ class ServerCommands:
         return self["delete_hits"] + self["delete_misses"]
 
 
+@pytest.mark.cross_version
 @pytest.mark.parametrize("early_refresh", [0, 30])
 def test_a_hit_is_one_mg(memcached, prefix, early_refresh):
     cache = make(memcached.location, prefix, EARLY_REFRESH=early_refresh)
@@ -227,6 +228,7 @@ def test_invalidate_under_load_serves_the_old_value_while_one_caller_recomputes(
     assert cache.get("hot") == "new"
 
 
+@pytest.mark.cross_version
 def test_plain_reads_miss_an_invalidated_value_and_add_stores_over_it(cache):
     cache.set_many({"a": 1, "b": "kept", "c": [3]}, 600)
     assert cache.invalidate("a") is True and cache.invalidate("c") is True
@@ -268,6 +270,7 @@ def test_a_plain_read_of_an_invalidated_value_leaves_the_refresh_to_get_or_set(m
     assert sorted(results) == ["new"] + ["old"] * 7
 
 
+@pytest.mark.cross_version
 def test_a_failing_winner_passes_its_turn_on_at_once(cache, tmp_path):
     calls = Calls(tmp_path / "calls")
     lease = 10  # the turn must not wait for it
@@ -364,6 +367,7 @@ def test_django_s_pymemcache_reads_a_placeholder_as_empty_and_values_as_written(
     assert stock.get("s") == [1, 2]
 
 
+@pytest.mark.cross_version
 def test_async_get_or_set_and_invalidate(memcached, prefix, tmp_path):
     calls = Calls(tmp_path / "calls")
     cache = make(memcached.location, prefix)

@@ -10,6 +10,9 @@ python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 # Throwaway certificate authorities for the TLS tests (tests/support/certs.py).
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The Redis servers of the Redis backend's tests (single, replica, cluster).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # The PostgreSQL server may be installed without being on PATH (Debian keeps
 # it in /usr/lib/postgresql/<version>/bin; pg_config --bindir finds it).
 have_initdb() {

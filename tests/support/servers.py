@@ -32,7 +32,39 @@ def _process_state(pid):
         return None
 
 
-class Memcached:
+class ServerProcess:
+    """Process control shared by the servers started here: ``self.process``
+    is the server's Popen, ``self.name`` its name in messages."""
+
+    name = "server"
+    process = None
+
+    def pause(self):
+        """SIGSTOP: the server keeps its sockets but answers nothing."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self._wait_state(stopped=True)
+
+    def resume(self):
+        os.kill(self.process.pid, signal.SIGCONT)
+        self._wait_state(stopped=False)
+
+    def _wait_state(self, stopped):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if (_process_state(self.process.pid) == "T") == stopped:
+                return
+            time.sleep(0.001)
+        raise RuntimeError(f"{self.name} did not change state")
+
+    def kill(self):
+        """SIGKILL and reap."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+
+
+class Memcached(ServerProcess):
     """A memcached process; ``location`` is what goes into LOCATION.
     ``threads`` is its worker threads (``-t``): memcached's own default
     unless a benchmark asks for another.
@@ -152,29 +184,84 @@ class Memcached:
                 self.admin_port = self.admin_port and free_port()
         raise RuntimeError(f"memcached did not start on {self.location}")
 
-    def pause(self):
-        """SIGSTOP: the server keeps its sockets but answers nothing."""
-        os.kill(self.process.pid, signal.SIGSTOP)
-        self._wait_state(stopped=True)
+    def restart(self):
+        self.kill()
+        self.start(keep_port=True)
 
-    def resume(self):
-        os.kill(self.process.pid, signal.SIGCONT)
-        self._wait_state(stopped=False)
+    def stop(self):
+        self.kill()
+        shutil.rmtree(self.tempdir, ignore_errors=True)
 
-    def _wait_state(self, stopped):
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if (_process_state(self.process.pid) == "T") == stopped:
-                return
-            time.sleep(0.001)
-        raise RuntimeError("memcached did not change state")
+    close = stop
 
-    def kill(self):
-        """SIGKILL and reap."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-            self.process.kill()
-            self.process.wait()
+
+class Redis(ServerProcess):
+    """A redis-server process (Valkey speaks the same protocol): loopback, a
+    free port, a temp dir, nothing persisted. ``replica_of`` (another
+    Redis) makes it that server's replica; ``cluster`` starts it in cluster
+    mode (see RedisCluster). ``location`` is a LOCATION URL."""
+
+    name = "redis-server"
+
+    def __init__(self, replica_of=None, cluster=False, extra_args=()):
+        binary = shutil.which("redis-server")
+        if binary is None or shutil.which("redis-cli") is None:
+            raise ServerMissing("Redis is not installed: run `make test` as root, or "
+                                "`apt-get install redis-server redis-tools`")
+        self.binary = binary
+        self.replica_of = replica_of
+        self.cluster = cluster
+        self.extra_args = list(extra_args)
+        self.tempdir = tempfile.mkdtemp(prefix="racefree-redis-")
+        self.port = free_port()
+        self.process = None
+        self.start()
+
+    @property
+    def location(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def _command(self):
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.tempdir,
+                   "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no"]
+        if self.cluster:
+            # A node that lost its peers keeps serving the slots it has
+            # (the tests kill one node and expect the others to answer).
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
+        if self.replica_of is not None:
+            command += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        return command + self.extra_args
+
+    def cli(self, *args, check=True):
+        """A redis-cli call against this server; its output, stripped."""
+        done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *map(str, args)],
+                              capture_output=True, text=True, timeout=10)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"redis-cli {' '.join(map(str, args))}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def info(self, section="server", check=True):
+        """``INFO section`` as a dict of strings."""
+        lines = self.cli("info", section, check=check).splitlines()
+        return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
+
+    def start(self, keep_port=False):
+        for _attempt in range(5):
+            self.process = subprocess.Popen(
+                self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.process.poll() is None:
+                # Ready when the process answering is ours (not a stranger
+                # that took the port first).
+                if self.info(check=False).get("process_id") == str(self.process.pid):
+                    return
+                time.sleep(0.01)
+            self.kill()
+            if not keep_port:
+                self.port = free_port()
+        raise RuntimeError(f"redis-server did not start on {self.location}")
 
     def restart(self):
         self.kill()
@@ -185,6 +272,50 @@ class Memcached:
         shutil.rmtree(self.tempdir, ignore_errors=True)
 
     close = stop
+
+
+class RedisCluster:
+    """Three Redis primaries forming a cluster (``redis-cli --cluster
+    create``), each owning a third of the 16,384 slots."""
+
+    def __init__(self, nodes=3):
+        self.nodes = [Redis(cluster=True) for _ in range(nodes)]
+        try:
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, text=True, timeout=60)
+            deadline = time.monotonic() + 30
+            while not all(node.info("cluster").get("cluster_enabled") == "1" and
+                          "cluster_state:ok" in node.cli("cluster", "info") for node in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Redis cluster did not come up")
+                time.sleep(0.05)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def locations(self):
+        return [node.location for node in self.nodes]
+
+    def node_for(self, key):
+        """The node that owns ``key``'s slot (by the cluster's own word)."""
+        slot = int(self.nodes[0].cli("cluster", "keyslot", key))
+        for node in self.nodes:
+            # CLUSTER SLOTS as redis-cli prints it: per range, its first and
+            # last slot, then the owner's host, port and id.
+            lines = node.cli("cluster", "slots").splitlines()
+            for index in range(len(lines) - 3):
+                if not (lines[index].isdigit() and lines[index + 1].isdigit()):
+                    continue
+                first, last = int(lines[index]), int(lines[index + 1])
+                if first <= slot <= last and lines[index + 3] == str(node.port):
+                    return node
+        raise LookupError(f"no node owns slot {slot}")
+
+    def close(self):
+        for node in self.nodes:
+            node.close()
 
 
 def postgres_bindir():

@@ -13,6 +13,7 @@ pub mod health;
 pub mod memcached;
 pub mod pgstore;
 mod pool;
+pub mod redis;
 pub mod stats;
 mod sync;
 pub mod tls;

@@ -1,4 +1,5 @@
 //! The Redis (and Valkey) store: work in progress (issue 22). So far the
-//! cluster's key → slot mapping.
+//! wire protocol (RESP2) and the cluster's key → slot mapping.
 
+pub mod resp;
 pub mod slot;

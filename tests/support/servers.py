@@ -38,6 +38,46 @@ class ServerProcess:
 
     name = "server"
     process = None
+    tempdir = None
+
+    def _command(self):
+        raise NotImplementedError
+
+    def _answering_pid(self):
+        """The PID of the process answering on the server's address, if any."""
+        raise NotImplementedError
+
+    def _new_ports(self):
+        """Pick new free ports (another process took one first)."""
+        raise NotImplementedError
+
+    def start(self, keep_port=False):
+        for _attempt in range(5):
+            self.process = subprocess.Popen(
+                self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.process.poll() is None:
+                # Ready when the process answering is ours (not a stranger
+                # that took the port first).
+                if self._answering_pid() == self.process.pid:
+                    return
+                time.sleep(0.01)
+            self.kill()
+            if not keep_port:
+                self._new_ports()
+        raise RuntimeError(f"{self.name} did not start on {self.location}")
+
+    def restart(self):
+        self.kill()
+        self.start(keep_port=True)
+
+    def stop(self):
+        self.kill()
+        shutil.rmtree(self.tempdir, ignore_errors=True)
+
+    def close(self):
+        self.stop()
 
     def pause(self):
         """SIGSTOP: the server keeps its sockets but answers nothing."""
@@ -74,6 +114,8 @@ class Memcached(ServerProcess):
     reads ``stats`` on a second, plain-text port of its own
     (``admin_port``). ``authfile`` (lines ``user:password``) turns on
     memcached's login (``-Y``); the harness logs in as its first user."""
+
+    name = "memcached"
 
     def __init__(self, unix_socket=False, memory_mb=64, extra_args=(), threads=4, tls=None, ca_cert=None,
                  authfile=None):
@@ -163,36 +205,16 @@ class Memcached(ServerProcess):
                 stats[parts[1]] = int(parts[2]) if parts[2].isdigit() else parts[2]
         return stats
 
-    def start(self, keep_port=False):
-        for _attempt in range(5):
-            self.process = subprocess.Popen(
-                self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-            )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.process.poll() is None:
-                try:
-                    # Ready when the process answering is ours (not a
-                    # stranger that took the port first).
-                    if self.stats().get("pid") == self.process.pid:
-                        return
-                except OSError:
-                    pass
-                time.sleep(0.01)
-            self.kill()
-            if self.port and not keep_port:
-                self.port = free_port()
-                self.admin_port = self.admin_port and free_port()
-        raise RuntimeError(f"memcached did not start on {self.location}")
+    def _answering_pid(self):
+        try:
+            return self.stats().get("pid")
+        except OSError:
+            return None
 
-    def restart(self):
-        self.kill()
-        self.start(keep_port=True)
-
-    def stop(self):
-        self.kill()
-        shutil.rmtree(self.tempdir, ignore_errors=True)
-
-    close = stop
+    def _new_ports(self):
+        if self.port:
+            self.port = free_port()
+            self.admin_port = self.admin_port and free_port()
 
 
 class Redis(ServerProcess):
@@ -246,32 +268,12 @@ class Redis(ServerProcess):
         lines = self.cli("info", section, check=check).splitlines()
         return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
 
-    def start(self, keep_port=False):
-        for _attempt in range(5):
-            self.process = subprocess.Popen(
-                self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-            )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and self.process.poll() is None:
-                # Ready when the process answering is ours (not a stranger
-                # that took the port first).
-                if self.info(check=False).get("process_id") == str(self.process.pid):
-                    return
-                time.sleep(0.01)
-            self.kill()
-            if not keep_port:
-                self.port = free_port()
-        raise RuntimeError(f"redis-server did not start on {self.location}")
+    def _answering_pid(self):
+        pid = self.info(check=False).get("process_id")
+        return int(pid) if pid else None
 
-    def restart(self):
-        self.kill()
-        self.start(keep_port=True)
-
-    def stop(self):
-        self.kill()
-        shutil.rmtree(self.tempdir, ignore_errors=True)
-
-    close = stop
+    def _new_ports(self):
+        self.port = free_port()
 
 
 class RedisCluster:

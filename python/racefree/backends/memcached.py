@@ -387,10 +387,6 @@ class MemcachedCache(RacefreeCache, BaseCache):
             return False
         return invalidated
 
-    if TYPE_CHECKING:
-
-        async def ainvalidate(self, key: Any, version: int | None = None) -> bool: ...
-
     def validate_key(self, key: str) -> None:
         error = memcached_key_error(key)
         if error is not None:

@@ -505,14 +505,26 @@ class Postgres:
     def pause(self):
         """SIGSTOP to every process of the server: connections stay open,
         new ones are accepted by the kernel, nothing is ever answered."""
-        for pid in self._cluster():
-            os.kill(pid, signal.SIGSTOP)
+        # The postmaster first, so that it forks no new session afterwards;
+        # then its children, listed again once it is stopped. A child may
+        # exit between the listing and its signal (a finished session or
+        # autovacuum worker): nothing to stop then.
+        postmaster, *_ = self._cluster()
+        os.kill(postmaster, signal.SIGSTOP)
+        for pid in self._cluster()[1:]:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
 
     def resume(self):
         # runuser (when running as root) stops itself when its child stops,
         # and must be woken too.
         for pid in [*self._cluster(), self.process.pid]:
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
     def stop(self, mode="fast"):
         """Stop the server: "fast" (SIGINT) or "immediate" (SIGQUIT, a crash)."""

@@ -11,6 +11,7 @@ pub mod fork;
 pub mod forwarding;
 pub mod health;
 pub mod memcached;
+mod net;
 pub mod pgstore;
 mod pool;
 pub mod redis;

@@ -1,15 +1,11 @@
-//! Server addresses as Django and pymemcache spell them.
+//! Server addresses as Django and pymemcache spell them: memcached's own
+//! reading of LOCATION into the shared `net::Address`.
 
 use std::path::PathBuf;
 
-use super::error::{Error, Result};
+pub use crate::net::Address;
 
-/// Where a memcached server listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    Tcp { host: String, port: u16 },
-    Unix(PathBuf),
-}
+use super::error::{Error, Result};
 
 impl Address {
     /// Parse one LOCATION entry: `host`, `host:port`, `[v6]`, `[v6]:port`,
@@ -55,16 +51,6 @@ impl Address {
         match self {
             Address::Tcp { host, port } => format!("{host}:{port}"),
             Address::Unix(path) => path.to_string_lossy().into_owned(),
-        }
-    }
-}
-
-impl std::fmt::Display for Address {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Address::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Address::Tcp { host, port } => write!(f, "{host}:{port}"),
-            Address::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }

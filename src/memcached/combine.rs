@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::net::spin::InFlight;
 use crate::sync::{locked, wait_until};
 
 use super::error::{Error, Result};
 use super::item::Item;
-use super::spin::InFlight;
 
 /// Most gets in one combined round trip (the rest wait for the next).
 const MOST_PER_TRIP: usize = 64;

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io;
 
+use crate::net::OpenError;
+
 /// Why a key was refused before anything was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyProblem {
@@ -100,6 +102,16 @@ impl Error {
         Error::Protocol {
             server: server.to_owned(),
             detail: detail.into(),
+        }
+    }
+}
+
+/// A connection that could not be opened (`net::Connection::open`).
+impl From<OpenError> for Error {
+    fn from(error: OpenError) -> Error {
+        match error {
+            OpenError::Connect { server, source } => Error::Connect { server, source },
+            OpenError::Tls { server, detail } => Error::Tls { server, detail },
         }
     }
 }

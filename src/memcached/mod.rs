@@ -14,12 +14,13 @@ mod item;
 pub mod protocol;
 mod routing;
 mod server;
-mod spin;
 
 pub use address::Address;
 pub use client::{BatchFailure, Claim, Client, Entry, StoreOutcome, Turn};
 pub use error::{AuthProblem, Error, KeyProblem, Result};
-pub use handshake::{Der, Secret, TlsOptions};
+// The TLS options are the network stores' shared ones (Python hands them
+// over by these names).
+pub use crate::net::{Der, Secret, TlsOptions};
 pub use item::Item;
 pub use protocol::{Marks, StoreMode};
 pub use routing::Rendezvous;

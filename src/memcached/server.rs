@@ -13,6 +13,8 @@ use serde::Deserialize;
 
 use crate::config::seconds;
 use crate::health::Health;
+use crate::net::spin::{InFlight, SpinWait};
+use crate::net::{Secret, TlsOptions};
 use crate::pool::{self, Dial, Pool};
 use crate::sync::locked;
 
@@ -20,8 +22,7 @@ use super::address::Address;
 use super::combine::{Combiner, duplicate};
 use super::connection::Connection;
 use super::error::{Error, Result};
-use super::handshake::{Handshake, Secret, TlsOptions};
-use super::spin::{InFlight, SpinWait};
+use super::handshake::Handshake;
 
 /// How long a server's refusal of this client (its TLS or its login) is
 /// remembered: calls meanwhile fail with it at once instead of each
@@ -51,7 +52,7 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Longest busy-wait for a reply before sleeping (zero: never spin).
     /// Only servers whose replies usually come back within it are spun
-    /// for; see `spin`.
+    /// for; see `net::spin`.
     #[serde(deserialize_with = "seconds")]
     pub spin_wait: Duration,
     /// Combine concurrent gets to a server into shared round trips (see
@@ -188,8 +189,7 @@ impl Dial for Dialer {
             return Err(refusal);
         }
         let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
-        let spin = Arc::clone(&self.spin);
-        let opened = Connection::open(&self.address, &self.name, &self.handshake, connect, io, spin);
+        let opened = Connection::open(&self.address, &self.name, &self.handshake, connect, io, &self.spin);
         if let Err(error) = &opened
             && error.is_refusal()
         {

@@ -16,8 +16,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// Memcached calls of this process now waiting for a reply: holding a
-/// connection, or queued for a combined get (see `combine`).
+/// Calls of this process to its network stores now waiting for a reply:
+/// holding a connection, or queued for a combined get (see
+/// `memcached::combine`).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 fn spin_slots() -> usize {

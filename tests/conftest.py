@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from support import django_suite  # noqa: E402
 from support.certs import Authority  # noqa: E402
-from support.servers import Memcached, Postgres  # noqa: E402
+from support.servers import Memcached, Postgres, Redis  # noqa: E402
 
 SERVERS = {}
 #: The CA of the session's servers' certificates ("ca").
@@ -31,6 +31,7 @@ _teardown = []
 
 def pytest_configure(config):
     SERVERS["memcached"] = Memcached()
+    SERVERS["redis"] = Redis()
     # TLS on but not required: connections without sslmode (libpq's
     # "prefer") use it, and "disable" still connects.
     PKI["ca"] = Authority()
@@ -110,12 +111,13 @@ def pytest_terminal_summary(terminalreporter):
 
 def backend_builder(request, tmp_path):
     """``build(**options)`` -> a racefree backend of the kind
-    ``request.param`` names ("memcached", "file" or "database") on one
+    ``request.param`` names ("memcached", "redis", "file" or "database") on one
     location and key prefix per test, so differently configured instances
     see each other's entries (for indirectly parametrized fixtures)."""
     from racefree.backends.db import DatabaseCache
     from racefree.backends.filebased import FileBasedCache
     from racefree.backends.memcached import MemcachedCache
+    from racefree.backends.redis import RedisCache
 
     kind = request.param
     prefix = uuid.uuid4().hex[:8]
@@ -125,6 +127,8 @@ def backend_builder(request, tmp_path):
         params = {"KEY_PREFIX": prefix, "OPTIONS": options}
         if kind == "memcached":
             return MemcachedCache(SERVERS["memcached"].location, params)
+        if kind == "redis":
+            return RedisCache(SERVERS["redis"].location, params)
         if kind == "file":
             return FileBasedCache(str(tmp_path), params)
         return DatabaseCache(table, params)
@@ -169,6 +173,20 @@ def memcached_cluster():
     yield servers
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """The session's redis-server (also used by Django's suite)."""
+    return SERVERS["redis"]
+
+
+@pytest.fixture
+def fresh_redis():
+    """A redis-server of this test's own, which it may kill or freeze."""
+    server = Redis()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyOverflowError, PyPermissionError, PyTypeErro
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::{codec, filestore, memcached, pgstore};
+use crate::{codec, filestore, memcached, pgstore, redis};
 
 pyo3::import_exception!(racefree.exceptions, CacheConnectionError);
 pyo3::import_exception!(racefree.exceptions, CacheAuthenticationError);
@@ -41,6 +41,23 @@ impl From<memcached::Error> for PyErr {
             Error::Server { .. } => CacheServerError::new_err(message),
             Error::ValueTooLarge { .. } => ValueTooLargeError::new_err(message),
             Error::NotANumber { .. } => PyTypeError::new_err(message),
+        }
+    }
+}
+
+impl From<redis::Error> for PyErr {
+    fn from(error: redis::Error) -> PyErr {
+        use redis::Error;
+        let message = error.to_string();
+        match error {
+            Error::Config(_) => PyValueError::new_err(message),
+            Error::Connect { .. } | Error::Io { .. } | Error::Tls { .. } => CacheConnectionError::new_err(message),
+            Error::Auth { .. } => CacheAuthenticationError::new_err(message),
+            Error::Timeout { .. } => CacheTimeoutError::new_err(message),
+            Error::Protocol { .. } => CacheProtocolError::new_err(message),
+            Error::Server { .. } => CacheServerError::new_err(message),
+            Error::NotAnInteger { .. } => PyTypeError::new_err(message),
+            Error::Overflow { .. } => PyOverflowError::new_err(message),
         }
     }
 }

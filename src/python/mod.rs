@@ -59,6 +59,7 @@ mod filestore;
 mod forwarding;
 mod memcached;
 mod pgstore;
+mod redis;
 
 /// A store's settings from the dict Python's option reading made (see
 /// `crate::config`).
@@ -175,6 +176,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<memcached::MemcachedClient>()?;
     m.add_class::<filestore::FileStore>()?;
     m.add_class::<pgstore::PgStore>()?;
+    m.add_class::<redis::RedisClient>()?;
     m.add_class::<forwarding::ForwardingCore>()?;
     m.add_class::<forwarding::Lease>()?;
     m.add_function(wrap_pyfunction!(codec::compress, m)?)?;

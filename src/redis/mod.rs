@@ -1,5 +1,30 @@
-//! The Redis (and Valkey) store: work in progress (issue 22). So far the
-//! wire protocol (RESP2) and the cluster's key → slot mapping.
+//! The Redis (and Valkey) store: a primary and optional read replicas
+//! over pooled connections, in RESP2, with every read-then-write done by
+//! one command or one server-side script.
+//!
+//! Keys are Django's and values the bytes the Python layer makes in
+//! Django's `RedisCache` encoding (integers as digits, the rest pickled),
+//! so entries are shared with Django's backend on the same server.
 
+mod client;
+mod error;
 pub mod resp;
+mod scripts;
+mod server;
 pub mod slot;
+
+pub use client::{Client, ServerPool, Ttl};
+pub use error::{Error, Result};
+pub use server::Config;
+
+/// Replies are read from a store connection, within its exchange's
+/// deadline.
+impl resp::Frames for crate::net::Connection {
+    fn read_line(&mut self) -> std::io::Result<&[u8]> {
+        crate::net::Connection::read_line(self)
+    }
+
+    fn read_value(&mut self, size: usize) -> std::io::Result<Vec<u8>> {
+        crate::net::Connection::read_value(self, size)
+    }
+}

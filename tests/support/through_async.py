@@ -12,6 +12,7 @@ import threading
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 
 #: sync method -> the async method it is driven through. BaseCache's
 #: composite incr_version/decr_version stay sync, over the routed methods:
@@ -60,4 +61,8 @@ class FileBasedCacheThroughAsync(ThroughAsync, FileBasedCache):
 
 
 class DatabaseCacheThroughAsync(ThroughAsync, DatabaseCache):
+    pass
+
+
+class RedisCacheThroughAsync(ThroughAsync, RedisCache):
     pass

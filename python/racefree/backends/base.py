@@ -244,6 +244,27 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         return value
 
     @store_operation
+    def _rewritten_count(self, key: str, delta: int) -> Generator[Any, Any, Any]:
+        """``incr`` of a counter a store of bytes (``dumps``) cannot count
+        itself (PostgreSQL; a signed one on Redis): read, add and write back
+        in one atomic update of the store, which keeps the expiry. The new
+        value, or None if the key is missing or unloadable (logged: treated
+        as missing). A value that cannot be added to raises as Django's
+        ``BaseCache.incr`` does (TypeError)."""
+        results: list[Any] = []
+
+        def add_delta(data: bytes) -> bytes:
+            results.append(self._serializer.loads(key, data) + delta)
+            return self._serializer.dumps(key, results[-1])
+
+        try:
+            written = yield self._store.update, (key, add_delta)
+        except UnverifiedValue:
+            logger.warning("cannot load the cached value of %r; incr treats it as missing", key)
+            return None
+        return None if written is None else results[-1]
+
+    @store_operation
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
         key_map = {self._key(key, version): key for key in keys}
         if not key_map:

@@ -31,7 +31,7 @@ from racefree.backends._stampede import stampede_options
 from racefree.backends.base import ProcessRegistry, RacefreeCache
 from racefree.checks import error, unreachable
 from racefree.exceptions import CacheError, NotPostgreSQL
-from racefree.serialization import UnverifiedValue, logger, serializer_options
+from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
     from django.core.checks import CheckMessage
@@ -209,23 +209,11 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
         locks) while ``value + delta`` is computed and written. Keeps the
         key's expiry. A missing key raises ValueError."""
         key = self._key(key, version)
-        results: list[Any] = []
-
-        def add_delta(data: bytes) -> bytes:
-            value = self._serializer.loads(key, data) + delta
-            results.append(value)
-            return self._serializer.dumps(key, value)
-
         try:
-            written = yield self._store.update, (key, add_delta)
-        except UnverifiedValue:
-            # Not this cache's value to count with (logged by nothing
-            # else): as if missing. The transaction was rolled back.
-            logger.warning("cannot load the cached value of %r; incr treats it as missing", key)
-            written = None
+            value = yield self._rewritten_count, (key, delta)
         except CacheError as error:
             self._server_failed("incr", error)
-            written = None
-        if written is None:
+            value = None
+        if value is None:
             raise ValueError("Key '%s' not found" % key)
-        return results[-1]
+        return value

@@ -1,0 +1,416 @@
+"""Pooled, thread-safe Redis (and Valkey) backend.
+
+A drop-in for Django's ``RedisCache``: the same LOCATION forms (one URL or
+several, the first the primary and the others read replicas), key format
+and value encoding (integers as digits, everything else pickled), so both
+can share a server and switching keeps the cache warm. Unlike the stock
+backend, ``incr``/``decr`` and their async twins are one atomic script
+(no lost update, no key re-created from 0 after it expired), ``add`` with
+a timeout of 0 writes nothing, every async method is native, and a
+connection is reused only after a complete exchange. Valkey speaks the
+same protocol and works unchanged.
+"""
+
+import math
+import re
+import ssl
+from collections.abc import Generator, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.exceptions import ImproperlyConfigured
+
+from racefree._core import RedisClient
+from racefree.backends._ops import store_operation, with_async_twins
+from racefree.backends._options import (
+    Option,
+    boolean,
+    non_negative_int,
+    non_negative_number,
+    optional,
+    positive_int,
+    positive_number,
+    store_settings,
+)
+from racefree.backends._stampede import stampede_options
+from racefree.backends._tls import tls_settings
+from racefree.backends.base import ProcessRegistry, RacefreeCache, backend_path, is_forever
+from racefree.checks import PROBE_TIMEOUT, unreachable
+from racefree.exceptions import CacheAuthenticationError, CacheError
+from racefree.serialization import serializer_options
+
+if TYPE_CHECKING:
+    from django.core.checks import CheckMessage
+
+#: Longest TTL sent; beyond it (Redis keeps expiry in milliseconds since
+#: the epoch, in 64 bits) a value is kept until evicted, as "forever".
+MAX_TTL = 2**40
+DEFAULT_PORT = 6379
+#: A stored value that may be an integer Django's encoding wrote as digits.
+_DIGIT_START = frozenset(b"-0123456789")
+
+# Django's RedisSerializer, the one serializer option of Django's accepted
+# (it is racefree's default encoding).
+DJANGO_SERIALIZERS = {"django.core.cache.backends.redis.RedisSerializer", None}
+# django-redis's SERIALIZER paths racefree's SERIALIZER matches.
+DJANGO_REDIS_SERIALIZERS = {
+    "django_redis.serializers.pickle.PickleSerializer": "pickle",
+    "django_redis.serializers.json.JSONSerializer": "json",
+}
+
+
+def client_name(value: object) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("a non-empty str without spaces or control characters")
+    return value
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty str")
+    return value
+
+
+def database(value: object) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    return non_negative_int(value)
+
+
+def _path_of(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
+
+
+def django_serializer(value: object) -> None:
+    # Django's RedisCache takes a serializer class, instance or path.
+    if _path_of(value if value is None or isinstance(value, (str, type)) else type(value)) not in DJANGO_SERIALIZERS:
+        raise ValueError("Django's RedisSerializer (racefree's encoding; for JSON set SERIALIZER: 'json')")
+
+
+def stock_class_only(value: object) -> None:
+    if value is not None:
+        raise ValueError("None: racefree has its own pool and parser, in Rust")
+
+
+def django_redis_client(value: object) -> None:
+    if value != "django_redis.client.DefaultClient":
+        raise ValueError("'django_redis.client.DefaultClient' (sharded, herd and sentinel clients are not supported)")
+
+
+OPTIONS = [
+    Option("CONNECT_TIMEOUT", 1.0, positive_number,
+           aliases=("socket_connect_timeout", "SOCKET_CONNECT_TIMEOUT"), store=True),
+    Option("IO_TIMEOUT", 1.0, positive_number, aliases=("socket_timeout", "SOCKET_TIMEOUT"), store=True),
+    Option("POOL_SIZE", 32, non_negative_int, store=True),
+    Option("MAX_CONNECTIONS", None, optional(positive_int), aliases=("max_connections",), store=True),
+    Option("IDLE_TIMEOUT", 60.0, positive_number, store=True),
+    Option("SPIN_WAIT", 0.00005, non_negative_number, store=True),
+    Option("TLS", None, tls_settings, store=True, secret=True),
+    Option("USERNAME", None, optional(text), aliases=("username",), store=True),
+    Option("PASSWORD", None, optional(text), aliases=("password",), store=True, secret=True),
+    Option("DB", 0, database, aliases=("db",), store=True),
+    Option("CLIENT_NAME", None, optional(client_name), aliases=("client_name",), store=True),
+    Option("READ_FROM_REPLICAS", True, boolean, store=True),
+    Option("IGNORE_EXCEPTIONS", False, boolean),
+    *serializer_options(),
+    *stampede_options(),
+    # Django's RedisCache spellings of what racefree does anyway.
+    Option("serializer", None, django_serializer),
+    Option("pool_class", None, stock_class_only),
+    Option("parser_class", None, stock_class_only),
+    # django-redis's.
+    Option("CLIENT_CLASS", "django_redis.client.DefaultClient", django_redis_client),
+]
+
+UNSUPPORTED = {
+    "MAX_ENTRIES": "Redis evicts by its own maxmemory-policy",
+    "CULL_FREQUENCY": "Redis evicts by its own maxmemory-policy",
+    "retry_on_timeout": "a command that timed out may have run; racefree never sends it twice",
+    "COMPRESSOR": "use COMPRESS ('zlib' or 'zstd'); django-redis's compressed values are not readable by "
+    "Django's RedisCache either",
+    "CONNECTION_POOL_CLASS": "racefree has its own pool, in Rust",
+    "REDIS_CLIENT_CLASS": "racefree has its own client, in Rust",
+    "REDIS_CLIENT_KWARGS": "racefree has its own client, in Rust",
+    "PARSER_CLASS": "racefree has its own parser, in Rust",
+    "CONNECTION_FACTORY": "racefree has its own pool, in Rust",
+    "SENTINELS": "Redis Sentinel is not supported",
+    "SENTINEL_KWARGS": "Redis Sentinel is not supported",
+    "CLOSE_CONNECTION": "the pool is per process and kept between requests",
+    "REVERSE_KEY_FUNCTION": "not supported",
+    "REPLICA_READ_ONLY": "replicas only ever take reads (READ_FROM_REPLICAS says whether they take any)",
+    "CLUSTER": "Redis Cluster is not supported yet",
+}
+
+#: django-redis's CONNECTION_POOL_KWARGS, by the option each sets.
+POOL_KWARGS = {
+    "max_connections": "MAX_CONNECTIONS",
+    "socket_timeout": "IO_TIMEOUT",
+    "socket_connect_timeout": "CONNECT_TIMEOUT",
+    "client_name": "CLIENT_NAME",
+    "username": "USERNAME",
+    "password": "PASSWORD",
+    "db": "DB",
+}
+#: redis-py's TLS keywords, by the key of OPTIONS TLS each sets.
+SSL_KEYWORDS = {"ssl_ca_certs": "CA_FILE", "ssl_certfile": "CERT_FILE", "ssl_keyfile": "KEY_FILE",
+                "ssl_password": "KEY_PASSWORD"}
+SSL_CHECKS = ("ssl_cert_reqs", "ssl_check_hostname")
+#: What a URL's query may set (redis-py's names), by option.
+URL_QUERY = {"db": "DB", "socket_timeout": "IO_TIMEOUT", "socket_connect_timeout": "CONNECT_TIMEOUT",
+             "client_name": "CLIENT_NAME", "max_connections": "MAX_CONNECTIONS"}
+
+_clients: ProcessRegistry[tuple[object, ...], RedisClient] = ProcessRegistry()
+
+
+def split_location(location: str | Iterable[str]) -> list[str]:
+    """LOCATION as a list of URLs: a list, or a ``;``/``,``-separated string."""
+    if isinstance(location, str):
+        return [url.strip() for url in re.split("[;,]", location)]
+    return list(location)
+
+
+def _query_value(option: str, value: str) -> Any:
+    if option in ("IO_TIMEOUT", "CONNECT_TIMEOUT"):
+        return float(value)
+    if option in ("DB", "MAX_CONNECTIONS"):
+        return int(value)
+    return value
+
+
+def parse_url(url: object) -> tuple[str, bool, dict[str, Any]]:
+    """One LOCATION URL: the server as the store takes it (``host:port``,
+    ``unix:/path``), whether it is TLS, and the options it sets
+    (credentials, database, query arguments). ValueError if it is not
+    one of Django's forms."""
+    if not isinstance(url, str):
+        raise ValueError(f"a Redis URL, not {url!r}")
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"a redis://, rediss:// or unix:// URL, not {url!r}")
+    options: dict[str, Any] = {}
+    if parts.username:
+        options["USERNAME"] = unquote(parts.username)
+    if parts.password:
+        options["PASSWORD"] = unquote(parts.password)
+    for name, values in parse_qs(parts.query, strict_parsing=bool(parts.query)).items():
+        if name not in URL_QUERY:
+            raise ValueError(f"a Redis URL whose query takes {', '.join(URL_QUERY)} (not {name!r} in {url!r})")
+        try:
+            options[URL_QUERY[name]] = _query_value(URL_QUERY[name], values[-1])
+        except ValueError:
+            raise ValueError(f"a Redis URL with a number for {name} (not {values[-1]!r})") from None
+    if scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"a unix:// URL with a socket path, not {url!r}")
+        return f"unix:{unquote(parts.path)}", False, options
+    path = parts.path.strip("/")
+    if path and "DB" not in options:
+        if not path.isdigit():
+            raise ValueError(f"a Redis URL whose path is a database number, not {url!r}")
+        options["DB"] = int(path)
+    try:
+        host, port = parts.hostname, parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"a Redis URL with a valid port, not {url!r}") from None
+    if not host:
+        raise ValueError(f"a Redis URL with a host, not {url!r}")
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port}", scheme == "rediss", options
+
+
+def _tls_from_keywords(given: dict[str, Any]) -> None:
+    """redis-py's ssl_* keywords (Django's RedisCache passes OPTIONS to
+    its pool) as OPTIONS TLS."""
+    keywords = {name: given.pop(name) for name in [*SSL_KEYWORDS, *SSL_CHECKS, "ssl"] if name in given}
+    if not keywords:
+        return
+    if given.get("TLS") is not None:
+        raise ValueError("OPTIONS TLS, or redis-py's ssl_* keywords, not both")
+    if keywords.pop("ssl", True) is False:
+        return
+    tls: dict[str, Any] = {SSL_KEYWORDS[name]: value for name, value in keywords.items() if name in SSL_KEYWORDS}
+    requirement = keywords.get("ssl_cert_reqs", "required")
+    if requirement in ("none", ssl.CERT_NONE, None):
+        tls["VERIFY"] = "none"
+    elif keywords.get("ssl_check_hostname", True) is False:
+        tls["VERIFY"] = "ca"
+    given["TLS"] = tls
+
+
+@with_async_twins
+class RedisCache(RacefreeCache, BaseCache):
+    options_spec = OPTIONS
+    refused_options = UNSUPPORTED
+    server_kind = "Redis"
+    _store: RedisClient
+
+    def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
+        path = backend_path(self)
+        params = {**params, "OPTIONS": self._options_with_location(path, server, params.get("OPTIONS"))}
+        options = self._configure(params)
+        super().__init__(params)
+        self._counts_natively = options["SERIALIZER"] == "pickle" and not self._serializer.signs
+        if self._counts_natively:
+            self._encode = self._encoded_like_django
+            self._decode_or = self._decoded_like_django
+        else:
+            # JSON, or signed: nothing is digits the server could count
+            # with, so incr reads, adds and writes back (see incr).
+            self._encode = self._serializer.dumps
+            self._decode_or = self._serializer.load_or
+        self._write_args = self.get_backend_timeout
+        self._options = options
+        config = store_settings(options, OPTIONS)
+        try:
+            self._store = _clients.get(
+                (tuple(self._servers), *sorted((name, repr(value)) for name, value in config.items())),
+                lambda: RedisClient(self._servers, config),
+            )
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{path}: {exc}") from None
+
+    def _options_with_location(self, path: str, location: str | Sequence[str], given: object) -> Any:
+        """OPTIONS with what LOCATION's URLs set (they win, as in redis-py),
+        django-redis's CONNECTION_POOL_KWARGS and SERIALIZER paths, and
+        redis-py's ssl_* keywords, read into racefree's options."""
+        if given is None:
+            given = {}
+        if not isinstance(given, dict):
+            return given  # read_options says what is wrong
+        options = dict(given)
+        try:
+            self._servers, from_urls = self._read_location(location)
+            pool_kwargs = options.pop("CONNECTION_POOL_KWARGS", None)
+            if pool_kwargs is not None:
+                if not isinstance(pool_kwargs, dict):
+                    raise ValueError("OPTIONS['CONNECTION_POOL_KWARGS'] must be a dict")
+                for name, value in pool_kwargs.items():
+                    if name in SSL_KEYWORDS or name in SSL_CHECKS or name == "ssl":
+                        options[name] = value
+                    elif name in POOL_KWARGS:
+                        options[POOL_KWARGS[name]] = value
+                    else:
+                        raise ValueError(f"OPTIONS['CONNECTION_POOL_KWARGS'][{name!r}] is not supported; "
+                                         f"known: {', '.join(sorted([*POOL_KWARGS, *SSL_KEYWORDS, *SSL_CHECKS]))}")
+            serializer = options.get("SERIALIZER")
+            if isinstance(serializer, str) and serializer in DJANGO_REDIS_SERIALIZERS:
+                options["SERIALIZER"] = DJANGO_REDIS_SERIALIZERS[serializer]
+            if "PICKLE_VERSION" in options:
+                options["PICKLE_PROTOCOL"] = options.pop("PICKLE_VERSION")
+            _tls_from_keywords(options)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{path}: {exc}") from None
+        if from_urls.get("TLS") and options.get("TLS") not in (None, False):
+            del from_urls["TLS"]  # rediss:// with OPTIONS TLS saying how
+        for name, value in from_urls.items():
+            # The URL's own spelling of an option replaces any spelling in OPTIONS.
+            for alias in (name, *next(o.aliases for o in OPTIONS if o.name == name)):
+                options.pop(alias, None)
+            options[name] = value
+        return options
+
+    @staticmethod
+    def _read_location(location: str | Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+        urls = split_location(location)
+        if not urls or not all(urls):
+            raise ValueError(f"LOCATION must name one or more Redis URLs, not {location!r}")
+        servers, schemes, settings = [], set(), []
+        for url in urls:
+            server, tls, options = parse_url(url)
+            servers.append(server)
+            schemes.add(tls)
+            settings.append(options)
+        if len(schemes) > 1:
+            raise ValueError("LOCATION mixes rediss:// and redis:// URLs: use TLS to every server, or to none")
+        if any(options != settings[0] for options in settings):
+            raise ValueError("the URLs in LOCATION set different credentials, databases or query arguments; "
+                             "racefree uses one set for every server")
+        if len(set(servers)) != len(servers):
+            raise ValueError("a Redis server is listed twice in LOCATION")
+        from_urls = dict(settings[0])
+        if schemes == {True}:
+            from_urls["TLS"] = True
+        return servers, from_urls
+
+    @property
+    def client_servers(self) -> list[str]:
+        return self._servers
+
+    def get_backend_timeout(self, timeout: float | None = DEFAULT_TIMEOUT) -> int | None:
+        """Django's RedisCache's: whole seconds, 0 for a timeout below one
+        second ("don't cache"), None for never; also None for inf or a TTL
+        beyond what Redis can hold."""
+        if timeout is DEFAULT_TIMEOUT:
+            timeout = self.default_timeout
+        if timeout is None or is_forever(timeout):
+            return None
+        if timeout <= 0:
+            return 0
+        return None if timeout > MAX_TTL else int(timeout)
+
+    def lock_entry_timeout(self, lease: float) -> int:
+        # Whole seconds, rounded up: a lock lives at least its lease.
+        return max(1, math.ceil(lease))
+
+    def _encoded_like_django(self, key: str, value: Any) -> bytes:
+        """Django's RedisSerializer: an int (exactly) as its digits, which
+        INCRBY counts, everything else pickled (compressed with COMPRESS)."""
+        if type(value) is int:
+            return b"%d" % value
+        return self._serializer.dumps(key, value)
+
+    def _decoded_like_django(self, default: Any, key: Any, data: bytes) -> Any:
+        if data and data[0] in _DIGIT_START:
+            try:
+                return int(data)
+            except ValueError:
+                pass
+        return self._serializer.load_or(default, key, data)
+
+    @store_operation
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
+        """Atomic across threads, processes and hosts: one script that adds
+        to the key only if it exists, keeping its expiry, so a key that
+        expires meanwhile raises instead of being re-created from 0. A
+        missing key raises ValueError, a value that is not an integer
+        TypeError. (A signed or JSON-encoded counter is read, added to and
+        written back with a compare-and-set.)"""
+        key = self._key(key, version)
+        try:
+            if self._counts_natively:
+                value = yield self._store.incr, (key, delta)
+            else:
+                value = yield self._rewritten_count, (key, delta)
+        except CacheError as error:
+            self._server_failed("incr", error)
+            value = None
+        if value is None:
+            raise ValueError("Key '%s' not found" % key)
+        return value
+
+    def system_checks(self, alias: str) -> "list[CheckMessage]":
+        """racefree.W001 for each server that does not answer now (or
+        refuses this client's TLS or login)."""
+        probe = {**store_settings(self._options, OPTIONS), "connect_timeout": PROBE_TIMEOUT,
+                 "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
+        messages: list[CheckMessage] = []
+        for server in self._servers:
+            try:
+                RedisClient([server], probe).has_key("racefree:check")
+            except CacheAuthenticationError as error:
+                hint = "Set the URL's user and password, or OPTIONS USERNAME and PASSWORD."
+                messages.append(unreachable(alias, f"Redis server {server!r}", error, "racefree.W001", hint))
+            except CacheError as error:
+                messages.append(unreachable(alias, f"Redis server {server!r}", error, "racefree.W001"))
+        return messages
+
+    def stats(self) -> dict[str, Any]:
+        """This process's counters for this LOCATION and OPTIONS (every
+        backend object and thread shares them): hits, misses, sets,
+        deletes, errors, the pool size, and per server its idle and
+        in-use connections."""
+        return self._store.stats()

@@ -1,0 +1,174 @@
+//! `racefree._core.RedisClient`: the Redis store for Python.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyOverflowError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
+use pyo3::types::{PyBytes, PyDict};
+
+use super::aio::{self, Bytes};
+use super::{Delta, settings};
+use crate::redis::{Client, Ttl};
+
+/// A pooled, thread-safe Redis client over a primary and optional read
+/// replicas. Keys are str (sent as UTF-8), values bytes in Django's
+/// RedisCache encoding (made in Python); `write` is the TTL: None keeps a
+/// value until it is evicted, 0 does not store it, else whole seconds.
+#[pyclass(frozen, module = "racefree._core")]
+pub struct RedisClient {
+    client: Arc<Client>,
+    lane: aio::Lane,
+}
+
+/// Connections per server that async calls use at most at once.
+const ASYNC_CONNECTIONS: usize = 4;
+
+fn key_bytes(keys: &[PyBackedStr]) -> Vec<&[u8]> {
+    keys.iter().map(|key| key.as_bytes()).collect()
+}
+
+/// Redis counts in 64-bit signed integers.
+fn redis_delta(delta: Delta) -> PyResult<i64> {
+    i64::try_from(delta.0)
+        .map_err(|_| PyOverflowError::new_err("Redis counts with deltas within 64-bit signed integers"))
+}
+
+/// `change(value) -> new value`, called with the GIL from a thread that
+/// may or may not hold it.
+fn changed(change: &Py<PyAny>, current: &[u8]) -> PyResult<Vec<u8>> {
+    aio::with_python(|py| change.call1(py, (PyBytes::new(py, current),))?.extract::<Vec<u8>>(py))
+}
+
+store_methods! {
+    RedisClient, client = self.client, _now = super::server_clock, lane = self.lane;
+
+    plain {
+        /// `servers`: `host:port` or `unix:/path`, the primary first;
+        /// `config`: the backend's OPTIONS the client takes, by lowercase name.
+        #[new]
+        fn new(servers: Vec<String>, config: &Bound<'_, PyDict>) -> PyResult<Self> {
+            let config: crate::redis::Config = settings("RedisClient", config)?;
+            // Async calls in flight per server: a few suffice, since one
+            // event loop cannot issue calls faster than a few connections
+            // answer them (a round trip is tens of microseconds); the
+            // others wait their turn here, not on pool threads, so 200
+            // tasks hold ASYNC_CONNECTIONS connections, not 200.
+            let per_server = config.max_connections.unwrap_or(ASYNC_CONNECTIONS).min(ASYNC_CONNECTIONS);
+            let lane = aio::Lane::new(per_server * servers.len(), config.connect_timeout + config.io_timeout);
+            let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
+            Ok(RedisClient {
+                client: Arc::new(client),
+                lane,
+            })
+        }
+
+        /// Server addresses, the primary first.
+        #[getter]
+        fn servers(&self) -> Vec<String> {
+            self.client.servers()
+        }
+
+        /// Close the idle pooled connections (they reopen on demand).
+        fn close_idle(&self, py: Python<'_>) {
+            py.detach(|| self.client.close_idle());
+        }
+
+        /// Counters (hits, misses, sets, deletes, errors), the pool size,
+        /// and per server its idle and in-use connections.
+        fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+            let (counters, servers) = self.client.stats();
+            let stats = super::counters_dict(py, &counters)?;
+            stats.set_item("pool_size", self.client.config().pool_size)?;
+            stats.set_item("max_connections", self.client.config().max_connections)?;
+            let per_server = PyDict::new(py);
+            for (name, idle, in_use, connects) in servers {
+                let pool = PyDict::new(py);
+                pool.set_item("idle", idle)?;
+                pool.set_item("in_use", in_use)?;
+                pool.set_item("connects", connects)?;
+                per_server.set_item(name, pool)?;
+            }
+            stats.set_item("servers", per_server)?;
+            Ok(stats)
+        }
+
+        /// Idle pooled connections per server.
+        fn idle_connections(&self) -> Vec<usize> {
+            self.client.idle_connections()
+        }
+    }
+
+    calls {
+        /// The value, or None.
+        fn get / aget(key: PyBackedStr) -> Option<Bytes> {
+            Ok(client.get(key.as_bytes())?.map(Bytes))
+        }
+
+        /// `{key: value}` for the keys found, one `MGET`.
+        fn get_many / aget_many(keys: Vec<PyBackedStr>) -> HashMap<PyBackedStr, Bytes> {
+            let found = client.get_many(&key_bytes(&keys))?;
+            Ok(keys.into_iter().zip(found).filter_map(|(key, value)| Some((key, Bytes(value?)))).collect())
+        }
+
+        fn has_key / ahas_key(key: PyBackedStr) -> bool {
+            Ok(client.contains(key.as_bytes())?)
+        }
+
+        fn set / aset(key: PyBackedStr, item: PyBackedBytes, write: Ttl) -> () {
+            Ok(client.set(key.as_bytes(), &item, write)?)
+        }
+
+        /// Store only if absent (`SET NX`); True if stored.
+        fn add / aadd(key: PyBackedStr, item: PyBackedBytes, write: Ttl) -> bool {
+            Ok(client.add(key.as_bytes(), &item, write)?)
+        }
+
+        /// Store `(key, value)` pairs, pipelined; returns the keys not
+        /// stored (none: a failure raises).
+        fn set_many / aset_many(items: Vec<(PyBackedStr, PyBackedBytes)>, write: Ttl) -> Vec<String> {
+            let pairs: Vec<(&[u8], &[u8])> = items.iter().map(|(key, value)| (key.as_bytes(), &**value)).collect();
+            client.set_many(&pairs, write)?;
+            Ok(Vec::new())
+        }
+
+        /// A new expiry for an existing key; True if it exists.
+        fn touch / atouch(key: PyBackedStr, write: Ttl) -> bool {
+            Ok(client.touch(key.as_bytes(), write)?)
+        }
+
+        fn delete / adelete(key: PyBackedStr) -> bool {
+            Ok(client.delete(key.as_bytes())?)
+        }
+
+        /// Delete only while the key holds exactly `item` (compare-and-delete).
+        fn delete_if / adelete_if(key: PyBackedStr, item: PyBackedBytes) -> bool {
+            Ok(client.delete_if(key.as_bytes(), &item)?)
+        }
+
+        fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> () {
+            Ok(client.delete_many(&key_bytes(&keys))?)
+        }
+
+        /// Atomic add of a signed delta, keeping the expiry; None if the
+        /// key is missing.
+        fn incr / aincr(key: PyBackedStr, delta: Delta) -> Option<i64> {
+            Ok(client.incr(key.as_bytes(), redis_delta(delta)?)?)
+        }
+
+        /// Replace the value with `change(value)` if no one else changed it
+        /// meanwhile (else read and change again), keeping the expiry;
+        /// returns the new value, or None if the key is missing. An
+        /// exception from `change` writes nothing and propagates.
+        fn update / aupdate(key: PyBackedStr, change: Py<PyAny>) -> Option<Bytes> {
+            let outcome = client.update(key.as_bytes(), |current| changed(&change, current))?;
+            Ok(outcome?.map(Bytes))
+        }
+
+        /// Empty the database (`FLUSHDB`).
+        fn clear / aclear() -> () {
+            Ok(client.clear()?)
+        }
+    }
+}

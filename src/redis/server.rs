@@ -1,0 +1,309 @@
+//! One Redis server as a client sees it: how a connection to it is opened
+//! (TLS, login, database) and its pool.
+//!
+//! As for memcached, a connection is checked out for exactly one exchange
+//! and goes back to the pool only if the exchange completed: one that
+//! timed out or failed mid-reply still has a reply in it that belongs to
+//! nobody, and reading it in the next call is the seed bug (a `get`
+//! returning another request's value).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::config::seconds;
+use crate::health::Health;
+use crate::net::spin::{InFlight, SpinWait};
+use crate::net::{Address, Connection, OpenError, Opening, Secret, TlsOptions, TlsTarget};
+use crate::pool::{self, Dial, Pool};
+use crate::sync::locked;
+
+use super::error::{Error, Result};
+use super::resp::{self, Value};
+
+/// How long a server's refusal of this client (TLS, login, database) is
+/// remembered: calls meanwhile fail with it at once instead of each
+/// dialing and being refused again.
+const REFUSAL_MEMORY: Duration = Duration::from_secs(1);
+
+/// What `opening_failed` adds when a server does not answer in TLS.
+const TLS_HINT: &str = "is this the server's tls-port?";
+
+/// Connection settings shared by every server of a client: the backend's
+/// OPTIONS of the same names (defaults, checks and the URL's parts are
+/// Python's).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Limit on dialing a server (TLS and login included), and on waiting
+    /// for a free connection when `max_connections` is reached.
+    #[serde(deserialize_with = "seconds")]
+    pub connect_timeout: Duration,
+    /// Limit on each exchange (a request and its whole reply).
+    #[serde(deserialize_with = "seconds")]
+    pub io_timeout: Duration,
+    /// Idle connections kept per server.
+    pub pool_size: usize,
+    /// Hard cap on open connections per server (`None`: no cap).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub max_connections: Option<usize>,
+    /// Idle connections older than this are closed instead of reused.
+    #[serde(deserialize_with = "seconds")]
+    pub idle_timeout: Duration,
+    /// Longest busy-wait for a reply before sleeping (zero: never spin).
+    #[serde(deserialize_with = "seconds")]
+    pub spin_wait: Duration,
+    /// TLS to every server (`None`: plain text).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub tls: Option<TlsOptions>,
+    /// `AUTH [username] password` (an ACL user, or the default user).
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub username: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub password: Option<Secret>,
+    /// The logical database (`SELECT`).
+    pub db: u32,
+    /// `CLIENT SETNAME`, shown by `CLIENT LIST`.
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub client_name: Option<String>,
+    /// Reads (get, get_many, has_key) go to a replica when LOCATION lists
+    /// some, as Django's RedisCache does.
+    pub read_from_replicas: bool,
+}
+
+/// The commands a new connection sends before its first request.
+pub(crate) struct Login {
+    /// `AUTH`, `SELECT`, `CLIENT SETNAME`, pipelined.
+    request: Vec<u8>,
+    commands: usize,
+    /// The first command is `AUTH`.
+    authenticates: bool,
+    /// Under TLS a `PING` is added: a TLS 1.3 server refuses a client
+    /// certificate only after the handshake, on the first read.
+    pings: bool,
+}
+
+impl Login {
+    pub(crate) fn new(config: &Config) -> Result<Login> {
+        let mut request = Vec::new();
+        let mut commands = 0;
+        let authenticates = config.password.is_some();
+        if let Some(password) = &config.password {
+            let password = password.0.as_bytes();
+            match &config.username {
+                Some(user) => resp::command(&mut request, &[b"AUTH", user.as_bytes(), password]),
+                None => resp::command(&mut request, &[b"AUTH", password]),
+            }
+            commands += 1;
+        } else if config.username.is_some() {
+            return Err(Error::Config("USERNAME needs a PASSWORD".into()));
+        }
+        if config.db != 0 {
+            resp::command(&mut request, &[b"SELECT", config.db.to_string().as_bytes()]);
+            commands += 1;
+        }
+        if let Some(name) = &config.client_name {
+            if name.is_empty() || name.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                return Err(Error::Config(
+                    "client_name must be non-empty, without spaces or control characters".into(),
+                ));
+            }
+            resp::command(&mut request, &[b"CLIENT", b"SETNAME", name.as_bytes()]);
+            commands += 1;
+        }
+        let pings = config.tls.is_some();
+        if pings {
+            resp::command(&mut request, &[b"PING"]);
+            commands += 1;
+        }
+        Ok(Login {
+            request,
+            commands,
+            authenticates,
+            pings,
+        })
+    }
+
+    fn is_needed(&self) -> bool {
+        self.commands > 0
+    }
+
+    /// Send the commands and check every reply (all are read, so a
+    /// refusal of the first leaves nothing unread).
+    fn run(&self, conn: &mut Connection, server: &str) -> Result<()> {
+        let failed = |error| Error::from_io(server, error);
+        conn.out.extend_from_slice(&self.request);
+        conn.send().map_err(failed)?;
+        let mut first_error = None;
+        for index in 0..self.commands {
+            let reply = resp::read(conn).map_err(failed)?;
+            let is_ping = self.pings && index + 1 == self.commands;
+            let error = match reply {
+                Value::Status(status) if status == "OK" || (is_ping && status == "PONG") => continue,
+                Value::Error(message) if index == 0 && self.authenticates => Error::Auth {
+                    server: server.to_owned(),
+                    message,
+                },
+                Value::Error(message) => Error::refused(server, &message),
+                other => Error::protocol(server, format!("unexpected reply {other:?} to the login")),
+            };
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// A Redis server: its pool.
+pub(crate) struct Server {
+    pub(crate) pool: Pool<Dialer>,
+}
+
+impl Server {
+    pub(crate) fn new(address: Address, tls: Option<TlsTarget>, login: Arc<Login>, config: &Config) -> Server {
+        let name = address.to_string();
+        let limits = pool::Config {
+            max_idle: config.pool_size,
+            max_open: config.max_connections,
+            wait: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+        };
+        let dialer = Dialer {
+            address,
+            name: name.clone(),
+            tls,
+            login,
+            config: config.clone(),
+            spin: Arc::new(SpinWait::new(config.spin_wait)),
+            refusal: Mutex::new(None),
+        };
+        Server {
+            pool: Pool::new(dialer, limits, format!("Redis server {name}")),
+        }
+    }
+
+    /// How errors name the server.
+    pub(crate) fn name(&self) -> &str {
+        &self.pool.dialer.name
+    }
+
+    /// Check out a connection: a live idle one, or a new dial. At
+    /// `max_connections`, wait (up to the connect timeout) for one.
+    pub(crate) fn lease(&self) -> Result<Lease<'_>> {
+        Ok(Lease {
+            conn: self.pool.lease()?,
+            health: &self.pool.health,
+            dialer: &self.pool.dialer,
+            _in_flight: InFlight::start(),
+        })
+    }
+}
+
+/// A connection checked out for one exchange. Dropped without `release`,
+/// the connection is closed, never reused.
+pub(crate) struct Lease<'a> {
+    conn: pool::Lease<'a, Dialer>,
+    health: &'a Health,
+    dialer: &'a Dialer,
+    _in_flight: InFlight,
+}
+
+impl Lease<'_> {
+    pub(crate) fn conn(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Return the connection to the pool: only after a complete exchange.
+    pub(crate) fn release(self) {
+        self.health.succeeded();
+        self.conn.release();
+    }
+
+    /// Close the connection after `error`; a failure of the server (not
+    /// of the request) is recorded in its health.
+    pub(crate) fn discard(self, error: &Error) {
+        if error.is_server_failure() {
+            self.health.failed(error);
+        }
+        if error.is_refusal() {
+            self.dialer.remember(error);
+        }
+    }
+}
+
+/// How connections to one server are opened.
+pub(crate) struct Dialer {
+    address: Address,
+    /// How errors name the server ("127.0.0.1:6379").
+    name: String,
+    tls: Option<TlsTarget>,
+    login: Arc<Login>,
+    config: Config,
+    spin: Arc<SpinWait>,
+    /// The server's last refusal of this client, and when it came.
+    refusal: Mutex<Option<(Instant, Error)>>,
+}
+
+impl Dialer {
+    fn remember(&self, refusal: &Error) {
+        *locked(&self.refusal) = Some((Instant::now(), refusal.duplicate()));
+    }
+
+    fn recent_refusal(&self) -> Option<Error> {
+        let refusal = locked(&self.refusal);
+        let (at, error) = refusal.as_ref()?;
+        (at.elapsed() < REFUSAL_MEMORY).then(|| error.duplicate())
+    }
+}
+
+impl From<OpenError> for Error {
+    fn from(error: OpenError) -> Error {
+        match error {
+            OpenError::Connect { server, source } => Error::Connect { server, source },
+            OpenError::Tls { server, detail } => Error::Tls { server, detail },
+        }
+    }
+}
+
+impl Dial for Dialer {
+    type Conn = Connection;
+    type Error = Error;
+
+    fn dial(&self) -> Result<Connection> {
+        if let Some(refusal) = self.recent_refusal() {
+            return Err(refusal);
+        }
+        let opening = Opening {
+            address: &self.address,
+            server: &self.name,
+            tls: self.tls.as_ref(),
+            connect_timeout: self.config.connect_timeout,
+            io_timeout: self.config.io_timeout,
+            spin: &self.spin,
+            tls_hint: TLS_HINT,
+        };
+        let mut login = |conn: &mut Connection| self.login.run(conn, &self.name);
+        let confirm: Option<crate::net::Confirm<'_, Error>> = match self.login.is_needed() {
+            true => Some(&mut login),
+            false => None,
+        };
+        let opened = Connection::open(&opening, confirm);
+        if let Err(error) = &opened
+            && error.is_refusal()
+        {
+            self.remember(error);
+        }
+        opened
+    }
+
+    /// Not closed by a restarted server, and holding no stray bytes.
+    fn is_reusable(&self, conn: &mut Connection) -> bool {
+        conn.is_reusable()
+    }
+
+    fn all_busy(&self, cap: usize, _waited: Duration) -> Error {
+        Error::Timeout {
+            server: format!("{} (all {cap} connections busy)", self.name),
+        }
+    }
+}

@@ -13,6 +13,7 @@ mod scripts;
 mod server;
 pub mod slot;
 
+pub use crate::net::{Secret, TlsOptions};
 pub use client::{Client, ServerPool, Ttl};
 pub use error::{Error, Result};
 pub use server::Config;

@@ -1,0 +1,268 @@
+//! The Redis store against real redis-server processes.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use racefree::redis::{Client, Config, Error, Secret};
+use support::Redis;
+
+fn settings() -> Config {
+    Config {
+        connect_timeout: Duration::from_secs(1),
+        io_timeout: Duration::from_secs(1),
+        pool_size: 8,
+        max_connections: None,
+        idle_timeout: Duration::from_secs(60),
+        spin_wait: Duration::from_micros(50),
+        tls: None,
+        username: None,
+        password: None,
+        db: 0,
+        client_name: None,
+        read_from_replicas: true,
+    }
+}
+
+fn client(server: &Redis, config: Config) -> Client {
+    Client::new(&[format!("127.0.0.1:{}", server.port)], config).expect("client")
+}
+
+/// Raw commands (one per line) on a connection of its own: the test's
+/// view of the server. The last reply, which must be one line.
+fn raw(server: &Redis, commands: &str) -> String {
+    let mut socket = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    socket.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    socket.write_all(format!("{commands}\r\n").as_bytes()).expect("write");
+    let wanted = commands.lines().count();
+    let mut replies = Vec::new();
+    while replies.windows(2).filter(|w| w == b"\r\n").count() < wanted {
+        let mut chunk = [0u8; 4096];
+        let n = std::io::Read::read(&mut socket, &mut chunk).expect("read");
+        assert!(n > 0, "the server closed the connection");
+        replies.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&replies).into_owned();
+    text.trim_end().lines().last().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn single_key_operations() {
+    let server = Redis::start();
+    let c = client(&server, settings());
+    assert_eq!(c.get(b"k").unwrap(), None);
+    c.set(b"k", b"v1", None).unwrap();
+    assert_eq!(c.get(b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    assert!(!c.add(b"k", b"v2", Some(60)).unwrap());
+    assert!(c.add(b"new", b"v", Some(60)).unwrap());
+    assert!(c.contains(b"k").unwrap());
+    assert_eq!(raw(&server, "TTL k"), ":-1");
+    assert!(c.touch(b"k", Some(100)).unwrap());
+    assert_eq!(raw(&server, "TTL k"), ":100");
+    // Back to no expiry: True although PERSIST alone would say so only once.
+    assert!(c.touch(b"k", None).unwrap());
+    assert!(c.touch(b"k", None).unwrap());
+    assert!(!c.touch(b"absent", None).unwrap());
+    assert!(!c.touch(b"absent", Some(5)).unwrap());
+    assert!(c.delete(b"k").unwrap());
+    assert!(!c.delete(b"k").unwrap());
+    // A TTL of 0 stores nothing and removes what was there.
+    c.set(b"gone", b"old", None).unwrap();
+    c.set(b"gone", b"new", Some(0)).unwrap();
+    assert_eq!(c.get(b"gone").unwrap(), None);
+    assert!(c.add(b"never", b"v", Some(0)).unwrap());
+    assert_eq!(c.get(b"never").unwrap(), None);
+    c.set(b"there", b"v", None).unwrap();
+    assert!(!c.add(b"there", b"v2", Some(0)).unwrap());
+    // Binary values and keys pass whole.
+    let binary: Vec<u8> = (0..=255).collect();
+    c.set(&binary, &binary, Some(60)).unwrap();
+    assert_eq!(c.get(&binary).unwrap(), Some(binary));
+}
+
+#[test]
+fn counters_are_atomic_and_never_recreated() {
+    let server = Redis::start();
+    let c = Arc::new(client(&server, settings()));
+    assert_eq!(c.incr(b"n", 1).unwrap(), None, "a missing key is not created");
+    assert_eq!(raw(&server, "EXISTS n"), ":0");
+    c.set(b"n", b"0", Some(100)).unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let c = Arc::clone(&c);
+            thread::spawn(move || {
+                for _ in 0..500 {
+                    c.incr(b"n", 1).unwrap().expect("present");
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert_eq!(c.get(b"n").unwrap().as_deref(), Some(&b"4000"[..]));
+    assert_eq!(c.incr(b"n", -4001).unwrap(), Some(-1));
+    let ttl: i64 = raw(&server, "TTL n")[1..].parse().unwrap();
+    assert!(ttl > 90, "incr keeps the TTL, got {ttl}");
+    c.set(b"text", b"abc", None).unwrap();
+    assert!(matches!(c.incr(b"text", 1), Err(Error::NotAnInteger { .. })));
+    c.set(b"big", i64::MAX.to_string().as_bytes(), None).unwrap();
+    assert!(matches!(c.incr(b"big", 1), Err(Error::Overflow { .. })));
+    // The connection stays in step after refusals.
+    assert_eq!(c.get(b"n").unwrap().as_deref(), Some(&b"-1"[..]));
+}
+
+#[test]
+fn scripts_are_loaded_again_after_a_flush() {
+    let server = Redis::start();
+    let c = client(&server, settings());
+    c.set(b"n", b"1", None).unwrap();
+    assert_eq!(c.incr(b"n", 1).unwrap(), Some(2));
+    assert_eq!(raw(&server, "SCRIPT FLUSH"), "+OK");
+    assert_eq!(c.incr(b"n", 1).unwrap(), Some(3));
+}
+
+#[test]
+fn compare_and_delete_and_update() {
+    let server = Redis::start();
+    let c = client(&server, settings());
+    c.set(b"lock", b"mine", Some(60)).unwrap();
+    assert!(!c.delete_if(b"lock", b"theirs").unwrap());
+    assert!(c.delete_if(b"lock", b"mine").unwrap());
+    assert_eq!(c.get(b"lock").unwrap(), None);
+    c.set(b"u", b"1", Some(100)).unwrap();
+    let updated = c
+        .update(b"u", |old| Ok::<_, ()>([old, b"1"].concat()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.as_deref(), Some(&b"11"[..]));
+    assert_eq!(c.get(b"u").unwrap().as_deref(), Some(&b"11"[..]));
+    assert!(raw(&server, "TTL u")[1..].parse::<i64>().unwrap() > 90);
+    assert_eq!(
+        c.update(b"absent", |old| Ok::<_, ()>(old.to_vec())).unwrap().unwrap(),
+        None
+    );
+    assert_eq!(
+        c.update(b"u", |_| Err::<Vec<u8>, _>("refused")).unwrap(),
+        Err("refused")
+    );
+    assert_eq!(c.get(b"u").unwrap().as_deref(), Some(&b"11"[..]));
+}
+
+#[test]
+fn batches() {
+    let server = Redis::start();
+    let c = client(&server, settings());
+    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("k{i}").into_bytes()).collect();
+    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), k.as_slice())).collect();
+    c.set_many(&entries, Some(60)).unwrap();
+    let mut wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    wanted.push(b"absent");
+    let found = c.get_many(&wanted).unwrap();
+    assert_eq!(found.len(), 101);
+    for (key, value) in wanted.iter().zip(&found).take(100) {
+        assert_eq!(value.as_deref(), Some(*key));
+    }
+    assert_eq!(found[100], None);
+    c.delete_many(&wanted[..50]).unwrap();
+    assert_eq!(c.get_many(&wanted[..50]).unwrap(), vec![None; 50]);
+    c.set_many(&entries[50..], Some(0)).unwrap();
+    assert_eq!(raw(&server, "DBSIZE"), ":0");
+    c.set(b"x", b"1", None).unwrap();
+    c.clear().unwrap();
+    assert_eq!(raw(&server, "DBSIZE"), ":0");
+}
+
+#[test]
+fn login_and_database() {
+    let server = Redis::start_with(&["--requirepass", "s3cret"]);
+    let anonymous = client(&server, settings());
+    assert!(matches!(anonymous.get(b"k"), Err(Error::Auth { .. })));
+    let wrong = client(
+        &server,
+        Config {
+            password: Some(Secret("nope".into())),
+            ..settings()
+        },
+    );
+    assert!(matches!(wrong.get(b"k"), Err(Error::Auth { .. })));
+    let right = client(
+        &server,
+        Config {
+            password: Some(Secret("s3cret".into())),
+            db: 3,
+            client_name: Some("racefree-test".into()),
+            ..settings()
+        },
+    );
+    right.set(b"k", b"v", None).unwrap();
+    assert_eq!(right.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(raw(&server, "AUTH s3cret\nSELECT 3\nEXISTS k"), ":1");
+}
+
+#[test]
+fn a_frozen_server_times_out_and_the_connection_is_not_reused() {
+    let server = Redis::start();
+    let c = client(
+        &server,
+        Config {
+            io_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(300),
+            ..settings()
+        },
+    );
+    c.set(b"k", b"before", None).unwrap();
+    server.pause();
+    let started = Instant::now();
+    assert!(matches!(c.get(b"k"), Err(Error::Timeout { .. })));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // A new connection gets no reply either.
+    assert!(c.set(b"k", b"during", None).is_err());
+    server.resume();
+    // The frozen server may still run the set it had received; the late
+    // replies of the timed-out calls are never read as anyone's answer.
+    thread::sleep(Duration::from_millis(100));
+    let now = c.get(b"k").unwrap();
+    assert!(matches!(now.as_deref(), Some(b"before" | b"during")), "{now:?}");
+    for _ in 0..20 {
+        assert_eq!(c.get(b"k").unwrap(), now);
+    }
+}
+
+#[test]
+fn a_stopped_server_is_an_error_not_a_hang() {
+    let server = Redis::start();
+    let c = client(&server, settings());
+    c.set(b"k", b"v", None).unwrap();
+    let port = server.port;
+    drop(server);
+    let started = Instant::now();
+    assert!(matches!(c.get(b"k"), Err(Error::Connect { .. } | Error::Io { .. })));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let nobody = Client::new(&[format!("127.0.0.1:{port}")], settings()).unwrap();
+    assert!(matches!(nobody.get(b"k"), Err(Error::Connect { .. })));
+}
+
+#[test]
+fn bad_locations_are_refused() {
+    for bad in ["", "host", "127.0.0.1:x", "unix:"] {
+        assert!(
+            matches!(Client::new(&[bad], settings()), Err(Error::Config(_))),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        Client::new(
+            &["127.0.0.1:6379"],
+            Config {
+                username: Some("u".into()),
+                ..settings()
+            }
+        ),
+        Err(Error::Config(_))
+    ));
+}

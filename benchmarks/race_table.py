@@ -16,15 +16,18 @@ Scenarios:
 * add of fresh keys from several processes: 8 processes `add` the same
   fresh keys; every winner beyond the first per key is a double win (two
   requests both think they created the value).
+* aincr from many asyncio tasks: 200 tasks on one event loop each await
+  10 ``aincr`` of one counter (an ASGI app counting views); every awaited
+  increment not in the final count is a lost update.
 * a forwarding backend reset during traffic (seed 3, djblets): 16 threads
   use one forwarding instance while another thread resets it to a new
   target every millisecond. Errors are calls that failed (the unsafe
   pattern reaches a None backend); mismatches are calls that ran on a
   target already closed.
 
-Backends: memcached (stock PyLibMCCache and PyMemcacheCache), the file
-system (stock FileBasedCache) and PostgreSQL (stock DatabaseCache), each
-against racefree's, on servers started here.
+Backends: memcached (stock PyLibMCCache and PyMemcacheCache), Redis
+(stock RedisCache), the file system (stock FileBasedCache) and PostgreSQL
+(stock DatabaseCache), each against racefree's, on servers started here.
 
 Each run happens in a child process, so a stock client that corrupts the
 heap and kills the interpreter is reported as a row, not a crash.
@@ -56,12 +59,16 @@ if not settings.configured:
 
 from django.http import JsonResponse  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
-from support.servers import Memcached, Postgres, ServerMissing  # noqa: E402
+from support.servers import Memcached, Postgres, Redis, ServerMissing  # noqa: E402
 
 MEMCACHED = [
     ("stock", "PyLibMCCache", "django.core.cache.backends.memcached.PyLibMCCache"),
     ("stock", "PyMemcacheCache", "django.core.cache.backends.memcached.PyMemcacheCache"),
     ("racefree", "MemcachedCache", "racefree.backends.memcached.MemcachedCache"),
+]
+REDIS = [
+    ("stock", "RedisCache", "django.core.cache.backends.redis.RedisCache"),
+    ("racefree", "RedisCache", "racefree.backends.redis.RedisCache"),
 ]
 FILE = [
     ("stock", "FileBasedCache", "django.core.cache.backends.filebased.FileBasedCache"),
@@ -192,6 +199,36 @@ def processes_incr(path, location, threads, seconds, report):
     return {"calls": succeeded + errors, "errors": errors, "mismatches": 0, "lost": lost, "example": example}
 
 
+def async_incr(path, location, threads, seconds, report):
+    """200 asyncio tasks x 10 awaited aincr of one counter, one loop."""
+    import asyncio
+
+    cache = backend(path, location)
+    cache.set("counter", 0)
+    done, errors, example = [0], [0], []
+
+    async def task():
+        for _ in range(10):
+            try:
+                await cache.aincr("counter")
+                done[0] += 1
+            except Exception as exc:  # noqa: BLE001 - counted
+                errors[0] += 1
+                if not example:
+                    example.append(f"{type(exc).__name__}: {exc}")
+
+    async def tasks():
+        await asyncio.gather(*(task() for _ in range(200)))
+
+    asyncio.run(tasks())
+    final = cache.get("counter")
+    lost = done[0] - final
+    if lost and not example:
+        example.append(f"{done[0]:,} aincr returned, counter is {final:,}")
+    return {"calls": done[0] + errors[0], "errors": errors[0], "mismatches": 0, "lost": lost,
+            "example": example[0] if example else ""}
+
+
 def _add_worker(path, location, keys, results):
     cache = backend(path, location)
     wins = errors = 0
@@ -273,6 +310,7 @@ SCENARIOS = {
     "shared_client": ("seed 1: one client shared by 16 threads", shared_client),
     "processes_incr": ("seeds 2, 5: incr from 4 processes x 2 threads", processes_incr),
     "processes_add": ("add of 300 fresh keys from 8 processes", processes_add),
+    "async_incr": ("aincr from 200 asyncio tasks x 10", async_incr),
     "forwarding_reset": ("seed 3: forwarding reset during traffic, 16 threads", forwarding_reset),
 }
 
@@ -350,6 +388,20 @@ def plan(args):
                 continue
             rows.append(("shared_client", kind, name, path, server.location))
             rows.append(("processes_incr", kind, name, path, server.location))
+    try:
+        redis_server = Redis()
+    except ServerMissing as exc:
+        notes.append(f"Redis rows skipped: {exc}")
+    else:
+        cleanup.append(redis_server.stop)
+        for kind, name, path in REDIS:
+            try:
+                backend(path, redis_server.location)
+            except ImportError as exc:
+                notes.append(f"{name} rows skipped: not installed ({exc})")
+                continue
+            for scenario in ("shared_client", "processes_incr", "async_incr"):
+                rows.append((scenario, kind, name, path, redis_server.location))
     return rows, notes, cleanup
 
 

@@ -23,6 +23,7 @@ from django.db import connection
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 from racefree.exceptions import CacheConnectionError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,11 +31,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 
-@pytest.fixture(params=["memcached", "file", "database"])
-def backend(request, memcached, tmp_path):
+@pytest.fixture(params=["memcached", "redis", "file", "database"])
+def backend(request, memcached, redis_server, tmp_path):
     """Each racefree backend, on its real server (or directory)."""
     if request.param == "memcached":
         cache = MemcachedCache(memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:8]})
+    elif request.param == "redis":
+        cache = RedisCache(redis_server.location, {"KEY_PREFIX": uuid.uuid4().hex[:8]})
     elif request.param == "file":
         cache = FileBasedCache(str(tmp_path), {"OPTIONS": {"MAX_ENTRIES": 1_000_000}})
     else:
@@ -195,11 +198,20 @@ def test_async_invalid_key_is_djangos_error(memcached):
     asyncio.run(main())
 
 
-def test_async_down_server_raises_or_reads_as_a_miss(fresh_memcached):
-    location = fresh_memcached.location
-    fresh_memcached.stop()
-    strict = MemcachedCache(location, {"OPTIONS": {"CONNECT_TIMEOUT": 0.5}})
-    lenient = MemcachedCache(location, {"OPTIONS": {"CONNECT_TIMEOUT": 0.5, "IGNORE_EXCEPTIONS": True}})
+@pytest.fixture(params=["memcached", "redis"])
+def fresh_server(request):
+    """(backend class, a server of the test's own it may kill or freeze)."""
+    if request.param == "memcached":
+        return MemcachedCache, request.getfixturevalue("fresh_memcached")
+    return RedisCache, request.getfixturevalue("fresh_redis")
+
+
+def test_async_down_server_raises_or_reads_as_a_miss(fresh_server):
+    backend_class, server = fresh_server
+    location = server.location
+    server.stop()
+    strict = backend_class(location, {"OPTIONS": {"CONNECT_TIMEOUT": 0.5}})
+    lenient = backend_class(location, {"OPTIONS": {"CONNECT_TIMEOUT": 0.5, "IGNORE_EXCEPTIONS": True}})
 
     async def main():
         with pytest.raises(CacheConnectionError):
@@ -244,9 +256,22 @@ def test_awaits_overlap_on_a_slow_server(table):
             cursor.execute("DROP FUNCTION slow_write()")
 
 
+@pytest.fixture(params=["database", "redis"])
+def pooled(request, redis_server):
+    """``pooled(connections, **options)`` -> a backend of the parametrized
+    kind whose pool opens at most ``connections`` connections."""
+    if request.param == "database":
+        table = request.getfixturevalue("table")
+        return lambda connections, **options: DatabaseCache(
+            table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000, "POOL_SIZE": connections, **options}})
+    prefix = uuid.uuid4().hex[:8]
+    return lambda connections, **options: RedisCache(
+        redis_server.location, {"KEY_PREFIX": prefix, "OPTIONS": {"MAX_CONNECTIONS": connections, **options}})
+
+
 @pytest.mark.cross_version
-def test_cancelled_increments_never_half_apply(table):
-    cache = DatabaseCache(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000, "POOL_SIZE": 4}})
+def test_cancelled_increments_never_half_apply(pooled):
+    cache = pooled(4)
     cache.set("counter", 0)
 
     async def main():
@@ -274,8 +299,8 @@ def test_cancelled_increments_never_half_apply(table):
         value += 1
 
 
-def test_loop_shutdown_with_calls_in_flight_leaks_no_connection(table):
-    cache = DatabaseCache(table, {"OPTIONS": {"MAX_ENTRIES": 1_000_000, "POOL_SIZE": 2, "CONNECT_TIMEOUT": 2}})
+def test_loop_shutdown_with_calls_in_flight_leaks_no_connection(pooled):
+    cache = pooled(2, CONNECT_TIMEOUT=2)
 
     async def main():
         for i in range(50):
@@ -305,15 +330,19 @@ EXIT_SCRIPT = textwrap.dedent(
     settings.configure(CACHES={{
         "default": {{"BACKEND": "racefree.backends.memcached.MemcachedCache", "LOCATION": {location!r}}},
         "file": {{"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": {directory!r}}},
+        "redis": {{"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": {redis!r}}},
     }})
     django.setup()
     from django.core.cache import caches
 
     async def main():
-        memcached, files = caches["default"], caches["file"]
+        memcached, files, redis = caches["default"], caches["file"], caches["redis"]
         await asyncio.gather(*(memcached.aset(f"exit{{i}}", i) for i in range(20)))
         await asyncio.gather(*(files.aset(f"exit{{i}}", i) for i in range(5)))
+        await asyncio.gather(*(redis.aset(f"exit{{i}}", i) for i in range(20)))
         values = await asyncio.gather(*(memcached.aget(f"exit{{i}}") for i in range(20)))
+        assert values == list(range(20)), values
+        values = await asyncio.gather(*(redis.aget(f"exit{{i}}") for i in range(20)))
         assert values == list(range(20)), values
 
     asyncio.run(main())
@@ -321,10 +350,10 @@ EXIT_SCRIPT = textwrap.dedent(
 )
 
 
-def test_interpreter_exit_right_after_awaited_calls_is_clean(memcached, tmp_path):
+def test_interpreter_exit_right_after_awaited_calls_is_clean(memcached, redis_server, tmp_path):
     script = tmp_path / "exit.py"
     script.write_text(EXIT_SCRIPT.format(tests=os.path.join(ROOT, "tests"), location=memcached.location,
-                                         directory=str(tmp_path / "files")))
+                                         directory=str(tmp_path / "files"), redis=redis_server.location))
 
     def run(_):
         done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
@@ -404,21 +433,22 @@ def test_a_stalled_store_does_not_starve_another(fresh_postgres, memcached):
     assert database.get("k") == 1
 
 
-def test_a_cancelled_lock_acquire_leaves_no_lock(fresh_memcached):
+def test_a_cancelled_lock_acquire_leaves_no_lock(fresh_server):
     """The cancellation lands while the lock's entry is being added (the
     server is frozen, then thawed after the cancel): the add completes on
     its own, and the lock it took is given back at once, not held for its
     whole lease."""
-    cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"IO_TIMEOUT": 5.0}})
+    backend_class, server = fresh_server
+    cache = backend_class(server.location, {"OPTIONS": {"IO_TIMEOUT": 5.0}})
     cache.set("warm", 1)
 
     async def cancelled_acquire():
         lock = cache.lock("job", timeout=60)
-        fresh_memcached.pause()
+        server.pause()
         acquiring = asyncio.ensure_future(lock.aacquire())
         await asyncio.sleep(0.2)
         acquiring.cancel()
-        fresh_memcached.resume()
+        server.resume()
         with pytest.raises(asyncio.CancelledError):
             await acquiring
         # The add, then the give-back, finish in the background.

@@ -13,10 +13,12 @@ import pytest
 from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
 from django.core.cache.backends.filebased import FileBasedCache as StockFileBasedCache
 from django.core.cache.backends.memcached import PyMemcacheCache
+from django.core.cache.backends.redis import RedisCache as StockRedisCache
 
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 
 # The key function passes keys through as given, so each key reaches the
 # backend's own checks unchanged.
@@ -76,6 +78,7 @@ DIFFERENCES = {
     "default) and is logged; pymemcache returns None whatever the default",
     ("memcached", "2 MB"): "ValueTooLargeError (a ValueError) naming the limit; pymemcache raises "
     "MemcacheServerError; in both the old value is gone",
+    ("redis", "raises when loaded"): "a miss, logged; Django's RedisCache raises the loading error to the caller",
     ("file", "raises when loaded"): "a miss, logged; Django's file cache raises the loading error to the caller",
     ("database", "10,000 chars"): "refused with InvalidCacheKey (and Django's warning) before the query: "
     "the key column holds 255 characters; Django's set swallows the database error, so the value is "
@@ -89,6 +92,10 @@ DIFFERENCES = {
     ("memcached", "timeout 1e12 s"): "never expires (an expiry beyond memcached's 32-bit timestamps, the year "
     "2038); pymemcache sends a timestamp memcached reads as past, so the value is silently gone",
     ("memcached", "timeout 10**20 s"): "never expires; pymemcache sends a number memcached refuses",
+    ("redis", "timeout inf"): "never expires; Django's RedisCache raises OverflowError from int(inf)",
+    ("redis", "timeout -inf"): "already expired; Django's RedisCache raises OverflowError",
+    ("redis", "timeout 10**20 s"): "never expires (beyond what Redis's 64-bit millisecond expiry holds); "
+    "Django's RedisCache sends it and Redis refuses it (ResponseError: nothing stored, the expiry unchanged)",
     ("file", "timeout NaN"): "refused with ValueError on every racefree backend; Django's file cache stores "
     "it for ever, as no comparison with NaN is true",
     ("database", "timeout inf"): "never expires; Django's database cache raises OverflowError making a date of it",
@@ -144,14 +151,18 @@ def timeout_outcome(cache, timeout):
     return f"set: {stored}; get: {read}; touch: {touched}; get: {read_after_touch}"
 
 
-@pytest.fixture(params=["memcached", "file", "database"])
-def pair(request, memcached, tmp_path):
+@pytest.fixture(params=["memcached", "redis", "file", "database"])
+def pair(request, memcached, redis_server, tmp_path):
     """(kind, racefree backend, stock backend) on one server."""
     kind = request.param
     prefix = uuid.uuid4().hex[:6]
     if kind == "memcached":
         ours = MemcachedCache(memcached.location, {"KEY_PREFIX": prefix, **RAW_KEYS})
         stock = PyMemcacheCache(memcached.location, {"KEY_PREFIX": prefix + "s", **RAW_KEYS})
+    elif kind == "redis":
+        # RAW_KEYS drops the prefix: each its own database on the one server.
+        ours = RedisCache(redis_server.location + "/1", dict(RAW_KEYS))
+        stock = StockRedisCache(redis_server.location + "/2", dict(RAW_KEYS))
     elif kind == "file":
         ours = FileBasedCache(str(tmp_path / "ours"), dict(RAW_KEYS))
         stock = StockFileBasedCache(str(tmp_path / "stock"), dict(RAW_KEYS))

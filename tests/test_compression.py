@@ -13,18 +13,21 @@ import os
 import pickle
 import threading
 import time
+import uuid
 import zlib
 
 import pytest
 from conftest import backend_builder
 from django.core.cache.backends.db import DatabaseCache as StockDatabaseCache
 from django.core.cache.backends.memcached import PyMemcacheCache
+from django.core.cache.backends.redis import RedisCache as StockRedisCache
 from django.core.exceptions import ImproperlyConfigured
 from pymemcache.serde import CompressedSerde
 
 from racefree import _core, serialization
 from racefree.backends.db import DatabaseCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 from racefree.serialization import (
     CODEC_MARKS,
     COMPRESSED_MARK,
@@ -44,21 +47,25 @@ OBJECT = {"rows": [{"id": i, "name": f"user {i}", "tags": ["a", "b", "c"]} for i
 
 
 @pytest.fixture
-def make(request, memcached, tmp_path):
+def make(request, memcached, redis_server, tmp_path):
     """make(**options) -> a backend of the parametrized kind on one shared
     location, so differently configured instances see each other's
     entries."""
     return backend_builder(request, tmp_path)
 
 
-backends = pytest.mark.parametrize("make", ["memcached", "file", "database"], indirect=True)
+backends = pytest.mark.parametrize("make", ["memcached", "redis", "file", "database"], indirect=True)
+#: The stores that keep flags beside the bytes (text and bytes stored as
+#: they are); Redis and PostgreSQL hold the serialized bytes alone.
 flag_stores = pytest.mark.parametrize("make", ["memcached", "file"], indirect=True)
+#: The stores whose items are the serialized bytes alone (no flags).
+BYTES_STORES = (DatabaseCache, RedisCache)
 codecs = pytest.mark.parametrize("codec", CODECS)
 
 
 def raw(cache, key):
     """What the store holds for ``key``: ``(flags, bytes)``, or the bytes
-    alone on PostgreSQL (base64 decoded)."""
+    alone on Redis and PostgreSQL (there base64 decoded)."""
     return cache._store.get(cache._key(key, None))
 
 
@@ -97,7 +104,7 @@ def test_compressible_values_are_stored_compressed_and_read_back(make, codec):
         cache.set(name, value)
         item = raw(cache, name)
         assert compressed_with(item) == codec, name
-        plain = len(pickle.dumps(value)) if isinstance(cache, DatabaseCache) else len(TEXT)
+        plain = len(pickle.dumps(value)) if isinstance(cache, BYTES_STORES) else len(TEXT)
         assert len(stored_bytes(item)) * 5 < plain, (name, len(stored_bytes(item)))
         assert cache.get(name) == value
         assert type(cache.get(name)) is type(value)
@@ -129,18 +136,25 @@ def test_the_default_is_no_compression(make):
     assert cache._serializer.compression is None
 
 
-@flag_stores
+@pytest.mark.parametrize("make", ["memcached", "redis", "file"], indirect=True)
 @codecs
 def test_integers_stay_digits(make, codec):
     cache = make(COMPRESS=codec, COMPRESS_MIN_SIZE=0)
     big = 10**600  # 601 digits, all but one of them zeros
     cache.set("big", big)
-    assert raw(cache, "big") == (FLAG_INTEGER, str(big).encode())
+    if isinstance(cache, RedisCache):
+        # Django's RedisCache encoding: an int as its digits, no flags.
+        assert raw(cache, "big") == str(big).encode()
+    else:
+        assert raw(cache, "big") == (FLAG_INTEGER, str(big).encode())
     assert cache.get("big") == big
     cache.set("counter", 10**18)
-    flags, digits = raw(cache, "counter")
-    # (The file store pads a counter with spaces, to count in place.)
-    assert (flags, digits.rstrip()) == (FLAG_INTEGER, b"1" + b"0" * 18)
+    if isinstance(cache, RedisCache):
+        assert raw(cache, "counter") == b"1" + b"0" * 18
+    else:
+        flags, digits = raw(cache, "counter")
+        # (The file store pads a counter with spaces, to count in place.)
+        assert (flags, digits.rstrip()) == (FLAG_INTEGER, b"1" + b"0" * 18)
     assert cache.incr("counter", 5) == 10**18 + 5
 
 
@@ -288,7 +302,7 @@ def damaged_entries(cache, codec):
     """Items marked compressed with ``codec`` whose bytes are not a
     complete stream of it."""
     good = stored_bytes(raw(cache, "good"))
-    if isinstance(cache, DatabaseCache):
+    if isinstance(cache, BYTES_STORES):
         mark = CODEC_MARKS[codec]
         return [mark + b"not compressed", good[: len(good) // 2], mark, COMPRESSED_MARK + b"\x09" + good[5:]]
     flags = raw(cache, "good")[0]
@@ -325,7 +339,7 @@ def test_decompression_stops_at_the_limit(make, codec, caplog, monkeypatch):
     assert compressed_with(raw(cache, "fits")) == codec
     # A bomb: 100,001 bytes, marked as compressed text (or a pickle).
     bomb = _core.compress(codec, b"y" * 100_001)
-    if isinstance(cache, DatabaseCache):
+    if isinstance(cache, BYTES_STORES):
         put_raw(cache, "bomb", CODEC_MARKS[codec] + bomb)
     else:
         put_raw(cache, "bomb", (FLAG_TEXT | serialization.COMPRESSION_FLAGS[codec], bomb))
@@ -421,6 +435,25 @@ def test_django_database_cache_raises_on_compressed_rows(table):
         theirs.get("text")
     # Values under the threshold are stock pickles still.
     assert theirs.get("small") == "tiny"
+    # And racefree reads everything the stock backend writes.
+    theirs.set("theirs", TEXT)
+    assert ours.get("theirs") == TEXT
+
+
+@pytest.mark.cross_version
+def test_django_redis_cache_raises_on_compressed_values(redis_server):
+    prefix = uuid.uuid4().hex[:8]
+    ours = RedisCache(redis_server.location, {"KEY_PREFIX": prefix, "OPTIONS": {"COMPRESS": "zlib"}})
+    theirs = StockRedisCache(redis_server.location, {"KEY_PREFIX": prefix})
+    ours.set("text", TEXT)
+    ours.set("small", "tiny")
+    ours.set("int", 42)
+    assert raw(ours, "text").startswith(CODEC_MARKS["zlib"])
+    with pytest.raises(pickle.UnpicklingError):
+        theirs.get("text")
+    # Values under the threshold are Django's encoding still.
+    assert theirs.get("small") == "tiny"
+    assert theirs.incr("int") == 43
     # And racefree reads everything the stock backend writes.
     theirs.set("theirs", TEXT)
     assert ours.get("theirs") == TEXT

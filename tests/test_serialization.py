@@ -12,6 +12,7 @@ from django.test import override_settings
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 
 #: Set by unpickling a Trap: proof that a value was loaded.
 sprung = []
@@ -33,7 +34,7 @@ class Trap:
 
 
 @pytest.fixture
-def make(request, memcached, tmp_path):
+def make(request, memcached, redis_server, tmp_path):
     """make(options) -> a backend of the parametrized kind on one shared
     location, so differently configured instances see each other's
     entries."""
@@ -41,7 +42,7 @@ def make(request, memcached, tmp_path):
     return backend_builder(request, tmp_path)
 
 
-backends = pytest.mark.parametrize("make", ["memcached", "file", "database"], indirect=True)
+backends = pytest.mark.parametrize("make", ["memcached", "redis", "file", "database"], indirect=True)
 
 VALUES = [{"a": [1, 2.5, None]}, "text", b"\x00bytes", 42, -7, True, [1, "x"], ("t", 1)]
 
@@ -104,13 +105,20 @@ def test_signing_uses_secret_key_and_its_fallbacks_by_default(make):
         assert make(SIGN_VALUES=True).get("k") is None
 
 
-@pytest.mark.parametrize("make", ["memcached", "file"], indirect=True)
+@pytest.mark.parametrize("make", ["memcached", "redis", "file"], indirect=True)
 def test_tampered_bytes_or_flags_are_misses(make):
     cache = make(SIGN_VALUES=True, SIGNING_KEYS=["k1"])
     cache.set("k", "a text value")
     key = cache._key("k", None)
     # Written behind the backend's back, through its store.
-    flags, data = cache._store.get(key)
+    item = cache._store.get(key)
+    if isinstance(item, bytes):
+        # Redis holds the signed bytes alone: no flags to change.
+        tampered = item[:-1] + bytes([item[-1] ^ 1])
+        cache._store.set(key, tampered, cache._write_args(None))
+        assert cache.get("k") is None
+        return
+    flags, data = item
     tampered = data[:-1] + bytes([data[-1] ^ 1])
     # Same signed bytes under other flags (text -> pickle), then flipped bytes.
     for new_flags, new_data in ((flags ^ (1 << 4) | 1, data), (flags, tampered)):
@@ -122,7 +130,7 @@ def test_tampered_bytes_or_flags_are_misses(make):
 def test_json_round_trip_and_refusal_of_other_values(make):
     cache = make(SERIALIZER="json")
     # bytes are kept raw by the (flags, bytes) stores; JSON has no bytes.
-    raw = [b"raw"] if not isinstance(cache, DatabaseCache) else []
+    raw = [b"raw"] if not isinstance(cache, (DatabaseCache, RedisCache)) else []
     for value in ({"a": [1, 2.5, None, "x"]}, [1, 2], "text", 3, *raw):
         cache.set("k", value)
         assert cache.get("k") == value
@@ -249,14 +257,17 @@ def test_signing_without_any_key_fails_at_startup(tmp_path):
 @pytest.mark.parametrize("backend, options", [
     (FileBasedCache, {"SIGN_VALUES": True, "SIGNING_KEYS": ["hunter2-signing-key", 7]}),
     (MemcachedCache, {"SIGN_VALUES": True, "SIGNING_KEYS": ("hunter2-signing-key", None)}),
+    (RedisCache, {"SIGN_VALUES": True, "SIGNING_KEYS": ("hunter2-signing-key", None)}),
+    (RedisCache, {"PASSWORD": b"hunter2-redis"}),
     (DatabaseCache, {"DSN": b"host=db password=hunter2-database"}),
-], ids=["signing keys", "signing keys on memcached", "dsn"])
+], ids=["signing keys", "signing keys on memcached", "signing keys on redis", "redis password", "dsn"])
 def test_secrets_in_bad_options_are_never_shown(backend, options, tmp_path):
     """A malformed secret-bearing option is refused without its value in the
     message (which ends up in logs and in manage.py check)."""
     from racefree.checks import check_caches
 
-    location = str(tmp_path) if backend is FileBasedCache else "127.0.0.1:1" if backend is MemcachedCache else "t"
+    location = {FileBasedCache: str(tmp_path), MemcachedCache: "127.0.0.1:1", RedisCache: "redis://127.0.0.1:1",
+                DatabaseCache: "t"}[backend]
     with pytest.raises(ImproperlyConfigured) as refused:
         backend(location, {"OPTIONS": options})
     assert "hunter2" not in str(refused.value)

@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+from conftest import SERVERS
 from django.conf import settings
 from django.db import connection
 from django.test import override_settings
@@ -33,6 +34,9 @@ def backend_spec(request, memcached, tmp_path):
     options = {}
     if request.param == "memcached":
         spec = {"backend": "racefree.backends.memcached.MemcachedCache", "location": memcached.location,
+                "params": {"KEY_PREFIX": uuid.uuid4().hex[:8]}}
+    elif request.param == "redis":
+        spec = {"backend": "racefree.backends.redis.RedisCache", "location": SERVERS["redis"].location,
                 "params": {"KEY_PREFIX": uuid.uuid4().hex[:8]}}
     elif request.param in ("file", "forwarding"):
         options = {"MAX_ENTRIES": 1_000_000}
@@ -55,13 +59,13 @@ def backend_spec(request, memcached, tmp_path):
         yield spec
 
 
-@pytest.fixture(params=["memcached", "file", "database", "forwarding"])
+@pytest.fixture(params=["memcached", "redis", "file", "database", "forwarding"])
 def spec(request, memcached, tmp_path):
     """Every racefree backend (the forwarding one to a file cache)."""
     yield from backend_spec(request, memcached, tmp_path)
 
 
-@pytest.fixture(params=["memcached", "file", "database"])
+@pytest.fixture(params=["memcached", "redis", "file", "database"])
 def store_spec(request, memcached, tmp_path):
     """The backends with a store of their own, for child processes and
     their own OPTIONS."""

@@ -320,8 +320,12 @@ impl Client {
     pub fn incr(&self, key: &[u8], delta: i64) -> Result<Option<i64>> {
         let result = self.on_primary(|server| {
             let delta = itoa::Buffer::new().format(delta).to_owned();
+            // The new value comes back as digits (see INCR_IF_EXISTS).
             match self.eval(server, &scripts::INCR_IF_EXISTS, key, &[delta.as_bytes()])? {
-                Value::Int(n) => Ok(Some(n)),
+                Value::Bulk(Some(digits)) => match std::str::from_utf8(&digits).ok().and_then(|d| d.parse().ok()) {
+                    Some(n) => Ok(Some(n)),
+                    None => Err(unexpected(server, "incr", Value::Bulk(Some(digits)))),
+                },
                 Value::Bulk(None) => Ok(None),
                 other => Err(unexpected(server, "incr", other)),
             }

@@ -36,10 +36,13 @@ impl Script {
     }
 }
 
-/// `INCRBY` only if the key exists (nil otherwise), keeping its TTL.
+/// `INCRBY` only if the key exists (nil otherwise), keeping its TTL. The
+/// new value is returned as its digits (`GET`): a Lua number is a double,
+/// so `INCRBY`'s integer reply passed through Lua loses digits past 2^53.
 pub(crate) static INCR_IF_EXISTS: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('INCRBY', KEYS[1], ARGV[1]) end return false",
+        "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) \
+         return redis.call('GET', KEYS[1]) end return false",
     )
 });
 

@@ -133,8 +133,9 @@ impl Login {
     /// refusal of the first leaves nothing unread).
     fn run(&self, conn: &mut Connection, server: &str) -> Result<()> {
         let failed = |error| Error::from_io(server, error);
-        conn.out.extend_from_slice(&self.request);
-        conn.send().map_err(failed)?;
+        // write_now, not send: send would start an IO_TIMEOUT deadline in
+        // place of the opening's CONNECT_TIMEOUT one.
+        conn.write_now(&self.request).map_err(failed)?;
         let mut first_error = None;
         for index in 0..self.commands {
             let reply = resp::read(conn).map_err(failed)?;

@@ -110,6 +110,9 @@ fn counters_are_atomic_and_never_recreated() {
     assert!(ttl > 90, "incr keeps the TTL, got {ttl}");
     c.set(b"text", b"abc", None).unwrap();
     assert!(matches!(c.incr(b"text", 1), Err(Error::NotAnInteger { .. })));
+    // Exact past 2^53 (through Lua, whose numbers are doubles, it was not).
+    c.set(b"large", (i64::MAX - 1).to_string().as_bytes(), None).unwrap();
+    assert_eq!(c.incr(b"large", 1).unwrap(), Some(i64::MAX));
     c.set(b"big", i64::MAX.to_string().as_bytes(), None).unwrap();
     assert!(matches!(c.incr(b"big", 1), Err(Error::Overflow { .. })));
     // The connection stays in step after refusals.

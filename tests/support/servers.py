@@ -221,11 +221,13 @@ class Redis(ServerProcess):
     """A redis-server process (Valkey speaks the same protocol): loopback, a
     free port, a temp dir, nothing persisted. ``replica_of`` (another
     Redis) makes it that server's replica; ``cluster`` starts it in cluster
-    mode (see RedisCluster). ``location`` is a LOCATION URL."""
+    mode (see RedisCluster). ``password`` turns on ``requirepass`` (the
+    harness's own redis-cli calls log in with it). ``location`` is a
+    LOCATION URL."""
 
     name = "redis-server"
 
-    def __init__(self, replica_of=None, cluster=False, extra_args=()):
+    def __init__(self, replica_of=None, cluster=False, extra_args=(), password=None):
         binary = shutil.which("redis-server")
         if binary is None or shutil.which("redis-cli") is None:
             raise ServerMissing("Redis is not installed: run `make test` as root, or "
@@ -234,6 +236,7 @@ class Redis(ServerProcess):
         self.replica_of = replica_of
         self.cluster = cluster
         self.extra_args = list(extra_args)
+        self.password = password
         self.tempdir = tempfile.mkdtemp(prefix="racefree-redis-")
         self.port = free_port()
         self.process = None
@@ -253,11 +256,14 @@ class Redis(ServerProcess):
                         "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
         if self.replica_of is not None:
             command += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+        if self.password is not None:
+            command += ["--requirepass", self.password]
         return command + self.extra_args
 
     def cli(self, *args, check=True):
         """A redis-cli call against this server; its output, stripped."""
-        done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *map(str, args)],
+        login = ["--no-auth-warning", "-a", self.password] if self.password is not None else []
+        done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *login, *map(str, args)],
                               capture_output=True, text=True, timeout=10)
         if check and done.returncode != 0:
             raise RuntimeError(f"redis-cli {' '.join(map(str, args))}: {done.stderr.strip()}")

@@ -23,7 +23,7 @@ racefree.W002   the database cache's server does not answer
 ==============  ==============================================================
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -62,6 +62,25 @@ def unreachable(alias: str, what: str, failure: Exception, check_id: str, hint: 
         obj=f"CACHES[{alias!r}]",
         id=check_id,
     )
+
+
+def probe_servers(
+    alias: str, servers: Sequence[str], probe: Callable[[str], object], kind: str, login_hint: str
+) -> list[checks.CheckMessage]:
+    """racefree.W001 for each of ``servers`` where ``probe(server)`` (one
+    call on a client of its own, with PROBE_TIMEOUT) raises: it does not
+    answer now, or refuses this client's TLS or login (``login_hint``)."""
+    from racefree.exceptions import CacheAuthenticationError, CacheError
+
+    messages: list[checks.CheckMessage] = []
+    for server in servers:
+        try:
+            probe(server)
+        except CacheAuthenticationError as failure:
+            messages.append(unreachable(alias, f"{kind} server {server!r}", failure, "racefree.W001", login_hint))
+        except CacheError as failure:
+            messages.append(unreachable(alias, f"{kind} server {server!r}", failure, "racefree.W001"))
+    return messages
 
 
 def check_caches(app_configs: "Sequence[AppConfig] | None" = None, **kwargs: Any) -> list[checks.CheckMessage]:

@@ -125,6 +125,11 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         self._encode = self._serializer.encode
         self._decode_or = self._serializer.decode_item_or
         self._write_args = self._expiry_and_limits
+        # incr: the store counts (digits it adds to), or it reads, adds and
+        # writes back (see incr); a backend whose store keeps bytes alone
+        # says so.
+        self._counts_natively = not self._serializer.signs
+        self._items_have_flags = True
         self._stampede = Stampede.from_options(options)
         self._ignore_exceptions = options.get("IGNORE_EXCEPTIONS", False)
         # Key rules are racefree's own unless a subclass elsewhere has its own.
@@ -226,13 +231,19 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         cannot count with TypeError."""
         key = self._key(key, version)
         try:
-            if self._serializer.signs:
-                # A signed counter is not digits the store can count with:
+            if self._counts_natively:
+                value = yield self._store.incr, (key, delta)
+            elif self._items_have_flags:
+                # Not digits the store can count with (a signed counter):
                 # read, verify, add and sign it again in one atomic update.
                 item = yield self._store.update, (key, functools.partial(self._serializer.incremented, key, delta))
                 value = None if item is None else self._serializer.decode(key, *item)
             else:
-                value = yield self._store.incr, (key, delta)
+                # A store of the serializer's bytes alone (PostgreSQL;
+                # Redis with JSON or signatures): the same, on bytes.
+                added: list[Any] = []
+                change = functools.partial(self._added_to_bytes, key, delta, added)
+                value = None if (yield self._store.update, (key, change)) is None else added[-1]
         except UnverifiedValue:
             logger.warning("cannot load the cached value of %r; incr treats it as missing", key)
             value = None
@@ -243,26 +254,12 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
             raise ValueError("Key '%s' not found" % key)
         return value
 
-    @store_operation
-    def _rewritten_count(self, key: str, delta: int) -> Generator[Any, Any, Any]:
-        """``incr`` of a counter a store of bytes (``dumps``) cannot count
-        itself (PostgreSQL; a signed one on Redis): read, add and write back
-        in one atomic update of the store, which keeps the expiry. The new
-        value, or None if the key is missing or unloadable (logged: treated
-        as missing). A value that cannot be added to raises as Django's
-        ``BaseCache.incr`` does (TypeError)."""
-        results: list[Any] = []
-
-        def add_delta(data: bytes) -> bytes:
-            results.append(self._serializer.loads(key, data) + delta)
-            return self._serializer.dumps(key, results[-1])
-
-        try:
-            written = yield self._store.update, (key, add_delta)
-        except UnverifiedValue:
-            logger.warning("cannot load the cached value of %r; incr treats it as missing", key)
-            return None
-        return None if written is None else results[-1]
+    def _added_to_bytes(self, key: str, delta: int, added: list[Any], data: bytes) -> bytes:
+        """``incr``'s change of a stored value in bytes: the value plus
+        ``delta`` (kept in ``added``), serialized. A value that cannot be
+        added to raises as in Django's ``BaseCache.incr`` (TypeError)."""
+        added.append(self._serializer.loads(key, data) + delta)
+        return self._serializer.dumps(key, added[-1])
 
     @store_operation
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:

@@ -10,14 +10,13 @@ round trip, and the table is not counted on every write.
 """
 
 import os
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache.backends.db import BaseDatabaseCache
 from django.core.exceptions import ImproperlyConfigured
 
 from racefree._core import PgStore
-from racefree.backends._ops import store_operation, with_async_twins
+from racefree.backends._ops import with_async_twins
 from racefree.backends._options import (
     Option,
     boolean,
@@ -176,6 +175,9 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
         # The table holds the serializer's bytes only (base64, as Django's).
         self._encode = self._serializer.dumps
         self._decode_or = self._serializer.load_or
+        # PostgreSQL cannot count in a pickle: incr reads, adds and writes
+        # back with the key locked (advisory and row locks).
+        self._counts_natively = self._items_have_flags = False
         if options["DSN"]:
             params_for_store: dict[str, str] = {}
         else:
@@ -202,18 +204,3 @@ class DatabaseCache(RacefreeCache, BaseDatabaseCache):
         (hits, misses, sets, deletes, errors, round_trips) and its pool
         (pool_size, connections, idle, in_use, connects)."""
         return self._store.stats()
-
-    @store_operation
-    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
-        """Atomic across every worker: the key is locked (advisory and row
-        locks) while ``value + delta`` is computed and written. Keeps the
-        key's expiry. A missing key raises ValueError."""
-        key = self._key(key, version)
-        try:
-            value = yield self._rewritten_count, (key, delta)
-        except CacheError as error:
-            self._server_failed("incr", error)
-            value = None
-        if value is None:
-            raise ValueError("Key '%s' not found" % key)
-        return value

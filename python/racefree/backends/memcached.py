@@ -39,8 +39,8 @@ from racefree.backends._options import (
 from racefree.backends._stampede import MISSING, _gave_back, _giving_back, _Pause, stampede_options
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, is_forever
-from racefree.checks import PROBE_TIMEOUT, unreachable
-from racefree.exceptions import CacheAuthenticationError, CacheError
+from racefree.checks import PROBE_TIMEOUT, probe_servers
+from racefree.exceptions import CacheError
 from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
@@ -332,16 +332,12 @@ class MemcachedCache(RacefreeCache, BaseCache):
         refuses this client's TLS or login)."""
         probe = {**store_settings(self._options, OPTIONS), "connect_timeout": PROBE_TIMEOUT,
                  "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
-        messages: list[CheckMessage] = []
-        for server in self._servers:
-            try:
-                MemcachedClient([server], probe).has_key("racefree:check")
-            except CacheAuthenticationError as error:
-                hint = "Set OPTIONS USERNAME and PASSWORD to a user of the server's authfile (memcached -Y)."
-                messages.append(unreachable(alias, f"memcached server {server!r}", error, "racefree.W001", hint))
-            except CacheError as error:
-                messages.append(unreachable(alias, f"memcached server {server!r}", error, "racefree.W001"))
-        return messages
+        login_hint = "Set OPTIONS USERNAME and PASSWORD to a user of the server's authfile (memcached -Y)."
+
+        def answer(server: str) -> object:
+            return MemcachedClient([server], probe).has_key("racefree:check")
+
+        return probe_servers(alias, self._servers, answer, "memcached", login_hint)
 
     def stats(self) -> dict[str, Any]:
         """This process's counters for this LOCATION and OPTIONS (every

@@ -14,7 +14,7 @@ same protocol and works unchanged.
 import math
 import re
 import ssl
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -22,7 +22,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
 
 from racefree._core import RedisClient
-from racefree.backends._ops import store_operation, with_async_twins
+from racefree.backends._ops import with_async_twins
 from racefree.backends._options import (
     Option,
     boolean,
@@ -36,8 +36,7 @@ from racefree.backends._options import (
 from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, backend_path, is_forever
-from racefree.checks import PROBE_TIMEOUT, unreachable
-from racefree.exceptions import CacheAuthenticationError, CacheError
+from racefree.checks import PROBE_TIMEOUT, probe_servers
 from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
@@ -253,13 +252,15 @@ class RedisCache(RacefreeCache, BaseCache):
         params = {**params, "OPTIONS": self._options_with_location(path, server, params.get("OPTIONS"))}
         options = self._configure(params)
         super().__init__(params)
+        # Integers are digits INCRBY counts, unless values are JSON or
+        # signed: then incr reads, adds and writes back with a
+        # compare-and-set script.
         self._counts_natively = options["SERIALIZER"] == "pickle" and not self._serializer.signs
+        self._items_have_flags = False
         if self._counts_natively:
             self._encode = self._encoded_like_django
             self._decode_or = self._decoded_like_django
         else:
-            # JSON, or signed: nothing is digits the server could count
-            # with, so incr reads, adds and writes back (see incr).
             self._encode = self._serializer.dumps
             self._decode_or = self._serializer.load_or
         self._write_args = self.get_backend_timeout
@@ -371,42 +372,17 @@ class RedisCache(RacefreeCache, BaseCache):
                 pass
         return self._serializer.load_or(default, key, data)
 
-    @store_operation
-    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
-        """Atomic across threads, processes and hosts: one script that adds
-        to the key only if it exists, keeping its expiry, so a key that
-        expires meanwhile raises instead of being re-created from 0. A
-        missing key raises ValueError, a value that is not an integer
-        TypeError. (A signed or JSON-encoded counter is read, added to and
-        written back with a compare-and-set.)"""
-        key = self._key(key, version)
-        try:
-            if self._counts_natively:
-                value = yield self._store.incr, (key, delta)
-            else:
-                value = yield self._rewritten_count, (key, delta)
-        except CacheError as error:
-            self._server_failed("incr", error)
-            value = None
-        if value is None:
-            raise ValueError("Key '%s' not found" % key)
-        return value
-
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.W001 for each server that does not answer now (or
         refuses this client's TLS or login)."""
         probe = {**store_settings(self._options, OPTIONS), "connect_timeout": PROBE_TIMEOUT,
                  "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
-        messages: list[CheckMessage] = []
-        for server in self._servers:
-            try:
-                RedisClient([server], probe).has_key("racefree:check")
-            except CacheAuthenticationError as error:
-                hint = "Set the URL's user and password, or OPTIONS USERNAME and PASSWORD."
-                messages.append(unreachable(alias, f"Redis server {server!r}", error, "racefree.W001", hint))
-            except CacheError as error:
-                messages.append(unreachable(alias, f"Redis server {server!r}", error, "racefree.W001"))
-        return messages
+        login_hint = "Set the URL's user and password, or OPTIONS USERNAME and PASSWORD."
+
+        def answer(server: str) -> object:
+            return RedisClient([server], probe).has_key("racefree:check")
+
+        return probe_servers(alias, self._servers, answer, "Redis", login_hint)
 
     def stats(self) -> dict[str, Any]:
         """This process's counters for this LOCATION and OPTIONS (every

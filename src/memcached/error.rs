@@ -116,6 +116,20 @@ impl From<OpenError> for Error {
     }
 }
 
+impl crate::net::ServerError for Error {
+    fn is_server_failure(&self) -> bool {
+        Error::is_server_failure(self)
+    }
+
+    fn is_refusal(&self) -> bool {
+        Error::is_refusal(self)
+    }
+
+    fn duplicate(&self) -> Error {
+        super::combine::duplicate(self)
+    }
+}
+
 impl crate::stats::Failure for Error {
     fn is_failure(&self) -> bool {
         self.is_server_failure()

@@ -6,28 +6,21 @@
 //! mid-reply still has someone else's reply in it, and reusing it is how
 //! the seed bug happens (a `get` returning another request's value).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::seconds;
-use crate::health::Health;
-use crate::net::spin::{InFlight, SpinWait};
-use crate::net::{Secret, TlsOptions};
+use crate::net::spin::SpinWait;
+use crate::net::{Refusals, Refused, Secret, TlsOptions};
 use crate::pool::{self, Dial, Pool};
-use crate::sync::locked;
 
 use super::address::Address;
-use super::combine::{Combiner, duplicate};
+use super::combine::Combiner;
 use super::connection::Connection;
 use super::error::{Error, Result};
 use super::handshake::Handshake;
-
-/// How long a server's refusal of this client (its TLS or its login) is
-/// remembered: calls meanwhile fail with it at once instead of each
-/// dialing and being refused again.
-const REFUSAL_MEMORY: Duration = Duration::from_secs(1);
 
 /// Connection settings shared by every server of a client: the backend's
 /// OPTIONS of the same names (defaults and checks are Python's).
@@ -90,7 +83,7 @@ impl Server {
             handshake,
             config: config.clone(),
             spin: Arc::new(SpinWait::new(config.spin_wait)),
-            refusal: Mutex::new(None),
+            refusals: Refusals::new(),
         };
         Server {
             pool: Pool::new(dialer, limits, format!("memcached server {name}")),
@@ -111,49 +104,12 @@ impl Server {
     /// `max_connections`, wait (up to the connect timeout) for one to come
     /// back.
     pub(crate) fn lease(&self) -> Result<Lease<'_>> {
-        Ok(Lease {
-            conn: self.pool.lease()?,
-            health: &self.pool.health,
-            dialer: &self.pool.dialer,
-            _in_flight: InFlight::start(),
-        })
+        Lease::new(&self.pool)
     }
 }
 
-/// A connection checked out for one exchange. Dropped without `release`,
-/// the connection is closed, never reused.
-pub(crate) struct Lease<'a> {
-    conn: pool::Lease<'a, Dialer>,
-    health: &'a Health,
-    dialer: &'a Dialer,
-    _in_flight: InFlight,
-}
-
-impl Lease<'_> {
-    pub(crate) fn conn(&mut self) -> &mut Connection {
-        &mut self.conn
-    }
-
-    /// Return the connection to the pool: call only after a complete,
-    /// in-step exchange.
-    pub(crate) fn release(self) {
-        self.health.succeeded();
-        self.conn.release();
-    }
-
-    /// Close the connection after `error` left it out of step; a failure
-    /// of the server (not of the request) is recorded in its health.
-    pub(crate) fn discard(self, error: &Error) {
-        if error.is_server_failure() {
-            self.health.failed(error);
-        }
-        // A server with a login refuses every request of a connection
-        // that has none.
-        if error.is_refusal() {
-            self.dialer.remember(error);
-        }
-    }
-}
+/// A connection checked out for one exchange (see `net::Lease`).
+pub(crate) type Lease<'a> = crate::net::Lease<'a, Dialer>;
 
 /// How connections to one server are opened.
 pub(crate) struct Dialer {
@@ -163,20 +119,12 @@ pub(crate) struct Dialer {
     handshake: Handshake,
     config: Config,
     spin: Arc<SpinWait>,
-    /// The server's last refusal of this client, and when it came.
-    refusal: Mutex<Option<(Instant, Error)>>,
+    refusals: Refusals<Error>,
 }
 
-impl Dialer {
-    fn remember(&self, refusal: &Error) {
-        *locked(&self.refusal) = Some((Instant::now(), duplicate(refusal)));
-    }
-
-    /// The refusal still remembered, if any.
-    fn recent_refusal(&self) -> Option<Error> {
-        let refusal = locked(&self.refusal);
-        let (at, error) = refusal.as_ref()?;
-        (at.elapsed() < REFUSAL_MEMORY).then(|| duplicate(error))
+impl Refused for Dialer {
+    fn refusals(&self) -> &Refusals<Error> {
+        &self.refusals
     }
 }
 
@@ -185,17 +133,8 @@ impl Dial for Dialer {
     type Error = Error;
 
     fn dial(&self) -> Result<Connection> {
-        if let Some(refusal) = self.recent_refusal() {
-            return Err(refusal);
-        }
         let (connect, io) = (self.config.connect_timeout, self.config.io_timeout);
-        let opened = Connection::open(&self.address, &self.name, &self.handshake, connect, io, &self.spin);
-        if let Err(error) = &opened
-            && error.is_refusal()
-        {
-            self.remember(error);
-        }
-        opened
+        (self.refusals).dial(|| Connection::open(&self.address, &self.name, &self.handshake, connect, io, &self.spin))
     }
 
     /// Not stale-closed by a restarted server, and holding no stray bytes.

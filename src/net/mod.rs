@@ -7,10 +7,12 @@
 
 mod address;
 mod connection;
+mod server;
 pub(crate) mod spin;
 mod tls;
 
 pub use address::Address;
 pub(crate) use connection::{Confirm, Connection, OpenError, Opening, opening_failed};
+pub(crate) use server::{Lease, Refusals, Refused, ServerError};
 pub use tls::{Der, Secret, TlsOptions};
 pub(crate) use tls::{TlsTarget, client_config, server_name};

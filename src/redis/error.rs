@@ -49,12 +49,6 @@ impl Error {
         )
     }
 
-    /// Whether the server refused this client as configured (its TLS or
-    /// its login), which trying again at once will not change.
-    pub(crate) fn is_refusal(&self) -> bool {
-        matches!(self, Error::Tls { .. } | Error::Auth { .. })
-    }
-
     /// Errors after which the stream is still in step: the whole reply
     /// was read, so the connection may serve another request.
     pub(crate) fn keeps_connection(&self) -> bool {
@@ -105,9 +99,20 @@ impl Error {
             }
         }
     }
+}
+
+impl crate::net::ServerError for Error {
+    fn is_server_failure(&self) -> bool {
+        Error::is_server_failure(self)
+    }
+
+    /// Its TLS or its login, which trying again at once will not change.
+    fn is_refusal(&self) -> bool {
+        matches!(self, Error::Tls { .. } | Error::Auth { .. })
+    }
 
     /// A copy for another caller (io errors keep their kind and text).
-    pub(crate) fn duplicate(&self) -> Error {
+    fn duplicate(&self) -> Error {
         let io = |source: &io::Error| io::Error::new(source.kind(), source.to_string());
         match self {
             Error::Connect { server, source } => Error::Connect {

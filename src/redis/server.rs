@@ -1,31 +1,19 @@
 //! One Redis server as a client sees it: how a connection to it is opened
-//! (TLS, login, database) and its pool.
-//!
-//! As for memcached, a connection is checked out for exactly one exchange
-//! and goes back to the pool only if the exchange completed: one that
-//! timed out or failed mid-reply still has a reply in it that belongs to
-//! nobody, and reading it in the next call is the seed bug (a `get`
-//! returning another request's value).
+//! (TLS, login, database) and its pool. Connections are leased for one
+//! exchange each (`net::Lease`).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::seconds;
-use crate::health::Health;
-use crate::net::spin::{InFlight, SpinWait};
-use crate::net::{Address, Connection, OpenError, Opening, Secret, TlsOptions, TlsTarget};
+use crate::net::spin::SpinWait;
+use crate::net::{Address, Connection, OpenError, Opening, Refusals, Refused, Secret, TlsOptions, TlsTarget};
 use crate::pool::{self, Dial, Pool};
-use crate::sync::locked;
 
 use super::error::{Error, Result};
 use super::resp::{self, Value};
-
-/// How long a server's refusal of this client (TLS, login, database) is
-/// remembered: calls meanwhile fail with it at once instead of each
-/// dialing and being refused again.
-const REFUSAL_MEMORY: Duration = Duration::from_secs(1);
 
 /// What `opening_failed` adds when a server does not answer in TLS.
 const TLS_HINT: &str = "is this the server's tls-port?";
@@ -176,7 +164,7 @@ impl Server {
             login,
             config: config.clone(),
             spin: Arc::new(SpinWait::new(config.spin_wait)),
-            refusal: Mutex::new(None),
+            refusals: Refusals::new(),
         };
         Server {
             pool: Pool::new(dialer, limits, format!("Redis server {name}")),
@@ -191,46 +179,12 @@ impl Server {
     /// Check out a connection: a live idle one, or a new dial. At
     /// `max_connections`, wait (up to the connect timeout) for one.
     pub(crate) fn lease(&self) -> Result<Lease<'_>> {
-        Ok(Lease {
-            conn: self.pool.lease()?,
-            health: &self.pool.health,
-            dialer: &self.pool.dialer,
-            _in_flight: InFlight::start(),
-        })
+        Lease::new(&self.pool)
     }
 }
 
-/// A connection checked out for one exchange. Dropped without `release`,
-/// the connection is closed, never reused.
-pub(crate) struct Lease<'a> {
-    conn: pool::Lease<'a, Dialer>,
-    health: &'a Health,
-    dialer: &'a Dialer,
-    _in_flight: InFlight,
-}
-
-impl Lease<'_> {
-    pub(crate) fn conn(&mut self) -> &mut Connection {
-        &mut self.conn
-    }
-
-    /// Return the connection to the pool: only after a complete exchange.
-    pub(crate) fn release(self) {
-        self.health.succeeded();
-        self.conn.release();
-    }
-
-    /// Close the connection after `error`; a failure of the server (not
-    /// of the request) is recorded in its health.
-    pub(crate) fn discard(self, error: &Error) {
-        if error.is_server_failure() {
-            self.health.failed(error);
-        }
-        if error.is_refusal() {
-            self.dialer.remember(error);
-        }
-    }
-}
+/// A connection checked out for one exchange (see `net::Lease`).
+pub(crate) type Lease<'a> = crate::net::Lease<'a, Dialer>;
 
 /// How connections to one server are opened.
 pub(crate) struct Dialer {
@@ -241,19 +195,12 @@ pub(crate) struct Dialer {
     login: Arc<Login>,
     config: Config,
     spin: Arc<SpinWait>,
-    /// The server's last refusal of this client, and when it came.
-    refusal: Mutex<Option<(Instant, Error)>>,
+    refusals: Refusals<Error>,
 }
 
-impl Dialer {
-    fn remember(&self, refusal: &Error) {
-        *locked(&self.refusal) = Some((Instant::now(), refusal.duplicate()));
-    }
-
-    fn recent_refusal(&self) -> Option<Error> {
-        let refusal = locked(&self.refusal);
-        let (at, error) = refusal.as_ref()?;
-        (at.elapsed() < REFUSAL_MEMORY).then(|| error.duplicate())
+impl Refused for Dialer {
+    fn refusals(&self) -> &Refusals<Error> {
+        &self.refusals
     }
 }
 
@@ -271,9 +218,6 @@ impl Dial for Dialer {
     type Error = Error;
 
     fn dial(&self) -> Result<Connection> {
-        if let Some(refusal) = self.recent_refusal() {
-            return Err(refusal);
-        }
         let opening = Opening {
             address: &self.address,
             server: &self.name,
@@ -288,13 +232,7 @@ impl Dial for Dialer {
             true => Some(&mut login),
             false => None,
         };
-        let opened = Connection::open(&opening, confirm);
-        if let Err(error) = &opened
-            && error.is_refusal()
-        {
-            self.remember(error);
-        }
-        opened
+        self.refusals.dial(|| Connection::open(&opening, confirm))
     }
 
     /// Not closed by a restarted server, and holding no stray bytes.

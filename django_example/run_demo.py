@@ -2,10 +2,12 @@
 
 For each backend of each pair (``races.pairs``) this serves the demo
 project with gunicorn (several worker processes, several threads each),
-runs ``locustfile.py`` headless against it for a fixed time, and prints
-one table. memcached and PostgreSQL are started here (loopback, free
-ports, temp dirs) when their binaries are present; otherwise their rows
-say so and the rest still run.
+or, for the ASGI pair (``redis-asgi``), with uvicorn (several worker
+processes, one event loop each, async views), runs ``locustfile.py``
+headless against it for a fixed time, and prints one table. memcached,
+PostgreSQL and Redis are started here (loopback, free ports, temp dirs)
+when their binaries are present; otherwise their rows say so and the
+rest still run.
 
     python django_example/run_demo.py [--seconds 8] [--only file/racefree ...] [--json out.json]
 
@@ -31,8 +33,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-from races.pairs import NEEDS, PAIRS, RACEFREE, members  # noqa: E402
-from support.servers import Memcached, Postgres, ServerMissing, free_port  # noqa: E402
+from races.pairs import ASGI, NEEDS, PAIRS, RACEFREE, members  # noqa: E402
+from support.servers import Memcached, Postgres, Redis, ServerMissing, free_port  # noqa: E402
 
 # Stock backends whose client library may be missing (pylibmc needs a C
 # build against libmemcached; djblets is installed without its Django pin).
@@ -48,7 +50,7 @@ def start_servers(stores):
     """The servers the chosen stores need: {kind: server}, and notes for
     the ones that could not start."""
     servers, missing = {}, {}
-    for kind, start in (("memcached", Memcached), ("postgres", Postgres)):
+    for kind, start in (("memcached", Memcached), ("postgres", Postgres), ("redis", Redis)):
         if not any(NEEDS.get(store) == kind for store in stores):
             continue
         try:
@@ -67,22 +69,26 @@ def demo_env(name, workdir, servers):
         env["RACEFREE_DEMO_MEMCACHED"] = servers["memcached"].location
     if "postgres" in servers:
         env["RACEFREE_DEMO_POSTGRES"] = f"127.0.0.1:{servers['postgres'].port}"
+    if "redis" in servers:
+        env["RACEFREE_DEMO_REDIS"] = servers["redis"].location
     if name.startswith("forwarding/"):
         env["RACEFREE_DEMO_RESETS"] = "1"
+    if name.split("/", 1)[0] in ASGI:
+        env["RACEFREE_DEMO_ASYNC"] = "1"
     return env
 
 
-def wait_until_serving(url, server, deadline):
+def wait_until_serving(url, server, deadline, program):
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with status {server.returncode}")
+            raise RuntimeError(f"{program} exited with status {server.returncode}")
         try:
             with urllib.request.urlopen(url + "/health/", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError("gunicorn did not answer within 30 s")
+    raise RuntimeError(f"{program} did not answer within 30 s")
 
 
 def stop(process):
@@ -95,9 +101,24 @@ def stop(process):
             process.wait()
 
 
+def server_command(name, args, port):
+    """gunicorn (WSGI: processes x threads) or, for the ASGI stores,
+    uvicorn (processes, one event loop each); (program, argv)."""
+    bind = ["127.0.0.1", str(port)]
+    if name.split("/", 1)[0] in ASGI:
+        return "uvicorn", [
+            sys.executable, "-m", "uvicorn", "project.asgi:application", "--app-dir", HERE, "--host", bind[0],
+            "--port", bind[1], "--workers", str(args.workers), "--lifespan", "off", "--no-access-log",
+            "--timeout-graceful-shutdown", "3", "--log-level", "warning"]
+    return "gunicorn", [
+        sys.executable, "-m", "gunicorn", "project.wsgi:application", "--chdir", HERE, "--bind", ":".join(bind),
+        "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
+        "--graceful-timeout", "3", "--log-level", "warning"]
+
+
 def run_member(name, args, workdir, servers):
-    """gunicorn + locust for one backend; the locust report, with the
-    gunicorn and locust logs' paths."""
+    """gunicorn (or uvicorn) + locust for one backend; the locust report,
+    with the server's and locust's logs' paths."""
     env = demo_env(name, workdir, servers)
     logs = os.path.join(workdir, "logs", name.replace("/", "-").replace(" ", "_"))
     os.makedirs(logs, exist_ok=True)
@@ -107,15 +128,12 @@ def run_member(name, args, workdir, servers):
                        env=env, check=True, cwd=HERE)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with open(os.path.join(logs, "gunicorn.log"), "w") as log:
-        server = subprocess.Popen(
-            [python, "-m", "gunicorn", "project.wsgi:application", "--chdir", HERE, "--bind", f"127.0.0.1:{port}",
-             "--workers", str(args.workers), "--worker-class", "gthread", "--threads", str(args.threads),
-             "--graceful-timeout", "3", "--log-level", "warning"],
-            env=env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    program, command = server_command(name, args, port)
+    with open(os.path.join(logs, f"{program}.log"), "w") as log:
+        server = subprocess.Popen(command, env=env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
     try:
-        wait_until_serving(url, server, time.monotonic() + 30)
+        wait_until_serving(url, server, time.monotonic() + 30, program)
         report = os.path.join(logs, "report.json")
         env["RACEFREE_DEMO_REPORT"] = report
         with open(os.path.join(logs, "locust.log"), "w") as log:
@@ -152,7 +170,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=8, help="locust run time per backend")
     parser.add_argument("--users", type=int, default=24)
-    parser.add_argument("--workers", type=int, default=3, help="gunicorn worker processes")
+    parser.add_argument("--workers", type=int, default=3, help="gunicorn (and uvicorn) worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     parser.add_argument("--only", nargs="+", metavar="STORE/BACKEND", choices=members(), help="run only these")
     parser.add_argument("--json", help="write the rows here")
@@ -175,9 +193,13 @@ def main(argv=None):
                 row["skipped"] = f"not run: {missing[need]}"
             elif library and importlib.util.find_spec(library) is None:
                 row["skipped"] = f"not run: {library} is not installed (`make bench-deps`)"
+            elif store in ASGI and importlib.util.find_spec("uvicorn") is None:
+                row["skipped"] = "not run: uvicorn is not installed (`make bench-deps`)"
             else:
-                progress(f"[{index}/{len(chosen)}] {name}: gunicorn {args.workers} processes x {args.threads} "
-                         f"threads, locust {args.users} users for {args.seconds:g} s")
+                served = (f"uvicorn {args.workers} processes (async views)" if store in ASGI
+                          else f"gunicorn {args.workers} processes x {args.threads} threads")
+                progress(f"[{index}/{len(chosen)}] {name}: {served}, locust {args.users} users "
+                         f"for {args.seconds:g} s")
                 try:
                     result, logs = run_member(name, args, workdir, servers)
                 except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as error:
@@ -194,7 +216,9 @@ def main(argv=None):
         for server in servers.values():
             server.close()
 
-    print(f"\n{args.workers} gunicorn processes x {args.threads} threads, {args.users} locust users, "
+    asgi = (f" (ASGI rows: {args.workers} uvicorn processes, one event loop each)"
+            if any(name.split("/", 1)[0] in ASGI for name in chosen) else "")
+    print(f"\n{args.workers} gunicorn processes x {args.threads} threads{asgi}, {args.users} locust users, "
           f"{args.seconds:g} s per backend ({time.monotonic() - started:.0f} s in all)\n")
     print_table(rows)
     if args.json:

@@ -3,8 +3,9 @@
 The cache under test is named by ``RACEFREE_DEMO_CACHE`` (``store/member``,
 see ``races.pairs``; default ``file/racefree``, which needs no server).
 ``RACEFREE_DEMO_DIR`` holds the file stores and SQLite;
-``RACEFREE_DEMO_MEMCACHED`` (``host:port``) and ``RACEFREE_DEMO_POSTGRES``
-(``host:port``) locate the servers for the memcached and database pairs.
+``RACEFREE_DEMO_MEMCACHED`` (``host:port``), ``RACEFREE_DEMO_POSTGRES``
+(``host:port``) and ``RACEFREE_DEMO_REDIS`` (``redis://host:port``) locate
+the servers for the memcached, database and Redis pairs.
 """
 
 import os
@@ -26,6 +27,7 @@ ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["races"]
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
+ASGI_APPLICATION = "project.asgi.application"
 USE_TZ = True
 
 # Seed 1's setup: every GET response goes through the cache too.

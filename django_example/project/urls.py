@@ -9,4 +9,7 @@ urlpatterns = [
     path("add/<str:key>/", views.add),
     path("forwarding/reset/", views.reset_forwarding),
     path("start/", views.start),
+    # The ASGI run's async views (uvicorn project.asgi:application).
+    path("async/incr/", views.async_incr),
+    path("async/add/<str:key>/", views.async_add),
 ]

@@ -29,6 +29,23 @@ PAIRS = {
             ("DatabaseCache", "django.core.cache.backends.db.DatabaseCache"),
         ],
     ),
+    "redis": (
+        "Redis: client shared by threads and processes",
+        [
+            (RACEFREE, "racefree.backends.redis.RedisCache"),
+            ("RedisCache", "django.core.cache.backends.redis.RedisCache"),
+        ],
+    ),
+    # The same Redis pair served by uvicorn (ASGI): async views await
+    # aincr/aadd, which Django's BaseCache (before 6.1) makes of aget then
+    # aset, so concurrent requests on one event loop overwrite each other.
+    "redis-asgi": (
+        "Redis: aincr from async views (ASGI)",
+        [
+            (RACEFREE, "racefree.backends.redis.RedisCache"),
+            ("RedisCache", "django.core.cache.backends.redis.RedisCache"),
+        ],
+    ),
     "forwarding": (
         "seed 3: forwarding backend reset in traffic",
         [
@@ -40,7 +57,10 @@ PAIRS = {
 }
 
 # What each store needs from the machine.
-NEEDS = {"memcached": "memcached", "database": "postgres"}
+NEEDS = {"memcached": "memcached", "database": "postgres", "redis": "redis", "redis-asgi": "redis"}
+
+# Stores served by uvicorn (ASGI, async views) instead of gunicorn (WSGI).
+ASGI = {"redis-asgi"}
 
 
 def members():
@@ -66,6 +86,9 @@ def caches_for(name, workdir):
         return {"default": {"BACKEND": backend, "LOCATION": os.path.join(workdir, "file-" + slug(member)), **room}}
     if store == "memcached":
         return {"default": {"BACKEND": backend, "LOCATION": os.environ["RACEFREE_DEMO_MEMCACHED"],
+                            "KEY_PREFIX": slug(member)}}
+    if store in ("redis", "redis-asgi"):
+        return {"default": {"BACKEND": backend, "LOCATION": os.environ["RACEFREE_DEMO_REDIS"],
                             "KEY_PREFIX": slug(member)}}
     if store == "database":
         return {"default": {"BACKEND": backend, "LOCATION": "demo_" + slug(member), **room}}

@@ -4,6 +4,9 @@
 module-level reference, the cache middleware of older Django versions and
 any forwarding backend hold it: every thread of the worker uses it at once
 (seed 1). Several worker processes share the store behind it (seeds 2-5).
+
+The ``async_*`` views are for the ASGI run (uvicorn): many requests share
+one event loop and ``await`` the same backend object.
 """
 
 import uuid
@@ -67,3 +70,17 @@ def reset_forwarding(request):
     other threads use it."""
     shared.reset_backend()
     return JsonResponse({"ok": True})
+
+
+@require_POST
+async def async_incr(request):
+    """The shared counter from an async view: ``await aincr``. Django's
+    BaseCache.aincr (before 6.1) is ``aget`` then ``aset``, so requests
+    awaiting it at once on one event loop overwrite each other's count."""
+    return JsonResponse({"value": await shared.aincr("counter")})
+
+
+@require_POST
+async def async_add(request, key):
+    """``aadd`` of a key many requests race for: exactly one may win."""
+    return JsonResponse({"won": bool(await shared.aadd(key, uuid.uuid4().hex, 300))})

@@ -1,6 +1,5 @@
 //! `racefree._core.RedisClient`: the Redis store for Python.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use pyo3::exceptions::{PyOverflowError, PyValueError};
@@ -22,11 +21,31 @@ pub struct RedisClient {
     lane: aio::Lane,
 }
 
-/// Connections per server that async calls use at most at once.
+/// Connections async calls use at most at once, per client.
 const ASYNC_CONNECTIONS: usize = 4;
 
 fn key_bytes(keys: &[PyBackedStr]) -> Vec<&[u8]> {
     keys.iter().map(|key| key.as_bytes()).collect()
+}
+
+/// `get_many`'s `{key: value}` for the keys found, in the order asked
+/// (as Django's RedisCache returns them), built with the GIL.
+struct Found(Vec<PyBackedStr>, Vec<Option<Vec<u8>>>);
+
+impl<'py> IntoPyObject<'py> for Found {
+    type Target = PyDict;
+    type Output = Bound<'py, PyDict>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let found = PyDict::new(py);
+        for (key, value) in self.0.iter().zip(self.1) {
+            if let Some(value) = value {
+                found.set_item(key, PyBytes::new(py, &value))?;
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// Redis counts in 64-bit signed integers.
@@ -50,13 +69,14 @@ store_methods! {
         #[new]
         fn new(servers: Vec<String>, config: &Bound<'_, PyDict>) -> PyResult<Self> {
             let config: crate::redis::Config = settings("RedisClient", config)?;
-            // Async calls in flight per server: a few suffice, since one
-            // event loop cannot issue calls faster than a few connections
-            // answer them (a round trip is tens of microseconds); the
-            // others wait their turn here, not on pool threads, so 200
-            // tasks hold ASYNC_CONNECTIONS connections, not 200.
-            let per_server = config.max_connections.unwrap_or(ASYNC_CONNECTIONS).min(ASYNC_CONNECTIONS);
-            let lane = aio::Lane::new(per_server * servers.len(), config.connect_timeout + config.io_timeout);
+            // Async calls in flight: a few suffice, since one event loop
+            // cannot issue calls faster than a few connections answer them
+            // (a round trip is tens of microseconds); the others wait
+            // their turn here, not on pool threads, so 200 tasks hold
+            // ASYNC_CONNECTIONS connections, not 200 (and no more on the
+            // primary, which takes every write, with replicas listed).
+            let in_flight = config.max_connections.unwrap_or(ASYNC_CONNECTIONS).min(ASYNC_CONNECTIONS);
+            let lane = aio::Lane::new(in_flight, config.connect_timeout + config.io_timeout);
             let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(RedisClient {
                 client: Arc::new(client),
@@ -107,9 +127,9 @@ store_methods! {
         }
 
         /// `{key: value}` for the keys found, one `MGET`.
-        fn get_many / aget_many(keys: Vec<PyBackedStr>) -> HashMap<PyBackedStr, Bytes> {
+        fn get_many / aget_many(keys: Vec<PyBackedStr>) -> Found {
             let found = client.get_many(&key_bytes(&keys))?;
-            Ok(keys.into_iter().zip(found).filter_map(|(key, value)| Some((key, Bytes(value?)))).collect())
+            Ok(Found(keys, found))
         }
 
         fn has_key / ahas_key(key: PyBackedStr) -> bool {

@@ -9,11 +9,15 @@
 //! Events go to one process-wide sink, which the Python layer points at
 //! the `racefree` logger; plain Rust users and `cargo test` have none, and
 //! events are then dropped. A sink is called on the failing or recovering
-//! caller's thread, never with a pool lock held.
+//! caller's thread, never with a pool lock held. Events are queued in the
+//! order of their transitions, and one thread at a time hands them to the
+//! sink: two threads that saw an outage end and a new one begin cannot
+//! log "answering again" after "not answering".
 
 use std::fmt::Display;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, TryLockError};
 use std::time::Instant;
 
 use crate::sync::locked;
@@ -39,8 +43,8 @@ pub fn set_sink(sink: impl Fn(Event) + Send + Sync + 'static) {
     let _ = SINK.set(Box::new(sink));
 }
 
-fn emit(event: Option<Event>) {
-    if let (Some(event), Some(sink)) = (event, SINK.get()) {
+fn emit(event: Event) {
+    if let Some(sink) = SINK.get() {
         sink(event);
     }
 }
@@ -55,6 +59,10 @@ pub struct Health {
     failures: AtomicU64,
     /// When the outage began; its lock orders the transitions.
     since: Mutex<Option<Instant>>,
+    /// Events of transitions made, in their order, not yet emitted.
+    pending: Mutex<VecDeque<Event>>,
+    /// Held by the one thread emitting `pending`.
+    emitting: Mutex<()>,
 }
 
 impl Health {
@@ -64,20 +72,51 @@ impl Health {
             down: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             since: Mutex::new(None),
+            pending: Mutex::new(VecDeque::new()),
+            emitting: Mutex::new(()),
         }
     }
 
     /// A call on this server completed.
     pub fn succeeded(&self) {
-        if self.down.load(Ordering::Relaxed) {
-            emit(self.recovery());
+        if self.down.load(Ordering::Relaxed) && self.recovery().is_some() {
+            self.emit_pending();
         }
     }
 
     /// A call failed because the server could not be reached or the
     /// connection broke (its connection is being discarded).
     pub fn failed(&self, error: &dyn Display) {
-        emit(self.failure(error));
+        if self.failure(error).is_some() {
+            self.emit_pending();
+        }
+    }
+
+    /// Emit the queued events in order, unless another thread is doing so
+    /// (it then emits this caller's too).
+    fn emit_pending(&self) {
+        loop {
+            let turn = match self.emitting.try_lock() {
+                Ok(turn) => turn,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
+            };
+            while let Some(event) = locked(&self.pending).pop_front() {
+                emit(event);
+            }
+            drop(turn);
+            // One queued after the last pop, while its thread found this
+            // one emitting, is emitted by the next round.
+            if locked(&self.pending).is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// Queue `event` (called with `since` locked, so in transition order).
+    fn queued(&self, event: Event) -> Option<Event> {
+        locked(&self.pending).push_back(event.clone());
+        Some(event)
     }
 
     #[cfg(test)]
@@ -87,15 +126,13 @@ impl Health {
 
     #[cold]
     fn recovery(&self) -> Option<Event> {
-        let (since, failures) = {
-            let mut since = locked(&self.since);
-            if !self.down.swap(false, Ordering::AcqRel) {
-                return None; // another thread reported it
-            }
-            (since.take(), self.failures.swap(0, Ordering::AcqRel))
-        };
-        let after = since.map_or(0.0, |at| at.elapsed().as_secs_f64());
-        Some(Event {
+        let mut since = locked(&self.since);
+        if !self.down.swap(false, Ordering::AcqRel) {
+            return None; // another thread reported it
+        }
+        let failures = self.failures.swap(0, Ordering::AcqRel);
+        let after = since.take().map_or(0.0, |at| at.elapsed().as_secs_f64());
+        self.queued(Event {
             level: Level::Info,
             message: format!(
                 "{} is answering again after {after:.3} s ({failures} failed call{} or dial{} meanwhile)",
@@ -114,8 +151,7 @@ impl Health {
             return None; // already reported
         }
         *since = Some(Instant::now());
-        drop(since);
-        Some(Event {
+        self.queued(Event {
             level: Level::Warning,
             message: format!(
                 "{} is not answering ({error}); its broken connections are closed and redialed",

@@ -14,9 +14,10 @@ def ids(caches):
         return sorted(message.id for message in check_caches())
 
 
-def test_good_configurations_pass(memcached, tmp_path, table):
+def test_good_configurations_pass(memcached, redis_server, tmp_path, table):
     assert ids({
         "mem": {"BACKEND": "racefree.backends.memcached.MemcachedCache", "LOCATION": memcached.location},
+        "redis": {"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": redis_server.location},
         "file": {"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": str(tmp_path / "new")},
         "db": {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": table},
         "fw": {"BACKEND": "racefree.backends.forwarding.ForwardingCache", "LOCATION": "mem"},
@@ -37,8 +38,15 @@ def test_good_configurations_pass(memcached, tmp_path, table):
     {"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": "/tmp/x",
      "OPTIONS": {"COMPRESS": "zlib", "COMPRESS_LEVEL": 10}},
     {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": "t", "OPTIONS": {"COMPRESS_LEVEL": 3}},
+    {"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1", "OPTIONS": {"POOL": 3}},
+    {"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1",
+     "OPTIONS": {"IO_TIMEOUT": "1"}},
+    {"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": "127.0.0.1:6379"},
+    {"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:1",
+     "OPTIONS": {"MAX_ENTRIES": 1000}},
 ], ids=["unknown option", "wrong type", "bad location", "file wrong type", "db wrong value", "forwarding options",
-        "unknown codec", "level out of the codec's range", "level without a codec"])
+        "unknown codec", "level out of the codec's range", "level without a codec", "redis unknown option",
+        "redis wrong type", "redis location not a URL", "redis refused option"])
 def test_settings_that_cannot_work_are_e001(config):
     assert ids({"broken": config}) == ["racefree.E001"]
 
@@ -83,21 +91,28 @@ def test_forwarding_to_a_missing_alias_is_e005():
     ]
 
 
-def test_unreachable_servers_are_warnings(memcached, fresh_memcached, fresh_postgres):
+def test_unreachable_servers_are_warnings(memcached, fresh_memcached, redis_server, fresh_redis, fresh_postgres):
     fresh_memcached.kill()
+    fresh_redis.kill()
     fresh_postgres.stop("immediate")
     caches = {
         "mem": {"BACKEND": "racefree.backends.memcached.MemcachedCache",
                 "LOCATION": [memcached.location, fresh_memcached.location]},
+        # A primary that answers and a replica that does not.
+        "redis": {"BACKEND": "racefree.backends.redis.RedisCache",
+                  "LOCATION": [redis_server.location, fresh_redis.location]},
         "db": {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": "t",
                "OPTIONS": {"DSN": fresh_postgres.dsn, "CONNECT_TIMEOUT": 1.0}},
     }
     with override_settings(CACHES=caches):
         messages = check_caches()
-    assert sorted(m.id for m in messages) == ["racefree.W001", "racefree.W002"]
+    assert sorted(m.id for m in messages) == ["racefree.W001", "racefree.W001", "racefree.W002"]
     assert all(m.level == checks.WARNING for m in messages)
-    (memcached_warning,) = [m for m in messages if m.id == "racefree.W001"]
+    (memcached_warning,) = [m for m in messages if m.id == "racefree.W001" and "memcached" in m.msg]
     assert fresh_memcached.location in memcached_warning.msg and memcached.location not in memcached_warning.msg
+    (redis_warning,) = [m for m in messages if m.id == "racefree.W001" and "Redis" in m.msg]
+    assert f"127.0.0.1:{fresh_redis.port}" in redis_warning.msg
+    assert f"127.0.0.1:{redis_server.port}" not in redis_warning.msg
 
 
 def test_the_app_registers_the_checks_with_django(tmp_path):

@@ -46,6 +46,7 @@ LABELS = [
 
 RACEFREE_CLASSES = {
     "memcached": {"racefree.backends.memcached.MemcachedCache"},
+    "redis": {"racefree.backends.redis.RedisCache"},
     "file": {"racefree.backends.filebased.FileBasedCache"},
     "database": {"racefree.backends.db.DatabaseCache"},
     "forwarding": {"racefree.backends.forwarding.ForwardingCache", "racefree.backends.filebased.FileBasedCache"},
@@ -59,6 +60,7 @@ def run_django_tests(backend, tmp_path):
     spec = {
         "backend": backend,
         "memcached": SERVERS["memcached"].location,
+        "redis": SERVERS["redis"].location,
         "postgres_port": SERVERS["postgres"].port,
         "file_dir": str(tmp_path / "file-cache"),
     }
@@ -88,7 +90,7 @@ def locmem_counts(tmp_path_factory):
     return summary
 
 
-@pytest.mark.parametrize("backend", ["memcached", "file", "database", "forwarding"])
+@pytest.mark.parametrize("backend", ["memcached", "redis", "file", "database", "forwarding"])
 def test_djangos_cache_using_apps_pass_on_racefree(backend, locmem_counts, tmp_path, record_property):
     summary, output = run_django_tests(backend, tmp_path)
     record_property(

@@ -9,10 +9,12 @@ import time
 import uuid
 
 import pytest
+from support.servers import Redis
 
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 
 
 def raise_in_thread(thread, exception):
@@ -22,23 +24,30 @@ def raise_in_thread(thread, exception):
     assert changed == 1
 
 
-def single_connection_memcached(location):
-    return MemcachedCache(location, {
+@pytest.fixture(params=["memcached", "redis"])
+def server(request):
+    """A memcached or Redis server of the test's own, which it freezes."""
+    return request.getfixturevalue(f"fresh_{request.param}")
+
+
+def single_connection_cache(server):
+    backend = RedisCache if isinstance(server, Redis) else MemcachedCache
+    return backend(server.location, {
         "KEY_PREFIX": uuid.uuid4().hex[:8],
         "OPTIONS": {"POOL_SIZE": 1, "MAX_CONNECTIONS": 1, "IO_TIMEOUT": 2.0, "CONNECT_TIMEOUT": 0.5},
     })
 
 
-def test_keyboard_interrupt_during_a_memcached_call_returns_its_connection(fresh_memcached):
-    cache = single_connection_memcached(fresh_memcached.location)
+def test_keyboard_interrupt_during_a_server_call_returns_its_connection(server):
+    cache = single_connection_cache(server)
     cache.set("k", "before")
-    fresh_memcached.pause()  # the next call waits for a reply
+    server.pause()  # the next call waits for a reply
 
     def interrupt_then_resume():
         time.sleep(0.3)
         signal.raise_signal(signal.SIGINT)  # Python raises it in the main thread
         time.sleep(0.2)
-        fresh_memcached.resume()
+        server.resume()
 
     helper = threading.Thread(target=interrupt_then_resume)
     helper.start()
@@ -48,7 +57,7 @@ def test_keyboard_interrupt_during_a_memcached_call_returns_its_connection(fresh
             time.sleep(5)  # (only if the call itself returned before the signal)
     finally:
         helper.join()
-        fresh_memcached.resume()
+        server.resume()
     started = time.monotonic()
     cache.set("k", "after")  # would wait for the only connection, then fail
     assert cache.get("k") == "after"
@@ -56,10 +65,10 @@ def test_keyboard_interrupt_during_a_memcached_call_returns_its_connection(fresh
 
 
 @pytest.mark.parametrize("exception", [SystemExit, KeyboardInterrupt])
-def test_async_exception_in_a_thread_inside_a_memcached_call(fresh_memcached, exception):
-    cache = single_connection_memcached(fresh_memcached.location)
+def test_async_exception_in_a_thread_inside_a_server_call(server, exception):
+    cache = single_connection_cache(server)
     cache.set("k", 1)
-    fresh_memcached.pause()
+    server.pause()
     caught = []
 
     def worker():
@@ -74,7 +83,7 @@ def test_async_exception_in_a_thread_inside_a_memcached_call(fresh_memcached, ex
     time.sleep(0.3)
     raise_in_thread(thread, exception)
     time.sleep(0.2)
-    fresh_memcached.resume()
+    server.resume()
     thread.join(10)
     assert caught == [exception]
     started = time.monotonic()

@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 
 keys = st.sampled_from(["a", "b", "c", "ä"])
 versions = st.sampled_from([None, 2])
@@ -172,14 +173,29 @@ class CacheModel(RuleBasedStateMachine):
             assert self.cache.get(key, MISSING, version=version) == value, (key, version)
 
 
+class WholeSecondsModel(CacheModel):
+    """A store that keeps expiry in whole seconds, as Django's RedisCache:
+    a timeout under one second (but above 0) is "don't cache" too."""
+
+    @rule(key=keys, value=values, timeout=st.sampled_from([0.5, 0.999, 1e-9]), version=versions)
+    def set_for_under_a_second(self, key, value, timeout, version):
+        self.cache.set(key, value, timeout, version=version)
+        self.model.pop(self.slot(key, version), None)
+
+    @rule(key=keys, timeout=st.sampled_from([0.5, 0]), version=versions)
+    def touch_for_under_a_second(self, key, timeout, version):
+        assert self.cache.touch(key, timeout, version=version) == (self.slot(key, version) in self.model)
+        self.model.pop(self.slot(key, version), None)
+
+
 MACHINE_SETTINGS = settings(
     max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow],
 )
 
 
-def check(cache, clamps_at_zero=False, keeps_invalidated=False):
-    machine = type("Machine", (CacheModel,), {"cache": cache, "clamps_at_zero": clamps_at_zero,
-                                              "keeps_invalidated": keeps_invalidated})
+def check(cache, clamps_at_zero=False, keeps_invalidated=False, model=CacheModel):
+    machine = type("Machine", (model,), {"cache": cache, "clamps_at_zero": clamps_at_zero,
+                                         "keeps_invalidated": keeps_invalidated})
     run_state_machine_as_test(machine, settings=MACHINE_SETTINGS)
 
 
@@ -187,6 +203,19 @@ def test_memcached_follows_the_model(fresh_memcached):
     # Its own server: the machine's clear() flushes it.
     check(MemcachedCache(fresh_memcached.location, {"KEY_PREFIX": uuid.uuid4().hex[:6]}), clamps_at_zero=True,
           keeps_invalidated=True)
+
+
+def test_redis_follows_the_model(fresh_redis):
+    # Its own server: the machine's clear() is FLUSHDB. Redis counts below
+    # 0 and invalidate deletes, as the model does.
+    check(RedisCache(fresh_redis.location, {"KEY_PREFIX": uuid.uuid4().hex[:6]}), model=WholeSecondsModel)
+
+
+def test_signed_redis_follows_the_model(fresh_redis):
+    # Nothing stored is digits here: incr reads, adds and writes back. (Not
+    # JSON, which on Redis has no bytes: test_serialization covers it.)
+    check(RedisCache(fresh_redis.location, {"OPTIONS": {"SIGN_VALUES": True, "SIGNING_KEYS": ["k"]}}),
+          model=WholeSecondsModel)
 
 
 def test_file_store_follows_the_model(tmp_path):

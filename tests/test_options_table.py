@@ -9,14 +9,15 @@ import re
 
 import pytest
 
-from racefree._core import MAX_SECONDS, FileStore, MemcachedClient, PgStore
+from racefree._core import MAX_SECONDS, FileStore, MemcachedClient, PgStore, RedisClient
 from racefree.backends._options import store_settings
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BACKENDS = {"memcached": MemcachedCache, "file": FileBasedCache, "database": DatabaseCache}
+BACKENDS = {"memcached": MemcachedCache, "redis": RedisCache, "file": FileBasedCache, "database": DatabaseCache}
 ROW = re.compile(r"^\| `(?P<name>\w+)` \| (?P<backends>[a-z, ]+) \| `(?P<default>[^`]+)` \| (?P<meaning>.+) \|$")
 
 
@@ -70,6 +71,8 @@ def build_store(backend, settings, tmp_path):
     """The backend's Rust store, built from ``settings`` as the backend would."""
     if backend == "memcached":
         return MemcachedClient(["127.0.0.1:1"], settings)
+    if backend == "redis":
+        return RedisClient(["127.0.0.1:1"], settings)
     if backend == "file":
         return FileStore(str(tmp_path), settings)
     return PgStore("cache", {"host": "127.0.0.1", "port": "1"}, None, settings)

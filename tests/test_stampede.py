@@ -23,6 +23,7 @@ from django.utils.module_loading import import_string
 from racefree.backends._stampede import _named
 from racefree.backends.forwarding import ForwardingCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 from racefree.exceptions import LockNotAcquired
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "get_or_set_child.py")
@@ -403,20 +404,25 @@ def test_early_refresh_is_off_by_default_and_skips_short_timeouts(store_spec, tm
     assert calls.count("start") == 2
 
 
-def test_a_down_server_with_ignore_exceptions_computes_at_once(fresh_memcached):
-    fresh_memcached.kill()
-    cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"IGNORE_EXCEPTIONS": True}})
+@pytest.mark.parametrize("kind", ["memcached", "redis"])
+def test_a_down_server_with_ignore_exceptions_computes_at_once(request, kind):
+    server = request.getfixturevalue(f"fresh_{kind}")
+    server.kill()
+    backend = MemcachedCache if kind == "memcached" else RedisCache
+    cache = backend(server.location, {"OPTIONS": {"IGNORE_EXCEPTIONS": True}})
     started = time.monotonic()
     assert cache.get_or_set("k", lambda: "computed", 60) == "computed"
     assert time.monotonic() - started < 1.0
 
 
-def test_stampede_options_are_checked(memcached):
+def test_stampede_options_are_checked(memcached, redis_server):
     from django.core.exceptions import ImproperlyConfigured
 
     for name, bad in (("LOCK_LEASE", 0), ("GET_OR_SET_WAIT", "5"), ("EARLY_REFRESH", -1)):
         with pytest.raises(ImproperlyConfigured, match=name):
             MemcachedCache(memcached.location, {"OPTIONS": {name: bad}})
+        with pytest.raises(ImproperlyConfigured, match=name):
+            RedisCache(redis_server.location, {"OPTIONS": {name: bad}})
 
 
 

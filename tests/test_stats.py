@@ -11,16 +11,21 @@ import pytest
 from racefree.backends.db import DatabaseCache
 from racefree.backends.filebased import FileBasedCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 from racefree.exceptions import CacheError
 
 COUNTERS = ("hits", "misses", "sets", "deletes", "errors")
 
 
-@pytest.fixture(params=["memcached", "file", "database"])
-def cache(request, memcached, tmp_path):
+@pytest.fixture(params=["memcached", "redis", "file", "database"])
+def cache(request, memcached, redis_server, tmp_path):
     if request.param == "memcached":
         # Its own OPTIONS, so its own shared client and counters.
         return MemcachedCache(memcached.location, {"OPTIONS": {"POOL_SIZE": 7}, "KEY_PREFIX": uuid.uuid4().hex[:8]})
+    if request.param == "redis":
+        # Its own client name, so its own shared client and counters.
+        return RedisCache(redis_server.location, {"OPTIONS": {"POOL_SIZE": 7, "CLIENT_NAME": uuid.uuid4().hex},
+                                                  "KEY_PREFIX": uuid.uuid4().hex[:8]})
     if request.param == "file":
         return FileBasedCache(str(tmp_path), {})
     return DatabaseCache(request.getfixturevalue("table"), {})
@@ -70,7 +75,7 @@ def test_counts_from_many_threads_are_exact(cache):
 def test_pools_are_reported(cache):
     cache.set("k", 1)
     stats = cache.stats()
-    if isinstance(cache, MemcachedCache):
+    if isinstance(cache, (MemcachedCache, RedisCache)):
         assert stats["pool_size"] == 7
         (server,) = stats["servers"].values()
         assert server["in_use"] == 0 and server["idle"] >= 1
@@ -81,8 +86,17 @@ def test_pools_are_reported(cache):
         assert stats["entries"] == 1
 
 
-def test_in_use_counts_connections_checked_out_now(memcached):
-    cache = MemcachedCache(memcached.location, {"OPTIONS": {"POOL_SIZE": 5}})
+@pytest.fixture(params=["memcached", "redis"])
+def server_and_class(request):
+    """(a server of the test's own it may kill, the racefree backend for it)."""
+    if request.param == "memcached":
+        return request.getfixturevalue("fresh_memcached"), MemcachedCache
+    return request.getfixturevalue("fresh_redis"), RedisCache
+
+
+def test_in_use_counts_connections_checked_out_now(server_and_class):
+    server, backend = server_and_class
+    cache = backend(server.location, {"OPTIONS": {"POOL_SIZE": 5}})
     seen = []
     started = threading.Event()
     release = threading.Event()
@@ -105,14 +119,21 @@ def test_in_use_counts_connections_checked_out_now(memcached):
     assert next(iter(cache.stats()["servers"].values()))["in_use"] == 0
 
 
-def test_server_failures_count_as_errors_and_refused_input_does_not(fresh_memcached):
-    cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"IO_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 0.5}})
+def test_server_failures_count_as_errors_and_refused_input_does_not(server_and_class):
+    server, backend = server_and_class
+    cache = backend(server.location, {"OPTIONS": {"IO_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 0.5}})
     from django.core.cache import InvalidCacheKey
 
-    with pytest.raises(InvalidCacheKey):
-        cache.get("bad key")
+    if backend is MemcachedCache:
+        with pytest.raises(InvalidCacheKey):
+            cache.get("bad key")
+    else:
+        # Redis takes any key (Django only warns): refused input is a value
+        # that cannot be pickled, refused before the wire.
+        with pytest.raises(TypeError):
+            cache.set("k", threading.Lock())
     assert cache.stats()["errors"] == 0
-    fresh_memcached.kill()
+    server.kill()
     with pytest.raises(CacheError):
         cache.get("k")
     with pytest.raises(CacheError):
@@ -120,8 +141,9 @@ def test_server_failures_count_as_errors_and_refused_input_does_not(fresh_memcac
     assert cache.stats()["errors"] == 2
 
 
-def test_a_reconnect_after_a_server_restart_shows_in_connects(fresh_memcached):
-    cache = MemcachedCache(fresh_memcached.location, {"OPTIONS": {"IO_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 0.5}})
+def test_a_reconnect_after_a_server_restart_shows_in_connects(server_and_class):
+    server, backend = server_and_class
+    cache = backend(server.location, {"OPTIONS": {"IO_TIMEOUT": 0.5, "CONNECT_TIMEOUT": 0.5}})
 
     def connects():
         (server,) = cache.stats()["servers"].values()
@@ -130,8 +152,8 @@ def test_a_reconnect_after_a_server_restart_shows_in_connects(fresh_memcached):
     cache.set("k", 1)
     assert cache.get("k") == 1
     assert connects() == 1, "the second call reused the pooled connection"
-    fresh_memcached.kill()
-    fresh_memcached.restart()
+    server.kill()
+    server.restart()
     cache.set("k", 2)
     assert cache.get("k") == 2
     assert connects() == 2, "the dead pooled connection was replaced once"

@@ -10,6 +10,7 @@ import pytest
 from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends.base import RacefreeCache
 from racefree.backends.memcached import MemcachedCache
+from racefree.backends.redis import RedisCache
 
 
 class RecordingStore:
@@ -64,14 +65,15 @@ def test_a_store_error_is_raised_at_the_marked_call():
     assert asyncio.run(cache.alookup("broken", default="miss")) == "miss"
 
 
-def test_backend_methods_run_no_generator():
+@pytest.mark.parametrize("backend", [MemcachedCache, RedisCache])
+def test_backend_methods_run_no_generator(backend):
     # The sync path is a plain function: no generator driver between the
     # caller and the store (it cost 2-3 us per memcached get).
     for name in ("get", "set", "incr", "get_many"):
-        method = getattr(MemcachedCache, name)
+        method = getattr(backend, name)
         assert not inspect.isgeneratorfunction(method), name
         assert "yield" not in method.__code__.co_names
-        assert inspect.iscoroutinefunction(getattr(MemcachedCache, "a" + name)), name
+        assert inspect.iscoroutinefunction(getattr(backend, "a" + name)), name
 
 
 def test_compiled_methods_keep_their_source_lines():

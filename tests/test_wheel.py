@@ -31,6 +31,8 @@ SMOKE = textwrap.dedent(
     settings.configure(CACHES={
         "memcached": {"BACKEND": "racefree.backends.memcached.MemcachedCache", "LOCATION": spec["memcached"],
                       "KEY_PREFIX": "wheel-smoke"},
+        "redis": {"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": spec["redis"],
+                  "KEY_PREFIX": "wheel-smoke"},
         "file": {"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": tempfile.mkdtemp()},
         "database": {"BACKEND": "racefree.backends.db.DatabaseCache", "LOCATION": spec["table"],
                      "OPTIONS": {"DSN": spec["dsn"]}},
@@ -44,7 +46,7 @@ SMOKE = textwrap.dedent(
 
     assert racefree.__version__ == version("racefree"), (racefree.__version__, version("racefree"))
     assert "site-packages" in racefree.__file__, racefree.__file__
-    for alias in ("memcached", "file", "database", "forwarding"):
+    for alias in ("memcached", "redis", "file", "database", "forwarding"):
         cache = caches[alias]
         cache.set("k", {"alias": alias})
         assert cache.get("k") == {"alias": alias}
@@ -83,7 +85,7 @@ def test_one_abi3_wheel_for_every_supported_python(dist):
 
 
 @pytest.mark.cross_version
-def test_the_wheel_works_without_rust(dist, tmp_path, memcached, table):
+def test_the_wheel_works_without_rust(dist, tmp_path, memcached, redis_server, table):
     (wheel,) = glob.glob(str(dist / "*.whl"))
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
@@ -95,13 +97,14 @@ def test_the_wheel_works_without_rust(dist, tmp_path, memcached, table):
     db = connection.settings_dict
     spec = {
         "memcached": memcached.location,
+        "redis": redis_server.location,
         "table": table,
         "dsn": f"host={db['HOST']} port={db['PORT']} user={db['USER']} dbname={db['NAME']}",
     }
     env = {"PATH": path, "HOME": str(tmp_path), "TZ": os.environ.get("TZ", "UTC")}
     out = run([python, "-c", SMOKE, json.dumps(spec)], env=env, cwd=str(tmp_path))
     *backends, interpreter = out.splitlines()
-    assert backends == ["memcached ok", "file ok", "database ok", "forwarding ok"], out
+    assert backends == ["memcached ok", "redis ok", "file ok", "database ok", "forwarding ok"], out
     # The fresh virtualenv runs this interpreter's CPython, with the Django pip chose for it.
     assert interpreter.split()[:2] == ["python", "%d.%d" % sys.version_info[:2]], interpreter
     print(f"\nthe wheel in a fresh virtualenv: {interpreter}")

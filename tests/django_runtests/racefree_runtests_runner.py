@@ -24,12 +24,13 @@ from django.test.utils import override_settings
 LOCMEM = "django.core.cache.backends.locmem.LocMemCache"
 RACEFREE = {
     "memcached": "racefree.backends.memcached.MemcachedCache",
+    "redis": "racefree.backends.redis.RedisCache",
     "file": "racefree.backends.filebased.FileBasedCache",
     "database": "racefree.backends.db.DatabaseCache",
     "forwarding": "racefree.backends.forwarding.ForwardingCache",
 }
-# What LocMemCache takes in OPTIONS that racefree's memcached does not (a
-# server has its own memory limit).
+# What LocMemCache takes in OPTIONS that racefree's memcached and Redis
+# backends do not (a server has its own memory limit).
 LOCMEM_ONLY_OPTIONS = ("MAX_ENTRIES", "CULL_FREQUENCY")
 TABLE = "racefree apps cache"
 
@@ -54,10 +55,10 @@ def _racefree_params(backend, params, spec):
         }
     if location:
         params["KEY_PREFIX"] = f"{params.get('KEY_PREFIX', '')}@{location}"
-    if backend == "memcached":
+    if backend in ("memcached", "redis"):
         for name in LOCMEM_ONLY_OPTIONS:
             options.pop(name, None)
-        return {**params, "BACKEND": RACEFREE["memcached"], "LOCATION": spec["memcached"], "OPTIONS": options}
+        return {**params, "BACKEND": RACEFREE[backend], "LOCATION": spec[backend], "OPTIONS": options}
     if backend == "database":
         return {**params, "BACKEND": RACEFREE["database"], "LOCATION": TABLE, "OPTIONS": options}
     raise ValueError(backend)

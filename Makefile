@@ -75,6 +75,7 @@ bench: build bench-deps
 	$(PY) benchmarks/stampede_bench.py --json build/stampede_bench.json
 	$(PY) benchmarks/compression_bench.py --dir build --json build/compression_bench.json
 	$(PY) benchmarks/tls_bench.py --json build/tls_bench.json
+	$(PY) benchmarks/redis_bench.py --json build/redis_bench.json
 	$(PY) benchmarks/race_table.py
 
 system-deps:
@@ -94,6 +95,13 @@ bench-deps: build
 	@$(PY) -m pip install --quiet -r requirements/bench.txt || echo "racefree: pylibmc could not be built; its rows will be skipped"
 	@# djblets pins Django 4.2; the demo uses only its forwarding module, which imports nothing else.
 	@$(PY) -m pip install --quiet --no-deps "djblets>=5" || echo "racefree: djblets could not be installed; its row will be skipped"
+	@# django-vcache needs CPython >= 3.12: redis_bench.py runs its column on $(VENV_NEWEST) (make build-newest).
+	@if [[ -x $(VENV_NEWEST)/bin/python ]]; then \
+		$(VENV_NEWEST)/bin/python -m pip install --quiet -r requirements/bench-newest.txt \
+			|| echo "racefree: django-vcache could not be installed; its column will be skipped"; \
+	else \
+		echo "racefree: no $(VENV_NEWEST) (make build-newest): django-vcache's column will be skipped"; \
+	fi
 
 clean:
 	rm -rf target build $(VENV) $(VENV_NEWEST) .pytest_cache

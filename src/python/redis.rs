@@ -5,14 +5,14 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyOverflowError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::aio::{self, Bytes};
 use super::{Delta, settings};
-use crate::redis::{Client, Ttl};
+use crate::redis::{BatchFailure, Client, Ttl, Values};
 
 /// A pooled, thread-safe Redis client over a primary and optional read
-/// replicas. Keys are str (sent as UTF-8), values bytes in Django's
+/// replicas, or over a Redis Cluster's primaries. Keys are str (sent as UTF-8), values bytes in Django's
 /// RedisCache encoding (made in Python); `write` is the TTL: None keeps a
 /// value until it is evicted, 0 does not store it, else whole seconds.
 #[pyclass(frozen, module = "racefree._core")]
@@ -28,23 +28,65 @@ fn key_bytes(keys: &[PyBackedStr]) -> Vec<&[u8]> {
     keys.iter().map(|key| key.as_bytes()).collect()
 }
 
-/// `get_many`'s `{key: value}` for the keys found, in the order asked
-/// (as Django's RedisCache returns them), built with the GIL.
-struct Found(Vec<PyBackedStr>, Vec<Option<Vec<u8>>>);
+/// A batch call's outcome, converted with the GIL: its result, or its
+/// first failure raised with `failed_keys` (every key not served) and, for
+/// `get_many`, `partial` (what the healthy nodes returned) attached, as
+/// the memcached store's batches do.
+struct Batch<T> {
+    keys: Vec<PyBackedStr>,
+    result: T,
+    failures: Vec<BatchFailure>,
+}
 
-impl<'py> IntoPyObject<'py> for Found {
-    type Target = PyDict;
-    type Output = Bound<'py, PyDict>;
+impl<T> Batch<T> {
+    /// `result`, or the first failure with its attributes.
+    fn finish<'py>(mut self, py: Python<'py>, result: Bound<'py, PyAny>, partial: bool) -> PyResult<Bound<'py, PyAny>> {
+        if self.failures.is_empty() {
+            return Ok(result);
+        }
+        let failed = self.failures.iter().flat_map(|failure| failure.indexes.iter());
+        let failed = PyList::new(py, failed.map(|&index| &self.keys[index]))?;
+        let error = PyErr::from(self.failures.remove(0).error);
+        let value = error.value(py);
+        value.setattr("failed_keys", failed)?;
+        if partial {
+            value.setattr("partial", result)?;
+        }
+        Err(error)
+    }
+}
+
+/// `get_many`: `{key: value}` for the keys found, in the order asked (as
+/// Django's RedisCache returns them).
+impl<'py> IntoPyObject<'py> for Batch<Values> {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
     type Error = PyErr;
 
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn into_pyobject(mut self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let found = PyDict::new(py);
-        for (key, value) in self.0.iter().zip(self.1) {
+        for (key, value) in self.keys.iter().zip(std::mem::take(&mut self.result)) {
             if let Some(value) = value {
                 found.set_item(key, PyBytes::new(py, &value))?;
             }
         }
-        Ok(found)
+        self.finish(py, found.into_any(), true)
+    }
+}
+
+/// `set_many`: the keys not stored (none: a failure raises), and
+/// `delete_many`: None.
+impl<'py> IntoPyObject<'py> for Batch<Option<Vec<String>>> {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let result = match &self.result {
+            Some(not_stored) => PyList::new(py, not_stored)?.into_any(),
+            None => py.None().into_bound(py),
+        };
+        self.finish(py, result, false)
     }
 }
 
@@ -84,10 +126,17 @@ store_methods! {
             })
         }
 
-        /// Server addresses, the primary first.
+        /// Server addresses as LOCATION gave them, the primary (or the
+        /// first cluster seed) first.
         #[getter]
         fn servers(&self) -> Vec<String> {
             self.client.servers()
+        }
+
+        /// In cluster mode the primaries of this process's slot map (asked
+        /// of a node if there is none yet); else `servers`.
+        fn nodes(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+            Ok(py.detach(|| self.client.nodes())?)
         }
 
         /// Close the idle pooled connections (they reopen on demand).
@@ -126,10 +175,12 @@ store_methods! {
             Ok(client.get(key.as_bytes())?.map(Bytes))
         }
 
-        /// `{key: value}` for the keys found, one `MGET`.
-        fn get_many / aget_many(keys: Vec<PyBackedStr>) -> Found {
-            let found = client.get_many(&key_bytes(&keys))?;
-            Ok(Found(keys, found))
+        /// `{key: value}` for the keys found: one `MGET`, or one pipeline
+        /// per cluster node. A failed node raises, with `partial` (what
+        /// the others returned) and `failed_keys` on the exception.
+        fn get_many / aget_many(keys: Vec<PyBackedStr>) -> Batch<Values> {
+            let (found, failures) = client.get_many(&key_bytes(&keys))?;
+            Ok(Batch { keys, result: found, failures })
         }
 
         fn has_key / ahas_key(key: PyBackedStr) -> bool {
@@ -146,11 +197,13 @@ store_methods! {
         }
 
         /// Store `(key, value)` pairs, pipelined; returns the keys not
-        /// stored (none: a failure raises).
-        fn set_many / aset_many(items: Vec<(PyBackedStr, PyBackedBytes)>, write: Ttl) -> Vec<String> {
+        /// stored (none: a failure raises, with `failed_keys`).
+        fn set_many / aset_many(items: Vec<(PyBackedStr, PyBackedBytes)>, write: Ttl) -> Batch<Option<Vec<String>>> {
             let pairs: Vec<(&[u8], &[u8])> = items.iter().map(|(key, value)| (key.as_bytes(), &**value)).collect();
-            client.set_many(&pairs, write)?;
-            Ok(Vec::new())
+            let failures = client.set_many(&pairs, write)?;
+            drop(pairs);
+            let keys = items.into_iter().map(|(key, _)| key).collect();
+            Ok(Batch { keys, result: Some(Vec::new()), failures })
         }
 
         /// A new expiry for an existing key; True if it exists.
@@ -167,8 +220,10 @@ store_methods! {
             Ok(client.delete_if(key.as_bytes(), &item)?)
         }
 
-        fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> () {
-            Ok(client.delete_many(&key_bytes(&keys))?)
+        /// A failed node raises, with `failed_keys`.
+        fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> Batch<Option<Vec<String>>> {
+            let failures = client.delete_many(&key_bytes(&keys))?;
+            Ok(Batch { keys, result: None, failures })
         }
 
         /// Atomic add of a signed delta, keeping the expiry; None if the

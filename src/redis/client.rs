@@ -1,18 +1,21 @@
-//! The Redis client: one primary and optional read replicas, each with a
-//! pool of connections; every cache operation as one command or one
-//! server-side script, so none of them is a read-then-write race.
+//! The Redis client: one primary and optional read replicas, or the
+//! primaries of a Redis Cluster, each with a pool of connections; every
+//! cache operation as one command or one server-side script, so none of
+//! them is a read-then-write race.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fork::{Built, PerProcess};
-use crate::net::{Address, Connection, TlsTarget};
+use crate::net::{Address, TlsTarget};
 use crate::stats::{Counters, Snapshot};
 
+use super::cluster::{BatchOp, Cluster};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
 use super::scripts::{self, Script};
-use super::server::{Config, Login, Server};
+use super::server::{Config, Login, Route, Server, exchange, io_error, reply, round_trip};
+use super::slot::slot;
 
 /// An expiry as the commands take it: `None` keeps the value until it is
 /// evicted, `Some(0)` expires it at once (Django: "don't cache"), else
@@ -22,27 +25,36 @@ pub type Ttl = Option<u64>;
 /// A server's name, idle and in-use connections, and connections dialed.
 pub type ServerPool = (String, usize, usize, u64);
 
+/// What `get_many` read, per key in order (`None`: missing or failed).
+pub type Values = Vec<Option<Vec<u8>>>;
+
+/// The keys (indexes into the request) a batch could not serve, and why:
+/// their node failed, or refused their command.
+#[derive(Debug)]
+pub struct BatchFailure {
+    pub indexes: Vec<usize>,
+    pub error: Error,
+}
+
 pub struct Client {
     stats: Counters,
-    /// The primary first, then the replicas (a forked child builds its own).
-    servers: PerProcess<Vec<Server>>,
+    /// This process's servers (a forked child builds its own).
+    nodes: PerProcess<Nodes>,
     addresses: Vec<Address>,
     tls: Vec<Option<TlsTarget>>,
+    /// In cluster mode, the TLS configuration nodes found later share.
+    cluster_tls: Option<Arc<rustls::ClientConfig>>,
     login: Arc<Login>,
     config: Config,
 }
 
-fn io_error(server: &Server) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::from_io(server.name(), source)
-}
-
-/// The reply of one command: an error reply becomes the error (the
-/// connection stays in step: the reply was read whole).
-fn reply(conn: &mut Connection, server: &Server) -> Result<Value> {
-    match resp::read(conn).map_err(io_error(server))? {
-        Value::Error(message) => Err(Error::refused(server.name(), &message)),
-        value => Ok(value),
-    }
+/// The servers calls go to.
+enum Nodes {
+    /// The primary first, then the replicas.
+    Fixed(Vec<Server>),
+    /// A cluster's nodes, by its slot map (LOCATION's servers are seeds).
+    /// Boxed: it is far larger than a list, and built once per process.
+    Cluster(Box<Cluster>),
 }
 
 fn unexpected(server: &Server, what: &str, value: Value) -> Error {
@@ -89,10 +101,71 @@ fn set_command(out: &mut Vec<u8>, key: &[u8], value: &[u8], ttl: Ttl, only_new: 
     resp::command(out, &args[..n]);
 }
 
+/// `get_many` in cluster mode: `GET` per key.
+struct Gets<'a>(&'a [&'a [u8]]);
+
+impl BatchOp for Gets<'_> {
+    type Out = Option<Vec<u8>>;
+
+    fn write(&self, out: &mut Vec<u8>, index: usize) {
+        resp::command(out, &[b"GET", self.0[index]]);
+    }
+
+    fn read(&self, server: &Server, value: Value) -> Result<Self::Out> {
+        bulk(server, value)
+    }
+}
+
+/// `set_many`: `SET` per key (true: stored).
+struct Sets<'a> {
+    entries: &'a [(&'a [u8], &'a [u8])],
+    ttl: Ttl,
+}
+
+impl BatchOp for Sets<'_> {
+    type Out = bool;
+
+    fn write(&self, out: &mut Vec<u8>, index: usize) {
+        let (key, value) = self.entries[index];
+        set_command(out, key, value, self.ttl, false);
+    }
+
+    fn read(&self, server: &Server, value: Value) -> Result<bool> {
+        stored(server, value)
+    }
+}
+
+/// `delete_many` in cluster mode: `DEL` per key (true: it was there).
+struct Deletes<'a>(&'a [&'a [u8]]);
+
+impl BatchOp for Deletes<'_> {
+    type Out = bool;
+
+    fn write(&self, out: &mut Vec<u8>, index: usize) {
+        resp::command(out, &[b"DEL", self.0[index]]);
+    }
+
+    fn read(&self, server: &Server, value: Value) -> Result<bool> {
+        Ok(integer(server, value)? > 0)
+    }
+}
+
+/// Every key of a batch, failed with `error`.
+fn all_failed(count: usize, error: Error) -> Vec<BatchFailure> {
+    vec![BatchFailure {
+        indexes: (0..count).collect(),
+        error,
+    }]
+}
+
+fn failed_count(failures: &[BatchFailure]) -> usize {
+    failures.iter().map(|failure| failure.indexes.len()).sum()
+}
+
 impl Client {
-    /// A client for `servers` (`host:port`, `[v6]:port` or `unix:/path`;
-    /// the first is the primary, the others read replicas). Nothing is
-    /// dialed yet.
+    /// A client for `servers` (`host:port`, `[v6]:port` or `unix:/path`):
+    /// the first is the primary, the others read replicas; in cluster
+    /// mode, any nodes of the cluster. Nothing is dialed yet.
     pub fn new<S: AsRef<str>>(servers: &[S], config: Config) -> Result<Client> {
         if servers.is_empty() {
             return Err(Error::Config("no Redis server given in LOCATION".into()));
@@ -107,11 +180,23 @@ impl Client {
             .iter()
             .map(|spec| parse_address(spec.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let tls = match &config.tls {
-            None => vec![None; addresses.len()],
+        if config.cluster {
+            if config.db != 0 {
+                return Err(Error::Config(
+                    "Redis Cluster has database 0 only (its nodes refuse SELECT): leave DB at 0".into(),
+                ));
+            }
+            if let Some(address) = addresses.iter().find(|address| matches!(address, Address::Unix(_))) {
+                return Err(Error::Config(format!(
+                    "Redis Cluster nodes are reached at the TCP addresses the cluster reports, not at {address}"
+                )));
+            }
+        }
+        let (tls, cluster_tls) = match &config.tls {
+            None => (vec![None; addresses.len()], None),
             Some(options) => {
                 let shared = crate::net::client_config(options).map_err(Error::Config)?;
-                (addresses.iter())
+                let tls = (addresses.iter())
                     .map(|address| {
                         let name = crate::net::server_name(address, options.server_name.as_deref(), "Redis")
                             .map_err(Error::Config)?;
@@ -120,21 +205,24 @@ impl Client {
                             name,
                         }))
                     })
-                    .collect::<Result<Vec<_>>>()?
+                    .collect::<Result<Vec<_>>>()?;
+                (tls, Some(shared))
             }
         };
         let login = Arc::new(Login::new(&config)?);
         Ok(Client {
             stats: Counters::default(),
-            servers: PerProcess::new(),
+            nodes: PerProcess::new(),
             addresses,
             tls,
+            cluster_tls,
             login,
             config,
         })
     }
 
-    /// Display names of the servers, the primary first.
+    /// Display names of the servers as LOCATION gave them, the primary
+    /// (or the first seed) first.
     pub fn servers(&self) -> Vec<String> {
         self.addresses.iter().map(ToString::to_string).collect()
     }
@@ -144,111 +232,141 @@ impl Client {
     }
 
     /// This process's servers (a forked child builds its own).
-    fn current(&self) -> Arc<Built<Vec<Server>>> {
-        self.servers.get(|| {
-            (self.addresses.iter().zip(&self.tls))
-                .map(|(address, tls)| {
-                    let tls = tls.as_ref().map(TlsTarget::for_this_process);
-                    Server::new(address.clone(), tls, Arc::clone(&self.login), &self.config)
-                })
-                .collect()
+    fn current(&self) -> Arc<Built<Nodes>> {
+        self.nodes.get(|| match self.config.cluster {
+            true => Nodes::Cluster(Box::new(Cluster::new(
+                self.addresses.clone(),
+                self.cluster_tls.clone(),
+                Arc::clone(&self.login),
+                self.config.clone(),
+            ))),
+            false => Nodes::Fixed(
+                (self.addresses.iter().zip(&self.tls))
+                    .map(|(address, tls)| {
+                        let tls = tls.as_ref().map(TlsTarget::for_this_process);
+                        Server::new(address.clone(), tls, Arc::clone(&self.login), &self.config)
+                    })
+                    .collect(),
+            ),
         })
     }
 
-    /// The server a read goes to: a random replica if there are any (and
-    /// reads may go there), else the primary.
-    fn reader<'s>(&self, servers: &'s [Server]) -> &'s Server {
-        match servers.len() {
-            n if n > 1 && self.config.read_from_replicas => &servers[1 + fastrand::usize(..n - 1)],
-            _ => &servers[0],
+    /// In cluster mode, the primaries of the slot map (asked for if this
+    /// process has none yet); else the servers.
+    pub fn nodes(&self) -> Result<Vec<String>> {
+        match &**self.current() {
+            Nodes::Fixed(servers) => Ok(servers.iter().map(|server| server.name().to_owned()).collect()),
+            Nodes::Cluster(cluster) => Ok(cluster.map()?.nodes.iter().map(|node| node.name().to_owned()).collect()),
         }
     }
 
-    /// Run one request/reply exchange on a leased connection. It goes
-    /// back to the pool only if the exchange left the stream in step.
-    fn exchange<T>(&self, server: &Server, run: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut lease = server.lease()?;
-        let result = run(lease.conn());
-        match &result {
-            Ok(_) => lease.release(),
-            Err(error) if error.keeps_connection() => lease.release(),
-            Err(error) => lease.discard(error),
+    /// Every server this process has a pool for: LOCATION's, and in
+    /// cluster mode the nodes it met (by name).
+    fn pools(&self) -> Vec<ServerPool> {
+        let pool = |s: &Server| (s.name().to_owned(), s.pool.idle(), s.pool.in_use(), s.pool.connects());
+        match &**self.current() {
+            Nodes::Fixed(servers) => servers.iter().map(pool).collect(),
+            Nodes::Cluster(cluster) => cluster.known_servers().iter().map(|s| pool(s)).collect(),
         }
-        result
+    }
+
+    /// Run `run` on the server of `key`: the primary, or with `read` a
+    /// random replica if there are any (and reads may go there); in
+    /// cluster mode the primary of the key's slot, following redirects.
+    fn on_key<T>(&self, key: &[u8], read: bool, mut run: impl FnMut(Route<'_>) -> Result<T>) -> Result<T> {
+        match &**self.current() {
+            Nodes::Fixed(servers) => {
+                let server = match servers.len() {
+                    n if read && n > 1 && self.config.read_from_replicas => &servers[1 + fastrand::usize(..n - 1)],
+                    _ => &servers[0],
+                };
+                run(Route { server, asking: false })
+            }
+            Nodes::Cluster(cluster) => cluster.route(slot(key), run),
+        }
+    }
+
+    fn on_primary<T>(&self, key: &[u8], run: impl FnMut(Route<'_>) -> Result<T>) -> Result<T> {
+        self.on_key(key, false, run)
+    }
+
+    fn on_reader<T>(&self, key: &[u8], run: impl FnMut(Route<'_>) -> Result<T>) -> Result<T> {
+        self.on_key(key, true, run)
     }
 
     /// One command, its reply.
-    fn call(&self, server: &Server, args: &[&[u8]]) -> Result<Value> {
-        self.exchange(server, |conn| {
-            resp::command(&mut conn.out, args);
-            conn.send().map_err(io_error(server))?;
-            reply(conn, server)
+    fn call(&self, route: Route<'_>, args: &[&[u8]]) -> Result<Value> {
+        exchange(route.server, |conn| {
+            round_trip(conn, route, |out| resp::command(out, args))
         })
     }
 
     /// A script with one key: `EVALSHA`, and `EVAL` on the same
     /// connection if the server does not have it (restarted, flushed
-    /// scripts, a replica promoted).
-    fn eval(&self, server: &Server, script: &Script, key: &[u8], args: &[&[u8]]) -> Result<Value> {
-        self.exchange(server, |conn| {
-            script.invoke(&mut conn.out, false, key, args);
-            conn.send().map_err(io_error(server))?;
-            match reply(conn, server) {
+    /// scripts, a replica promoted, a cluster node not used before).
+    fn eval(&self, route: Route<'_>, script: &Script, key: &[u8], args: &[&[u8]]) -> Result<Value> {
+        exchange(route.server, |conn| {
+            match round_trip(conn, route, |out| script.invoke(out, false, key, args)) {
                 Err(Error::Server { message, .. }) if message.starts_with("NOSCRIPT") => {
-                    script.invoke(&mut conn.out, true, key, args);
-                    conn.send().map_err(io_error(server))?;
-                    reply(conn, server)
+                    round_trip(conn, route, |out| script.invoke(out, true, key, args))
                 }
                 other => other,
             }
         })
     }
 
-    fn on_primary<T>(&self, run: impl FnOnce(&Server) -> Result<T>) -> Result<T> {
-        run(&self.current()[0])
-    }
-
-    fn on_reader<T>(&self, run: impl FnOnce(&Server) -> Result<T>) -> Result<T> {
-        let servers = self.current();
-        run(self.reader(&servers))
-    }
-
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let result = self.on_reader(|server| bulk(server, self.call(server, &[b"GET", key])?));
+        let result = self.on_reader(key, |route| bulk(route.server, self.call(route, &[b"GET", key])?));
         self.stats.read(result)
     }
 
-    /// Values of `keys`, in order (`None`: missing), one `MGET`.
-    pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+    /// Values of `keys`, in order (`None`: missing), and the keys that
+    /// could not be read: one `MGET`, or in cluster mode one pipeline of
+    /// `GET`s per node (a node that fails fails its own keys only).
+    pub fn get_many(&self, keys: &[&[u8]]) -> Result<(Values, Vec<BatchFailure>)> {
+        let mut values = vec![None; keys.len()];
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return Ok((values, Vec::new()));
         }
-        let result: Result<Vec<Option<Vec<u8>>>> = self.on_reader(|server| {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-            args.push(b"MGET");
-            args.extend_from_slice(keys);
-            match self.call(server, &args)? {
-                Value::Array(Some(values)) if values.len() == keys.len() => {
-                    values.into_iter().map(|value| bulk(server, value)).collect()
+        let failures = match &**self.current() {
+            Nodes::Cluster(cluster) => cluster.batch(keys, &mut values, &Gets(keys), |route, index| {
+                bulk(route.server, self.call(route, &[b"GET", keys[index]])?)
+            }),
+            Nodes::Fixed(_) => {
+                let result = self.on_reader(b"", |route| {
+                    let server = route.server;
+                    let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+                    args.push(b"MGET");
+                    args.extend_from_slice(keys);
+                    match self.call(route, &args)? {
+                        Value::Array(Some(found)) if found.len() == keys.len() => {
+                            found.into_iter().map(|value| bulk(server, value)).collect()
+                        }
+                        other => Err(unexpected(server, "MGET", other)),
+                    }
+                });
+                match result {
+                    Ok(found) => {
+                        values = found;
+                        Vec::new()
+                    }
+                    Err(error) => all_failed(keys.len(), error),
                 }
-                other => Err(unexpected(server, "MGET", other)),
             }
-        });
-        match result {
-            Ok(values) => {
-                let hits = values.iter().filter(|value| value.is_some()).count() as u64;
-                self.stats.looked_up(hits, keys.len() as u64 - hits);
-                Ok(values)
-            }
-            Err(error) => {
-                self.stats.failed(&error);
-                Err(error)
-            }
+        };
+        let hits = values.iter().filter(|value| value.is_some()).count() as u64;
+        let misses = (keys.len() - failed_count(&failures)) as u64 - hits;
+        self.stats.looked_up(hits, misses);
+        for failure in &failures {
+            self.stats.failed(&failure.error);
         }
+        Ok((values, failures))
     }
 
     pub fn contains(&self, key: &[u8]) -> Result<bool> {
-        let result = self.on_reader(|server| Ok(integer(server, self.call(server, &[b"EXISTS", key])?)? > 0));
+        let result = self.on_reader(key, |route| {
+            Ok(integer(route.server, self.call(route, &[b"EXISTS", key])?)? > 0)
+        });
         self.stats.other(result)
     }
 
@@ -259,29 +377,30 @@ impl Client {
         if ttl == Some(0) {
             return self.delete(key).map(drop);
         }
-        let result = self.on_primary(|server| {
-            self.exchange(server, |conn| {
-                set_command(&mut conn.out, key, value, ttl, false);
-                conn.send().map_err(io_error(server))?;
-                stored(server, reply(conn, server)?).map(drop)
-            })
+        let result = self.on_primary(key, |route| {
+            let reply = self.exchange_one(route, |out| set_command(out, key, value, ttl, false))?;
+            stored(route.server, reply).map(drop)
         });
         self.stats.write(result)
+    }
+
+    /// One command written by `write`, its reply.
+    fn exchange_one(&self, route: Route<'_>, write: impl FnOnce(&mut Vec<u8>)) -> Result<Value> {
+        exchange(route.server, |conn| round_trip(conn, route, write))
     }
 
     /// Store only if the key is absent (`SET NX`, atomic); True if stored.
     /// With a TTL of 0 nothing is stored: True if the key was absent.
     pub fn add(&self, key: &[u8], value: &[u8], ttl: Ttl) -> Result<bool> {
         if ttl == Some(0) {
-            let result = self.on_primary(|server| Ok(integer(server, self.call(server, &[b"EXISTS", key])?)? == 0));
+            let result = self.on_primary(key, |route| {
+                Ok(integer(route.server, self.call(route, &[b"EXISTS", key])?)? == 0)
+            });
             return self.stats.other(result);
         }
-        let result = self.on_primary(|server| {
-            self.exchange(server, |conn| {
-                set_command(&mut conn.out, key, value, ttl, true);
-                conn.send().map_err(io_error(server))?;
-                stored(server, reply(conn, server)?)
-            })
+        let result = self.on_primary(key, |route| {
+            let reply = self.exchange_one(route, |out| set_command(out, key, value, ttl, true))?;
+            stored(route.server, reply)
         });
         self.stats.stored_if(result)
     }
@@ -290,26 +409,31 @@ impl Client {
     /// removes the expiry (a script: `PERSIST` alone says False for a key
     /// that had none), 0 deletes the key.
     pub fn touch(&self, key: &[u8], ttl: Ttl) -> Result<bool> {
-        let result = self.on_primary(|server| {
+        let result = self.on_primary(key, |route| {
             let value = match ttl {
-                None => self.eval(server, &scripts::PERSIST, key, &[])?,
-                Some(0) => self.call(server, &[b"DEL", key])?,
-                Some(ttl) => self.call(server, &[b"EXPIRE", key, itoa::Buffer::new().format(ttl).as_bytes()])?,
+                None => self.eval(route, &scripts::PERSIST, key, &[])?,
+                Some(0) => self.call(route, &[b"DEL", key])?,
+                Some(ttl) => self.call(route, &[b"EXPIRE", key, itoa::Buffer::new().format(ttl).as_bytes()])?,
             };
-            Ok(integer(server, value)? > 0)
+            Ok(integer(route.server, value)? > 0)
         });
         self.stats.other(result)
     }
 
     pub fn delete(&self, key: &[u8]) -> Result<bool> {
-        let result = self.on_primary(|server| Ok(integer(server, self.call(server, &[b"DEL", key])?)? > 0));
+        let result = self.on_primary(key, |route| {
+            Ok(integer(route.server, self.call(route, &[b"DEL", key])?)? > 0)
+        });
         self.stats.delete(result)
     }
 
     /// Delete only while the key holds exactly `value` (a lock's release).
     pub fn delete_if(&self, key: &[u8], value: &[u8]) -> Result<bool> {
-        let result = self.on_primary(|server| {
-            Ok(integer(server, self.eval(server, &scripts::DELETE_IF_EQUAL, key, &[value])?)? > 0)
+        let result = self.on_primary(key, |route| {
+            Ok(integer(
+                route.server,
+                self.eval(route, &scripts::DELETE_IF_EQUAL, key, &[value])?,
+            )? > 0)
         });
         self.stats.delete(result)
     }
@@ -318,10 +442,11 @@ impl Client {
     /// key is missing. One script, so a key that expires meanwhile is
     /// never re-created from 0 (Django's `EXISTS` then `INCRBY` can).
     pub fn incr(&self, key: &[u8], delta: i64) -> Result<Option<i64>> {
-        let result = self.on_primary(|server| {
-            let delta = itoa::Buffer::new().format(delta).to_owned();
+        let delta = itoa::Buffer::new().format(delta).to_owned();
+        let result = self.on_primary(key, |route| {
+            let server = route.server;
             // The new value comes back as digits (see INCR_IF_EXISTS).
-            match self.eval(server, &scripts::INCR_IF_EXISTS, key, &[delta.as_bytes()])? {
+            match self.eval(route, &scripts::INCR_IF_EXISTS, key, &[delta.as_bytes()])? {
                 Value::Bulk(Some(digits)) => match std::str::from_utf8(&digits).ok().and_then(|d| d.parse().ok()) {
                     Some(n) => Ok(Some(n)),
                     None => Err(unexpected(server, "incr", Value::Bulk(Some(digits)))),
@@ -342,18 +467,21 @@ impl Client {
         key: &[u8],
         mut change: impl FnMut(&[u8]) -> std::result::Result<Vec<u8>, E>,
     ) -> Result<std::result::Result<Option<Vec<u8>>, E>> {
-        let result = self.on_primary(|server| {
+        // A cluster redirect starts the loop again at the new node; the
+        // script wrote nothing where it was redirected.
+        let result = self.on_primary(key, |route| {
+            let server = route.server;
             let deadline = Instant::now() + self.config.io_timeout * 4;
             let mut pause = Duration::from_micros(50);
             loop {
-                let Some(old) = bulk(server, self.call(server, &[b"GET", key])?)? else {
+                let Some(old) = bulk(server, self.call(route, &[b"GET", key])?)? else {
                     return Ok(Ok(None));
                 };
                 let new = match change(&old) {
                     Ok(new) => new,
                     Err(error) => return Ok(Err(error)),
                 };
-                match self.eval(server, &scripts::REPLACE_IF_EQUAL, key, &[&old, &new])? {
+                match self.eval(route, &scripts::REPLACE_IF_EQUAL, key, &[&old, &new])? {
                     Value::Int(1) => return Ok(Ok(Some(new))),
                     Value::Int(0) => {}
                     Value::Bulk(None) => return Ok(Ok(None)),
@@ -371,105 +499,148 @@ impl Client {
         self.stats.other(result)
     }
 
-    /// Store every `(key, value)`, pipelined in one round trip (no
-    /// transaction: each `SET` is atomic on its own, as in a loop of
-    /// `set`s). A TTL of 0 deletes the keys.
-    pub fn set_many(&self, entries: &[(&[u8], &[u8])], ttl: Ttl) -> Result<()> {
+    /// Store every `(key, value)`, pipelined in one round trip per server
+    /// (no transaction: each `SET` is atomic on its own, as in a loop of
+    /// `set`s); the keys not stored come back. A TTL of 0 deletes the keys.
+    pub fn set_many(&self, entries: &[(&[u8], &[u8])], ttl: Ttl) -> Result<Vec<BatchFailure>> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         if ttl == Some(0) {
             let keys: Vec<&[u8]> = entries.iter().map(|(key, _)| *key).collect();
             return self.delete_many(&keys);
         }
-        let result = self.on_primary(|server| {
-            self.exchange(server, |conn| {
-                for (key, value) in entries {
-                    set_command(&mut conn.out, key, value, ttl, false);
+        let op = Sets { entries, ttl };
+        let mut done = vec![false; entries.len()];
+        let failures = match &**self.current() {
+            Nodes::Cluster(cluster) => {
+                let keys: Vec<&[u8]> = entries.iter().map(|(key, _)| *key).collect();
+                cluster.batch(&keys, &mut done, &op, |route, index| {
+                    let (key, value) = entries[index];
+                    let reply = self.exchange_one(route, |out| set_command(out, key, value, ttl, false))?;
+                    stored(route.server, reply)
+                })
+            }
+            Nodes::Fixed(servers) => self.pipeline(&servers[0], &op, &mut done),
+        };
+        self.stats.stored((entries.len() - failed_count(&failures)) as u64);
+        for failure in &failures {
+            self.stats.failed(&failure.error);
+        }
+        Ok(failures)
+    }
+
+    /// `op` for every index as one pipeline on `server`. Every reply is
+    /// read, even after a refusal, so the connection stays in step.
+    fn pipeline<Op: BatchOp>(&self, server: &Server, op: &Op, results: &mut [Op::Out]) -> Vec<BatchFailure> {
+        let mut refused = Vec::new();
+        let result = exchange(server, |conn| {
+            for index in 0..results.len() {
+                op.write(&mut conn.out, index);
+            }
+            conn.send().map_err(io_error(server))?;
+            for (index, slot) in results.iter_mut().enumerate() {
+                match reply(conn, server).and_then(|value| op.read(server, value)) {
+                    Ok(out) => *slot = out,
+                    Err(error) if error.keeps_connection() => refused.push(BatchFailure {
+                        indexes: vec![index],
+                        error,
+                    }),
+                    Err(error) => return Err(error),
                 }
-                conn.send().map_err(io_error(server))?;
-                // Every reply is read, even after a refusal, so the
-                // connection stays in step.
-                let mut first_error = None;
-                for _ in entries {
-                    if let Err(error) = reply(conn, server).and_then(|value| stored(server, value)) {
-                        if !error.keeps_connection() {
-                            return Err(error);
-                        }
-                        first_error.get_or_insert(error);
-                    }
-                }
-                first_error.map_or(Ok(()), Err)
-            })
+            }
+            Ok(())
         });
         match result {
-            Ok(()) => {
-                self.stats.stored(entries.len() as u64);
-                Ok(())
-            }
-            Err(error) => {
-                self.stats.failed(&error);
-                Err(error)
-            }
+            Ok(()) => refused,
+            Err(error) => all_failed(results.len(), error),
         }
     }
 
-    /// Delete `keys` with one `DEL`.
-    pub fn delete_many(&self, keys: &[&[u8]]) -> Result<()> {
+    /// Delete `keys`: one `DEL`, or in cluster mode one pipeline of `DEL`s
+    /// per node. The keys that could not be deleted come back.
+    pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<BatchFailure>> {
         if keys.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let result = self.on_primary(|server| {
-            let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-            args.push(b"DEL");
-            args.extend_from_slice(keys);
-            integer(server, self.call(server, &args)?)
-        });
-        match result {
-            Ok(deleted) => {
-                self.stats.deleted(deleted.max(0) as u64);
-                Ok(())
+        let (deleted, failures) = match &**self.current() {
+            Nodes::Cluster(cluster) => {
+                let mut deleted = vec![false; keys.len()];
+                let failures = cluster.batch(keys, &mut deleted, &Deletes(keys), |route, index| {
+                    Ok(integer(route.server, self.call(route, &[b"DEL", keys[index]])?)? > 0)
+                });
+                (deleted.iter().filter(|deleted| **deleted).count() as u64, failures)
             }
-            Err(error) => {
-                self.stats.failed(&error);
-                Err(error)
+            Nodes::Fixed(_) => {
+                let result = self.on_primary(b"", |route| {
+                    let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+                    args.push(b"DEL");
+                    args.extend_from_slice(keys);
+                    integer(route.server, self.call(route, &args)?)
+                });
+                match result {
+                    Ok(deleted) => (deleted.max(0) as u64, Vec::new()),
+                    Err(error) => (0, all_failed(keys.len(), error)),
+                }
             }
+        };
+        self.stats.deleted(deleted);
+        for failure in &failures {
+            self.stats.failed(&failure.error);
         }
+        Ok(failures)
     }
 
-    /// Empty the database (`FLUSHDB` on the primary; replicas follow it).
+    /// Empty the database: `FLUSHDB` on the primary (replicas follow it),
+    /// or on every primary of a cluster (all are tried; the first failure
+    /// is the error).
     pub fn clear(&self) -> Result<()> {
-        let result = self.on_primary(|server| match self.call(server, &[b"FLUSHDB"])? {
+        let flush = |server: &Server| match self.call(Route { server, asking: false }, &[b"FLUSHDB"])? {
             Value::Status(status) if status == "OK" => Ok(()),
             other => Err(unexpected(server, "FLUSHDB", other)),
-        });
+        };
+        let result = match &**self.current() {
+            Nodes::Fixed(servers) => flush(&servers[0]),
+            Nodes::Cluster(cluster) => cluster.map().and_then(|map| {
+                let mut outcome = Ok(());
+                for node in &map.nodes {
+                    if let Err(error) = flush(node)
+                        && outcome.is_ok()
+                    {
+                        outcome = Err(error);
+                    }
+                }
+                outcome
+            }),
+        };
         self.stats.other(result)
     }
 
     /// Close every idle pooled connection.
     pub fn close_idle(&self) {
-        for server in self.current().iter() {
-            server.pool.close_idle();
+        match &**self.current() {
+            Nodes::Fixed(servers) => servers.iter().for_each(|server| server.pool.close_idle()),
+            Nodes::Cluster(cluster) => cluster
+                .known_servers()
+                .iter()
+                .for_each(|server| server.pool.close_idle()),
         }
     }
 
     /// The operation counters, and per server: (name, idle, in use, dialed).
     pub fn stats(&self) -> (Snapshot, Vec<ServerPool>) {
-        let servers = (self.current().iter())
-            .map(|s| (s.name().to_owned(), s.pool.idle(), s.pool.in_use(), s.pool.connects()))
-            .collect();
-        (self.stats.snapshot(), servers)
+        (self.stats.snapshot(), self.pools())
     }
 
-    /// Idle pooled connections, per server.
+    /// Idle pooled connections, per server (as `stats` lists them).
     pub fn idle_connections(&self) -> Vec<usize> {
-        self.current().iter().map(|s| s.pool.idle()).collect()
+        self.pools().iter().map(|(_, idle, _, _)| *idle).collect()
     }
 }
 
 /// One server as Python hands it over: `host:port`, `[v6]:port`, or
 /// `unix:/path` (Python reads Django's URLs and fills in the port).
-fn parse_address(spec: &str) -> Result<Address> {
+pub(crate) fn parse_address(spec: &str) -> Result<Address> {
     if let Some(path) = spec.strip_prefix("unix:") {
         if path.is_empty() {
             return Err(Error::Config(format!("no socket path in {spec:?}")));

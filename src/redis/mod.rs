@@ -1,12 +1,13 @@
-//! The Redis (and Valkey) store: a primary and optional read replicas
-//! over pooled connections, in RESP2, with every read-then-write done by
-//! one command or one server-side script.
+//! The Redis (and Valkey) store: a primary and optional read replicas, or
+//! a Redis Cluster, over pooled connections, in RESP2, with every
+//! read-then-write done by one command or one server-side script.
 //!
 //! Keys are Django's and values the bytes the Python layer makes in
 //! Django's `RedisCache` encoding (integers as digits, the rest pickled),
 //! so entries are shared with Django's backend on the same server.
 
 mod client;
+mod cluster;
 mod error;
 pub mod resp;
 mod scripts;
@@ -14,7 +15,7 @@ mod server;
 pub mod slot;
 
 pub use crate::net::{Secret, TlsOptions};
-pub use client::{Client, ServerPool, Ttl};
+pub use client::{BatchFailure, Client, ServerPool, Ttl, Values};
 pub use error::{Error, Result};
 pub use server::Config;
 

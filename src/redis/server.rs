@@ -56,8 +56,11 @@ pub struct Config {
     #[serde(deserialize_with = "Option::deserialize")]
     pub client_name: Option<String>,
     /// Reads (get, get_many, has_key) go to a replica when LOCATION lists
-    /// some, as Django's RedisCache does.
+    /// some, as Django's RedisCache does (not in cluster mode: see `cluster`).
     pub read_from_replicas: bool,
+    /// LOCATION lists seed nodes of a Redis Cluster: keys go to their
+    /// slot's primary (see `cluster`).
+    pub cluster: bool,
 }
 
 /// The commands a new connection sends before its first request.
@@ -176,11 +179,79 @@ impl Server {
         &self.pool.dialer.name
     }
 
+    pub(crate) fn address(&self) -> &Address {
+        &self.pool.dialer.address
+    }
+
     /// Check out a connection: a live idle one, or a new dial. At
     /// `max_connections`, wait (up to the connect timeout) for one.
     pub(crate) fn lease(&self) -> Result<Lease<'_>> {
         Lease::new(&self.pool)
     }
+}
+
+/// Run one request/reply exchange on a leased connection of `server`. It
+/// goes back to the pool only if the exchange left the stream in step.
+pub(crate) fn exchange<T>(server: &Server, run: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    let mut lease = server.lease()?;
+    let result = run(lease.conn());
+    match &result {
+        Ok(_) => lease.release(),
+        Err(error) if error.keeps_connection() => lease.release(),
+        Err(error) => lease.discard(error),
+    }
+    result
+}
+
+pub(crate) fn io_error(server: &Server) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::from_io(server.name(), source)
+}
+
+/// The reply of one command: an error reply becomes the error (the
+/// connection stays in step: the reply was read whole).
+pub(crate) fn reply(conn: &mut Connection, server: &Server) -> Result<Value> {
+    match resp::read(conn).map_err(io_error(server))? {
+        Value::Error(message) => Err(Error::refused(server.name(), &message)),
+        value => Ok(value),
+    }
+}
+
+/// Where one command goes: a server, and whether it must be preceded by
+/// `ASKING` (a cluster node importing the key's slot serves it only then).
+#[derive(Clone, Copy)]
+pub(crate) struct Route<'s> {
+    pub(crate) server: &'s Server,
+    pub(crate) asking: bool,
+}
+
+/// Send the command `write` appends (after `ASKING` if the route says so,
+/// pipelined: the flag holds for the next command only) and read its reply.
+pub(crate) fn round_trip(conn: &mut Connection, route: Route<'_>, write: impl FnOnce(&mut Vec<u8>)) -> Result<Value> {
+    let server = route.server;
+    if route.asking {
+        resp::command(&mut conn.out, &[b"ASKING"]);
+    }
+    write(&mut conn.out);
+    conn.send().map_err(io_error(server))?;
+    if route.asking {
+        match resp::read(conn).map_err(io_error(server))? {
+            Value::Status(status) if status == "OK" => {}
+            Value::Error(message) => {
+                // The command's reply is still due: read it to stay in step.
+                match reply(conn, server) {
+                    Err(error) if !error.keeps_connection() => return Err(error),
+                    _ => return Err(Error::refused(server.name(), &message)),
+                }
+            }
+            other => {
+                return Err(Error::protocol(
+                    server.name(),
+                    format!("unexpected reply {other:?} to ASKING"),
+                ));
+            }
+        }
+    }
+    reply(conn, server)
 }
 
 /// A connection checked out for one exchange (see `net::Lease`).

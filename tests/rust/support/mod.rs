@@ -553,3 +553,101 @@ impl Drop for Redis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// `redis-cli` against the server on `port`: its output, trimmed.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli is not installed: apt-get install redis-tools");
+    assert!(output.status.success(), "redis-cli {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Primaries of one Redis Cluster (`redis-cli --cluster create`), each
+/// owning a share of the 16,384 slots; stopped on drop. A node that loses
+/// its peers keeps serving its own slots (full coverage not required).
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    pub fn start(count: usize) -> RedisCluster {
+        let nodes: Vec<Redis> = (0..count)
+            .map(|_| {
+                Redis::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is not installed: apt-get install redis-tools");
+        assert!(created.status.success(), "redis-cli --cluster create: {created:?}");
+        let cluster = RedisCluster { nodes };
+        // Ready when every node sees every slot served and every node known.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let known = format!("cluster_known_nodes:{count}");
+        while !cluster.nodes.iter().all(|node| {
+            let info = redis_cli(node.port, &["cluster", "info"]);
+            info.contains("cluster_state:ok") && info.contains("cluster_slots_assigned:16384") && info.contains(&known)
+        }) {
+            assert!(Instant::now() < deadline, "the Redis cluster did not come up");
+            sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// The seeds as the client takes them.
+    pub fn locations(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect()
+    }
+
+    pub fn node_id(&self, node: usize) -> String {
+        redis_cli(self.nodes[node].port, &["cluster", "myid"])
+    }
+
+    /// The index in `nodes` of the node that serves `slot`, by its own word.
+    pub fn owner_of(&self, slot: u16) -> usize {
+        (0..self.nodes.len())
+            .find(|&node| {
+                let port = self.nodes[node].port;
+                slot_owner_port(&redis_cli(port, &["cluster", "slots"]), slot) == Some(port)
+            })
+            .expect("no node serves the slot")
+    }
+
+    /// `redis-cli -c` (following redirects) against the first node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        redis_cli(self.nodes[0].port, &all)
+    }
+}
+
+/// The port of `slot`'s owner in `CLUSTER SLOTS` as redis-cli prints it
+/// (per range: first slot, last slot, then the primary's host, port, id).
+pub fn slot_owner_port(printed: &str, slot: u16) -> Option<u16> {
+    let lines: Vec<&str> = printed.lines().collect();
+    (0..lines.len().saturating_sub(3)).find_map(|i| {
+        let (first, last) = (lines[i].parse::<u16>().ok()?, lines[i + 1].parse::<u16>().ok()?);
+        (first <= slot && slot <= last)
+            .then(|| lines[i + 3].parse().ok())
+            .flatten()
+    })
+}

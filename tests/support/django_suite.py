@@ -103,6 +103,7 @@ EXCLUDED = {
     "RacefreeMemcachedCacheOverTLSTests": _MEMCACHED,
     "ForwardingToMemcachedCacheTests": _MEMCACHED,
     "RacefreeRedisCacheTests": _REDIS,
+    "RacefreeRedisClusterCacheTests": _REDIS,
 }
 
 

@@ -1,7 +1,8 @@
 """Pooled, thread-safe Redis (and Valkey) backend.
 
 A drop-in for Django's ``RedisCache``: the same LOCATION forms (one URL or
-several, the first the primary and the others read replicas), key format
+several, the first the primary and the others read replicas; or with
+``CLUSTER``, seed nodes of a Redis Cluster), key format
 and value encoding (integers as digits, everything else pickled), so both
 can share a server and switching keeps the cache warm. Unlike the stock
 backend, ``incr``/``decr`` and their async twins are one atomic script
@@ -113,6 +114,9 @@ OPTIONS = [
     Option("DB", 0, database, aliases=("db",), store=True),
     Option("CLIENT_NAME", None, optional(client_name), aliases=("client_name",), store=True),
     Option("READ_FROM_REPLICAS", True, boolean, store=True),
+    # LOCATION names seed nodes of a Redis Cluster (also said by a
+    # redis+cluster:// or rediss+cluster:// URL).
+    Option("CLUSTER", False, boolean, store=True),
     Option("IGNORE_EXCEPTIONS", False, boolean),
     *serializer_options(),
     *stampede_options(),
@@ -140,7 +144,6 @@ UNSUPPORTED = {
     "CLOSE_CONNECTION": "the pool is per process and kept between requests",
     "REVERSE_KEY_FUNCTION": "not supported",
     "REPLICA_READ_ONLY": "replicas only ever take reads (READ_FROM_REPLICAS says whether they take any)",
-    "CLUSTER": "Redis Cluster is not supported yet",
 }
 
 #: django-redis's CONNECTION_POOL_KWARGS, by the option each sets.
@@ -179,18 +182,26 @@ def _query_value(option: str, value: str) -> Any:
     return value
 
 
+#: The URL schemes of a Redis Cluster's nodes, by the scheme of one server.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
 def parse_url(url: object) -> tuple[str, bool, dict[str, Any]]:
     """One LOCATION URL: the server as the store takes it (``host:port``,
     ``unix:/path``), whether it is TLS, and the options it sets
-    (credentials, database, query arguments). ValueError if it is not
-    one of Django's forms."""
+    (credentials, database, query arguments; CLUSTER for a
+    ``redis+cluster://`` or ``rediss+cluster://`` URL). ValueError if it
+    is not one of Django's forms or a cluster one."""
     if not isinstance(url, str):
         raise ValueError(f"a Redis URL, not {url!r}")
     parts = urlsplit(url)
     scheme = parts.scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"a redis://, rediss:// or unix:// URL, not {url!r}")
     options: dict[str, Any] = {}
+    if scheme in CLUSTER_SCHEMES:
+        scheme = CLUSTER_SCHEMES[scheme]
+        options["CLUSTER"] = True
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL, not {url!r}")
     if parts.username:
         options["USERNAME"] = unquote(parts.username)
     if parts.password:
@@ -327,6 +338,9 @@ class RedisCache(RacefreeCache, BaseCache):
             settings.append(options)
         if len(schemes) > 1:
             raise ValueError("LOCATION mixes rediss:// and redis:// URLs: use TLS to every server, or to none")
+        if len({"CLUSTER" in options for options in settings}) > 1:
+            raise ValueError("LOCATION mixes cluster (redis+cluster://) and other URLs: list a cluster's nodes, "
+                             "or a primary and its replicas")
         if any(options != settings[0] for options in settings):
             raise ValueError("the URLs in LOCATION set different credentials, databases or query arguments; "
                              "racefree uses one set for every server")
@@ -380,13 +394,16 @@ class RedisCache(RacefreeCache, BaseCache):
         login_hint = "Set the URL's user and password, or OPTIONS USERNAME and PASSWORD."
 
         def answer(server: str) -> object:
-            return RedisClient([server], probe).has_key("racefree:check")
+            client = RedisClient([server], probe)
+            # A cluster's seed is asked for its slot map (a key's command
+            # would go to whichever node serves the key).
+            return client.nodes() if self._options["CLUSTER"] else client.has_key("racefree:check")
 
         return probe_servers(alias, self._servers, answer, "Redis", login_hint)
 
     def stats(self) -> dict[str, Any]:
         """This process's counters for this LOCATION and OPTIONS (every
         backend object and thread shares them): hits, misses, sets,
-        deletes, errors, the pool size, and per server its idle and
-        in-use connections."""
+        deletes, errors, the pool size, and per server (in cluster mode,
+        per node this process talked to) its idle and in-use connections."""
         return self._store.stats()

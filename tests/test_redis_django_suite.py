@@ -8,8 +8,8 @@ from cache import tests as django_cache_tests
 from cache.tests import caches_setting_for_tests, redis_excluded_caches
 from conftest import SERVERS
 from django.core import signals
-from django.core.exceptions import ImproperlyConfigured
 from django.core.cache import cache
+from django.core.exceptions import ImproperlyConfigured
 from django.test import TestCase, override_settings
 from support.django_suite import exclude
 from support.servers import RedisCluster

@@ -82,7 +82,8 @@ impl Redirect<'_> {
 /// host of the node that reported it (Redis 7 says so for a node that
 /// does not know its own address).
 fn node_address(endpoint: &str, reported_by: &Address) -> Result<Address> {
-    match endpoint.strip_prefix(':') {
+    // ":7002" has no host; "::1:7002" is IPv6's loopback.
+    match endpoint.strip_prefix(':').filter(|port| !port.contains(':')) {
         Some(port) => {
             let Address::Tcp { host, .. } = reported_by else {
                 return Err(Error::protocol(

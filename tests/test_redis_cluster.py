@@ -1,7 +1,7 @@
 """racefree's Redis backend in cluster mode against a real three-node
 Redis Cluster: configuration (OPTIONS and URLs), routing, exact counts
-under threads, a node that is killed and restarted, a forked child, stats
-and checks. Django's own suite runs on a cluster in
+under threads, a node that is killed and restarted, a forked child, stats,
+checks, and a cluster over TLS. Django's own suite runs on a cluster in
 test_redis_django_suite.py."""
 
 import asyncio
@@ -231,3 +231,20 @@ def test_system_checks_ask_each_seed_for_the_slot_map(cluster):
     warnings = cache.system_checks("clustered")
     assert [warning.id for warning in warnings] == ["racefree.W001"]
     assert nobody.removeprefix("redis://") in warnings[0].msg
+
+
+def test_a_cluster_over_tls(authority):
+    # The nodes tell a TLS client their TLS ports; each is checked against
+    # the CA as the address the cluster reports (127.0.0.1).
+    cert, key = authority.server("redis-server")
+    tls_cluster = RedisCluster(tls=(cert, key, *authority.client("redis-node"), authority.cert))
+    try:
+        cache = RedisCache(f"rediss+cluster://127.0.0.1:{tls_cluster.tls_ports[1]}",
+                           {"OPTIONS": {"TLS": {"CA_FILE": authority.cert}}})
+        cache.set_many({f"t{i}": i for i in range(60)})
+        assert cache.get_many([f"t{i}" for i in range(60)]) == {f"t{i}": i for i in range(60)}
+        assert cache.incr("t7") == 8
+        assert sorted(cache.stats()["servers"]) == sorted(f"127.0.0.1:{port}" for port in tls_cluster.tls_ports)
+        assert sum(int(node.cli("DBSIZE")) for node in tls_cluster.nodes) == 60
+    finally:
+        tls_cluster.close()

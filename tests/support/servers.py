@@ -239,6 +239,9 @@ class Redis(ServerProcess):
         self.password = password
         self.tempdir = tempfile.mkdtemp(prefix="racefree-redis-")
         self.port = free_port()
+        # The cluster bus's own port: by default it is the client port +
+        # 10,000, which a free port above 55,535 cannot have.
+        self.cluster_port = free_port() if cluster else None
         self.process = None
         self.start()
 
@@ -253,7 +256,8 @@ class Redis(ServerProcess):
             # A node that lost its peers keeps serving the slots it has
             # (the tests kill one node and expect the others to answer).
             command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
+                        "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no",
+                        "--cluster-port", str(self.cluster_port)]
         if self.replica_of is not None:
             command += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         if self.password is not None:
@@ -280,17 +284,35 @@ class Redis(ServerProcess):
 
     def _new_ports(self):
         self.port = free_port()
+        if self.cluster:
+            self.cluster_port = free_port()
 
 
 class RedisCluster:
     """Three Redis primaries forming a cluster (``redis-cli --cluster
-    create``), each owning a third of the 16,384 slots."""
+    create``), each owning a third of the 16,384 slots. With ``tls``
+    (a server certificate and key, a client certificate and key for the
+    nodes' connections to each other, and the CA file) each node also
+    listens with TLS on its ``tls_ports`` entry, and the nodes talk to
+    each other over TLS (clients connected with TLS are told the TLS
+    ports)."""
 
-    def __init__(self, nodes=3):
-        self.nodes = [Redis(cluster=True) for _ in range(nodes)]
+    def __init__(self, nodes=3, tls=None):
+        self.tls_ports = [free_port() for _ in range(nodes)] if tls else []
+        self.nodes = []
         try:
-            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-            subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0",
+            for index in range(nodes):
+                extra = []
+                if tls:
+                    cert, key, client_cert, client_key, ca = tls
+                    extra = ["--tls-port", str(self.tls_ports[index]), "--tls-cert-file", cert, "--tls-key-file", key,
+                             "--tls-client-cert-file", client_cert, "--tls-client-key-file", client_key,
+                             "--tls-ca-cert-file", ca, "--tls-auth-clients", "no", "--tls-cluster", "yes"]
+                self.nodes.append(Redis(cluster=True, extra_args=extra))
+            ports = self.tls_ports or [node.port for node in self.nodes]
+            addresses = [f"127.0.0.1:{port}" for port in ports]
+            over_tls = ["--tls", "--cacert", tls[-1]] if tls else []
+            subprocess.run(["redis-cli", *over_tls, "--cluster", "create", *addresses, "--cluster-replicas", "0",
                             "--cluster-yes"], check=True, capture_output=True, text=True, timeout=60)
             deadline = time.monotonic() + 30
             while not all(node.info("cluster").get("cluster_enabled") == "1" and

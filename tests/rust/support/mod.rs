@@ -501,7 +501,15 @@ impl Redis {
 
     /// A lone node in cluster mode (it answers CLUSTER KEYSLOT; no slots).
     pub fn start_cluster_node() -> Redis {
-        Redis::start_with(&["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+        let bus = free_port().to_string();
+        Redis::start_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus,
+        ])
     }
 
     pub fn start_with(extra: &[&str]) -> Redis {
@@ -576,6 +584,9 @@ impl RedisCluster {
     pub fn start(count: usize) -> RedisCluster {
         let nodes: Vec<Redis> = (0..count)
             .map(|_| {
+                // The bus's own port: by default it is the client port +
+                // 10,000, which a free port above 55,535 cannot have.
+                let bus = free_port().to_string();
                 Redis::start_with(&[
                     "--cluster-enabled",
                     "yes",
@@ -585,6 +596,8 @@ impl RedisCluster {
                     "1000",
                     "--cluster-require-full-coverage",
                     "no",
+                    "--cluster-port",
+                    &bus,
                 ])
             })
             .collect();

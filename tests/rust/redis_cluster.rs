@@ -361,3 +361,39 @@ fn cluster_settings_that_cannot_work_are_refused() {
     let unix = Client::new(&["unix:/tmp/redis.sock"], settings());
     assert!(matches!(unix, Err(Error::Config(message)) if message.contains("TCP")));
 }
+
+#[test]
+fn clusterdown_is_waited_out_within_the_io_timeout() {
+    let cluster = RedisCluster::start(3);
+    let c = Client::new(
+        &cluster.locations()[..1],
+        Config {
+            io_timeout: Duration::from_millis(500),
+            ..settings()
+        },
+    )
+    .unwrap();
+    let key = key_on(&cluster, 0, "down");
+    c.set(&key, b"kept", None).unwrap();
+    let unserved = slot(&key).to_string();
+    let owner = cluster.nodes[0].port;
+    // The owner stops serving the slot (its keys stay): CLUSTERDOWN.
+    assert_eq!(redis_cli(owner, &["cluster", "delslots", &unserved]), "OK");
+    let started = Instant::now();
+    match c.get(&key) {
+        Err(Error::Server { message, .. }) => assert!(message.starts_with("CLUSTERDOWN"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    // Served again while a call waits: the call succeeds.
+    let restore = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        redis_cli(owner, &["cluster", "addslots", &unserved])
+    });
+    assert_eq!(c.get(&key).unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(restore.join().unwrap(), "OK");
+}

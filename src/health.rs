@@ -14,8 +14,8 @@
 //! sink: two threads that saw an outage end and a new one begin cannot
 //! log "answering again" after "not answering".
 
-use std::fmt::Display;
 use std::collections::VecDeque;
+use std::fmt::Display;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, TryLockError};
 use std::time::Instant;

@@ -288,6 +288,19 @@ def ttl(server, cache, key):
     return int(server.cli("TTL", cache.make_key(key)))
 
 
+def test_a_value_stored_for_a_second_is_gone_a_second_later(redis_server, prefix):
+    # Redis serves a key during its expiry's millisecond: with EX 1 a read
+    # exactly 1 s later (Django's test_cache_page_timeout does one) could
+    # still see it. racefree asks for 999 ms.
+    cache = racefree(redis_server.location, prefix)
+    cache.set("page", "cached", 1)
+    assert 900 < int(redis_server.cli("PTTL", cache.make_key("page"))) <= 999
+    cache.touch("page", 1)
+    assert 900 < int(redis_server.cli("PTTL", cache.make_key("page"))) <= 999
+    time.sleep(1)
+    assert cache.get("page") is None
+
+
 def test_timeout_none_persists_and_a_number_expires(redis_server, prefix):
     cache = racefree(redis_server.location, prefix)
     cache.set("forever", 1, None)

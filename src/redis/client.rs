@@ -84,14 +84,22 @@ fn stored(server: &Server, value: Value) -> Result<bool> {
     }
 }
 
-/// `SET key value [EX ttl] [NX]` (a TTL of 0 is the callers' to handle).
+/// A TTL of whole seconds as the milliseconds sent (`PX`, `PEXPIRE`):
+/// one less, since Redis still serves a key in its expiry's millisecond,
+/// and a value stored for n seconds must not be read n seconds later
+/// (Django's tests read at exactly that moment).
+fn lifetime_ms(seconds: u64) -> u64 {
+    seconds.saturating_mul(1000).saturating_sub(1).max(1)
+}
+
+/// `SET key value [PX ms] [NX]` (a TTL of 0 is the callers' to handle).
 fn set_command(out: &mut Vec<u8>, key: &[u8], value: &[u8], ttl: Ttl, only_new: bool) {
-    let mut seconds = itoa::Buffer::new();
+    let mut ms = itoa::Buffer::new();
     let mut args: [&[u8]; 6] = [b"SET", key, value, b"", b"", b""];
     let mut n = 3;
     if let Some(ttl) = ttl {
-        args[3] = b"EX";
-        args[4] = seconds.format(ttl).as_bytes();
+        args[3] = b"PX";
+        args[4] = ms.format(lifetime_ms(ttl)).as_bytes();
         n = 5;
     }
     if only_new {
@@ -413,7 +421,10 @@ impl Client {
             let value = match ttl {
                 None => self.eval(route, &scripts::PERSIST, key, &[])?,
                 Some(0) => self.call(route, &[b"DEL", key])?,
-                Some(ttl) => self.call(route, &[b"EXPIRE", key, itoa::Buffer::new().format(ttl).as_bytes()])?,
+                Some(ttl) => {
+                    let ms = itoa::Buffer::new().format(lifetime_ms(ttl)).to_owned();
+                    self.call(route, &[b"PEXPIRE", key, ms.as_bytes()])?
+                }
             };
             Ok(integer(route.server, value)? > 0)
         });
@@ -696,7 +707,7 @@ mod tests {
         set_command(&mut out, b"k", b"v", Some(30), true);
         let mut expected = Vec::new();
         resp::command(&mut expected, &[b"SET", b"k", b"v"]);
-        resp::command(&mut expected, &[b"SET", b"k", b"v", b"EX", b"30", b"NX"]);
+        resp::command(&mut expected, &[b"SET", b"k", b"v", b"PX", b"29999", b"NX"]);
         assert_eq!(out, expected);
     }
 }

@@ -37,8 +37,9 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from racefree._keys import KeyMaking
 from racefree.backends._failures import FailurePolicy
 from racefree.backends._ops import store_operation, with_async_twins
-from racefree.backends._options import Option, read_options
+from racefree.backends._options import Option, read_options, store_settings
 from racefree.backends._stampede import MISSING, Stampede, StampedeSafe
+from racefree.checks import PROBE_TIMEOUT, probe_servers
 from racefree.exceptions import CacheError
 from racefree.serialization import UnverifiedValue, serializer_from
 
@@ -46,6 +47,7 @@ logger = logging.getLogger("racefree")
 
 if TYPE_CHECKING:
     from django.core.cache.backends.base import BaseCache as _CacheBase
+    from django.core.checks import CheckMessage
 else:
     _CacheBase = object
 
@@ -314,3 +316,42 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
             yield self._store.clear, ()
         except CacheError as error:
             self._server_failed("clear", error)
+
+
+class ServerPools(_CacheBase):
+    """Mixin for a backend of network servers, each with a pool of its own
+    (memcached, Redis): its system checks and stats. The backend sets
+    ``_servers``, ``_options`` and ``_store``, and says which client class
+    a probe builds and what to do about a refused login."""
+
+    #: Built as ``client_class([server], settings)``.
+    client_class: ClassVar[type[Any]]
+    login_hint: ClassVar[str]
+    server_kind: str
+    options_spec: ClassVar[Sequence[Option]]
+    _servers: list[str]
+    _options: dict[str, Any]
+    _store: Any
+
+    def system_checks(self, alias: str) -> "list[CheckMessage]":
+        """racefree.W001 for each server that does not answer now (or
+        refuses this client's TLS or login)."""
+        probe = {**store_settings(self._options, self.options_spec), "connect_timeout": PROBE_TIMEOUT,
+                 "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
+
+        def answer(server: str) -> object:
+            return self._probe(type(self).client_class([server], probe))
+
+        return probe_servers(alias, self._servers, answer, self.server_kind, self.login_hint)
+
+    def _probe(self, client: Any) -> object:
+        """One call that only an answering server answers."""
+        return client.has_key("racefree:check")
+
+    def stats(self) -> dict[str, Any]:
+        """This process's counters for this LOCATION and OPTIONS (every
+        backend object and thread shares them): hits, misses, sets,
+        deletes, errors, the pool size, and per server (for a Redis Cluster:
+        per node this process talked to) its idle and in-use connections."""
+        stats: dict[str, Any] = self._store.stats()
+        return stats

@@ -38,13 +38,12 @@ from racefree.backends._options import (
 )
 from racefree.backends._stampede import MISSING, _gave_back, _giving_back, _Pause, stampede_options
 from racefree.backends._tls import tls_settings
-from racefree.backends.base import ProcessRegistry, RacefreeCache, is_forever
-from racefree.checks import PROBE_TIMEOUT, probe_servers
+from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, is_forever
 from racefree.exceptions import CacheError
 from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
-    from django.core.checks import CheckMessage
+    pass
 
 logger = logging.getLogger("racefree")
 
@@ -127,13 +126,15 @@ def _frozen(value: Any) -> Any:
 
 
 @with_async_twins
-class MemcachedCache(RacefreeCache, BaseCache):
+class MemcachedCache(ServerPools, RacefreeCache, BaseCache):
     options_spec = OPTIONS
     refused_options = UNSUPPORTED
     _claim: Callable[[str, int, int | None], Any]
     # The store refuses invalid keys itself, before anything is sent.
     checks_keys_natively = True
     server_kind = "memcached"
+    client_class = MemcachedClient
+    login_hint = "Set OPTIONS USERNAME and PASSWORD to a user of the server's authfile (memcached -Y)."
 
     def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
         options = self._configure(params)
@@ -326,22 +327,3 @@ class MemcachedCache(RacefreeCache, BaseCache):
         error = memcached_key_error(key)
         if error is not None:
             raise error
-
-    def system_checks(self, alias: str) -> "list[CheckMessage]":
-        """racefree.W001 for each server that does not answer now (or
-        refuses this client's TLS or login)."""
-        probe = {**store_settings(self._options, OPTIONS), "connect_timeout": PROBE_TIMEOUT,
-                 "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
-        login_hint = "Set OPTIONS USERNAME and PASSWORD to a user of the server's authfile (memcached -Y)."
-
-        def answer(server: str) -> object:
-            return MemcachedClient([server], probe).has_key("racefree:check")
-
-        return probe_servers(alias, self._servers, answer, "memcached", login_hint)
-
-    def stats(self) -> dict[str, Any]:
-        """This process's counters for this LOCATION and OPTIONS (every
-        backend object and thread shares them): hits, misses, sets,
-        deletes, errors, the pool size, and per server its idle and
-        in-use connections."""
-        return self._client.stats()

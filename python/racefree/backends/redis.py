@@ -36,12 +36,11 @@ from racefree.backends._options import (
 )
 from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
-from racefree.backends.base import ProcessRegistry, RacefreeCache, backend_path, is_forever
-from racefree.checks import PROBE_TIMEOUT, probe_servers
+from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, backend_path, is_forever
 from racefree.serialization import serializer_options
 
 if TYPE_CHECKING:
-    from django.core.checks import CheckMessage
+    pass
 
 #: Longest TTL sent; beyond it (Redis keeps expiry in milliseconds since
 #: the epoch, in 64 bits) a value is kept until evicted, as "forever".
@@ -252,10 +251,12 @@ def _tls_from_keywords(given: dict[str, Any]) -> None:
 
 
 @with_async_twins
-class RedisCache(RacefreeCache, BaseCache):
+class RedisCache(ServerPools, RacefreeCache, BaseCache):
     options_spec = OPTIONS
     refused_options = UNSUPPORTED
     server_kind = "Redis"
+    client_class = RedisClient
+    login_hint = "Set the URL's user and password, or OPTIONS USERNAME and PASSWORD."
     _store: RedisClient
 
     def __init__(self, server: str | Sequence[str], params: dict[str, Any]) -> None:
@@ -386,24 +387,7 @@ class RedisCache(RacefreeCache, BaseCache):
                 pass
         return self._serializer.load_or(default, key, data)
 
-    def system_checks(self, alias: str) -> "list[CheckMessage]":
-        """racefree.W001 for each server that does not answer now (or
-        refuses this client's TLS or login)."""
-        probe = {**store_settings(self._options, OPTIONS), "connect_timeout": PROBE_TIMEOUT,
-                 "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
-        login_hint = "Set the URL's user and password, or OPTIONS USERNAME and PASSWORD."
-
-        def answer(server: str) -> object:
-            client = RedisClient([server], probe)
-            # A cluster's seed is asked for its slot map (a key's command
-            # would go to whichever node serves the key).
-            return client.nodes() if self._options["CLUSTER"] else client.has_key("racefree:check")
-
-        return probe_servers(alias, self._servers, answer, "Redis", login_hint)
-
-    def stats(self) -> dict[str, Any]:
-        """This process's counters for this LOCATION and OPTIONS (every
-        backend object and thread shares them): hits, misses, sets,
-        deletes, errors, the pool size, and per server (in cluster mode,
-        per node this process talked to) its idle and in-use connections."""
-        return self._store.stats()
+    def _probe(self, client: Any) -> object:
+        # A cluster's seed is asked for its slot map (a key's command would
+        # go to whichever node serves the key).
+        return client.nodes() if self._options["CLUSTER"] else client.has_key("racefree:check")

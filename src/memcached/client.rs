@@ -189,14 +189,7 @@ impl Client {
     /// connection goes back to the pool only if the exchange left the
     /// stream in step.
     fn exchange<T>(&self, server: &Server, run: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        let mut lease = server.lease()?;
-        let result = run(lease.conn());
-        match &result {
-            Ok(_) => lease.release(),
-            Err(error) if error.keeps_connection() => lease.release(),
-            Err(error) => lease.discard(error),
-        }
-        result
+        server.lease()?.exchange(run)
     }
 
     /// One request on the key's server: build it with a fresh opaque

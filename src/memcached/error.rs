@@ -121,6 +121,10 @@ impl crate::net::ServerError for Error {
         Error::is_server_failure(self)
     }
 
+    fn keeps_connection(&self) -> bool {
+        Error::keeps_connection(self)
+    }
+
     fn is_refusal(&self) -> bool {
         Error::is_refusal(self)
     }

@@ -31,6 +31,9 @@ pub(crate) trait ServerError: Display + Sized {
     fn is_refusal(&self) -> bool;
     /// A copy for another caller.
     fn duplicate(&self) -> Self;
+    /// The whole reply was read (a refused command), so the connection is
+    /// still in step and may serve another call.
+    fn keeps_connection(&self) -> bool;
 }
 
 /// A server's last refusal of this client, and when it came.
@@ -99,6 +102,18 @@ where
 
     pub(crate) fn conn(&mut self) -> &mut D::Conn {
         &mut self.conn
+    }
+
+    /// Run one exchange on the connection: it goes back to the pool only
+    /// if the exchange left the stream in step.
+    pub(crate) fn exchange<T>(mut self, run: impl FnOnce(&mut D::Conn) -> Result<T, D::Error>) -> Result<T, D::Error> {
+        let result = run(self.conn());
+        match &result {
+            Ok(_) => self.release(),
+            Err(error) if error.keeps_connection() => self.release(),
+            Err(error) => self.discard(error),
+        }
+        result
     }
 
     /// Return the connection to the pool: call only after a complete,

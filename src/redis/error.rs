@@ -107,6 +107,10 @@ impl crate::net::ServerError for Error {
     }
 
     /// Its TLS or its login, which trying again at once will not change.
+    fn keeps_connection(&self) -> bool {
+        Error::keeps_connection(self)
+    }
+
     fn is_refusal(&self) -> bool {
         matches!(self, Error::Tls { .. } | Error::Auth { .. })
     }

@@ -193,14 +193,7 @@ impl Server {
 /// Run one request/reply exchange on a leased connection of `server`. It
 /// goes back to the pool only if the exchange left the stream in step.
 pub(crate) fn exchange<T>(server: &Server, run: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-    let mut lease = server.lease()?;
-    let result = run(lease.conn());
-    match &result {
-        Ok(_) => lease.release(),
-        Err(error) if error.keeps_connection() => lease.release(),
-        Err(error) => lease.discard(error),
-    }
-    result
+    server.lease()?.exchange(run)
 }
 
 pub(crate) fn io_error(server: &Server) -> impl Fn(std::io::Error) -> Error + '_ {

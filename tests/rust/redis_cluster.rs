@@ -12,19 +12,8 @@ use support::{RedisCluster, redis_cli, slot_owner_port};
 
 fn settings() -> Config {
     Config {
-        connect_timeout: Duration::from_secs(1),
-        io_timeout: Duration::from_secs(1),
-        pool_size: 8,
-        max_connections: None,
-        idle_timeout: Duration::from_secs(60),
-        spin_wait: Duration::from_micros(50),
-        tls: None,
-        username: None,
-        password: None,
-        db: 0,
-        client_name: None,
-        read_from_replicas: true,
         cluster: true,
+        ..support::redis_settings()
     }
 }
 

@@ -12,21 +12,7 @@ use racefree::redis::{Client, Config, Error, Secret};
 use support::Redis;
 
 fn settings() -> Config {
-    Config {
-        connect_timeout: Duration::from_secs(1),
-        io_timeout: Duration::from_secs(1),
-        pool_size: 8,
-        max_connections: None,
-        idle_timeout: Duration::from_secs(60),
-        spin_wait: Duration::from_micros(50),
-        tls: None,
-        username: None,
-        password: None,
-        db: 0,
-        client_name: None,
-        read_from_replicas: true,
-        cluster: false,
-    }
+    support::redis_settings()
 }
 
 fn client(server: &Redis, config: Config) -> Client {

@@ -9,6 +9,26 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+/// The Redis tests' client settings (Python's option reading owns the
+/// real defaults): one server, not a cluster.
+pub fn redis_settings() -> racefree::redis::Config {
+    racefree::redis::Config {
+        connect_timeout: Duration::from_secs(1),
+        io_timeout: Duration::from_secs(1),
+        pool_size: 8,
+        max_connections: None,
+        idle_timeout: Duration::from_secs(60),
+        spin_wait: Duration::from_micros(50),
+        tls: None,
+        username: None,
+        password: None,
+        db: 0,
+        client_name: None,
+        read_from_replicas: true,
+        cluster: false,
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

@@ -148,8 +148,9 @@ def test_keys_and_versions_are_djangos(redis_server, prefix):
 
 
 @pytest.mark.cross_version
-def test_thirty_two_threads_on_one_instance_each_read_their_own_values(redis_server, prefix):
-    cache = racefree(redis_server.location, prefix)
+@pytest.mark.parametrize("combine", [True, False], ids=["combined", "own-round-trips"])
+def test_thirty_two_threads_on_one_instance_each_read_their_own_values(redis_server, prefix, combine):
+    cache = racefree(redis_server.location, prefix, COMBINE_CALLS=combine)
     rounds, keys = 60, 8
     mismatches, calls = [], [0] * 32
     start = threading.Barrier(32, timeout=30)
@@ -174,6 +175,56 @@ def test_thirty_two_threads_on_one_instance_each_read_their_own_values(redis_ser
     assert run_threads(32, work) == []
     assert mismatches == []
     assert sum(calls) == 32 * (2 * rounds + rounds // 10)
+    (pool,) = cache.stats()["servers"].values()
+    # Combined: calls rode in others' round trips; else none did.
+    assert (pool["combined"] > 0) is combine, pool
+
+
+@pytest.mark.cross_version
+def test_combined_calls_of_every_kind_each_get_their_own_reply(redis_server, prefix, caplog):
+    # Gets, sets, adds, scripts (incr, delete_if), batches and refused
+    # commands share round trips: each caller gets its own reply, a refused
+    # command fails only its caller, and the scripts that SCRIPT FLUSH
+    # drops meanwhile (NOSCRIPT) are sent again, not taken for an outage.
+    # (A client name of its own: a store of its own, whose connections
+    # this test counts.)
+    cache = racefree(redis_server.location, prefix, CLIENT_NAME=f"combined-{prefix}")
+    cache.set("counter", 0)
+    cache.set("text", "not a number")
+    rounds, problems = 150, []
+
+    def work(index):
+        for n in range(rounds):
+            mine = f"w{index}-{n % 5}"
+            cache.set(mine, (index, n))
+            if cache.get(mine) != (index, n):
+                problems.append(("get", index, n))
+            cache.incr("counter")
+            if n % 7 == 0:
+                try:
+                    cache.incr("text")
+                    problems.append(("incr of text", index, n))
+                except TypeError:
+                    pass
+            if n % 10 == 0:
+                batch = {f"b{index}-{k}": (index, n, k) for k in range(5)}
+                cache.set_many(batch)
+                if cache.get_many(list(batch)) != batch:
+                    problems.append(("get_many", index, n))
+                if cache.add(f"b{index}-0", "taken") is not False:
+                    problems.append(("add", index, n))
+                cache.delete_many(list(batch))
+            if index == 0 and n % 25 == 0:
+                redis_server.cli("SCRIPT", "FLUSH")
+
+    with caplog.at_level("INFO", logger="racefree"):
+        assert run_threads(8, work) == []
+    assert problems == []
+    assert cache.get("counter") == 8 * rounds
+    assert cache.stats()["errors"] == 0
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("racefree")] == []
+    (pool,) = cache.stats()["servers"].values()
+    assert pool["combined"] > 0 and pool["connects"] == 1, pool
 
 
 @pytest.mark.cross_version
@@ -606,8 +657,10 @@ def test_a_forked_child_uses_the_parents_backend_object_safely(redis_server, pre
 # -- Connections -------------------------------------------------------------------------
 
 
-def test_two_hundred_tasks_share_at_most_four_connections(fresh_redis):
-    cache = racefree(fresh_redis.location)
+@pytest.mark.parametrize("combine, most", [(True, 1), (False, 4)], ids=["combined", "own-round-trips"])
+def test_two_hundred_tasks_share_at_most_four_connections(fresh_redis, combine, most):
+    # Combined, every call in flight rides the one connection.
+    cache = racefree(fresh_redis.location, COMBINE_CALLS=combine)
     counts, stop = [], threading.Event()
 
     def sample():
@@ -619,9 +672,16 @@ def test_two_hundred_tasks_share_at_most_four_connections(fresh_redis):
         for n in range(20):
             await cache.aset(f"task-{index}", n)
             assert await cache.aget(f"task-{index}") == n
+            if n % 5 == 0:
+                batch = {f"task-{index}-{k}": (n, k) for k in range(3)}
+                await cache.aset_many(batch)
+                assert await cache.aget_many(list(batch)) == batch
+                await cache.aincr("shared")
 
     async def tasks():
         await asyncio.gather(*(task(index) for index in range(200)))
+
+    cache.set("shared", 0)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -632,9 +692,11 @@ def test_two_hundred_tasks_share_at_most_four_connections(fresh_redis):
         sampler.join()
     after = len(client_lines(fresh_redis))
     (pool,) = cache.stats()["servers"].values()
-    assert counts and max(counts) <= 4, counts
-    assert 1 <= after <= 4
-    assert pool["connects"] <= 4
+    assert cache.get("shared") == 200 * 4
+    assert counts and max(counts) <= most, counts
+    assert 1 <= after <= most
+    assert pool["connects"] <= most
+    assert (pool["combined"] > 0) is combine, pool
 
 
 def test_requests_reuse_one_connection(fresh_redis):
@@ -805,7 +867,7 @@ def test_stats_count_operations_and_connections(fresh_redis):
     assert {name: stats[name] for name in ("hits", "misses", "sets", "deletes", "errors")} == {
         "hits": 3, "misses": 2, "sets": 6, "deletes": 3, "errors": 0}
     server = f"127.0.0.1:{fresh_redis.port}"
-    assert stats["servers"] == {server: {"idle": 1, "in_use": 0, "connects": 1}}
+    assert stats["servers"] == {server: {"idle": 1, "in_use": 0, "connects": 1, "combined": 0}}
     # A call stuck on a frozen server holds its connection, then loses it.
     outcome = []
 
@@ -826,7 +888,7 @@ def test_stats_count_operations_and_connections(fresh_redis):
     assert outcome == [CacheTimeoutError]
     stats = cache.stats()
     assert stats["errors"] == 1
-    assert stats["servers"][server] == {"idle": 0, "in_use": 0, "connects": 1}
+    assert stats["servers"][server] == {"idle": 0, "in_use": 0, "connects": 1, "combined": 0}
 
 
 def test_system_checks_warn_about_a_redis_server_that_does_not_answer(redis_server):

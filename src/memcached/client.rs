@@ -7,7 +7,6 @@ use crate::fork::{Built, PerProcess};
 use crate::stats::{Counters, Snapshot};
 
 use super::address::Address;
-use super::combine::{RoundTrip, duplicate};
 use super::connection::Connection;
 use super::error::{AuthProblem, Error, Result};
 use super::handshake::Handshake;
@@ -15,6 +14,7 @@ use super::item::Item;
 use super::protocol::{self, Marks, Reply, Status, StoreMode};
 use super::routing::Rendezvous;
 use super::server::{Config, Lease, Server};
+use crate::net::{RoundTrip, ServerError, unrecorded};
 
 /// Keys per pipelined round trip in a batch. Bounded so that requests
 /// never fill the socket buffers while the server is blocked writing
@@ -232,14 +232,12 @@ impl Client {
                 return self.get_alone(server, key);
             }
             let patience = config.connect_timeout + config.io_timeout * 4;
-            let (outcome, recorded) = server
-                .combiner
-                .get(key, patience, &CombinedGet { client: self, server });
-            match &outcome {
-                // One failure per get in the server's health, so its log
-                // line counts the calls that failed.
-                Err(error) if !recorded && error.is_server_failure() => server.pool.health.failed(error),
-                _ => {}
+            let (outcome, recorded) =
+                server
+                    .combiner
+                    .call(key.to_vec(), patience, &CombinedGet { client: self, server });
+            if let Some(error) = unrecorded(&outcome, recorded) {
+                server.pool.health.failed(error);
             }
             outcome
         });
@@ -287,7 +285,7 @@ impl Client {
         match outcome {
             Ok(()) => results.into_iter().map(Ok).collect(),
             Err(error) => {
-                let copies: Vec<_> = (1..keys.len()).map(|_| Err(duplicate(&error))).collect();
+                let copies: Vec<_> = (1..keys.len()).map(|_| Err(error.duplicate())).collect();
                 std::iter::once(Err(error)).chain(copies).collect()
             }
         }
@@ -803,10 +801,17 @@ struct CombinedGet<'a> {
 }
 
 impl RoundTrip for CombinedGet<'_> {
-    fn run(&self, keys: &[&[u8]]) -> Vec<Result<Option<Item>>> {
+    type Request = Vec<u8>;
+    type Reply = Option<Item>;
+    type Error = Error;
+
+    fn run(&self, keys: &[&Vec<u8>]) -> Vec<Result<Option<Item>>> {
         match keys {
             [key] => vec![self.client.get_alone(self.server, key)],
-            _ => self.client.get_pipelined(self.server, keys),
+            _ => {
+                let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();
+                self.client.get_pipelined(self.server, &keys)
+            }
         }
     }
 }

@@ -130,7 +130,55 @@ impl crate::net::ServerError for Error {
     }
 
     fn duplicate(&self) -> Error {
-        super::combine::duplicate(self)
+        duplicate(self)
+    }
+}
+
+/// A combined get that no server answered (see `net::combine`).
+impl crate::net::Unanswered for Error {
+    fn no_reply(server: &str) -> Error {
+        Error::protocol(server, "the combined round trip ended without a reply for this get")
+    }
+
+    fn out_of_patience(server: &str) -> Error {
+        Error::Timeout {
+            server: server.to_owned(),
+        }
+    }
+}
+
+/// An equal error for another caller (`io::Error` is not `Clone`).
+fn duplicate(error: &Error) -> Error {
+    match error {
+        Error::InvalidKey(problem) => Error::InvalidKey(*problem),
+        Error::Connect { server, source } => Error::Connect {
+            server: server.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Timeout { server } => Error::Timeout { server: server.clone() },
+        Error::Io { server, source } => Error::Io {
+            server: server.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        Error::Protocol { server, detail } => Error::protocol(server, detail.clone()),
+        Error::Server { server, message } => Error::Server {
+            server: server.clone(),
+            message: message.clone(),
+        },
+        Error::ValueTooLarge { server, size } => Error::ValueTooLarge {
+            server: server.clone(),
+            size: *size,
+        },
+        Error::NotANumber { server } => Error::NotANumber { server: server.clone() },
+        Error::Tls { server, detail } => Error::Tls {
+            server: server.clone(),
+            detail: detail.clone(),
+        },
+        Error::Auth { server, problem } => Error::Auth {
+            server: server.clone(),
+            problem: problem.clone(),
+        },
+        Error::Config(message) => Error::Config(message.clone()),
     }
 }
 

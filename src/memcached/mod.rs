@@ -6,7 +6,6 @@
 
 mod address;
 mod client;
-mod combine;
 mod connection;
 mod error;
 mod handshake;

@@ -13,14 +13,14 @@ use serde::Deserialize;
 
 use crate::config::seconds;
 use crate::net::spin::SpinWait;
-use crate::net::{Refusals, Refused, Secret, TlsOptions};
+use crate::net::{Combiner, Refusals, Refused, Secret, TlsOptions};
 use crate::pool::{self, Dial, Pool};
 
 use super::address::Address;
-use super::combine::Combiner;
 use super::connection::Connection;
 use super::error::{Error, Result};
 use super::handshake::Handshake;
+use super::item::Item;
 
 /// Connection settings shared by every server of a client: the backend's
 /// OPTIONS of the same names (defaults and checks are Python's).
@@ -49,7 +49,7 @@ pub struct Config {
     #[serde(deserialize_with = "seconds")]
     pub spin_wait: Duration,
     /// Combine concurrent gets to a server into shared round trips (see
-    /// `combine`).
+    /// `net::combine`).
     pub combine_gets: bool,
     /// TLS to every server (`None`: plain text).
     #[serde(deserialize_with = "Option::deserialize")]
@@ -65,7 +65,7 @@ pub struct Config {
 pub(crate) struct Server {
     pub(crate) pool: Pool<Dialer>,
     /// Concurrent gets to this server, combined into shared round trips.
-    pub(crate) combiner: Combiner,
+    pub(crate) combiner: Combiner<Vec<u8>, Option<Item>, Error>,
 }
 
 impl Server {

@@ -6,12 +6,14 @@
 //! round trip confirms a new connection (see `Connection::open`).
 
 mod address;
+mod combine;
 mod connection;
 mod server;
 pub(crate) mod spin;
 mod tls;
 
 pub use address::Address;
+pub(crate) use combine::{Combiner, RoundTrip, Unanswered, unrecorded};
 pub(crate) use connection::{Confirm, Connection, OpenError, Opening, opening_failed};
 pub(crate) use server::{Lease, Refusals, Refused, ServerError};
 pub use tls::{Der, Secret, TlsOptions};

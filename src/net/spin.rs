@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Calls of this process to its network stores now waiting for a reply:
-/// holding a connection, or queued for a combined get (see
-/// `memcached::combine`).
+/// holding a connection, or queued for a combined call (see
+/// `net::combine`).
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 fn spin_slots() -> usize {

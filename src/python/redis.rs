@@ -21,7 +21,12 @@ pub struct RedisClient {
     lane: aio::Lane,
 }
 
-/// Connections async calls use at most at once, per client.
+/// Async calls in flight at once, per client, when their commands share
+/// round trips (`COMBINE_CALLS`): they ride one connection per server.
+const ASYNC_COMBINED: usize = 16;
+
+/// Connections async calls use at most at once, per client, when each
+/// call has a round trip of its own.
 const ASYNC_CONNECTIONS: usize = 4;
 
 fn key_bytes(keys: &[PyBackedStr]) -> Vec<&[u8]> {
@@ -112,12 +117,17 @@ store_methods! {
         fn new(servers: Vec<String>, config: &Bound<'_, PyDict>) -> PyResult<Self> {
             let config: crate::redis::Config = settings("RedisClient", config)?;
             // Async calls in flight: a few suffice, since one event loop
-            // cannot issue calls faster than a few connections answer them
-            // (a round trip is tens of microseconds); the others wait
-            // their turn here, not on pool threads, so 200 tasks hold
-            // ASYNC_CONNECTIONS connections, not 200 (and no more on the
-            // primary, which takes every write, with replicas listed).
-            let in_flight = config.max_connections.unwrap_or(ASYNC_CONNECTIONS).min(ASYNC_CONNECTIONS);
+            // cannot issue calls faster than they are answered (a round
+            // trip is tens of microseconds); the others wait their turn
+            // here, not on pool threads. Combined, the calls in flight
+            // share one connection per server, and more of them make
+            // fuller round trips; else each holds a connection, so 200
+            // tasks hold ASYNC_CONNECTIONS connections, not 200 (and no
+            // more on the primary, which takes every write).
+            let in_flight = match config.combine_calls {
+                true => ASYNC_COMBINED,
+                false => config.max_connections.unwrap_or(ASYNC_CONNECTIONS).min(ASYNC_CONNECTIONS),
+            };
             let lane = aio::Lane::new(in_flight, config.connect_timeout + config.io_timeout);
             let client = Client::new(&servers, config).map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(RedisClient {
@@ -145,18 +155,20 @@ store_methods! {
         }
 
         /// Counters (hits, misses, sets, deletes, errors), the pool size,
-        /// and per server its idle and in-use connections.
+        /// and per server its idle and in-use connections, connections
+        /// dialed, and calls combined into another caller's round trip.
         fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let (counters, servers) = self.client.stats();
             let stats = super::counters_dict(py, &counters)?;
             stats.set_item("pool_size", self.client.config().pool_size)?;
             stats.set_item("max_connections", self.client.config().max_connections)?;
             let per_server = PyDict::new(py);
-            for (name, idle, in_use, connects) in servers {
+            for (name, idle, in_use, connects, combined) in servers {
                 let pool = PyDict::new(py);
                 pool.set_item("idle", idle)?;
                 pool.set_item("in_use", in_use)?;
                 pool.set_item("connects", connects)?;
+                pool.set_item("combined", combined)?;
                 per_server.set_item(name, pool)?;
             }
             stats.set_item("servers", per_server)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fork::{Built, PerProcess};
-use crate::net::{Address, TlsTarget};
+use crate::net::{Address, RoundTrip, ServerError, TlsTarget, Unanswered, unrecorded};
 use crate::stats::{Counters, Snapshot};
 
 use super::cluster::{BatchOp, Cluster};
@@ -22,8 +22,9 @@ use super::slot::slot;
 /// whole seconds, as Django's RedisCache rounds them.
 pub type Ttl = Option<u64>;
 
-/// A server's name, idle and in-use connections, and connections dialed.
-pub type ServerPool = (String, usize, usize, u64);
+/// A server's name, idle and in-use connections, connections dialed, and
+/// calls that rode in another caller's round trip.
+pub type ServerPool = (String, usize, usize, u64, u64);
 
 /// What `get_many` read, per key in order (`None`: missing or failed).
 pub type Values = Vec<Option<Vec<u8>>>;
@@ -158,6 +159,55 @@ impl BatchOp for Deletes<'_> {
     }
 }
 
+/// One caller's commands in a round trip: their bytes, and how many
+/// replies they get.
+pub(crate) struct Commands {
+    bytes: Vec<u8>,
+    replies: usize,
+}
+
+/// The replies to one caller's `Commands`, in order: a refused command (an
+/// error reply) fails only its own.
+pub(crate) type Replies = Vec<Result<Value>>;
+
+/// The round trip of one or more callers' commands: all of them as one
+/// pipeline on one connection, the replies read back in the same order. A
+/// connection that fails fails the callers whose replies were not all read
+/// yet.
+struct Pipeline<'a>(&'a Server);
+
+impl RoundTrip for Pipeline<'_> {
+    type Request = Commands;
+    type Reply = Replies;
+    type Error = Error;
+
+    fn run(&self, requests: &[&Commands]) -> Vec<Result<Replies>> {
+        let server = self.0;
+        let mut outcomes = Vec::with_capacity(requests.len());
+        let result = exchange(server, |conn| {
+            for request in requests {
+                conn.out.extend_from_slice(&request.bytes);
+            }
+            conn.send().map_err(io_error(server))?;
+            for request in requests {
+                let mut replies = Vec::with_capacity(request.replies);
+                for _ in 0..request.replies {
+                    match reply(conn, server) {
+                        Err(error) if !error.keeps_connection() => return Err(error),
+                        outcome => replies.push(outcome),
+                    }
+                }
+                outcomes.push(Ok(replies));
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            outcomes.resize_with(requests.len(), || Err(error.duplicate()));
+        }
+        outcomes
+    }
+}
+
 /// Every key of a batch, failed with `error`.
 fn all_failed(count: usize, error: Error) -> Vec<BatchFailure> {
     vec![BatchFailure {
@@ -271,7 +321,16 @@ impl Client {
     /// Every server this process has a pool for: LOCATION's, and in
     /// cluster mode the nodes it met (by name).
     fn pools(&self) -> Vec<ServerPool> {
-        let pool = |s: &Server| (s.name().to_owned(), s.pool.idle(), s.pool.in_use(), s.pool.connects());
+        let pool = |s: &Server| {
+            let pool = &s.pool;
+            (
+                s.name().to_owned(),
+                pool.idle(),
+                pool.in_use(),
+                pool.connects(),
+                s.combiner.riders(),
+            )
+        };
         match &**self.current() {
             Nodes::Fixed(servers) => servers.iter().map(pool).collect(),
             Nodes::Cluster(cluster) => cluster.known_servers().iter().map(|s| pool(s)).collect(),
@@ -304,23 +363,57 @@ impl Client {
 
     /// One command, its reply.
     fn call(&self, route: Route<'_>, args: &[&[u8]]) -> Result<Value> {
-        exchange(route.server, |conn| {
-            round_trip(conn, route, |out| resp::command(out, args))
-        })
+        self.exchange_one(route, |out| resp::command(out, args))
     }
 
-    /// A script with one key: `EVALSHA`, and `EVAL` on the same
-    /// connection if the server does not have it (restarted, flushed
-    /// scripts, a replica promoted, a cluster node not used before).
+    /// One command written by `write`, its reply.
+    fn exchange_one(&self, route: Route<'_>, write: impl FnOnce(&mut Vec<u8>)) -> Result<Value> {
+        if route.asking {
+            // ASKING and its command must be adjacent on one connection.
+            return exchange(route.server, |conn| round_trip(conn, route, write));
+        }
+        let mut replies = self.pipelined(route.server, 1, write)?;
+        replies
+            .pop()
+            .unwrap_or_else(|| Err(Error::no_reply(route.server.name())))
+    }
+
+    /// `count` commands written by `write`, their replies, in one round
+    /// trip. With `combine_calls`, commands of callers that reach the
+    /// server together share that round trip (see `net::combine`), so
+    /// that concurrent threads or async tasks keep one connection busy
+    /// with few system calls and server wake-ups, instead of one each.
+    fn pipelined(&self, server: &Server, count: usize, write: impl FnOnce(&mut Vec<u8>)) -> Result<Replies> {
+        let mut request = Commands {
+            bytes: Vec::new(),
+            replies: count,
+        };
+        write(&mut request.bytes);
+        let trip = Pipeline(server);
+        if !self.config.combine_calls {
+            return trip
+                .run(&[&request])
+                .pop()
+                .unwrap_or_else(|| Err(Error::no_reply(server.name())));
+        }
+        let patience = self.config.connect_timeout + self.config.io_timeout * 4;
+        let (outcome, recorded) = server.combiner.call(request, patience, &trip);
+        if let Some(error) = unrecorded(&outcome, recorded) {
+            server.pool.health.failed(error);
+        }
+        outcome
+    }
+
+    /// A script with one key: `EVALSHA`, and `EVAL` if the server does not
+    /// have it (restarted, flushed scripts, a replica promoted, a cluster
+    /// node not used before).
     fn eval(&self, route: Route<'_>, script: &Script, key: &[u8], args: &[&[u8]]) -> Result<Value> {
-        exchange(route.server, |conn| {
-            match round_trip(conn, route, |out| script.invoke(out, false, key, args)) {
-                Err(Error::Server { message, .. }) if message.starts_with("NOSCRIPT") => {
-                    round_trip(conn, route, |out| script.invoke(out, true, key, args))
-                }
-                other => other,
+        match self.exchange_one(route, |out| script.invoke(out, false, key, args)) {
+            Err(Error::Server { message, .. }) if message.starts_with("NOSCRIPT") => {
+                self.exchange_one(route, |out| script.invoke(out, true, key, args))
             }
-        })
+            other => other,
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -390,11 +483,6 @@ impl Client {
             stored(route.server, reply).map(drop)
         });
         self.stats.write(result)
-    }
-
-    /// One command written by `write`, its reply.
-    fn exchange_one(&self, route: Route<'_>, write: impl FnOnce(&mut Vec<u8>)) -> Result<Value> {
-        exchange(route.server, |conn| round_trip(conn, route, write))
     }
 
     /// Store only if the key is absent (`SET NX`, atomic); True if stored.
@@ -541,31 +629,25 @@ impl Client {
         Ok(failures)
     }
 
-    /// `op` for every index as one pipeline on `server`. Every reply is
-    /// read, even after a refusal, so the connection stays in step.
+    /// `op` for every index as one pipeline on `server` (see
+    /// `pipelined`). A refused command fails its own key only.
     fn pipeline<Op: BatchOp>(&self, server: &Server, op: &Op, results: &mut [Op::Out]) -> Vec<BatchFailure> {
+        let count = results.len();
+        let replies = match self.pipelined(server, count, |out| (0..count).for_each(|index| op.write(out, index))) {
+            Ok(replies) => replies,
+            Err(error) => return all_failed(count, error),
+        };
         let mut refused = Vec::new();
-        let result = exchange(server, |conn| {
-            for index in 0..results.len() {
-                op.write(&mut conn.out, index);
+        for (index, (slot, reply)) in results.iter_mut().zip(replies).enumerate() {
+            match reply.and_then(|value| op.read(server, value)) {
+                Ok(out) => *slot = out,
+                Err(error) => refused.push(BatchFailure {
+                    indexes: vec![index],
+                    error,
+                }),
             }
-            conn.send().map_err(io_error(server))?;
-            for (index, slot) in results.iter_mut().enumerate() {
-                match reply(conn, server).and_then(|value| op.read(server, value)) {
-                    Ok(out) => *slot = out,
-                    Err(error) if error.keeps_connection() => refused.push(BatchFailure {
-                        indexes: vec![index],
-                        error,
-                    }),
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(())
-        });
-        match result {
-            Ok(()) => refused,
-            Err(error) => all_failed(results.len(), error),
         }
+        refused
     }
 
     /// Delete `keys`: one `DEL`, or in cluster mode one pipeline of `DEL`s
@@ -638,14 +720,14 @@ impl Client {
         }
     }
 
-    /// The operation counters, and per server: (name, idle, in use, dialed).
+    /// The operation counters, and per server its `ServerPool`.
     pub fn stats(&self) -> (Snapshot, Vec<ServerPool>) {
         (self.stats.snapshot(), self.pools())
     }
 
     /// Idle pooled connections, per server (as `stats` lists them).
     pub fn idle_connections(&self) -> Vec<usize> {
-        self.pools().iter().map(|(_, idle, _, _)| *idle).collect()
+        self.pools().iter().map(|(_, idle, ..)| *idle).collect()
     }
 }
 

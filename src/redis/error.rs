@@ -101,6 +101,19 @@ impl Error {
     }
 }
 
+/// A combined call that no server answered (see `net::combine`).
+impl crate::net::Unanswered for Error {
+    fn no_reply(server: &str) -> Error {
+        Error::protocol(server, "the combined round trip ended without a reply for this call")
+    }
+
+    fn out_of_patience(server: &str) -> Error {
+        Error::Timeout {
+            server: server.to_owned(),
+        }
+    }
+}
+
 impl crate::net::ServerError for Error {
     fn is_server_failure(&self) -> bool {
         Error::is_server_failure(self)

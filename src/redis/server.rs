@@ -9,9 +9,10 @@ use serde::Deserialize;
 
 use crate::config::seconds;
 use crate::net::spin::SpinWait;
-use crate::net::{Address, Connection, OpenError, Opening, Refusals, Refused, Secret, TlsOptions, TlsTarget};
+use crate::net::{Address, Combiner, Connection, OpenError, Opening, Refusals, Refused, Secret, TlsOptions, TlsTarget};
 use crate::pool::{self, Dial, Pool};
 
+use super::client::{Commands, Replies};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
 
@@ -58,6 +59,9 @@ pub struct Config {
     /// Reads (get, get_many, has_key) go to a replica when LOCATION lists
     /// some, as Django's RedisCache does (not in cluster mode: see `cluster`).
     pub read_from_replicas: bool,
+    /// Commands that reach a server together share one round trip: one
+    /// pipeline on one connection (see `net::combine`).
+    pub combine_calls: bool,
     /// LOCATION lists seed nodes of a Redis Cluster: keys go to their
     /// slot's primary (see `cluster`).
     pub cluster: bool,
@@ -149,6 +153,9 @@ impl Login {
 /// A Redis server: its pool.
 pub(crate) struct Server {
     pub(crate) pool: Pool<Dialer>,
+    /// Concurrent commands to this server, combined into shared round
+    /// trips (`Config::combine_calls`).
+    pub(crate) combiner: Combiner<Commands, Replies, Error>,
 }
 
 impl Server {
@@ -171,6 +178,7 @@ impl Server {
         };
         Server {
             pool: Pool::new(dialer, limits, format!("Redis server {name}")),
+            combiner: Combiner::new(name),
         }
     }
 

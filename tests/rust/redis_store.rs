@@ -240,6 +240,60 @@ fn a_frozen_server_times_out_and_the_connection_is_not_reused() {
 }
 
 #[test]
+fn combined_callers_of_a_frozen_server_all_fail_within_the_deadline() {
+    // 8 threads' calls share round trips; when the server freezes, the
+    // round trip under way times out and fails its riders and the callers
+    // queued behind it at once, so no one waits a timeout per caller.
+    let server = Redis::start();
+    let timeout = Duration::from_millis(300);
+    let c = Arc::new(client(
+        &server,
+        Config {
+            io_timeout: timeout,
+            connect_timeout: timeout,
+            ..settings()
+        },
+    ));
+    for t in 0..8u8 {
+        c.set(&[b't', t], &[t], None).unwrap();
+    }
+    server.pause();
+    let started = Instant::now();
+    let outcomes: Vec<_> = (0..8u8)
+        .map(|t| {
+            let c = Arc::clone(&c);
+            thread::spawn(move || c.get(&[b't', t]))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|worker| worker.join().unwrap())
+        .collect();
+    let waited = started.elapsed();
+    server.resume();
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Err(Error::Timeout { .. }))),
+        "{outcomes:?}"
+    );
+    assert!(waited < timeout * 4, "{waited:?} for 8 callers");
+    // Afterwards each caller reads its own value again, never a late reply.
+    let workers: Vec<_> = (0..8u8)
+        .map(|t| {
+            let c = Arc::clone(&c);
+            thread::spawn(move || {
+                for _ in 0..200 {
+                    assert_eq!(c.get(&[b't', t]).unwrap(), Some(vec![t]));
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let (_, pools) = c.stats();
+    assert!(pools[0].4 > 0, "calls shared round trips: {pools:?}");
+}
+
+#[test]
 fn a_stopped_server_is_an_error_not_a_hang() {
     let server = Redis::start();
     let c = client(&server, settings());

@@ -113,6 +113,7 @@ OPTIONS = [
     Option("DB", 0, database, aliases=("db",), store=True),
     Option("CLIENT_NAME", None, optional(client_name), aliases=("client_name",), store=True),
     Option("READ_FROM_REPLICAS", True, boolean, store=True),
+    Option("COMBINE_CALLS", True, boolean, store=True),
     # LOCATION names seed nodes of a Redis Cluster (also said by a
     # redis+cluster:// or rediss+cluster:// URL).
     Option("CLUSTER", False, boolean, store=True),

@@ -25,6 +25,7 @@ pub fn redis_settings() -> racefree::redis::Config {
         db: 0,
         client_name: None,
         read_from_replicas: true,
+        combine_calls: true,
         cluster: false,
     }
 }

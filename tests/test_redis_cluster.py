@@ -1,7 +1,7 @@
 """racefree's Redis backend in cluster mode against a real three-node
 Redis Cluster: configuration (OPTIONS and URLs), routing, exact counts
-under threads, a node that is killed and restarted, a forked child, stats,
-checks, and a cluster over TLS. Django's own suite runs on a cluster in
+under threads, a node that is killed and restarted, a primary failed over
+to its replica, a forked child, stats, checks, and a cluster over TLS. Django's own suite runs on a cluster in
 test_redis_django_suite.py."""
 
 import asyncio
@@ -248,3 +248,55 @@ def test_a_cluster_over_tls(authority):
         assert sum(int(node.cli("DBSIZE")) for node in tls_cluster.nodes) == 60
     finally:
         tls_cluster.close()
+
+
+def test_a_killed_primary_is_replaced_by_its_replica_without_losing_a_value(prefix):
+    # Three primaries with a replica each: a primary killed with -9 is
+    # failed over to its replica by the cluster; its keys fail meanwhile
+    # (never a wrong value), the other nodes' keys keep being served, and
+    # once the replica is promoted racefree finds it (a refused connection
+    # asks for the slot map again) and reads back every value written before.
+    nodes = RedisCluster(replicas=1)
+    try:
+        cache = clustered(nodes, prefix)
+        keys = [f"f{index}" for index in range(60)]
+        values = {key: (key, index) for index, key in enumerate(keys)}
+        cache.set_many(values)
+        cache.set("counter", 0)
+        victim = nodes.node_for(cache.make_key(keys[0]))
+        replica = nodes.replica_of(victim)
+        dead = [key for key in keys if nodes.node_for(cache.make_key(key)) is victim]
+        alive = [key for key in keys if key not in dead]
+        assert dead and alive
+        wait_until(lambda: replica.cli("dbsize") == victim.cli("dbsize"), what="the replica's copy")
+        victim.kill()
+        wrong, alive_errors, failed_reads = [], [], 0
+        deadline = time.monotonic() + 30
+        while True:
+            for key in alive:
+                try:
+                    if cache.get(key) != values[key]:
+                        wrong.append(key)
+                except CacheError as error:
+                    alive_errors.append((key, error))
+            try:
+                found = cache.get_many(dead)
+            except CacheError as error:
+                failed_reads += 1
+                # Every one of these keys is on the killed node.
+                assert error.partial == {}
+            else:
+                assert found == {key: values[key] for key in dead}
+                break
+            assert time.monotonic() < deadline, "the replica was not found within 30 s"
+            time.sleep(0.1)
+        assert failed_reads > 0, "the killed primary's keys never failed: was it their owner?"
+        assert wrong == [] and alive_errors == []
+        assert replica.info("replication")["role"] == "master"
+        # Writes go to the promoted replica, async too.
+        assert cache.incr("counter") == 1
+        cache.set(dead[0], "new")
+        assert asyncio.run(cache.aget(dead[0])) == "new"
+        assert replica.cli("exists", cache.make_key(dead[0])) == "1"
+    finally:
+        nodes.close()

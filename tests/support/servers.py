@@ -290,14 +290,17 @@ class Redis(ServerProcess):
 
 class RedisCluster:
     """Three Redis primaries forming a cluster (``redis-cli --cluster
-    create``), each owning a third of the 16,384 slots. With ``tls``
+    create``), each owning a third of the 16,384 slots; with ``replicas``,
+    that many replicas of each primary too (``nodes`` lists them all,
+    ``replica_of(primary)`` finds one). With ``tls``
     (a server certificate and key, a client certificate and key for the
     nodes' connections to each other, and the CA file) each node also
     listens with TLS on its ``tls_ports`` entry, and the nodes talk to
     each other over TLS (clients connected with TLS are told the TLS
     ports)."""
 
-    def __init__(self, nodes=3, tls=None):
+    def __init__(self, nodes=3, tls=None, replicas=0):
+        nodes *= 1 + replicas
         self.tls_ports = [free_port() for _ in range(nodes)] if tls else []
         self.nodes = []
         try:
@@ -312,11 +315,12 @@ class RedisCluster:
             ports = self.tls_ports or [node.port for node in self.nodes]
             addresses = [f"127.0.0.1:{port}" for port in ports]
             over_tls = ["--tls", "--cacert", tls[-1]] if tls else []
-            subprocess.run(["redis-cli", *over_tls, "--cluster", "create", *addresses, "--cluster-replicas", "0",
-                            "--cluster-yes"], check=True, capture_output=True, text=True, timeout=60)
+            subprocess.run(["redis-cli", *over_tls, "--cluster", "create", *addresses, "--cluster-replicas",
+                            str(replicas), "--cluster-yes"], check=True, capture_output=True, text=True, timeout=60)
             deadline = time.monotonic() + 30
             while not all(node.info("cluster").get("cluster_enabled") == "1" and
-                          "cluster_state:ok" in node.cli("cluster", "info") for node in self.nodes):
+                          "cluster_state:ok" in node.cli("cluster", "info") and
+                          node.info("replication").get("master_link_status", "up") == "up" for node in self.nodes):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the Redis cluster did not come up")
                 time.sleep(0.05)
@@ -327,6 +331,13 @@ class RedisCluster:
     @property
     def locations(self):
         return [node.location for node in self.nodes]
+
+    def replica_of(self, primary):
+        """A node replicating ``primary``, now."""
+        for node in self.nodes:
+            if node.info("replication").get("master_port") == str(primary.port):
+                return node
+        raise LookupError(f"no replica of the node on port {primary.port}")
 
     def node_for(self, key):
         """The node that owns ``key``'s slot (by the cluster's own word)."""

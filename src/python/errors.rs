@@ -8,6 +8,7 @@ use pyo3::PyErrArguments;
 use pyo3::exceptions::{PyOSError, PyOverflowError, PyPermissionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyList;
 
 use crate::{codec, filestore, memcached, pgstore, redis};
 
@@ -96,6 +97,25 @@ impl From<pgstore::Error> for PyErr {
 }
 
 /// The key's bytes, or Django's `InvalidCacheKey` before anything is sent.
+/// A batch call's first failure, as the exception it raises: with
+/// `failed_keys` (every key not served) and, for a read, `partial` (what
+/// the healthy servers returned).
+pub(crate) fn batch_failure<'py>(
+    py: Python<'py>,
+    error: PyErr,
+    failed_keys: Bound<'py, PyList>,
+    partial: Option<Bound<'py, PyAny>>,
+) -> PyErr {
+    let value = error.value(py);
+    let attached = value
+        .setattr("failed_keys", failed_keys)
+        .and_then(|()| partial.map_or(Ok(()), |partial| value.setattr("partial", partial)));
+    match attached {
+        Ok(()) => error,
+        Err(other) => other,
+    }
+}
+
 pub(crate) fn memcached_key(key: &str) -> PyResult<&[u8]> {
     match memcached::protocol::check_key(key.as_bytes()) {
         Ok(()) => Ok(key.as_bytes()),

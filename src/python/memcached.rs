@@ -8,7 +8,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::aio;
-use super::errors::memcached_key;
+use super::errors::{batch_failure, memcached_key};
 use super::{Delta, settings};
 use crate::memcached::{BatchFailure, Client, Entry, Item, StoreMode, StoreOutcome, Turn};
 
@@ -65,12 +65,7 @@ impl<T> Batch<T> {
         let failed = self.failures.iter().flat_map(|f| f.indexes.iter().copied());
         let failed = self.key_list(py, failed.chain(self.also_failed.iter().copied()))?;
         let error = PyErr::from(self.failures.remove(0).error);
-        let value = error.value(py);
-        value.setattr("failed_keys", failed)?;
-        if partial {
-            value.setattr("partial", result)?;
-        }
-        Err(error)
+        Err(batch_failure(py, error, failed, partial.then_some(result)))
     }
 }
 

@@ -8,6 +8,7 @@ use pyo3::pybacked::{PyBackedBytes, PyBackedStr};
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::aio::{self, Bytes};
+use super::errors::batch_failure;
 use super::{Delta, settings};
 use crate::redis::{BatchFailure, Client, Ttl, Values};
 
@@ -52,12 +53,7 @@ impl<T> Batch<T> {
         let failed = self.failures.iter().flat_map(|failure| failure.indexes.iter());
         let failed = PyList::new(py, failed.map(|&index| &self.keys[index]))?;
         let error = PyErr::from(self.failures.remove(0).error);
-        let value = error.value(py);
-        value.setattr("failed_keys", failed)?;
-        if partial {
-            value.setattr("partial", result)?;
-        }
-        Err(error)
+        Err(batch_failure(py, error, failed, partial.then_some(result)))
     }
 }
 

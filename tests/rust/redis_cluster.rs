@@ -259,24 +259,11 @@ fn a_key_of_a_migrating_slot_is_asked_for_at_its_new_node() {
 fn batches_of_a_hundred_keys_over_three_nodes() {
     let cluster = RedisCluster::start(3);
     let c = client(&cluster);
-    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("k{i}").into_bytes()).collect();
-    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), k.as_slice())).collect();
-    assert!(c.set_many(&entries, Some(60)).unwrap().is_empty());
-    let sizes: Vec<usize> = cluster.nodes.iter().map(|node| dbsize(node.port)).collect();
-    assert_eq!(sizes.iter().sum::<usize>(), 100);
-    assert!(sizes.iter().all(|&n| n > 10), "{sizes:?}");
-    let mut wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    wanted.push(b"absent");
-    let (found, failures) = c.get_many(&wanted).unwrap();
-    assert!(failures.is_empty());
-    assert_eq!(found.len(), 101);
-    for (key, value) in wanted.iter().zip(&found).take(100) {
-        assert_eq!(value.as_deref(), Some(*key));
-    }
-    assert_eq!(found[100], None);
-    assert!(c.delete_many(&wanted[..50]).unwrap().is_empty());
-    assert_eq!(c.get_many(&wanted[..50]).unwrap().0, vec![None; 50]);
-    assert!(c.set_many(&entries[50..], Some(0)).unwrap().is_empty());
+    support::redis_batches(&c, || {
+        let sizes: Vec<usize> = cluster.nodes.iter().map(|node| dbsize(node.port)).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 100);
+        assert!(sizes.iter().all(|&n| n > 10), "{sizes:?}");
+    });
     let sizes: Vec<usize> = cluster.nodes.iter().map(|node| dbsize(node.port)).collect();
     assert_eq!(sizes, vec![0, 0, 0]);
     let (snapshot, pools) = c.stats();

@@ -147,21 +147,8 @@ fn compare_and_delete_and_update() {
 fn batches() {
     let server = Redis::start();
     let c = client(&server, settings());
-    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("k{i}").into_bytes()).collect();
-    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), k.as_slice())).collect();
-    assert!(c.set_many(&entries, Some(60)).unwrap().is_empty());
-    let mut wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
-    wanted.push(b"absent");
-    let (found, failures) = c.get_many(&wanted).unwrap();
-    assert!(failures.is_empty());
-    assert_eq!(found.len(), 101);
-    for (key, value) in wanted.iter().zip(&found).take(100) {
-        assert_eq!(value.as_deref(), Some(*key));
-    }
-    assert_eq!(found[100], None);
-    assert!(c.delete_many(&wanted[..50]).unwrap().is_empty());
-    assert_eq!(c.get_many(&wanted[..50]).unwrap().0, vec![None; 50]);
-    assert!(c.set_many(&entries[50..], Some(0)).unwrap().is_empty());
+    support::redis_batches(&c, || assert_eq!(raw(&server, "DBSIZE"), ":100"));
+    assert_eq!(raw(&server, "DBSIZE"), ":0");
     c.set(b"a", b"1", None).unwrap();
     assert_eq!(raw(&server, "LPUSH list2 x"), ":1");
     let (found, failures) = c.get_many(&[b"a", b"list2"]).unwrap();
@@ -174,7 +161,8 @@ fn batches() {
     let gone = Client::new(&[format!("127.0.0.1:{}", support::free_port())], settings()).unwrap();
     let (_, failures) = gone.get_many(&[b"a", b"b"]).unwrap();
     assert_eq!(failures[0].indexes, vec![0, 1]);
-    assert_eq!(gone.set_many(&entries[..3], None).unwrap()[0].indexes, vec![0, 1, 2]);
+    let entries: [(&[u8], &[u8]); 3] = [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")];
+    assert_eq!(gone.set_many(&entries, None).unwrap()[0].indexes, vec![0, 1, 2]);
     assert_eq!(gone.delete_many(&[b"a"]).unwrap()[0].indexes, vec![0]);
     c.clear().unwrap();
     assert_eq!(raw(&server, "DBSIZE"), ":0");

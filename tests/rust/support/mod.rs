@@ -11,6 +11,30 @@ use std::time::{Duration, Instant};
 
 /// The Redis tests' client settings (Python's option reading owns the
 /// real defaults): one server, not a cluster.
+/// The batch calls on 100 keys (each key its own value, TTL 60 s):
+/// `set_many`, then `stored()` (the caller's look at the servers), then
+/// `get_many` with one absent key, `delete_many` of half, and `set_many`
+/// with TTL 0 of the other half, which deletes them: nothing is left.
+#[allow(dead_code)] // not every test binary uses it
+pub fn redis_batches(c: &racefree::redis::Client, stored: impl FnOnce()) {
+    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("k{i}").into_bytes()).collect();
+    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), k.as_slice())).collect();
+    assert!(c.set_many(&entries, Some(60)).unwrap().is_empty());
+    stored();
+    let mut wanted: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+    wanted.push(b"absent");
+    let (found, failures) = c.get_many(&wanted).unwrap();
+    assert!(failures.is_empty());
+    assert_eq!(found.len(), 101);
+    for (key, value) in wanted.iter().zip(&found).take(100) {
+        assert_eq!(value.as_deref(), Some(*key));
+    }
+    assert_eq!(found[100], None);
+    assert!(c.delete_many(&wanted[..50]).unwrap().is_empty());
+    assert_eq!(c.get_many(&wanted[..50]).unwrap().0, vec![None; 50]);
+    assert!(c.set_many(&entries[50..], Some(0)).unwrap().is_empty());
+}
+
 pub fn redis_settings() -> racefree::redis::Config {
     racefree::redis::Config {
         connect_timeout: Duration::from_secs(1),
@@ -522,15 +546,24 @@ impl Redis {
 
     /// A lone node in cluster mode (it answers CLUSTER KEYSLOT; no slots).
     pub fn start_cluster_node() -> Redis {
+        Redis::start_cluster_node_with(&[])
+    }
+
+    /// A node in cluster mode, with `extra` arguments.
+    pub fn start_cluster_node_with(extra: &[&str]) -> Redis {
+        // The bus's own port: by default it is the client port + 10,000,
+        // which a free port above 55,535 cannot have.
         let bus = free_port().to_string();
-        Redis::start_with(&[
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-port",
             &bus,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        Redis::start_with(&args)
     }
 
     pub fn start_with(extra: &[&str]) -> Redis {
@@ -605,20 +638,11 @@ impl RedisCluster {
     pub fn start(count: usize) -> RedisCluster {
         let nodes: Vec<Redis> = (0..count)
             .map(|_| {
-                // The bus's own port: by default it is the client port +
-                // 10,000, which a free port above 55,535 cannot have.
-                let bus = free_port().to_string();
-                Redis::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
+                Redis::start_cluster_node_with(&[
                     "--cluster-node-timeout",
                     "1000",
                     "--cluster-require-full-coverage",
                     "no",
-                    "--cluster-port",
-                    &bus,
                 ])
             })
             .collect();

@@ -230,3 +230,73 @@ def test_bad_timeouts_as_the_stock_backend_or_a_listed_difference(pair, name):
         assert mine == "set: ok; get: returned 'miss'; touch: ok; get: returned 'miss'", mine
     else:
         assert mine == "set: ok; get: returned 'v'; touch: ok; get: returned 'v'", mine
+
+
+BATCHES = {
+    "all fine": ["a", "b", 3],
+    "space, tuple and tab": ["a", "with space", 3, ("t", 1), "tab\tkey", "b"],
+}
+
+
+def batch_outcome(cache, keys):
+    """set_many, get_many and delete_many of ``keys``: each one's result
+    (or exception) and the warnings it gave, in order."""
+    outcomes = []
+    for name, call in [
+        ("set_many", lambda: cache.set_many(dict.fromkeys(keys, "v"))),
+        ("get_many", lambda: cache.get_many(keys)),
+        ("delete_many", lambda: cache.delete_many(keys)),
+    ]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = call()
+                what = sorted(map(repr, result.items())) if isinstance(result, dict) else repr(result)
+            except Exception as error:
+                what = f"{type(error).__name__}: {error}"
+        outcomes.append((name, what, [str(w.message) for w in caught]))
+    return outcomes
+
+
+@pytest.fixture(params=["memcached", "redis", "file", "database"])
+def stock_keyed_pair(request, memcached, redis_server, tmp_path):
+    """(kind, racefree backend, stock backend, a stock backend reading
+    racefree's store or None) with Django's own key function and one
+    KEY_PREFIX, so that both make the same keys."""
+    kind = request.param
+    options = {"KEY_PREFIX": uuid.uuid4().hex[:6]}
+    if kind == "memcached":
+        ours = MemcachedCache(memcached.location, dict(options))
+        yield kind, ours, PyMemcacheCache(memcached.location, dict(options)), None
+        ours.clear()
+    elif kind == "redis":
+        ours = RedisCache(redis_server.location + "/3", dict(options))
+        reader = StockRedisCache(redis_server.location + "/3", dict(options))
+        yield kind, ours, StockRedisCache(redis_server.location + "/4", dict(options)), reader
+    elif kind == "file":
+        # racefree's file store has a format of its own: no reader.
+        ours = FileBasedCache(str(tmp_path / "ours"), dict(options))
+        yield kind, ours, StockFileBasedCache(str(tmp_path / "stock"), dict(options)), None
+    else:
+        table = request.getfixturevalue("table")
+        stock = StockDatabaseCache(table, dict(options))
+        yield kind, DatabaseCache(table, dict(options)), stock, stock
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+def test_batches_check_and_make_keys_as_the_stock_backend(stock_keyed_pair, batch):
+    # The batch operations check and make all their keys at once: the same
+    # keys (non-str ones through %s, as Django's key function), and the same
+    # warnings, one per bad key in order, or the same exception.
+    kind, ours, stock, reader = stock_keyed_pair
+    keys = BATCHES[batch]
+    mine, theirs = batch_outcome(ours, keys), batch_outcome(stock, keys)
+    assert mine == theirs
+    if batch == "space, tuple and tab" and kind != "memcached":
+        assert [len(warned) for _, _, warned in mine] == [3, 3, 3]
+    if reader is not None:
+        # Stored under the stock backend's keys: the stock one reads them.
+        ours.set_many(dict.fromkeys(keys, "v"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert reader.get_many(keys) == dict.fromkeys(keys, "v")

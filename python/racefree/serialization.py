@@ -290,7 +290,7 @@ class Serializer:
         try:
             return self.decode(key, item[0], item[1])
         except Exception:
-            _log_unloadable(key)
+            log_unloadable(key)
             return default
 
     def incremented(self, key: str, delta: int, item: tuple[int, bytes]) -> tuple[int, bytes]:
@@ -328,11 +328,11 @@ class Serializer:
         try:
             return self.loads(key, data)
         except Exception:
-            _log_unloadable(key)
+            log_unloadable(key)
             return default
 
 
-def _log_unloadable(key: Any) -> None:
+def log_unloadable(key: Any) -> None:
     # Called from an except block: the traceback says why.
     logger.warning("cannot load the cached value of %r; treated as a miss", key, exc_info=True)
 

@@ -265,7 +265,8 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
 
     @store_operation
     def get_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, dict[Any, Any]]:
-        key_map = {self._key(key, version): key for key in keys}
+        keys = list(keys)
+        key_map = dict(zip(self._keys(keys, version), keys))
         if not key_map:
             return {}
         try:
@@ -285,12 +286,10 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
     def set_many(
         self, data: dict[Any, Any], timeout: float | None = DEFAULT_TIMEOUT, version: int | None = None
     ) -> Generator[Any, Any, list[Any]]:
-        original: dict[str, Any] = {}
-        items = []
-        for key, value in data.items():
-            made = self._key(key, version)
-            original[made] = key
-            items.append((made, self._encode(made, value)))
+        encode = self._encode
+        made_keys = self._keys(data, version)
+        original = dict(zip(made_keys, data))
+        items = [(made, encode(made, value)) for made, value in zip(made_keys, data.values())]
         if not items:
             return []
         try:
@@ -302,7 +301,7 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
 
     @store_operation
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> Generator[Any, Any, None]:
-        keys = [self._key(key, version) for key in keys]
+        keys = self._keys(keys, version)
         if not keys:
             return
         try:

@@ -13,6 +13,7 @@ same protocol and works unchanged.
 """
 
 import math
+import pickle
 import re
 import ssl
 from collections.abc import Iterable, Sequence
@@ -37,7 +38,7 @@ from racefree.backends._options import (
 from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, backend_path, is_forever
-from racefree.serialization import serializer_options
+from racefree.serialization import log_unloadable, serializer_options
 
 if TYPE_CHECKING:
     pass
@@ -270,6 +271,12 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
         # compare-and-set script.
         self._counts_natively = options["SERIALIZER"] == "pickle" and not self._serializer.signs
         self._items_have_flags = False
+        # Unsigned pickles: what pickle.loads reads as it is if it starts
+        # as protocols 2+ do (a compressed value starts with a mark), and,
+        # without compression, what pickle.dumps writes as it is.
+        self._reads_plain_pickles = self._counts_natively
+        self._writes_plain_pickles = self._counts_natively and self._serializer.compression is None
+        self._pickle_protocol = self._serializer.pickle_protocol
         if self._counts_natively:
             self._encode = self._encoded_like_django
             self._decode_or = self._decoded_like_django
@@ -378,9 +385,19 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
         INCRBY counts, everything else pickled (compressed with COMPRESS)."""
         if type(value) is int:
             return b"%d" % value
+        if self._writes_plain_pickles:
+            return pickle.dumps(value, self._pickle_protocol)
         return self._serializer.dumps(key, value)
 
     def _decoded_like_django(self, default: Any, key: Any, data: bytes) -> Any:
+        if data[:1] == b"\x80" and self._reads_plain_pickles:
+            # A pickle (protocol 2+), neither signed nor compressed: what
+            # the serializer's loads would come to, without its steps.
+            try:
+                return pickle.loads(data)
+            except Exception:
+                log_unloadable(key)
+                return default
         if data and data[0] in _DIGIT_START:
             try:
                 return int(data)

@@ -326,6 +326,12 @@ def test_incr_semantics(redis_server, prefix):
     cache.set("large", 2**62)
     assert cache.incr("large") == 2**62 + 1
     assert redis_server.cli("GET", cache.make_key("large")) == str(2**62 + 1)
+    for sign in (1, -1):
+        # Either side of 2**53, where the script's reply turns from an
+        # integer to digits.
+        cache.set("edge", sign * (2**53 - 1))
+        assert [cache.incr("edge", sign) for _ in range(2)] == [sign * 2**53, sign * (2**53 + 1)]
+        assert cache.decr("edge", sign * 2) == sign * (2**53 - 1)
     cache.set("largest", 2**63 - 1)
     with pytest.raises(OverflowError):
         cache.incr("largest")

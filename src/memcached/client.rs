@@ -804,9 +804,17 @@ impl RoundTrip for CombinedGet<'_> {
     type Request = Vec<u8>;
     type Reply = Option<Item>;
     type Error = Error;
+    /// The keys: the whole trip runs in `receive`, since reading a get's
+    /// reply may take another exchange on the connection (handing back a
+    /// stale item's win, see `hand_back`).
+    type Sent = Vec<Vec<u8>>;
 
-    fn run(&self, keys: &[&Vec<u8>]) -> Vec<Result<Option<Item>>> {
-        match keys {
+    fn send(&self, keys: &[&Vec<u8>]) -> Vec<Vec<u8>> {
+        keys.iter().map(|key| (*key).clone()).collect()
+    }
+
+    fn receive(&self, keys: Vec<Vec<u8>>) -> Vec<Result<Option<Item>>> {
+        match &keys[..] {
             [key] => vec![self.client.get_alone(self.server, key)],
             _ => {
                 let keys: Vec<&[u8]> = keys.iter().map(|key| key.as_slice()).collect();

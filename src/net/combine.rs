@@ -43,13 +43,24 @@ pub(crate) trait Unanswered {
     fn out_of_patience(server: &str) -> Self;
 }
 
-/// What the leader runs: the requests of one round trip, first its own;
-/// one outcome per request, in order.
+/// What the leader runs: the requests of one round trip, first its own,
+/// sent, then one outcome per request read back, in order. The leader
+/// sends the next trip's requests before it answers the callers of the
+/// one just read, so that the server works on them meanwhile.
 pub(crate) trait RoundTrip {
     type Request;
     type Reply;
     type Error;
-    fn run(&self, requests: &[&Self::Request]) -> Vec<Result<Self::Reply, Self::Error>>;
+    /// Requests on the wire, their replies not read yet (or what it takes
+    /// to run the whole trip in `receive`).
+    type Sent;
+    fn send(&self, requests: &[&Self::Request]) -> Self::Sent;
+    fn receive(&self, sent: Self::Sent) -> Vec<Result<Self::Reply, Self::Error>>;
+
+    /// Send and receive, for a caller alone.
+    fn run(&self, requests: &[&Self::Request]) -> Vec<Result<Self::Reply, Self::Error>> {
+        self.receive(self.send(requests))
+    }
 }
 
 enum Turn<R, E> {
@@ -169,10 +180,11 @@ impl<Q, R, E: ServerError + Unanswered> Combiner<Q, R, E> {
         }
     }
 
-    /// Run one round trip for `own` and whoever is queued, answer them,
-    /// then a few more for callers queued meanwhile (this thread would only
-    /// wait for the GIL otherwise, and another leader would first have to
-    /// be woken), and pass the lead on.
+    /// Run one round trip for `own` and whoever is queued, then a few more
+    /// for callers queued meanwhile (this thread would only wait for the
+    /// GIL otherwise, and another leader would first have to be woken),
+    /// and pass the lead on. Each next trip is sent as soon as the one
+    /// before is read, before that one's callers are answered.
     fn lead<T>(&self, own: &Q, trip: &T) -> Result<R, E>
     where
         T: RoundTrip<Request = Q, Reply = R, Error = E>,
@@ -180,19 +192,42 @@ impl<Q, R, E: ServerError + Unanswered> Combiner<Q, R, E> {
         let mut lead = Lead {
             combiner: self,
             riders: self.queued(),
+            next: Vec::new(),
             handed_over: false,
         };
-        let (mine, mut failed) = self.round(&mut lead, Some(own), trip);
-        for _ in 1..ROUNDS_PER_LEAD {
-            if failed.is_some() {
-                break;
+        let mut sent = trip.send(&requests(Some(own), &lead.riders));
+        let mut mine = None;
+        let mut rounds = 1;
+        let failed = loop {
+            let mut outcomes = trip.receive(sent).into_iter();
+            let mut next = || outcomes.next().unwrap_or_else(|| Err(E::no_reply(&self.server)));
+            if rounds == 1 {
+                mine = Some(next());
             }
-            lead.riders = self.queued();
-            if lead.riders.is_empty() {
-                break;
+            let answers: Vec<Result<R, E>> = lead.riders.iter().map(|_| next()).collect();
+            let failed = (mine.as_ref().filter(|_| rounds == 1))
+                .and_then(server_failure)
+                .or_else(|| answers.iter().find_map(server_failure))
+                .map(E::duplicate);
+            if failed.is_none() && rounds < ROUNDS_PER_LEAD {
+                lead.next = self.queued();
             }
-            failed = self.round(&mut lead, None, trip).1;
-        }
+            let next_sent = (!lead.next.is_empty()).then(|| trip.send(&requests(None, &lead.next)));
+            self.riders.fetch_add(lead.riders.len() as u64, Ordering::Relaxed);
+            // Each failed trip records one failure in the server's health,
+            // as its first request's: the leader's own in the first round.
+            for (position, (rider, answer)) in lead.riders.drain(..).zip(answers).enumerate() {
+                rider.finish(Turn::Done(answer, rounds > 1 && position == 0));
+            }
+            match next_sent {
+                Some(next_sent) if failed.is_none() => {
+                    sent = next_sent;
+                    lead.riders = std::mem::take(&mut lead.next);
+                    rounds += 1;
+                }
+                _ => break failed,
+            }
+        };
         lead.hand_over(failed.as_ref());
         mine.unwrap_or_else(|| Err(E::no_reply(&self.server)))
     }
@@ -203,32 +238,14 @@ impl<Q, R, E: ServerError + Unanswered> Combiner<Q, R, E> {
         let n = queue.waiting.len().min(MOST_PER_TRIP - 1);
         queue.waiting.drain(..n).collect()
     }
+}
 
-    /// One round trip for `own` (if any) and the lead's riders: answers
-    /// the riders; returns the outcome for `own`, and the error to fail
-    /// queued callers with if the server failed.
-    fn round<T>(&self, lead: &mut Lead<'_, Q, R, E>, own: Option<&Q>, trip: &T) -> (Option<Result<R, E>>, Option<E>)
-    where
-        T: RoundTrip<Request = Q, Reply = R, Error = E>,
-    {
-        let mut requests: Vec<&Q> = Vec::with_capacity(lead.riders.len() + 1);
-        requests.extend(own);
-        requests.extend(lead.riders.iter().map(|w| &w.request));
-        self.riders.fetch_add(lead.riders.len() as u64, Ordering::Relaxed);
-        let mut outcomes = trip.run(&requests).into_iter();
-        drop(requests);
-        let mut next = || outcomes.next().unwrap_or_else(|| Err(E::no_reply(&self.server)));
-        let mine = own.map(|_| next());
-        let mut failed = mine.as_ref().and_then(server_failure).map(E::duplicate);
-        for (position, rider) in lead.riders.drain(..).enumerate() {
-            let outcome = next();
-            if failed.is_none() {
-                failed = server_failure(&outcome).map(E::duplicate);
-            }
-            rider.finish(Turn::Done(outcome, own.is_none() && position == 0));
-        }
-        (mine, failed)
-    }
+/// A round trip's requests: the leader's own (if any), then its riders'.
+fn requests<'w, Q, R, E>(own: Option<&'w Q>, riders: &'w [Arc<Waiter<Q, R, E>>]) -> Vec<&'w Q> {
+    let mut requests = Vec::with_capacity(riders.len() + 1);
+    requests.extend(own);
+    requests.extend(riders.iter().map(|w| &w.request));
+    requests
 }
 
 /// The error of `outcome` if the server (or the connection to it) failed:
@@ -249,7 +266,10 @@ pub(crate) fn unrecorded<R, E: ServerError>(outcome: &Result<R, E>, recorded: bo
 /// can be left queued behind a leader that is gone.
 struct Lead<'a, Q, R, E: ServerError + Unanswered> {
     combiner: &'a Combiner<Q, R, E>,
+    /// The callers of the trip being read.
     riders: Vec<Arc<Waiter<Q, R, E>>>,
+    /// The callers of the trip sent next.
+    next: Vec<Arc<Waiter<Q, R, E>>>,
     handed_over: bool,
 }
 
@@ -273,7 +293,7 @@ impl<Q, R, E: ServerError + Unanswered> Lead<'_, Q, R, E> {
 
 impl<Q, R, E: ServerError + Unanswered> Drop for Lead<'_, Q, R, E> {
     fn drop(&mut self) {
-        for rider in self.riders.drain(..) {
+        for rider in self.riders.drain(..).chain(self.next.drain(..)) {
             rider.finish(Turn::Done(Err(E::no_reply(&self.combiner.server)), false));
         }
         if !self.handed_over {
@@ -336,6 +356,8 @@ mod tests {
     /// server would, "panic" panics.
     struct Echo {
         delay: Duration,
+        /// How long sending takes (a trip counts once sent).
+        send_delay: Duration,
         trips: AtomicUsize,
         sent: AtomicUsize,
         /// Trips from this one on fail whole, as a server killed then would.
@@ -346,20 +368,27 @@ mod tests {
         type Request = String;
         type Reply = String;
         type Error = TestError;
+        /// The trip's number and requests.
+        type Sent = (usize, Vec<String>);
 
-        fn run(&self, requests: &[&String]) -> Vec<Outcome> {
-            let number = self.trips.fetch_add(1, Ordering::Relaxed);
+        fn send(&self, requests: &[&String]) -> (usize, Vec<String>) {
+            thread::sleep(self.send_delay);
             self.sent.fetch_add(requests.len(), Ordering::Relaxed);
+            let number = self.trips.fetch_add(1, Ordering::Relaxed);
+            (number, requests.iter().map(|request| (*request).clone()).collect())
+        }
+
+        fn receive(&self, (number, requests): (usize, Vec<String>)) -> Vec<Outcome> {
             thread::sleep(self.delay);
             if requests.iter().any(|r| r.starts_with("panic")) {
                 panic!("round trip panicked");
             }
             requests
-                .iter()
+                .into_iter()
                 .map(
                     |request| match request.starts_with("fail") || number >= self.fail_from {
                         true => Err(TestError::Timeout),
-                        false => Ok((*request).clone()),
+                        false => Ok(request),
                     },
                 )
                 .collect()
@@ -369,6 +398,7 @@ mod tests {
     fn echo(delay_ms: u64) -> Echo {
         Echo {
             delay: Duration::from_millis(delay_ms),
+            send_delay: Duration::ZERO,
             trips: AtomicUsize::new(0),
             sent: AtomicUsize::new(0),
             fail_from: usize::MAX,
@@ -403,6 +433,39 @@ mod tests {
         assert_eq!(trip.sent.load(Ordering::Relaxed), calls, "each call sent exactly once");
         assert!(combiner.riders() > 0);
         assert!(!locked(&combiner.queue).leading, "the lead was given up");
+    }
+
+    #[test]
+    fn the_next_trip_is_sent_before_the_callers_of_the_last_are_answered() {
+        // Trips of 50 ms sending, then 100 ms for the replies: A leads trip
+        // 0 alone (0-150 ms); B queues during it and rides trip 1
+        // (150-300 ms); D queues during that and rides trip 2. Trip 2 must
+        // be sent by the time B is answered, so that the server works on it
+        // while the leader answers B.
+        let combiner = combiner();
+        let trip = Echo {
+            send_delay: Duration::from_millis(50),
+            ..echo(100)
+        };
+        thread::scope(|s| {
+            let (combiner, trip) = (&combiner, &trip);
+            let call = move |name: &'static str, after_ms: u64| {
+                s.spawn(move || {
+                    thread::sleep(Duration::from_millis(after_ms));
+                    let (outcome, _) = combiner.call(name.into(), PATIENCE, trip);
+                    assert_eq!(outcome.expect("answered"), name);
+                    trip.trips.load(Ordering::Relaxed)
+                })
+            };
+            let a = call("a", 0);
+            let b = call("b", 20);
+            let d = call("d", 240);
+            assert_eq!(b.join().expect("b"), 3, "trips sent when B was answered");
+            for caller in [a, d] {
+                assert_eq!(caller.join().expect("caller"), 3, "one trip each");
+            }
+        });
+        assert_eq!(combiner.riders(), 2, "B and D rode A's lead");
     }
 
     #[test]

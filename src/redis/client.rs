@@ -14,7 +14,7 @@ use super::cluster::{BatchOp, Cluster};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
 use super::scripts::{self, Script};
-use super::server::{Config, Login, Route, Server, exchange, io_error, reply, round_trip};
+use super::server::{Config, Lease, Login, Route, Server, exchange, reply, round_trip};
 use super::slot::slot;
 
 /// An expiry as the commands take it: `None` keeps the value until it is
@@ -176,33 +176,54 @@ pub(crate) type Replies = Vec<Result<Value>>;
 /// yet.
 struct Pipeline<'a>(&'a Server);
 
-impl RoundTrip for Pipeline<'_> {
+impl<'a> RoundTrip for Pipeline<'a> {
     type Request = Commands;
     type Reply = Replies;
     type Error = Error;
+    /// The connection the pipeline was written on (or why it was not), and
+    /// how many replies each request awaits.
+    type Sent = (Result<Lease<'a>>, Vec<usize>);
 
-    fn run(&self, requests: &[&Commands]) -> Vec<Result<Replies>> {
+    fn send(&self, requests: &[&Commands]) -> Self::Sent {
         let server = self.0;
-        let mut outcomes = Vec::with_capacity(requests.len());
-        let result = exchange(server, |conn| {
+        let counts = requests.iter().map(|request| request.replies).collect();
+        let written = server.lease().and_then(|mut lease| {
+            let conn = lease.conn();
             for request in requests {
                 conn.out.extend_from_slice(&request.bytes);
             }
-            conn.send().map_err(io_error(server))?;
-            for request in requests {
-                let mut replies = Vec::with_capacity(request.replies);
-                for _ in 0..request.replies {
-                    match reply(conn, server) {
-                        Err(error) if !error.keeps_connection() => return Err(error),
-                        outcome => replies.push(outcome),
-                    }
+            match conn.send() {
+                Ok(()) => Ok(lease),
+                Err(source) => {
+                    let error = Error::from_io(server.name(), source);
+                    lease.discard(&error);
+                    Err(error)
                 }
-                outcomes.push(Ok(replies));
             }
-            Ok(())
+        });
+        (written, counts)
+    }
+
+    fn receive(&self, (written, counts): Self::Sent) -> Vec<Result<Replies>> {
+        let server = self.0;
+        let mut outcomes = Vec::with_capacity(counts.len());
+        let result = written.and_then(|lease| {
+            lease.exchange(|conn| {
+                for &count in &counts {
+                    let mut replies = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        match reply(conn, server) {
+                            Err(error) if !error.keeps_connection() => return Err(error),
+                            outcome => replies.push(outcome),
+                        }
+                    }
+                    outcomes.push(Ok(replies));
+                }
+                Ok(())
+            })
         });
         if let Err(error) = result {
-            outcomes.resize_with(requests.len(), || Err(error.duplicate()));
+            outcomes.resize_with(counts.len(), || Err(error.duplicate()));
         }
         outcomes
     }
@@ -544,8 +565,10 @@ impl Client {
         let delta = itoa::Buffer::new().format(delta).to_owned();
         let result = self.on_primary(key, |route| {
             let server = route.server;
-            // The new value comes back as digits (see INCR_IF_EXISTS).
+            // The new value comes back as an integer, or beyond 2^53 as
+            // digits (see INCR_IF_EXISTS).
             match self.eval(route, &scripts::INCR_IF_EXISTS, key, &[delta.as_bytes()])? {
+                Value::Int(n) => Ok(Some(n)),
                 Value::Bulk(Some(digits)) => match std::str::from_utf8(&digits).ok().and_then(|d| d.parse().ok()) {
                     Some(n) => Ok(Some(n)),
                     None => Err(unexpected(server, "incr", Value::Bulk(Some(digits)))),

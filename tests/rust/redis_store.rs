@@ -100,6 +100,17 @@ fn counters_are_atomic_and_never_recreated() {
     // Exact past 2^53 (through Lua, whose numbers are doubles, it was not).
     c.set(b"large", (i64::MAX - 1).to_string().as_bytes(), None).unwrap();
     assert_eq!(c.incr(b"large", 1).unwrap(), Some(i64::MAX));
+    // Either side of 2^53, where the script's reply turns from an integer
+    // to digits, both ways.
+    let edge = 1_i64 << 53;
+    for sign in [1, -1] {
+        c.set(b"edge", (sign * (edge - 2)).to_string().as_bytes(), None)
+            .unwrap();
+        assert_eq!(c.incr(b"edge", sign).unwrap(), Some(sign * (edge - 1)));
+        assert_eq!(c.incr(b"edge", sign).unwrap(), Some(sign * edge));
+        assert_eq!(c.incr(b"edge", sign).unwrap(), Some(sign * (edge + 1)));
+        assert_eq!(c.incr(b"edge", -sign * 3).unwrap(), Some(sign * (edge - 2)));
+    }
     c.set(b"big", i64::MAX.to_string().as_bytes(), None).unwrap();
     assert!(matches!(c.incr(b"big", 1), Err(Error::Overflow { .. })));
     // The connection stays in step after refusals.

@@ -92,6 +92,72 @@ def test_async_exception_in_a_thread_inside_a_server_call(server, exception):
     assert time.monotonic() - started < 0.5
 
 
+@pytest.fixture(params=["memcached", "redis", "postgres"])
+def frozen_store(request):
+    """(a server of the test's own, which it freezes, and a racefree cache on it)."""
+    server = request.getfixturevalue(f"fresh_{request.param}")
+    if request.param == "postgres":
+        server.create_cache_table()
+        return server, DatabaseCache("cache", {"OPTIONS": {
+            "DSN": server.dsn, "IO_TIMEOUT": 6.0, "STATEMENT_TIMEOUT": 5.0, "MAX_ENTRIES": 1_000_000}})
+    backend = RedisCache if isinstance(server, Redis) else MemcachedCache
+    return server, backend(server.location, {"KEY_PREFIX": uuid.uuid4().hex[:8], "OPTIONS": {"IO_TIMEOUT": 5.0}})
+
+
+def test_signals_during_calls_waiting_for_replies_fail_nothing(frozen_store, caplog):
+    # A caught signal cuts short a blocking wait on a socket that has a
+    # timeout, even with SA_RESTART (signal(7)); a Python handler that
+    # returns (a reload, a log rotation, a profiler's tick) must not fail
+    # the calls that were waiting, nor count as the server failing. Four
+    # threads wait on a frozen server for 0.6 s while each is signalled
+    # every 10 ms; another four keep calling on the live server meanwhile.
+    server, cache = frozen_store
+    for n in range(8):
+        cache.set(f"k{n}", n)
+    errors_before = cache.stats()["errors"]
+    caught = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, frame: caught.append(number))
+    read, failed = [], []
+
+    def reader(n, rounds):
+        try:
+            for _ in range(rounds):
+                read.append((n, cache.get(f"k{n}")))
+        except Exception as error:  # noqa: BLE001 - what we check
+            failed.append(error)
+
+    try:
+        server.pause()
+        waiting = [threading.Thread(target=reader, args=(n, 1)) for n in range(4)]
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        while time.monotonic() - started < 0.6:
+            for thread in waiting:
+                signal.pthread_kill(thread.ident, signal.SIGUSR1)
+            time.sleep(0.01)
+        server.resume()
+        busy = [threading.Thread(target=reader, args=(n, 300)) for n in range(4, 8)]
+        for thread in busy:
+            thread.start()
+        while any(thread.is_alive() for thread in busy):
+            for thread in busy:
+                if thread.is_alive():
+                    signal.pthread_kill(thread.ident, signal.SIGUSR1)
+            time.sleep(0.001)
+        for thread in waiting + busy:
+            thread.join(10)
+    finally:
+        server.resume()
+        signal.signal(signal.SIGUSR1, previous)
+    assert failed == []
+    assert sorted(set(read)) == [(n, n) for n in range(8)] and len(read) == 4 + 4 * 300
+    assert len(caught) > 100, "the signals were delivered"
+    assert cache.stats()["errors"] == errors_before
+    assert not [r for r in caplog.records if r.name == "racefree"], "no server failure logged"
+
+
 def test_interrupt_inside_a_pg_transaction_rolls_back_and_frees_the_connection(table):
     cache = DatabaseCache(table, {"OPTIONS": {"POOL_SIZE": 1, "CONNECT_TIMEOUT": 1, "MAX_ENTRIES": 1_000_000}})
     cache.set("n", 10)

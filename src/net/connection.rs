@@ -125,7 +125,7 @@ fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
                 socket.set_nonblocking(false)?;
                 return Ok(UnixStream::from(OwnedFd::from(socket)));
             }
-            Err(error) if error.raw_os_error() == Some(libc::EAGAIN) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EAGAIN) || error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => return Err(error),
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -169,25 +169,38 @@ impl Timed {
         }
         Ok(())
     }
+
+    /// Run a blocking read or write by the deadline. A signal that cuts
+    /// the wait short (a Python signal handler, a profiler's timer, a
+    /// debugger attaching) is not the server's doing: it waits again, for
+    /// what is left. A socket with a timeout is interrupted by every
+    /// caught signal, with or without `SA_RESTART` (signal(7)).
+    fn by_deadline(&mut self, mut io: impl FnMut(&mut Socket) -> io::Result<usize>) -> io::Result<usize> {
+        loop {
+            self.fit_timeout()?;
+            match io(&mut self.socket) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                done => return done,
+            }
+        }
+    }
 }
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.fit_timeout()?;
-        match &mut self.socket {
+        self.by_deadline(|socket| match socket {
             Socket::Tcp(s) => s.read(buf),
             Socket::Unix(s) => s.read(buf),
-        }
+        })
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.fit_timeout()?;
-        match &mut self.socket {
+        self.by_deadline(|socket| match socket {
             Socket::Tcp(s) => s.write(buf),
             Socket::Unix(s) => s.write(buf),
-        }
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -294,7 +307,7 @@ impl Read for Stream {
             loop {
                 match self.channel.read_now(buf) {
                     Ok(n) => return Ok(self.first_bytes(n)),
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
                     Err(error) => return Err(error),
                 }
                 // Stop once others wait too: their replies, and the server,
@@ -453,8 +466,13 @@ impl Connection {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd, zero timeout; the fd is owned by self.
-        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        let ready = loop {
+            // SAFETY: one valid pollfd, zero timeout; the fd is owned by self.
+            let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+            if ready >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break ready;
+            }
+        };
         match channel {
             Channel::Plain(_) => ready == 0,
             Channel::Tls(tls) => takes_in_idle_records(tls, ready != 0),

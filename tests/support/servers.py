@@ -18,10 +18,21 @@ class ServerMissing(RuntimeError):
     pass
 
 
+#: Ports handed out in this process: never handed out twice, since the
+#: backends share one store per LOCATION and OPTIONS in a process, and a
+#: new server on an earlier one's port would meet that server's store
+#: (its counts, its pooled connections).
+_handed_out = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _process_state(pid):

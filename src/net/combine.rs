@@ -219,8 +219,9 @@ impl<Q, R, E: ServerError + Unanswered> Combiner<Q, R, E> {
             for (position, (rider, answer)) in lead.riders.drain(..).zip(answers).enumerate() {
                 rider.finish(Turn::Done(answer, rounds > 1 && position == 0));
             }
+            // (Nothing is sent after a server failure: `next` stayed empty.)
             match next_sent {
-                Some(next_sent) if failed.is_none() => {
+                Some(next_sent) => {
                     sent = next_sent;
                     lead.riders = std::mem::take(&mut lead.next);
                     rounds += 1;

@@ -438,15 +438,16 @@ mod tests {
 
     #[test]
     fn the_next_trip_is_sent_before_the_callers_of_the_last_are_answered() {
-        // Trips of 50 ms sending, then 100 ms for the replies: A leads trip
-        // 0 alone (0-150 ms); B queues during it and rides trip 1
-        // (150-300 ms); D queues during that and rides trip 2. Trip 2 must
-        // be sent by the time B is answered, so that the server works on it
-        // while the leader answers B.
+        // Trips of 50 ms sending, then 200 ms for the replies: A leads trip
+        // 0 alone (0-250 ms); B queues during it and rides trip 1
+        // (250-500 ms); D queues during that (at 375 ms, 125 ms from either
+        // end) and rides trip 2. Trip 2 must be sent by the time B is
+        // answered, so that the server works on it while the leader
+        // answers B.
         let combiner = combiner();
         let trip = Echo {
             send_delay: Duration::from_millis(50),
-            ..echo(100)
+            ..echo(200)
         };
         thread::scope(|s| {
             let (combiner, trip) = (&combiner, &trip);
@@ -460,7 +461,7 @@ mod tests {
             };
             let a = call("a", 0);
             let b = call("b", 20);
-            let d = call("d", 240);
+            let d = call("d", 375);
             assert_eq!(b.join().expect("b"), 3, "trips sent when B was answered");
             for caller in [a, d] {
                 assert_eq!(caller.join().expect("caller"), 3, "one trip each");

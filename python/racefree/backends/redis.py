@@ -271,11 +271,8 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
         # compare-and-set script.
         self._counts_natively = options["SERIALIZER"] == "pickle" and not self._serializer.signs
         self._items_have_flags = False
-        # Unsigned pickles: what pickle.loads reads as it is if it starts
-        # as protocols 2+ do (a compressed value starts with a mark), and,
-        # without compression, what pickle.dumps writes as it is.
-        self._reads_plain_pickles = self._counts_natively
-        self._writes_plain_pickles = self._counts_natively and self._serializer.compression is None
+        # Without compression a value is what pickle.dumps writes, as it is.
+        self._writes_plain_pickles = self._serializer.compression is None
         self._pickle_protocol = self._serializer.pickle_protocol
         if self._counts_natively:
             self._encode = self._encoded_like_django
@@ -382,7 +379,8 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
 
     def _encoded_like_django(self, key: str, value: Any) -> bytes:
         """Django's RedisSerializer: an int (exactly) as its digits, which
-        INCRBY counts, everything else pickled (compressed with COMPRESS)."""
+        INCRBY counts, everything else pickled (compressed with COMPRESS).
+        Used (as is ``_decoded_like_django``) only for unsigned pickles."""
         if type(value) is int:
             return b"%d" % value
         if self._writes_plain_pickles:
@@ -390,9 +388,9 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
         return self._serializer.dumps(key, value)
 
     def _decoded_like_django(self, default: Any, key: Any, data: bytes) -> Any:
-        if data[:1] == b"\x80" and self._reads_plain_pickles:
-            # A pickle (protocol 2+), neither signed nor compressed: what
-            # the serializer's loads would come to, without its steps.
+        if data[:1] == b"\x80":
+            # A pickle (protocol 2+; a compressed value starts with a mark):
+            # what the serializer's loads would come to, without its steps.
             try:
                 return pickle.loads(data)
             except Exception:

@@ -14,7 +14,7 @@ use super::cluster::{BatchOp, Cluster};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
 use super::scripts::{self, Script};
-use super::server::{Config, Lease, Login, Route, Server, exchange, reply, round_trip};
+use super::server::{Config, Lease, Login, Route, Server, exchange, io_error, reply, round_trip};
 use super::slot::slot;
 
 /// An expiry as the commands take it: `None` keeps the value until it is
@@ -195,7 +195,7 @@ impl<'a> RoundTrip for Pipeline<'a> {
             match conn.send() {
                 Ok(()) => Ok(lease),
                 Err(source) => {
-                    let error = Error::from_io(server.name(), source);
+                    let error = io_error(server)(source);
                     lease.discard(&error);
                     Err(error)
                 }

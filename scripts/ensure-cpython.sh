@@ -7,9 +7,9 @@
 # The build lives outside the work tree, in
 # ${RACEFREE_CACHE:-~/.cache/racefree}/cpython-SERIES, so later runs (and
 # other clones) on the same machine reuse it. The source comes from Debian's
-# registry (suite $RACEFREE_DEBIAN_SUITE, default trixie) through a private
-# sources list and package index, so the system's apt configuration is left
-# alone; apt checks the archive's signature and the files' hashes. Any failure
+# registry (scripts/debian-source.sh: suite $RACEFREE_DEBIAN_SUITE, default
+# trixie, through a private sources list, the system's apt configuration left
+# alone; apt checks the archive's signature and the files' hashes). Any failure
 # (no network, no such source package, a failed build) ends the script with a
 # message saying why and a non-zero status: the caller must not go on without
 # the interpreter.
@@ -49,56 +49,16 @@ if usable; then
     exit 0
 fi
 
-command -v apt-get >/dev/null 2>&1 || fail "apt-get is missing (the source is fetched from Debian's registry)"
-
-# The Debian mirror this machine is configured with (deb822 or one-line form).
-mirror=${RACEFREE_DEBIAN_MIRROR:-}
-if [[ -z $mirror ]]; then
-    mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        awk '/^URIs:/ { for (i = 2; i <= NF; i++) print $i }' |
-        grep -E '/debian/?$' | head -n 1 || true)
-fi
-if [[ -z $mirror ]]; then
-    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null |
-        awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; break } }' |
-        grep -E '/debian/?$' | head -n 1 || true)
-fi
-mirror=${mirror:-http://deb.debian.org/debian}
-
 # Build dependencies of the modules checked by usable().
-need=()
-for pkg in libssl-dev zlib1g-dev libffi-dev libsqlite3-dev libbz2-dev liblzma-dev make gcc xz-utils; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-if ((${#need[@]})); then
-    [[ "$(id -u)" == 0 ]] || fail "missing build packages: ${need[*]} (install them, e.g. sudo apt-get install ${need[*]})"
-    say "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+"$(dirname "$0")/debian-packages.sh" libssl-dev zlib1g-dev libffi-dev libsqlite3-dev libbz2-dev liblzma-dev \
+    make gcc xz-utils || fail "its build packages are missing (above)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/racefree-cpython.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$work/lists/partial" "$work/cache/archives/partial"
-echo "deb-src $mirror $suite main" >"$work/sources.list"
-apt_private=(
-    -o "Dir::Etc::sourcelist=$work/sources.list" -o "Dir::Etc::sourceparts=-"
-    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
-    -o "APT::Sandbox::User=root" -q
-)
-say "fetching the python$series source package from $mirror ($suite)"
-apt-get "${apt_private[@]}" --error-on=any update >"$work/apt.log" 2>&1 ||
-    { cat "$work/apt.log" >&2; fail "apt-get update of $mirror $suite failed"; }
-(cd "$work" && apt-get "${apt_private[@]}" source --download-only "python$series") >>"$work/apt.log" 2>&1 ||
-    { cat "$work/apt.log" >&2; fail "apt-get source python$series failed"; }
-orig=$(compgen -G "$work/python${series}_*.orig.tar.*" | head -n 1 || true)
-[[ -n $orig ]] || fail "the source package python$series has no upstream tarball"
-version=$(basename "$orig" | sed -E "s/^python${series}_([^.]+\.[^.]+\.[^.]+)\.orig.*/\1/")
+version=$("$(dirname "$0")/debian-source.sh" "python$series" "$work") || fail "its source could not be fetched (above)"
 
 say "building CPython $version into $prefix (about 2-3 minutes on 2 cores)"
 started=$SECONDS
-mkdir -p "$work/src"
-tar -xf "$orig" -C "$work/src" --strip-components=1
 rm -rf "$prefix"
 (
     cd "$work/src"

@@ -7,6 +7,8 @@ server binary fails the run; nothing is skipped.
 
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -77,7 +79,14 @@ def pytest_unconfigure(config):
 
 
 def pytest_report_header(config):
-    return f"racefree tests on CPython {platform.python_version()} with Django {django.get_version()}"
+    lines = [f"racefree tests on CPython {platform.python_version()} with Django {django.get_version()}"]
+    # The redis-server the harness starts: the first on PATH (Valkey's, in
+    # `make test-valkey`).
+    binary = shutil.which("redis-server")
+    if binary:
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
+        lines.append(f"redis-server: {binary}: {version}")
+    return lines
 
 
 # Outcomes of Django's own suites and test apps, per test module, for the

@@ -34,11 +34,13 @@ store what Django caches beyond plain data (an ``HttpResponse`` from the
 cache middleware, a ``Decimal``, a ``set``: TypeError; a tuple comes back
 a list, a date a string), while racefree, Django's RedisCache and
 django-redis pickle. The pickle column does the same encoding work as
-racefree; the default column is shown beside it. redis-server in its default configuration on a free loopback
-port (nothing persisted). The backends take turns within every round
-(``--rounds``) so that machine noise hits them alike; cells are medians,
-ratios racefree / other, the median of the rounds' ratios (for async also
-the worst round's). ``--quick``: 2 rounds of 0.5 s, a smoke run.
+racefree; the default column is shown beside it. redis-server in its
+default configuration on a free loopback port (nothing persisted). The
+backends take turns within every round (``--rounds``) so that machine
+noise hits them alike; cells are medians, ratios racefree / other, the
+median of the rounds' ratios (for async also the worst round's).
+``--quick``: 2 rounds of 0.5 s, a smoke run; ``--ops`` and ``--no-async``
+rerun chosen sync cells.
 
 django-vcache needs CPython >= 3.12, which this project's main virtualenv
 (system CPython 3.11) is not: when ``.venv-newest`` (CPython 3.13, ``make

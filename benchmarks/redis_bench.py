@@ -362,7 +362,10 @@ def run_here(names, args):
     server = Redis()
     counter = ConnectionCounter(server.port)
     try:
-        version = server.info().get("redis_version", "?")
+        info = server.info()
+        # Valkey answers as Redis 7.2.4 in redis_version, and names itself apart.
+        version = (f"valkey {info['valkey_version']}" if "valkey_version" in info
+                   else info.get("redis_version", "?"))
         print(f"CPython {sys.version.split()[0]}, Django {django.get_version()}, redis-server {version}, "
               f"backends: {', '.join(backends)}", flush=True)
         async_results = [] if args.no_async else async_rows(backends, server.location, counter, args)

@@ -36,8 +36,8 @@ test-newest: build-newest
 # scripts/ensure-valkey.sh builds it once from Debian 13's source (about 2
 # minutes), which is why it is not part of `make test`; .ci/run runs it after.
 test-valkey: build
+	@# ensure-valkey.sh hands out only a directory whose redis-server says it is Valkey.
 	@bin=$$(scripts/ensure-valkey.sh) || exit 1; \
-	"$$bin/redis-server" --version | grep -q '^Valkey server' || { echo "racefree: $$bin/redis-server is not Valkey" >&2; exit 1; }; \
 	echo "PATH=$$bin:\$$PATH $(PY) -m pytest -k redis tests"; \
 	PATH="$$bin:$$PATH" $(PY) -m pytest -k redis tests
 

@@ -18,7 +18,6 @@
 set -euo pipefail
 
 series=${1:-3.13}
-suite=${RACEFREE_DEBIAN_SUITE:-trixie}
 cache_root=${RACEFREE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/racefree}
 prefix=$cache_root/cpython-$series
 python=$prefix/bin/python$series

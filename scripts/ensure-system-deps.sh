@@ -29,15 +29,7 @@ if [[ "${1:-}" == "bench" ]]; then
 fi
 
 if ((${#need[@]})); then
-    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "racefree: installing ${need[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-    else
-        echo "racefree: missing system packages: ${need[*]}" >&2
-        echo "racefree: install them (e.g. sudo apt-get install ${need[*]}) and run make again" >&2
-        exit 1
-    fi
+    "$(dirname "$0")/debian-packages.sh" "${need[@]}" || { echo "racefree: then run make again" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

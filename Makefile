@@ -12,7 +12,7 @@ NEWEST_PYTHON ?= 3.13
 VENV_NEWEST ?= .venv-newest
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: test test-newest test-valkey build-newest lint docs demo bench build system-deps bench-deps rust-test py-test clean
+.PHONY: test test-newest test-valkey build-newest lint docs demo bench bench-redis-crate build system-deps bench-deps rust-test py-test clean
 
 ## make test: install what is missing, build with maturin, run cargo test and pytest
 # Everything on the system CPython with Django 5.2 LTS, then Django's suites,
@@ -88,6 +88,11 @@ bench: build bench-deps
 	$(PY) benchmarks/tls_bench.py --json build/tls_bench.json
 	$(PY) benchmarks/redis_bench.py --json build/redis_bench.json
 	$(PY) benchmarks/race_table.py
+	$(MAKE) --no-print-directory bench-redis-crate
+
+## make bench-redis-crate: the Redis store's client against redis-rs, in Rust (docs/redis.md)
+bench-redis-crate: system-deps
+	cargo run --quiet --release --manifest-path benchmarks/redis_crate/Cargo.toml --target-dir target/redis_crate
 
 system-deps:
 	@scripts/ensure-system-deps.sh

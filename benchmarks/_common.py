@@ -100,3 +100,15 @@ def cycling_get(cache, keys, start=0):
         return cache.get(keys[state[0]])
 
     return get
+
+
+def cycling_set(cache, value, worker):
+    """A set of ``value`` under one of 100 keys of ``worker``'s own, in turn
+    (a write-heavy load that does not grow the store)."""
+    state = [0]
+
+    def set_value():
+        state[0] = (state[0] + 1) % 100
+        cache.set(f"fresh:{worker}:{state[0]}", value)
+
+    return set_value

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import django  # noqa: E402
-from _common import cycling_get, markdown, median_row, save, size_label, threaded_rate  # noqa: E402
+from _common import cycling_get, cycling_set, markdown, median_row, save, size_label, threaded_rate  # noqa: E402
 from django.conf import settings  # noqa: E402
 from support.servers import Postgres  # noqa: E402
 
@@ -40,13 +40,7 @@ def workload(op, cache, value, thread):
     if op == "get-hit":
         return cycling_get(cache, [f"entry:{i}" for i in range(ENTRIES)], thread)
     if op == "set":
-        state = [0]
-
-        def set_value():
-            state[0] = (state[0] + 1) % 100
-            cache.set(f"fresh:{thread}:{state[0]}", value)
-
-        return set_value
+        return cycling_set(cache, value, thread)
     if op == "incr":
         key = f"counter:{thread}"
         cache.set(key, 0)

@@ -30,7 +30,7 @@ import django
 from django.conf import settings
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import cycling_get, markdown, median_row, save, size_label  # noqa: E402
+from _common import cycling_get, cycling_set, markdown, median_row, save, size_label  # noqa: E402
 
 if not settings.configured:
     settings.configure()
@@ -111,13 +111,7 @@ def operation(op, cache, entries, size, worker):
     if op == "get-miss":
         return lambda: cache.get("absent")
     if op == "set":
-        state = [0]
-
-        def set_value():
-            state[0] = (state[0] + 1) % 100
-            cache.set(f"fresh:{worker}:{state[0]}", value)
-
-        return set_value
+        return cycling_set(cache, value, worker)
     if op == "incr":
         return lambda: cache.incr("counter")
     raise ValueError(op)

@@ -374,34 +374,24 @@ def plan(args):
         for scenario in ("processes_incr", "processes_add"):
             for kind, name, path in DATABASE:
                 rows.append((scenario, kind, name, path, f"{scenario}_{kind}"))
-    try:
-        server = Memcached()
-    except ServerMissing as exc:
-        notes.append(f"memcached rows skipped: {exc}")
-    else:
+    # A server of each kind, and the scenarios its backends run.
+    for server_class, label, backends, scenarios in (
+        (Memcached, "memcached", MEMCACHED, ("shared_client", "processes_incr")),
+        (Redis, "Redis", REDIS, ("shared_client", "processes_incr", "async_incr")),
+    ):
+        try:
+            server = server_class()
+        except ServerMissing as exc:
+            notes.append(f"{label} rows skipped: {exc}")
+            continue
         cleanup.append(server.stop)
-        for kind, name, path in MEMCACHED:
+        for kind, name, path in backends:
             try:
                 backend(path, server.location)
             except ImportError as exc:
                 notes.append(f"{name} rows skipped: not installed ({exc})")
                 continue
-            rows.append(("shared_client", kind, name, path, server.location))
-            rows.append(("processes_incr", kind, name, path, server.location))
-    try:
-        redis_server = Redis()
-    except ServerMissing as exc:
-        notes.append(f"Redis rows skipped: {exc}")
-    else:
-        cleanup.append(redis_server.stop)
-        for kind, name, path in REDIS:
-            try:
-                backend(path, redis_server.location)
-            except ImportError as exc:
-                notes.append(f"{name} rows skipped: not installed ({exc})")
-                continue
-            for scenario in ("shared_client", "processes_incr", "async_incr"):
-                rows.append((scenario, kind, name, path, redis_server.location))
+            rows.extend((scenario, kind, name, path, server.location) for scenario in scenarios)
     return rows, notes, cleanup
 
 

@@ -14,6 +14,7 @@ import warnings
 import pytest
 from django.core.cache import CacheKeyWarning
 from django.core.exceptions import ImproperlyConfigured
+from support.load import run_processes
 
 from racefree.backends.filebased import FileBasedCache
 from racefree.exceptions import LockTimeoutError
@@ -42,18 +43,6 @@ def signed_blob(writer, size):
 
 def blob_is_whole(blob):
     return isinstance(blob, bytes) and hashlib.sha256(blob[32:]).digest() == blob[:32]
-
-
-def run_processes(target, args_list, timeout=120):
-    """Start one spawned process per args tuple, join, return exit codes."""
-    processes = [SPAWN.Process(target=target, args=args) for args in args_list]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout)
-        if process.is_alive():
-            process.kill()
-    return [process.exitcode for process in processes]
 
 
 # -- The seed: cachy's stress script --------------------------------------------------

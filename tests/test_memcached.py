@@ -15,7 +15,8 @@ from django.core.cache.backends.memcached import PyMemcacheCache
 from django.core.exceptions import ImproperlyConfigured
 from django.http import JsonResponse
 from django.test import override_settings
-from support.load import load_threads, run_threads
+from support.load import load_threads, run_processes, run_threads
+from support.proxy import full_unix_listener
 from support.secure_memcached import SecureMemcached
 from support.servers import Memcached
 
@@ -150,13 +151,7 @@ def _incr_in_process(location, count):
 def test_increments_from_several_processes_are_exact(memcached):
     cache = racefree(memcached.location)
     cache.set("process-hits", 0)
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_incr_in_process, args=(memcached.location, 500)) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    assert run_processes(_incr_in_process, [(memcached.location, 500)] * 4) == [0] * 4
     assert cache.get("process-hits") == 2000
 
 
@@ -672,33 +667,13 @@ def test_unix_socket_location():
 def test_a_unix_socket_that_accepts_nothing_fails_within_connect_timeout(tmp_path):
     """A listener whose backlog is full (a server that stopped accepting):
     a blocking connect would wait for ever."""
-    import socket
-
-    path = str(tmp_path / "full.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(0)
-    waiting = []
-    while True:
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.setblocking(False)
-        try:
-            client.connect(path)
-        except BlockingIOError:
-            client.close()
-            break
-        waiting.append(client)
-    try:
+    with full_unix_listener(str(tmp_path / "full.sock")) as path:
         cache = racefree(f"unix:{path}", CONNECT_TIMEOUT=0.5)
         started = time.monotonic()
         with pytest.raises(CacheError):
             cache.get("k")
         took = time.monotonic() - started
         assert 0.4 < took < 1.5, took
-    finally:
-        for client in waiting:
-            client.close()
-        listener.close()
 
 
 @pytest.mark.parametrize("separator", [";", ","])

@@ -5,7 +5,6 @@ safety, connection use, OPTIONS and LOCATION forms, stats and checks, and
 locks."""
 
 import asyncio
-import multiprocessing
 import os
 import threading
 import time
@@ -20,7 +19,8 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache as StockRedisCache
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from support.load import load_threads, run_threads
+from support.load import load_threads, run_processes, run_threads
+from support.proxy import full_unix_listener
 from support.servers import Redis, free_port
 
 from racefree.backends.redis import RedisCache
@@ -245,14 +245,7 @@ def _incr_in_process(location, prefix, count):
 def test_increments_from_four_processes_count_exactly(redis_server, prefix):
     cache = racefree(redis_server.location, prefix)
     cache.set("process-hits", 0)
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_incr_in_process, args=(redis_server.location, prefix, 500))
-               for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    assert run_processes(_incr_in_process, [(redis_server.location, prefix, 500)] * 4) == [0] * 4
     assert cache.get("process-hits") == 2000
 
 
@@ -521,6 +514,19 @@ def test_a_frozen_server_fails_within_the_timeout(fresh_redis):
     cache.set("k", "after")
     assert cache.get("k") == "after"
     assert asyncio.run(cache.aget("k")) == "after"
+
+
+def test_a_unix_socket_that_accepts_nothing_fails_within_the_connect_timeout(tmp_path):
+    """A server that stopped accepting, its backlog full: a blocking
+    connect would wait for ever; sync and async calls give up in time."""
+    with full_unix_listener(str(tmp_path / "full.sock")) as path:
+        cache = racefree(f"unix://{path}", CONNECT_TIMEOUT=0.5, IO_TIMEOUT=0.5)
+        for call in (lambda: cache.get("k"), lambda: asyncio.run(cache.aset("k", 1))):
+            started = time.monotonic()
+            with pytest.raises(CacheConnectionError, match="within CONNECT_TIMEOUT"):
+                call()
+            took = time.monotonic() - started
+            assert 0.4 < took < 1.5, took
 
 
 def test_a_killed_and_restarted_server_fails_calls_then_recovers_without_foreign_values(fresh_redis):

@@ -13,8 +13,8 @@ use super::handshake::Handshake;
 use super::item::Item;
 use super::protocol::{self, Marks, Reply, Status, StoreMode};
 use super::routing::Rendezvous;
-use super::server::{Config, Lease, Server};
-use crate::net::{RoundTrip, ServerError, unrecorded};
+use super::server::{self, Config, Lease, Server};
+use crate::net::{RoundTrip, ServerError, ServerPool, unrecorded};
 
 /// Keys per pipelined round trip in a batch. Bounded so that requests
 /// never fill the socket buffers while the server is blocked writing
@@ -78,17 +78,9 @@ pub struct Client {
     router: Rendezvous,
 }
 
-/// A server's name, idle and in-use connections, connections dialed, and
-/// gets that rode in another caller's round trip.
-pub type ServerPool = (String, usize, usize, u64, u64);
-
-fn io_error(server: &Server) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::from_io(server.name(), source)
-}
-
 /// Read one reply line; a meta reply must carry `opaque`.
 fn read_reply(conn: &mut Connection, server: &Server, opaque: Option<u32>) -> Result<Reply> {
-    let line = conn.read_line().map_err(io_error(server))?;
+    let line = conn.read_line().map_err(server.io_error())?;
     let reply = protocol::parse_reply(line);
     match (&reply, opaque) {
         (Reply::Meta { opaque: got, .. }, Some(want)) if *got != Some(want) => Err(Error::protocol(
@@ -175,7 +167,7 @@ impl Client {
     fn current(&self) -> Arc<Built<Vec<Server>>> {
         self.servers.get(|| {
             (self.addresses.iter().zip(&self.handshakes))
-                .map(|(address, handshake)| Server::new(address.clone(), handshake.for_this_process(), &self.config))
+                .map(|(address, handshake)| server::new(address.clone(), handshake.for_this_process(), &self.config))
                 .collect()
         })
     }
@@ -256,7 +248,7 @@ impl Client {
                     marks,
                     ..
                 } => {
-                    let value = conn.read_value(size).map_err(io_error(server))?;
+                    let value = conn.read_value(size).map_err(server.io_error())?;
                     if marks.not_current(size, flags) {
                         if marks.win {
                             hand_back(conn, server, key)?;
@@ -496,7 +488,7 @@ impl Client {
                     status: Status::Value(size),
                     ..
                 } => {
-                    let digits = conn.read_value(size).map_err(io_error(server))?;
+                    let digits = conn.read_value(size).map_err(server.io_error())?;
                     std::str::from_utf8(&digits)
                         .ok()
                         .and_then(|d| d.trim().parse().ok())
@@ -534,7 +526,7 @@ impl Client {
                     marks,
                     ..
                 } => {
-                    let value = conn.read_value(size).map_err(io_error(server))?;
+                    let value = conn.read_value(size).map_err(server.io_error())?;
                     let item = (!marks.placeholder(size, flags)).then_some(Item { value, flags });
                     Ok(Claim {
                         item,
@@ -620,8 +612,8 @@ impl Client {
         for server in self.current().iter() {
             let result = self.exchange(server, |conn| {
                 conn.out.extend_from_slice(b"flush_all\r\n");
-                conn.send().map_err(io_error(server))?;
-                let line = conn.read_line().map_err(io_error(server))?;
+                conn.send().map_err(server.io_error())?;
+                let line = conn.read_line().map_err(server.io_error())?;
                 if line == b"OK" {
                     Ok(())
                 } else {
@@ -643,21 +635,9 @@ impl Client {
         }
     }
 
-    /// The operation counters, and per server: (name, idle, in use).
+    /// The operation counters, and per server its `ServerPool`.
     pub fn stats(&self) -> (Snapshot, Vec<ServerPool>) {
-        let servers = self
-            .current()
-            .iter()
-            .map(|s| {
-                (
-                    s.name().to_owned(),
-                    s.pool.idle(),
-                    s.pool.in_use(),
-                    s.pool.connects(),
-                    s.combiner.riders(),
-                )
-            })
-            .collect();
+        let servers = self.current().iter().map(Server::pool_stats).collect();
         (self.stats.snapshot(), servers)
     }
 
@@ -751,7 +731,7 @@ impl Client {
 fn send_batch<'p, Op: BatchOp>(server: &'p Server, op: &Op, indexes: &[usize]) -> Result<(Lease<'p>, u32)> {
     let mut lease = server.lease()?;
     let first_opaque = op.write(lease.conn(), &indexes[..indexes.len().min(CHUNK)]).first;
-    match lease.conn().send().map_err(io_error(server)) {
+    match lease.conn().send().map_err(server.io_error()) {
         Ok(()) => Ok((lease, first_opaque)),
         Err(error) => {
             lease.discard(&error);
@@ -781,7 +761,7 @@ fn finish_batch<Op: BatchOp>(
             (chunk, Ok(()))
         } else {
             let chunk = op.write(lease.conn(), indexes);
-            (chunk, lease.conn().send().map_err(io_error(server)))
+            (chunk, lease.conn().send().map_err(server.io_error()))
         };
         if let Err(error) = step.and_then(|()| op.read(lease.conn(), server, chunk, results)) {
             // A pipeline's remaining replies are unread: never reuse.
@@ -829,7 +809,7 @@ impl RoundTrip for CombinedGet<'_> {
 fn request(conn: &mut Connection, server: &Server, build: impl FnOnce(&mut Vec<u8>, u32)) -> Result<Reply> {
     let opaque = conn.opaque();
     build(&mut conn.out, opaque);
-    conn.send().map_err(io_error(server))?;
+    conn.send().map_err(server.io_error())?;
     read_reply(conn, server, Some(opaque))
 }
 
@@ -919,7 +899,7 @@ fn read_with_cas(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<O
             ttl: Some(ttl),
             ..
         } => {
-            let value = conn.read_value(size).map_err(io_error(server))?;
+            let value = conn.read_value(size).map_err(server.io_error())?;
             Ok(Some((flags, value, cas, ttl_to_keep(ttl))))
         }
         Reply::Meta {
@@ -1071,7 +1051,7 @@ impl BatchOp for GetMany<'_> {
                 ..
             } => {
                 let index = chunk.item_of(server, opaque)?;
-                let value = conn.read_value(size).map_err(io_error(server))?;
+                let value = conn.read_value(size).map_err(server.io_error())?;
                 if !marks.not_current(size, flags) {
                     out[index] = Some(Item { value, flags });
                 } else if marks.win {
@@ -1120,7 +1100,7 @@ impl BatchOp for SetMany<'_> {
                     // then waits for its socket, not for the requests behind
                     // it that it already decrypted: new bytes wake it.
                     if conn.is_tls() && position < last {
-                        conn.send_no_op().map_err(io_error(server))?;
+                        conn.send_no_op().map_err(server.io_error())?;
                         nudges += 1;
                     }
                     StoreOutcome::TooLarge

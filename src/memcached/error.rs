@@ -86,18 +86,6 @@ impl Error {
         )
     }
 
-    pub(crate) fn from_io(server: &str, source: io::Error) -> Error {
-        match source.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
-                server: server.to_owned(),
-            },
-            _ => Error::Io {
-                server: server.to_owned(),
-                source,
-            },
-        }
-    }
-
     pub(crate) fn protocol(server: &str, detail: impl Into<String>) -> Error {
         Error::Protocol {
             server: server.to_owned(),
@@ -117,6 +105,18 @@ impl From<OpenError> for Error {
 }
 
 impl crate::net::ServerError for Error {
+    fn from_io(server: &str, source: io::Error) -> Error {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Timeout {
+                server: server.to_owned(),
+            },
+            _ => Error::Io {
+                server: server.to_owned(),
+                source,
+            },
+        }
+    }
+
     fn is_server_failure(&self) -> bool {
         Error::is_server_failure(self)
     }

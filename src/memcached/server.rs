@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::config::seconds;
 use crate::net::spin::SpinWait;
-use crate::net::{Combiner, Refusals, Refused, Secret, TlsOptions};
-use crate::pool::{self, Dial, Pool};
+use crate::net::{Endpoint, Refusals, Refused, Secret, TlsOptions};
+use crate::pool::{self, Dial};
 
 use super::address::Address;
 use super::connection::Connection;
@@ -61,50 +61,31 @@ pub struct Config {
     pub password: Option<Secret>,
 }
 
-/// A memcached server: its pool and get combiner.
-pub(crate) struct Server {
-    pub(crate) pool: Pool<Dialer>,
-    /// Concurrent gets to this server, combined into shared round trips.
-    pub(crate) combiner: Combiner<Vec<u8>, Option<Item>, Error>,
+/// A memcached server: its pool, and the combiner of concurrent gets to it.
+pub(crate) type Server = Endpoint<Dialer, Vec<u8>, Option<Item>>;
+
+/// A new server's pool and combiner.
+pub(crate) fn new(address: Address, handshake: Handshake, config: &Config) -> Server {
+    let dialer = Dialer {
+        name: address.to_string(),
+        address,
+        handshake,
+        config: config.clone(),
+        spin: Arc::new(SpinWait::new(config.spin_wait)),
+        refusals: Refusals::new(),
+    };
+    let limits = pool::Config {
+        max_idle: config.pool_size,
+        max_open: config.max_connections,
+        wait: config.connect_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    Endpoint::new(dialer, limits, "memcached")
 }
 
 impl Server {
-    pub(crate) fn new(address: Address, handshake: Handshake, config: &Config) -> Server {
-        let name = address.to_string();
-        let limits = pool::Config {
-            max_idle: config.pool_size,
-            max_open: config.max_connections,
-            wait: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-        };
-        let dialer = Dialer {
-            address,
-            name: name.clone(),
-            handshake,
-            config: config.clone(),
-            spin: Arc::new(SpinWait::new(config.spin_wait)),
-            refusals: Refusals::new(),
-        };
-        Server {
-            pool: Pool::new(dialer, limits, format!("memcached server {name}")),
-            combiner: Combiner::new(name),
-        }
-    }
-
-    /// How errors name the server.
-    pub(crate) fn name(&self) -> &str {
-        &self.pool.dialer.name
-    }
-
     pub(crate) fn config(&self) -> &Config {
         &self.pool.dialer.config
-    }
-
-    /// Check out a connection: a live idle one, or a new dial. At
-    /// `max_connections`, wait (up to the connect timeout) for one to come
-    /// back.
-    pub(crate) fn lease(&self) -> Result<Lease<'_>> {
-        Lease::new(&self.pool)
     }
 }
 
@@ -125,6 +106,10 @@ pub(crate) struct Dialer {
 impl Refused for Dialer {
     fn refusals(&self) -> &Refusals<Error> {
         &self.refusals
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 

@@ -338,6 +338,9 @@ mod tests {
         fn keeps_connection(&self) -> bool {
             false
         }
+        fn from_io(_: &str, _: std::io::Error) -> Self {
+            TestError::Timeout
+        }
     }
 
     impl Unanswered for TestError {

@@ -13,8 +13,9 @@ pub(crate) mod spin;
 mod tls;
 
 pub use address::Address;
-pub(crate) use combine::{Combiner, RoundTrip, Unanswered, unrecorded};
+pub(crate) use combine::{RoundTrip, Unanswered, unrecorded};
 pub(crate) use connection::{Confirm, Connection, OpenError, Opening, opening_failed};
-pub(crate) use server::{Lease, Refusals, Refused, ServerError};
+pub use server::ServerPool;
+pub(crate) use server::{Endpoint, Lease, Refusals, Refused, ServerError};
 pub use tls::{Der, Secret, TlsOptions};
 pub(crate) use tls::{TlsTarget, client_config, server_name};

@@ -1,6 +1,6 @@
-//! What a network store keeps per server beside its pool: a lease of one
-//! connection for one exchange, and the server's last refusal of this
-//! client.
+//! What a network store keeps per server: its pool and the combiner of
+//! concurrent calls to it (`Endpoint`), a lease of one connection for one
+//! exchange, and the server's last refusal of this client.
 //!
 //! A connection goes back to the pool only after a complete exchange: one
 //! that timed out or failed mid-reply still has a reply in it that belongs
@@ -15,6 +15,7 @@ use crate::health::Health;
 use crate::pool::{self, Dial, Pool};
 use crate::sync::locked;
 
+use super::combine::{Combiner, Unanswered};
 use super::spin::InFlight;
 
 /// How long a server's refusal of this client (its TLS or its login) is
@@ -34,6 +35,62 @@ pub(crate) trait ServerError: Display + Sized {
     /// The whole reply was read (a refused command), so the connection is
     /// still in step and may serve another call.
     fn keeps_connection(&self) -> bool;
+    /// The error for a failed read or write to `server` (a timeout is its
+    /// own kind).
+    fn from_io(server: &str, source: std::io::Error) -> Self;
+}
+
+/// A server's name, idle and in-use connections, connections dialed, and
+/// calls that rode in another caller's round trip (`stats()`).
+pub type ServerPool = (String, usize, usize, u64, u64);
+
+/// One server of a network store: its pool, and the combiner through which
+/// concurrent calls to it share round trips (requests `Q`, replies `R`).
+pub(crate) struct Endpoint<D: Refused, Q, R> {
+    pub(crate) pool: Pool<D>,
+    pub(crate) combiner: Combiner<Q, R, D::Error>,
+}
+
+impl<D: Refused, Q, R> Endpoint<D, Q, R>
+where
+    D::Error: ServerError + Unanswered,
+{
+    /// `service` names the kind of server in the pool's log lines
+    /// ("Redis").
+    pub(crate) fn new(dialer: D, limits: pool::Config, service: &str) -> Self {
+        let name = dialer.name().to_owned();
+        Endpoint {
+            pool: Pool::new(dialer, limits, format!("{service} server {name}")),
+            combiner: Combiner::new(name),
+        }
+    }
+
+    /// How errors name the server ("127.0.0.1:6379").
+    pub(crate) fn name(&self) -> &str {
+        self.pool.dialer.name()
+    }
+
+    /// Check out a connection: a live idle one, or a new dial. At the
+    /// pool's cap, wait (up to the connect timeout) for one to come back.
+    pub(crate) fn lease(&self) -> Result<Lease<'_, D>, D::Error> {
+        Lease::new(&self.pool)
+    }
+
+    /// Turns an I/O error of an exchange with this server into its error.
+    pub(crate) fn io_error(&self) -> impl Fn(std::io::Error) -> D::Error + '_ {
+        move |source| D::Error::from_io(self.name(), source)
+    }
+
+    pub(crate) fn pool_stats(&self) -> ServerPool {
+        let pool = &self.pool;
+        (
+            self.name().to_owned(),
+            pool.idle(),
+            pool.in_use(),
+            pool.connects(),
+            self.combiner.riders(),
+        )
+    }
 }
 
 /// A server's last refusal of this client, and when it came.
@@ -74,6 +131,8 @@ impl<E: ServerError> Refusals<E> {
 /// A dialer that remembers its server's refusals.
 pub(crate) trait Refused: Dial {
     fn refusals(&self) -> &Refusals<Self::Error>;
+    /// How errors name its server.
+    fn name(&self) -> &str;
 }
 
 /// A connection checked out for one exchange. Dropped without `release`,

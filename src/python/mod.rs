@@ -139,6 +139,32 @@ fn counters_dict<'py>(py: Python<'py>, counters: &[(&'static str, u64)]) -> PyRe
     Ok(dict)
 }
 
+/// A network store's `stats()`: its counters, its pool settings, and per
+/// server (by name) its idle and in-use connections, connections dialed,
+/// and calls combined into another caller's round trip.
+fn pooled_stats<'py>(
+    py: Python<'py>,
+    counters: &[(&'static str, u64)],
+    pool_size: usize,
+    max_connections: Option<usize>,
+    servers: Vec<crate::net::ServerPool>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let stats = counters_dict(py, counters)?;
+    stats.set_item("pool_size", pool_size)?;
+    stats.set_item("max_connections", max_connections)?;
+    let per_server = PyDict::new(py);
+    for (name, idle, in_use, connects, combined) in servers {
+        let pool = PyDict::new(py);
+        pool.set_item("idle", idle)?;
+        pool.set_item("in_use", in_use)?;
+        pool.set_item("connects", connects)?;
+        pool.set_item("combined", combined)?;
+        per_server.set_item(name, pool)?;
+    }
+    stats.set_item("servers", per_server)?;
+    Ok(stats)
+}
+
 /// Log a server's outage or recovery on the `racefree` logger. Called on
 /// the thread that saw it, without the GIL (and no pool lock held), so it
 /// attaches; during interpreter shutdown the event is dropped.

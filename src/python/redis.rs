@@ -155,20 +155,8 @@ store_methods! {
         /// dialed, and calls combined into another caller's round trip.
         fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
             let (counters, servers) = self.client.stats();
-            let stats = super::counters_dict(py, &counters)?;
-            stats.set_item("pool_size", self.client.config().pool_size)?;
-            stats.set_item("max_connections", self.client.config().max_connections)?;
-            let per_server = PyDict::new(py);
-            for (name, idle, in_use, connects, combined) in servers {
-                let pool = PyDict::new(py);
-                pool.set_item("idle", idle)?;
-                pool.set_item("in_use", in_use)?;
-                pool.set_item("connects", connects)?;
-                pool.set_item("combined", combined)?;
-                per_server.set_item(name, pool)?;
-            }
-            stats.set_item("servers", per_server)?;
-            Ok(stats)
+            let config = self.client.config();
+            super::pooled_stats(py, &counters, config.pool_size, config.max_connections, servers)
         }
 
         /// Idle pooled connections per server.

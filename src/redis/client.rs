@@ -7,24 +7,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fork::{Built, PerProcess};
-use crate::net::{Address, RoundTrip, ServerError, TlsTarget, Unanswered, unrecorded};
+use crate::net::{Address, RoundTrip, ServerError, ServerPool, TlsTarget, Unanswered, unrecorded};
 use crate::stats::{Counters, Snapshot};
 
 use super::cluster::{BatchOp, Cluster};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
 use super::scripts::{self, Script};
-use super::server::{Config, Lease, Login, Route, Server, exchange, io_error, reply, round_trip};
+use super::server::{self, Config, Lease, Login, Route, Server, exchange, reply, round_trip};
 use super::slot::slot;
 
 /// An expiry as the commands take it: `None` keeps the value until it is
 /// evicted, `Some(0)` expires it at once (Django: "don't cache"), else
 /// whole seconds, as Django's RedisCache rounds them.
 pub type Ttl = Option<u64>;
-
-/// A server's name, idle and in-use connections, connections dialed, and
-/// calls that rode in another caller's round trip.
-pub type ServerPool = (String, usize, usize, u64, u64);
 
 /// What `get_many` read, per key in order (`None`: missing or failed).
 pub type Values = Vec<Option<Vec<u8>>>;
@@ -195,7 +191,7 @@ impl<'a> RoundTrip for Pipeline<'a> {
             match conn.send() {
                 Ok(()) => Ok(lease),
                 Err(source) => {
-                    let error = io_error(server)(source);
+                    let error = server.io_error()(source);
                     lease.discard(&error);
                     Err(error)
                 }
@@ -323,7 +319,7 @@ impl Client {
                 (self.addresses.iter().zip(&self.tls))
                     .map(|(address, tls)| {
                         let tls = tls.as_ref().map(TlsTarget::for_this_process);
-                        Server::new(address.clone(), tls, Arc::clone(&self.login), &self.config)
+                        server::new(address.clone(), tls, Arc::clone(&self.login), &self.config)
                     })
                     .collect(),
             ),
@@ -342,19 +338,9 @@ impl Client {
     /// Every server this process has a pool for: LOCATION's, and in
     /// cluster mode the nodes it met (by name).
     fn pools(&self) -> Vec<ServerPool> {
-        let pool = |s: &Server| {
-            let pool = &s.pool;
-            (
-                s.name().to_owned(),
-                pool.idle(),
-                pool.in_use(),
-                pool.connects(),
-                s.combiner.riders(),
-            )
-        };
         match &**self.current() {
-            Nodes::Fixed(servers) => servers.iter().map(pool).collect(),
-            Nodes::Cluster(cluster) => cluster.known_servers().iter().map(|s| pool(s)).collect(),
+            Nodes::Fixed(servers) => servers.iter().map(Server::pool_stats).collect(),
+            Nodes::Cluster(cluster) => cluster.known_servers().iter().map(|s| s.pool_stats()).collect(),
         }
     }
 

@@ -23,7 +23,7 @@ use crate::sync::locked;
 use super::client::{BatchFailure, parse_address};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
-use super::server::{Config, Lease, Login, Route, Server, exchange, io_error, reply};
+use super::server::{self, Config, Lease, Login, Route, Server, exchange, reply};
 use super::slot::{SLOTS, slot};
 
 /// Redirects one call follows (`MOVED`, `ASK`, or another owner after a
@@ -245,7 +245,7 @@ impl Cluster {
                 Some(target.for_this_process())
             }
         };
-        let made = Arc::new(Server::new(address.clone(), tls, Arc::clone(&self.login), &self.config));
+        let made = Arc::new(server::new(address.clone(), tls, Arc::clone(&self.login), &self.config));
         // Another thread may have made it meanwhile: theirs is kept.
         Ok(Arc::clone(locked(&self.servers).entry(name).or_insert(made)))
     }
@@ -330,7 +330,7 @@ impl Cluster {
     fn ask_for_map(&self, server: &Server, epoch: u64) -> Result<SlotMap> {
         let reply = exchange(server, |conn: &mut Connection| {
             resp::command(&mut conn.out, &[b"CLUSTER", b"SLOTS"]);
-            conn.send().map_err(io_error(server))?;
+            conn.send().map_err(server.io_error())?;
             reply(conn, server)
         })?;
         let mut owners = vec![NO_OWNER; usize::from(SLOTS)];
@@ -498,7 +498,7 @@ impl Cluster {
         for (server, mut lease, indexes) in started {
             let mut broken = None;
             for (done, &index) in indexes.iter().enumerate() {
-                let outcome = match resp::read(lease.conn()).map_err(io_error(server)) {
+                let outcome = match resp::read(lease.conn()).map_err(server.io_error()) {
                     Ok(Value::Error(message)) => match Redirect::parse(&message) {
                         Some(redirect) => {
                             moved |= matches!(redirect, Redirect::Moved(_));
@@ -577,7 +577,7 @@ fn send_pipeline<'s, Op: BatchOp>(server: &'s Server, op: &Op, indexes: &[usize]
     for &index in indexes {
         op.write(&mut lease.conn().out, index);
     }
-    match lease.conn().send().map_err(io_error(server)) {
+    match lease.conn().send().map_err(server.io_error()) {
         Ok(()) => Ok(lease),
         Err(error) => {
             lease.discard(&error);

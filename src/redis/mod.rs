@@ -14,8 +14,9 @@ mod scripts;
 mod server;
 pub mod slot;
 
+pub use crate::net::ServerPool;
 pub use crate::net::{Secret, TlsOptions};
-pub use client::{BatchFailure, Client, ServerPool, Ttl, Values};
+pub use client::{BatchFailure, Client, Ttl, Values};
 pub use error::{Error, Result};
 pub use server::Config;
 

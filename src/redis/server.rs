@@ -9,8 +9,10 @@ use serde::Deserialize;
 
 use crate::config::seconds;
 use crate::net::spin::SpinWait;
-use crate::net::{Address, Combiner, Connection, OpenError, Opening, Refusals, Refused, Secret, TlsOptions, TlsTarget};
-use crate::pool::{self, Dial, Pool};
+use crate::net::{
+    Address, Connection, Endpoint, OpenError, Opening, Refusals, Refused, Secret, ServerError, TlsOptions, TlsTarget,
+};
+use crate::pool::{self, Dial};
 
 use super::client::{Commands, Replies};
 use super::error::{Error, Result};
@@ -150,51 +152,33 @@ impl Login {
     }
 }
 
-/// A Redis server: its pool.
-pub(crate) struct Server {
-    pub(crate) pool: Pool<Dialer>,
-    /// Concurrent commands to this server, combined into shared round
-    /// trips (`Config::combine_calls`).
-    pub(crate) combiner: Combiner<Commands, Replies, Error>,
+/// A Redis server: its pool, and the combiner of concurrent commands to
+/// it (`Config::combine_calls`).
+pub(crate) type Server = Endpoint<Dialer, Commands, Replies>;
+
+/// A new server's pool and combiner.
+pub(crate) fn new(address: Address, tls: Option<TlsTarget>, login: Arc<Login>, config: &Config) -> Server {
+    let dialer = Dialer {
+        name: address.to_string(),
+        address,
+        tls,
+        login,
+        config: config.clone(),
+        spin: Arc::new(SpinWait::new(config.spin_wait)),
+        refusals: Refusals::new(),
+    };
+    let limits = pool::Config {
+        max_idle: config.pool_size,
+        max_open: config.max_connections,
+        wait: config.connect_timeout,
+        idle_timeout: config.idle_timeout,
+    };
+    Endpoint::new(dialer, limits, "Redis")
 }
 
 impl Server {
-    pub(crate) fn new(address: Address, tls: Option<TlsTarget>, login: Arc<Login>, config: &Config) -> Server {
-        let name = address.to_string();
-        let limits = pool::Config {
-            max_idle: config.pool_size,
-            max_open: config.max_connections,
-            wait: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-        };
-        let dialer = Dialer {
-            address,
-            name: name.clone(),
-            tls,
-            login,
-            config: config.clone(),
-            spin: Arc::new(SpinWait::new(config.spin_wait)),
-            refusals: Refusals::new(),
-        };
-        Server {
-            pool: Pool::new(dialer, limits, format!("Redis server {name}")),
-            combiner: Combiner::new(name),
-        }
-    }
-
-    /// How errors name the server.
-    pub(crate) fn name(&self) -> &str {
-        &self.pool.dialer.name
-    }
-
     pub(crate) fn address(&self) -> &Address {
         &self.pool.dialer.address
-    }
-
-    /// Check out a connection: a live idle one, or a new dial. At
-    /// `max_connections`, wait (up to the connect timeout) for one.
-    pub(crate) fn lease(&self) -> Result<Lease<'_>> {
-        Lease::new(&self.pool)
     }
 }
 
@@ -204,14 +188,10 @@ pub(crate) fn exchange<T>(server: &Server, run: impl FnOnce(&mut Connection) -> 
     server.lease()?.exchange(run)
 }
 
-pub(crate) fn io_error(server: &Server) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::from_io(server.name(), source)
-}
-
 /// The reply of one command: an error reply becomes the error (the
 /// connection stays in step: the reply was read whole).
 pub(crate) fn reply(conn: &mut Connection, server: &Server) -> Result<Value> {
-    match resp::read(conn).map_err(io_error(server))? {
+    match resp::read(conn).map_err(server.io_error())? {
         Value::Error(message) => Err(Error::refused(server.name(), &message)),
         value => Ok(value),
     }
@@ -233,9 +213,9 @@ pub(crate) fn round_trip(conn: &mut Connection, route: Route<'_>, write: impl Fn
         resp::command(&mut conn.out, &[b"ASKING"]);
     }
     write(&mut conn.out);
-    conn.send().map_err(io_error(server))?;
+    conn.send().map_err(server.io_error())?;
     if route.asking {
-        match resp::read(conn).map_err(io_error(server))? {
+        match resp::read(conn).map_err(server.io_error())? {
             Value::Status(status) if status == "OK" => {}
             Value::Error(message) => {
                 // The command's reply is still due: read it to stay in step.
@@ -273,6 +253,10 @@ pub(crate) struct Dialer {
 impl Refused for Dialer {
     fn refusals(&self) -> &Refusals<Error> {
         &self.refusals
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 

@@ -8,31 +8,12 @@
 /// Slots in a Redis Cluster.
 pub const SLOTS: u16 = 16_384;
 
-/// CRC16/XMODEM (polynomial 0x1021, initial value 0), one byte at a time
-/// from a table built at compile time.
-const TABLE: [u16; 256] = {
-    let mut table = [0u16; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let mut crc = (byte as u16) << 8;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-            bit += 1;
-        }
-        table[byte] = crc;
-        byte += 1;
-    }
-    table
-};
+/// CRC16/XMODEM (polynomial 0x1021, initial value 0), the checksum Redis
+/// Cluster hashes keys with.
+const XMODEM: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
 
 fn crc16(data: &[u8]) -> u16 {
-    data.iter()
-        .fold(0u16, |crc, &b| (crc << 8) ^ TABLE[usize::from((crc >> 8) as u8 ^ b)])
+    XMODEM.checksum(data)
 }
 
 /// The part of `key` that decides its slot: its hash tag if it has one.

@@ -1,7 +1,8 @@
-"""Threads for tests: load that keeps calling a cache while a test injects
-a fault, and a one-off run of many threads."""
+"""Threads and processes for tests: load that keeps calling a cache while
+a test injects a fault, and one-off runs of many threads or processes."""
 
 import contextlib
+import multiprocessing
 import threading
 
 
@@ -38,3 +39,18 @@ def run_threads(count, target):
     for thread in threads:
         thread.join()
     return errors
+
+
+def run_processes(target, args_list, timeout=120):
+    """Run ``target(*args)`` in a spawned process per args tuple, wait up to
+    ``timeout`` seconds for each (then kill it); return the exit codes."""
+    spawn = multiprocessing.get_context("spawn")
+    processes = [spawn.Process(target=target, args=args) for args in args_list]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    return [process.exitcode for process in processes]

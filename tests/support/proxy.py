@@ -1,7 +1,8 @@
 """A TCP proxy between a client and a real server, for faults a real server
 does not make on cue: replies that never arrive, connections cut after the
-server acted."""
+server acted; a Unix listener that accepts nothing."""
 
+import contextlib
 import socket
 import threading
 
@@ -67,3 +68,29 @@ class Proxy:
     def close(self):
         self.listener.close()
         self.cut()
+
+
+@contextlib.contextmanager
+def full_unix_listener(path):
+    """A Unix socket at ``path`` that listens but never accepts, its backlog
+    filled: a server that stopped accepting. A blocking connect to it
+    would wait for ever."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    waiting = []
+    while True:
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.setblocking(False)
+        try:
+            client.connect(path)
+        except BlockingIOError:
+            client.close()
+            break
+        waiting.append(client)
+    try:
+        yield path
+    finally:
+        for client in waiting:
+            client.close()
+        listener.close()

@@ -17,7 +17,7 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
@@ -41,9 +41,6 @@ from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, is_forever
 from racefree.exceptions import CacheError
 from racefree.serialization import serializer_options
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger("racefree")
 

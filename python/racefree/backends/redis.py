@@ -17,7 +17,7 @@ import pickle
 import re
 import ssl
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
@@ -39,9 +39,6 @@ from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, backend_path, is_forever
 from racefree.serialization import log_unloadable, serializer_options
-
-if TYPE_CHECKING:
-    pass
 
 #: Longest TTL sent; beyond it (Redis keeps expiry in milliseconds since
 #: the epoch, in 64 bits) a value is kept until evicted, as "forever".

@@ -63,6 +63,9 @@ lint: build
 	cargo fmt --check
 	cargo clippy --quiet --all-targets -- -D warnings
 	cargo clippy --quiet --all-targets --features python -- -D warnings
+	@# benchmarks/redis_crate is a package of its own (it needs redis-rs): checked here so it keeps building.
+	cargo fmt --check --manifest-path benchmarks/redis_crate/Cargo.toml
+	cargo clippy --quiet --release --manifest-path benchmarks/redis_crate/Cargo.toml --target-dir target/redis_crate -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks django_example
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m mypy.stubtest racefree._core

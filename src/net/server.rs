@@ -81,6 +81,7 @@ where
         move |source| D::Error::from_io(self.name(), source)
     }
 
+    /// This server's line in its store's `stats()`.
     pub(crate) fn pool_stats(&self) -> ServerPool {
         let pool = &self.pool;
         (

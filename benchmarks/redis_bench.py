@@ -107,6 +107,11 @@ DATABASES = {"racefree": 1, "RedisCache": 2, "django-redis": 3, "django-vcache":
 STOCK = "RedisCache"
 VALUE = b"x" * 100
 SYNC_OPS = ["get-hit", "set", "incr", "get_many(100)"]
+#: Run only when --ops names them. incr-unchecked: the bare INCRBY that
+#: creates a missing key, like for like with django-vcache's incr:
+#: racefree's and django-redis's incr(ignore_key_check=True), django-vcache's
+#: incr; Django's RedisCache has no such call and does its checked incr.
+EXTRA_OPS = ["incr-unchecked"]
 # (operation, one instance per task?); --async-shared adds ("aget/aset", False).
 ASYNC_CASES = [("aget/aset", True), ("aincr", True)]
 
@@ -197,6 +202,12 @@ def workload(op, cache, thread):
     if op == "incr":
         key = f"bench:incr:{thread}"
         cache.set(key, 0)
+        return lambda: cache.incr(key)
+    if op == "incr-unchecked":
+        key = f"bench:incr:{thread}"
+        cache.set(key, 0)
+        if type(cache).__module__.startswith(("racefree.", "django_redis.")):
+            return lambda: cache.incr(key, ignore_key_check=True)
         return lambda: cache.incr(key)
     if op == "get_many(100)":
         return lambda: cache.get_many(keys)
@@ -485,7 +496,8 @@ def main():
     parser.add_argument("--async-shared", action="store_true",
                         help="also aget/aset with one backend instance shared by all tasks")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 8], help="client threads")
-    parser.add_argument("--ops", default=",".join(SYNC_OPS), help="the sync operations (comma-separated)")
+    parser.add_argument("--ops", default=",".join(SYNC_OPS),
+                        help=f"the sync operations (comma-separated; also {', '.join(EXTRA_OPS)})")
     parser.add_argument("--no-async", action="store_true", help="the sync rows only")
     parser.add_argument("--backends", default="racefree,RedisCache,django-redis,django-vcache-pickle,django-vcache",
                         help="comma-separated: " + ", ".join(BACKENDS))
@@ -501,8 +513,8 @@ def main():
         args.rounds, args.seconds, args.async_seconds = 2, 0.5, 0.5
     args.newest_backends = args.newest_backends.split(",")
     args.ops = args.ops.split(",")
-    if unknown := set(args.ops) - set(SYNC_OPS):
-        parser.error(f"unknown operation(s) {', '.join(sorted(unknown))}; known: {', '.join(SYNC_OPS)}")
+    if unknown := set(args.ops) - set(SYNC_OPS + EXTRA_OPS):
+        parser.error(f"unknown operation(s) {', '.join(sorted(unknown))}; known: {', '.join(SYNC_OPS + EXTRA_OPS)}")
     started = time.perf_counter()
 
     names = args.backends.split(",")

@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use super::aio::{self, Bytes};
 use super::errors::batch_failure;
 use super::{Delta, settings};
-use crate::redis::{BatchFailure, Client, Ttl, Values};
+use crate::redis::{BatchFailure, Client, Expiry, Ttl, Values};
 
 /// A pooled, thread-safe Redis client over a primary and optional read
 /// replicas, or over a Redis Cluster's primaries. Keys are str (sent as UTF-8), values bytes in Django's
@@ -228,6 +228,12 @@ store_methods! {
             Ok(client.incr(key.as_bytes(), redis_delta(delta)?)?)
         }
 
+        /// Atomic add with a bare `INCRBY`: a missing key is created
+        /// holding `delta`, without expiry.
+        fn incr_or_create / aincr_or_create(key: PyBackedStr, delta: Delta) -> i64 {
+            Ok(client.incr_or_create(key.as_bytes(), redis_delta(delta)?)?)
+        }
+
         /// Replace the value with `change(value)` if no one else changed it
         /// meanwhile (else read and change again), keeping the expiry;
         /// returns the new value, or None if the key is missing. An
@@ -235,6 +241,47 @@ store_methods! {
         fn update / aupdate(key: PyBackedStr, change: Py<PyAny>) -> Option<Bytes> {
             let outcome = client.update(key.as_bytes(), |current| changed(&change, current))?;
             Ok(outcome?.map(Bytes))
+        }
+
+        /// Milliseconds the key has left (`PTTL`): -2 if it is missing,
+        /// -1 if it never expires.
+        fn pttl / apttl(key: PyBackedStr) -> i64 {
+            Ok(client.pttl(key.as_bytes())?)
+        }
+
+        /// `PEXPIRE`: True if the key exists; 0 or less deletes it.
+        fn pexpire / apexpire(key: PyBackedStr, ms: i64) -> bool {
+            Ok(client.expire(key.as_bytes(), Expiry::AfterMs(ms))?)
+        }
+
+        /// `PEXPIREAT` (Unix milliseconds): True if the key exists; a past
+        /// time deletes it.
+        fn pexpire_at / apexpire_at(key: PyBackedStr, unix_ms: i64) -> bool {
+            Ok(client.expire(key.as_bytes(), Expiry::AtUnixMs(unix_ms))?)
+        }
+
+        /// `PERSIST`: True if the key had an expiry, now removed.
+        fn persist / apersist(key: PyBackedStr) -> bool {
+            Ok(client.expire(key.as_bytes(), Expiry::Never)?)
+        }
+
+        /// How many primaries `scan` numbers (1, or a cluster's).
+        fn primaries / aprimaries() -> usize {
+            Ok(client.primaries()?)
+        }
+
+        /// One page of `SCAN ... MATCH pattern COUNT count` on primary
+        /// number `node`: `(next cursor, keys)`, the cursor 0 when done.
+        /// Keys that are not UTF-8 come back with U+FFFD for what is not.
+        fn scan / ascan(node: usize, cursor: u64, pattern: PyBackedStr, count: usize) -> (u64, Vec<String>) {
+            let (next, keys) = client.scan(node, cursor, pattern.as_bytes(), count)?;
+            Ok((next, keys.iter().map(|key| String::from_utf8_lossy(key).into_owned()).collect()))
+        }
+
+        /// Delete every key matching `pattern`, `SCAN`ning `count` keys at
+        /// a time on each primary; how many it deleted.
+        fn delete_matching / adelete_matching(pattern: PyBackedStr, count: usize) -> u64 {
+            Ok(client.delete_matching(pattern.as_bytes(), count)?)
         }
 
         /// Empty the database (`FLUSHDB`).

@@ -22,6 +22,17 @@ use super::slot::slot;
 /// whole seconds, as Django's RedisCache rounds them.
 pub type Ttl = Option<u64>;
 
+/// A key's new expiry, for `Client::expire`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// This many milliseconds from now (`PEXPIRE`).
+    AfterMs(i64),
+    /// At this Unix time in milliseconds (`PEXPIREAT`).
+    AtUnixMs(i64),
+    /// Never: the expiry removed (`PERSIST`).
+    Never,
+}
+
 /// What `get_many` read, per key in order (`None`: missing or failed).
 pub type Values = Vec<Option<Vec<u8>>>;
 
@@ -63,6 +74,24 @@ fn bulk(server: &Server, value: Value) -> Result<Option<Vec<u8>>> {
         Value::Bulk(data) => Ok(data),
         other => Err(unexpected(server, "a read", other)),
     }
+}
+
+/// A `SCAN` reply: the next cursor and a page of keys.
+fn scan_page(server: &Server, value: Value) -> Result<(u64, Vec<Vec<u8>>)> {
+    if let Value::Array(Some(parts)) = &value
+        && let [Value::Bulk(Some(cursor)), Value::Array(Some(found))] = parts.as_slice()
+        && let Some(cursor) = std::str::from_utf8(cursor).ok().and_then(|digits| digits.parse().ok())
+    {
+        let keys = found.iter().map_while(|key| match key {
+            Value::Bulk(Some(key)) => Some(key.clone()),
+            _ => None,
+        });
+        let keys: Vec<Vec<u8>> = keys.collect();
+        if keys.len() == found.len() {
+            return Ok((cursor, keys));
+        }
+    }
+    Err(unexpected(server, "SCAN", value))
 }
 
 fn integer(server: &Server, value: Value) -> Result<i64> {
@@ -566,6 +595,16 @@ impl Client {
         self.stats.other(result)
     }
 
+    /// Add `delta` with a bare `INCRBY`: a missing key is created holding
+    /// `delta`, without expiry (django-redis's `ignore_key_check`).
+    pub fn incr_or_create(&self, key: &[u8], delta: i64) -> Result<i64> {
+        let delta = itoa::Buffer::new().format(delta).to_owned();
+        let result = self.on_primary(key, |route| {
+            integer(route.server, self.call(route, &[b"INCRBY", key, delta.as_bytes()])?)
+        });
+        self.stats.other(result)
+    }
+
     /// Read-modify-write, keeping the TTL: `change(value)` gives the new
     /// value, stored only if the key still holds the value it was given
     /// (a compare-and-set script), else read and changed again. `None` if
@@ -662,8 +701,14 @@ impl Client {
     /// Delete `keys`: one `DEL`, or in cluster mode one pipeline of `DEL`s
     /// per node. The keys that could not be deleted come back.
     pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<BatchFailure>> {
+        Ok(self.delete_keys(keys).1)
+    }
+
+    /// `delete_many`'s work: how many of `keys` existed and were deleted,
+    /// and the keys that could not be.
+    fn delete_keys(&self, keys: &[&[u8]]) -> (u64, Vec<BatchFailure>) {
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return (0, Vec::new());
         }
         let (deleted, failures) = match &**self.current() {
             Nodes::Cluster(cluster) => {
@@ -690,7 +735,7 @@ impl Client {
         for failure in &failures {
             self.stats.failed(&failure.error);
         }
-        Ok(failures)
+        (deleted, failures)
     }
 
     /// Empty the database: `FLUSHDB` on the primary (replicas follow it),
@@ -716,6 +761,99 @@ impl Client {
             }),
         };
         self.stats.other(result)
+    }
+
+    /// The key's remaining lifetime in milliseconds (`PTTL`, on the
+    /// primary): -2 if it is missing, -1 if it never expires.
+    pub fn pttl(&self, key: &[u8]) -> Result<i64> {
+        let result = self.on_primary(key, |route| integer(route.server, self.call(route, &[b"PTTL", key])?));
+        self.stats.other(result)
+    }
+
+    /// A new expiry for the key, as Redis's own commands set it (no
+    /// Django rules): True if the key exists, and for `Expiry::Never` if
+    /// it had an expiry to remove. A lifetime of 0 or less, or a past
+    /// time, deletes the key.
+    pub fn expire(&self, key: &[u8], expiry: Expiry) -> Result<bool> {
+        let result = self.on_primary(key, |route| {
+            let mut digits = itoa::Buffer::new();
+            let reply = match expiry {
+                Expiry::AfterMs(ms) => self.call(route, &[b"PEXPIRE", key, digits.format(ms).as_bytes()])?,
+                Expiry::AtUnixMs(ms) => self.call(route, &[b"PEXPIREAT", key, digits.format(ms).as_bytes()])?,
+                Expiry::Never => self.call(route, &[b"PERSIST", key])?,
+            };
+            Ok(integer(route.server, reply)? > 0)
+        });
+        self.stats.other(result)
+    }
+
+    /// The servers that hold keys, which `scan` numbers from 0: the
+    /// primary, or a cluster's primaries (by its slot map).
+    pub fn primaries(&self) -> Result<usize> {
+        match &**self.current() {
+            Nodes::Fixed(_) => Ok(1),
+            Nodes::Cluster(cluster) => Ok(cluster.map()?.nodes.len()),
+        }
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count` on primary
+    /// number `node`: the next cursor (0 when the node is done) and the
+    /// keys found. As with `SCAN`, a key present for the whole scan comes
+    /// back at least once; one written or deleted meanwhile may or may
+    /// not. A cluster whose nodes changed between pages may be scanned
+    /// partly on its old map.
+    pub fn scan(&self, node: usize, cursor: u64, pattern: &[u8], count: usize) -> Result<(u64, Vec<Vec<u8>>)> {
+        let page = |server: &Server| {
+            let mut cursor_digits = itoa::Buffer::new();
+            let mut count_digits = itoa::Buffer::new();
+            let args: [&[u8]; 6] = [
+                b"SCAN",
+                cursor_digits.format(cursor).as_bytes(),
+                b"MATCH",
+                pattern,
+                b"COUNT",
+                count_digits.format(count.max(1)).as_bytes(),
+            ];
+            scan_page(server, self.call(Route { server, asking: false }, &args)?)
+        };
+        let result = match &**self.current() {
+            Nodes::Fixed(servers) if node == 0 => page(&servers[0]),
+            Nodes::Fixed(_) => Err(Error::Config(format!("no primary number {node}: there is one"))),
+            Nodes::Cluster(cluster) => cluster.map().and_then(|map| match map.nodes.get(node) {
+                Some(server) => page(server),
+                None => Err(Error::Config(format!(
+                    "no primary number {node}: the cluster has {}",
+                    map.nodes.len()
+                ))),
+            }),
+        };
+        self.stats.other(result)
+    }
+
+    /// Delete every key that matches `pattern`, `SCAN`ning each primary
+    /// `count` keys at a time and deleting each page as it comes (so no
+    /// list of every key is held); the number deleted. A key deleted by
+    /// someone else meanwhile is not counted, so concurrent calls count
+    /// each key once. The first failure stops it and is the error.
+    pub fn delete_matching(&self, pattern: &[u8], count: usize) -> Result<u64> {
+        let mut deleted = 0;
+        for node in 0..self.primaries()? {
+            let mut cursor = 0;
+            loop {
+                let (next, keys) = self.scan(node, cursor, pattern, count)?;
+                let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+                let (gone, mut failures) = self.delete_keys(&keys);
+                if !failures.is_empty() {
+                    return Err(failures.swap_remove(0).error);
+                }
+                deleted += gone;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Close every idle pooled connection.

@@ -26,7 +26,7 @@ pub enum Error {
     Tls { server: String, detail: String },
     /// The server refused this client's login (`AUTH`), or asks for one.
     Auth { server: String, message: String },
-    /// Bad settings.
+    /// Bad settings, or a call that cannot be made (a primary that does not exist).
     Config(String),
 }
 

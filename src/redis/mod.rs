@@ -16,7 +16,7 @@ pub mod slot;
 
 pub use crate::net::ServerPool;
 pub use crate::net::{Secret, TlsOptions};
-pub use client::{BatchFailure, Client, Ttl, Values};
+pub use client::{BatchFailure, Client, Expiry, Ttl, Values};
 pub use error::{Error, Result};
 pub use server::Config;
 

@@ -273,6 +273,12 @@ fn batches_of_a_hundred_keys_over_three_nodes() {
 }
 
 #[test]
+fn expiry_and_key_space_over_three_nodes() {
+    let cluster = RedisCluster::start(3);
+    support::redis_key_space(&client(&cluster), 3);
+}
+
+#[test]
 fn a_dead_node_fails_its_own_keys_only() {
     let mut cluster = RedisCluster::start(3);
     let c = client(&cluster);

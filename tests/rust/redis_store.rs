@@ -72,6 +72,12 @@ fn single_key_operations() {
 }
 
 #[test]
+fn expiry_and_key_space() {
+    let server = Redis::start();
+    support::redis_key_space(&client(&server, settings()), 1);
+}
+
+#[test]
 fn counters_are_atomic_and_never_recreated() {
     let server = Redis::start();
     let c = Arc::new(client(&server, settings()));

@@ -12,19 +12,22 @@ connection is reused only after a complete exchange. Valkey speaks the
 same protocol and works unchanged.
 """
 
+import datetime
 import math
 import pickle
 import re
 import ssl
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
 from racefree._core import RedisClient
-from racefree.backends._ops import with_async_twins
+from racefree.backends._failures import failures_raised
+from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import (
     Option,
     boolean,
@@ -38,6 +41,7 @@ from racefree.backends._options import (
 from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, backend_path, is_forever
+from racefree.exceptions import CacheError
 from racefree.serialization import log_unloadable, serializer_options
 
 #: Longest TTL sent; beyond it (Redis keeps expiry in milliseconds since
@@ -92,6 +96,74 @@ def stock_class_only(value: object) -> None:
         raise ValueError("None: racefree has its own pool and parser, in Rust")
 
 
+def default_reverse_key(key: str) -> str:
+    """The key as the application gave it, from a key Django's default
+    key function made (``prefix:version:key``), as django-redis's is."""
+    return key.split(":", 2)[2]
+
+
+def reverse_key_function(value: object) -> Callable[[str], str]:
+    # django-redis's REVERSE_KEY_FUNCTION: a callable or its dotted path.
+    if isinstance(value, str):
+        try:
+            value = import_string(value)
+        except ImportError:
+            raise ValueError("the dotted path of a function that can be imported") from None
+    if not callable(value):
+        raise ValueError("a function (or its dotted path) from a stored key to the key as given")
+    return value
+
+
+#: How many keys one SCAN asks a server to look at (django-redis's
+#: default itersize is 10; more means fewer round trips, each still short).
+SCAN_COUNT = 100
+_GLOB_SPECIALS = re.compile(r"([*?\[\]\\])")
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis glob pattern."""
+    return _GLOB_SPECIALS.sub(r"\\\1", text)
+
+
+def scan_count(itersize: object) -> int:
+    """How many keys each SCAN looks at: ``itersize``, by default SCAN_COUNT."""
+    if itersize is None:
+        return SCAN_COUNT
+    if isinstance(itersize, bool) or not isinstance(itersize, int):
+        raise TypeError(f"itersize is a number of keys (an int) or None, not {itersize!r}")
+    if itersize < 1:
+        raise ValueError(f"itersize must be at least 1, not {itersize}")
+    return itersize
+
+
+def seconds_to_ms(name: str, value: object) -> int:
+    """A lifetime in seconds (a number or a timedelta) as whole milliseconds."""
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} takes a number of seconds or a timedelta, not {value!r}")
+    return round(value * 1000)
+
+
+def ms_count(name: str, value: object) -> int:
+    """A lifetime in milliseconds (an int or a timedelta)."""
+    if isinstance(value, datetime.timedelta):
+        return round(value.total_seconds() * 1000)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} takes an int of milliseconds or a timedelta, not {value!r}")
+    return value
+
+
+def unix_ms(name: str, when: object, unit_ms: int) -> int:
+    """A point in time (a datetime, naive ones in local time as in
+    redis-py, or a Unix time in ``unit_ms`` milliseconds) as Unix ms."""
+    if isinstance(when, datetime.datetime):
+        return round(when.timestamp() * 1000)
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        raise TypeError(f"{name} takes a datetime or a Unix time, not {when!r}")
+    return round(when * unit_ms)
+
+
 def django_redis_client(value: object) -> None:
     if value != "django_redis.client.DefaultClient":
         raise ValueError("'django_redis.client.DefaultClient' (sharded, herd and sentinel clients are not supported)")
@@ -124,6 +196,7 @@ OPTIONS = [
     Option("parser_class", None, stock_class_only),
     # django-redis's.
     Option("CLIENT_CLASS", "django_redis.client.DefaultClient", django_redis_client),
+    Option("REVERSE_KEY_FUNCTION", None, optional(reverse_key_function)),
 ]
 
 UNSUPPORTED = {
@@ -140,7 +213,6 @@ UNSUPPORTED = {
     "SENTINELS": "Redis Sentinel is not supported",
     "SENTINEL_KWARGS": "Redis Sentinel is not supported",
     "CLOSE_CONNECTION": "the pool is per process and kept between requests",
-    "REVERSE_KEY_FUNCTION": "not supported",
     "REPLICA_READ_ONLY": "replicas only ever take reads (READ_FROM_REPLICAS says whether they take any)",
 }
 
@@ -163,6 +235,8 @@ URL_QUERY = {"db": "DB", "socket_timeout": "IO_TIMEOUT", "socket_connect_timeout
              "client_name": "CLIENT_NAME", "max_connections": "MAX_CONNECTIONS"}
 
 _clients: ProcessRegistry[tuple[object, ...], RedisClient] = ProcessRegistry()
+# The shared (checked) aincr, added to RacefreeCache by with_async_twins.
+_racefree_aincr = getattr(RacefreeCache, "aincr")
 
 
 def split_location(location: str | Iterable[str]) -> list[str]:
@@ -278,6 +352,7 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
             self._encode = self._serializer.dumps
             self._decode_or = self._serializer.load_or
         self._write_args = self.get_backend_timeout
+        self._reverse_key = options["REVERSE_KEY_FUNCTION"] or default_reverse_key
         self._options = options
         config = store_settings(options, OPTIONS)
         try:
@@ -399,6 +474,213 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
             except ValueError:
                 pass
         return self._serializer.load_or(default, key, data)
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None, ignore_key_check: bool = False) -> Any:
+        """Django's ``incr`` (a missing key raises ValueError); with
+        django-redis's ``ignore_key_check``, a missing key is created
+        holding ``delta``, without expiry, as a bare ``INCRBY`` does."""
+        if ignore_key_check:
+            return self._incr_or_create(key, delta, version)
+        return RacefreeCache.incr(self, key, delta, version)
+
+    async def aincr(
+        self, key: Any, delta: int = 1, version: int | None = None, ignore_key_check: bool = False
+    ) -> Any:
+        if ignore_key_check:
+            return await self.a_incr_or_create(key, delta, version)
+        return await _racefree_aincr(self, key, delta, version)
+
+    def decr(self, key: Any, delta: int = 1, version: int | None = None, ignore_key_check: bool = False) -> Any:
+        return self.incr(key, -delta, version, ignore_key_check)
+
+    async def adecr(
+        self, key: Any, delta: int = 1, version: int | None = None, ignore_key_check: bool = False
+    ) -> Any:
+        return await self.aincr(key, -delta, version, ignore_key_check)
+
+    @store_operation
+    def _incr_or_create(self, key: Any, delta: int, version: int | None) -> Generator[Any, Any, Any]:
+        if self._counts_natively:
+            made = self._key(key, version)
+            try:
+                return (yield self._store.incr_or_create, (made, delta))
+            except CacheError as error:
+                self._server_failed("incr", error)
+                raise ValueError("Key '%s' not found" % made) from None
+        # Values the server cannot count (JSON, signed): the checked incr,
+        # and for a missing key an add of delta; whichever loses goes again
+        # (a few times: a value that cannot be loaded reads as missing to
+        # incr and as present to add).
+        try:
+            with failures_raised():
+                for _ in range(5):
+                    try:
+                        return (yield RacefreeCache.incr, (self, key, delta, version))
+                    except ValueError:
+                        pass
+                    if (yield self.add, (key, delta, None, version)):
+                        return delta
+        except CacheError as error:
+            self._server_failed("incr", error)
+        raise ValueError("Key '%s' not found" % self._key(key, version))
+
+    if TYPE_CHECKING:
+        # Added by with_async_twins.
+        async def a_incr_or_create(self, key: Any, delta: int, version: int | None) -> Any: ...
+
+    # django-redis's key-space methods, with Redis's own expiry rules
+    # (not Django's timeouts), so code written against django-redis runs
+    # unchanged; each has an async twin.
+
+    @store_operation
+    def _ms_left(self, operation: str, key: Any, version: int | None) -> Generator[Any, Any, Any]:
+        """``PTTL`` as django-redis gives it: None if the key never expires
+        (-1), 0 if it is missing (-2), else milliseconds."""
+        key = self._key(key, version)
+        try:
+            ms = yield self._store.pttl, (key,)
+        except CacheError as error:
+            self._server_failed(operation, error)
+            return None
+        return None if ms == -1 else max(ms, 0)
+
+    @store_operation
+    def ttl(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        """Seconds the key has left, rounded as Redis's ``TTL``: None if it
+        never expires, 0 if it is missing."""
+        ms = yield self._ms_left, ("ttl", key, version)
+        return None if ms is None else (ms + 500) // 1000
+
+    @store_operation
+    def pttl(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        """Milliseconds the key has left: None if it never expires, 0 if
+        it is missing."""
+        return (yield self._ms_left, ("pttl", key, version))
+
+    @store_operation
+    def _new_expiry(
+        self, operation: str, key: Any, version: int | None, after_ms: int | None, at_ms: int | None
+    ) -> Generator[Any, Any, Any]:
+        """``PEXPIRE`` (``after_ms``), ``PEXPIREAT`` (``at_ms``) or, with
+        neither, ``PERSIST``: Redis's answer, or False for a failure
+        IGNORE_EXCEPTIONS ignores."""
+        key = self._key(key, version)
+        try:
+            if after_ms is not None:
+                return (yield self._store.pexpire, (key, after_ms))
+            if at_ms is not None:
+                return (yield self._store.pexpire_at, (key, at_ms))
+            return (yield self._store.persist, (key,))
+        except CacheError as error:
+            self._server_failed(operation, error)
+            return False
+
+    @store_operation
+    def expire(
+        self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
+        """Expire the key ``timeout`` seconds (or a timedelta; by default
+        the backend's TIMEOUT) from now; True if it exists. 0 or less
+        deletes it, as in Redis."""
+        ms = seconds_to_ms("expire", self.default_timeout if timeout is DEFAULT_TIMEOUT else timeout)
+        return (yield self._new_expiry, ("expire", key, version, ms, None))
+
+    @store_operation
+    def pexpire(
+        self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
+    ) -> Generator[Any, Any, Any]:
+        """``expire`` in milliseconds (an int or a timedelta; by default
+        the backend's TIMEOUT)."""
+        if timeout is DEFAULT_TIMEOUT:
+            ms = seconds_to_ms("pexpire", self.default_timeout)
+        else:
+            ms = ms_count("pexpire", timeout)
+        return (yield self._new_expiry, ("pexpire", key, version, ms, None))
+
+    @store_operation
+    def expire_at(self, key: Any, when: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        """Expire the key at ``when`` (a datetime, or Unix seconds); True
+        if it exists. A past time deletes it."""
+        at = unix_ms("expire_at", when, 1000)
+        return (yield self._new_expiry, ("expire_at", key, version, None, at))
+
+    @store_operation
+    def pexpire_at(self, key: Any, when: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        """``expire_at`` with a datetime or Unix milliseconds."""
+        at = unix_ms("pexpire_at", when, 1)
+        return (yield self._new_expiry, ("pexpire_at", key, version, None, at))
+
+    @store_operation
+    def persist(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        """Remove the key's expiry: True if it had one (Redis's
+        ``PERSIST``; ``touch(key, None)`` says True for any existing key)."""
+        return (yield self._new_expiry, ("persist", key, version, None, None))
+
+    def _key_pattern(self, pattern: str, version: int | None, prefix: str | None = None) -> str:
+        """A glob over stored keys: KEY_PREFIX (or ``prefix``) and the
+        version literally, ``pattern`` as a glob (django-redis's rule)."""
+        prefix = glob_escape(self.key_prefix if prefix is None else prefix)
+        made: str = self.key_func(pattern, prefix, glob_escape(str(self.version if version is None else version)))
+        return made
+
+    def iter_keys(self, search: str, itersize: int | None = None, version: int | None = None) -> Iterator[str]:
+        """The keys (as the application gave them) that match the glob
+        ``search``, ``SCAN``ned ``itersize`` at a time from every primary.
+        As with ``SCAN``, a key may come twice if the server resizes its
+        table meanwhile."""
+        pattern = self._key_pattern(search, version)
+        count = scan_count(itersize)
+        try:
+            for node in range(self._store.primaries()):
+                cursor = 0
+                while True:
+                    cursor, found = self._store.scan(node, cursor, pattern, count)
+                    yield from map(self._reverse_key, found)
+                    if not cursor:
+                        break
+        except CacheError as error:
+            self._server_failed("iter_keys", error)
+
+    async def aiter_keys(
+        self, search: str, itersize: int | None = None, version: int | None = None
+    ) -> AsyncIterator[str]:
+        """``iter_keys``, natively async."""
+        pattern = self._key_pattern(search, version)
+        count = scan_count(itersize)
+        try:
+            for node in range(await self._store.aprimaries()):
+                cursor = 0
+                while True:
+                    cursor, found = await self._store.ascan(node, cursor, pattern, count)
+                    for key in found:
+                        yield self._reverse_key(key)
+                    if not cursor:
+                        break
+        except CacheError as error:
+            self._server_failed("iter_keys", error)
+
+    def keys(self, search: str, version: int | None = None) -> list[str]:
+        """Every key (as given) matching the glob ``search``, each once
+        (found with ``SCAN``, never the blocking ``KEYS``)."""
+        return list(dict.fromkeys(self.iter_keys(search, version=version)))
+
+    async def akeys(self, search: str, version: int | None = None) -> list[str]:
+        return list(dict.fromkeys([key async for key in self.aiter_keys(search, version=version)]))
+
+    @store_operation
+    def delete_pattern(
+        self, pattern: str, version: int | None = None, prefix: str | None = None, itersize: int | None = None
+    ) -> Generator[Any, Any, Any]:
+        """Delete every key matching the glob ``pattern`` (KEY_PREFIX, or
+        ``prefix``, and the version taken literally), ``SCAN``ning
+        ``itersize`` keys at a time on every primary; how many it deleted.
+        Concurrent calls count each key once."""
+        made = self._key_pattern(pattern, version, prefix)
+        try:
+            return (yield self._store.delete_matching, (made, scan_count(itersize)))
+        except CacheError as error:
+            self._server_failed("delete_pattern", error)
+            return 0
 
     def _probe(self, client: Any) -> object:
         # A cluster's seed is asked for its slot map (a key's command would

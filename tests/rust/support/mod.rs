@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,6 +34,71 @@ pub fn redis_batches(c: &racefree::redis::Client, stored: impl FnOnce()) {
     assert!(c.delete_many(&wanted[..50]).unwrap().is_empty());
     assert_eq!(c.get_many(&wanted[..50]).unwrap().0, vec![None; 50]);
     assert!(c.set_many(&entries[50..], Some(0)).unwrap().is_empty());
+}
+
+/// Expiry and key-space calls (`pttl`, `expire`, `scan`,
+/// `delete_matching`) on a client over `primaries` primaries: every page
+/// of every primary together finds each key, and concurrent deletions of
+/// one pattern count each key once.
+pub fn redis_key_space(c: &racefree::redis::Client, primaries: usize) {
+    use racefree::redis::Expiry;
+    assert_eq!(c.primaries().unwrap(), primaries);
+    c.set(b"ks:t", b"v", Some(100)).unwrap();
+    c.set(b"ks:p", b"v", None).unwrap();
+    let ms = c.pttl(b"ks:t").unwrap();
+    assert!((99_000..=100_000).contains(&ms), "{ms}");
+    assert_eq!(c.pttl(b"ks:p").unwrap(), -1);
+    assert_eq!(c.pttl(b"ks:absent").unwrap(), -2);
+    assert!(c.expire(b"ks:p", Expiry::AfterMs(50_000)).unwrap());
+    assert!((49_000..=50_000).contains(&c.pttl(b"ks:p").unwrap()));
+    let in_a_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 60_000;
+    assert!(c.expire(b"ks:p", Expiry::AtUnixMs(in_a_minute)).unwrap());
+    assert!((58_000..=60_000).contains(&c.pttl(b"ks:p").unwrap()));
+    // PERSIST's own answer: True only where there was an expiry to remove.
+    assert!(c.expire(b"ks:p", Expiry::Never).unwrap());
+    assert!(!c.expire(b"ks:p", Expiry::Never).unwrap());
+    assert_eq!(c.pttl(b"ks:p").unwrap(), -1);
+    assert!(!c.expire(b"ks:absent", Expiry::AfterMs(1_000)).unwrap());
+    // A lifetime of 0 deletes, as in Redis.
+    assert!(c.expire(b"ks:t", Expiry::AfterMs(0)).unwrap());
+    assert_eq!(c.get(b"ks:t").unwrap(), None);
+
+    let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("ks:m:{i}").into_bytes()).collect();
+    let entries: Vec<(&[u8], &[u8])> = keys.iter().map(|k| (k.as_slice(), &b"v"[..])).collect();
+    assert!(c.set_many(&entries, None).unwrap().is_empty());
+    c.set(b"ks:other", b"v", None).unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    for node in 0..primaries {
+        let mut cursor = 0;
+        loop {
+            let (next, page) = c.scan(node, cursor, b"ks:m:*", 7).unwrap();
+            found.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    assert_eq!(found, keys.iter().cloned().collect());
+    assert!(matches!(
+        c.scan(primaries, 0, b"*", 10),
+        Err(racefree::redis::Error::Config(_))
+    ));
+    // Four threads delete the same pattern: each key is counted once.
+    let deleted: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| c.delete_matching(b"ks:m:*", 10).unwrap()))
+            .collect();
+        workers.into_iter().map(|worker| worker.join().unwrap()).sum()
+    });
+    assert_eq!(deleted, 300);
+    assert_eq!(c.delete_matching(b"ks:m:*", 10).unwrap(), 0);
+    assert_eq!(c.get(b"ks:other").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(c.delete_matching(b"ks:*", 1000).unwrap(), 2);
 }
 
 pub fn redis_settings() -> racefree::redis::Config {
@@ -551,10 +617,35 @@ impl Redis {
 
     /// A node in cluster mode, with `extra` arguments.
     pub fn start_cluster_node_with(extra: &[&str]) -> Redis {
+        Redis::start_on_free_ports(extra, true)
+    }
+
+    pub fn start_with(extra: &[&str]) -> Redis {
+        Redis::start_on_free_ports(extra, false)
+    }
+
+    /// A free port is only free when it was asked for: another server
+    /// started meanwhile (another test's node, or its cluster bus) may
+    /// take it, and this one then exits. So each try checks that the
+    /// server answering is this child, and a child that exited is tried
+    /// again on new ports.
+    fn start_on_free_ports(extra: &[&str], cluster: bool) -> Redis {
+        for _ in 0..5 {
+            if let Some(redis) = Redis::try_start(extra, cluster) {
+                return redis;
+            }
+        }
+        panic!("redis-server exited at start on 5 pairs of free ports");
+    }
+
+    fn try_start(extra: &[&str], cluster: bool) -> Option<Redis> {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("racefree-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
         // The bus's own port: by default it is the client port + 10,000,
         // which a free port above 55,535 cannot have.
         let bus = free_port().to_string();
-        let mut args = vec![
+        let cluster_args = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -562,15 +653,7 @@ impl Redis {
             "--cluster-port",
             &bus,
         ];
-        args.extend_from_slice(extra);
-        Redis::start_with(&args)
-    }
-
-    pub fn start_with(extra: &[&str]) -> Redis {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("racefree-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &port.to_string(),
@@ -583,17 +666,22 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&dir)
+            .args(if cluster { &cluster_args[..] } else { &[] })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run `make test` as root, or apt-get install redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !answers_as(port, child.id()) {
+            if let Ok(Some(_)) = child.try_wait() {
+                let _ = std::fs::remove_dir_all(&dir);
+                return None;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start on port {port}");
             sleep(Duration::from_millis(10));
         }
-        Redis { port, child, dir }
+        Some(Redis { port, child, dir })
     }
 
     /// SIGSTOP: the server keeps its sockets but answers nothing.
@@ -606,6 +694,39 @@ impl Redis {
         // SAFETY: as in pause.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGCONT) };
     }
+}
+
+/// Whether the server on `port` is process `pid` (`INFO server` says its
+/// `process_id`; a server that asks for a password is taken at its word
+/// once it answers, as no other test's server asks for one).
+fn answers_as(port: u16, pid: u32) -> bool {
+    let Ok(mut socket) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = socket.set_read_timeout(Some(Duration::from_secs(1)));
+    if socket.write_all(b"INFO server\r\n").is_err() {
+        return false;
+    }
+    // A bulk string: `$<length>\r\n<text>\r\n`.
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = socket.read(&mut chunk) {
+        reply.extend_from_slice(&chunk[..n]);
+        if reply.starts_with(b"-NOAUTH") {
+            return true;
+        }
+        let text = String::from_utf8_lossy(&reply);
+        let Some((header, body)) = text.strip_prefix('$').and_then(|rest| rest.split_once("\r\n")) else {
+            continue;
+        };
+        let Ok(length) = header.parse::<usize>() else {
+            return false;
+        };
+        if body.len() >= length {
+            return body.lines().any(|line| line.trim() == format!("process_id:{pid}"));
+        }
+    }
+    false
 }
 
 impl Drop for Redis {

@@ -440,3 +440,47 @@ def test_invalidate_makes_get_or_set_recompute_on_every_backend(spec):
         return await cache.aget_or_set("k", lambda: "newer", 600)
 
     assert asyncio.run(again()) == "newer"
+
+
+def test_django_redis_lock_spellings(spec):
+    """django-redis's lock() and redis-py's Lock arguments: blocking,
+    blocking_timeout, sleep, acquire(False), locked(), owned()."""
+    cache = make(spec)
+    holder = cache.lock("spelled", timeout=30)
+    assert not holder.locked() and not holder.owned()
+    assert holder.acquire(blocking=False) is True
+    assert holder.locked() and holder.owned()
+    other = cache.lock("spelled", blocking_timeout=0.3, sleep=0.02)
+    started = time.monotonic()
+    assert other.acquire() is False
+    assert 0.25 < time.monotonic() - started < 2
+    started = time.monotonic()
+    assert other.acquire(False) is False and other.acquire(blocking=False) is False
+    assert other.acquire(blocking_timeout=0) is False
+    assert time.monotonic() - started < 1
+    assert other.locked() and not other.owned()
+    with pytest.raises(LockNotAcquired):
+        with cache.lock("spelled", blocking=False):
+            pass
+    assert holder.release() is True
+    assert not other.locked() and not holder.owned()
+    assert other.acquire(True) is True  # redis-py's acquire(blocking=True): the lock's own wait
+    assert other.owned()
+    assert other.release() is True
+    for bad in ({"wait": 1, "blocking_timeout": 1}, {"sleep": 0}, {"sleep": "1"}, {"blocking_timeout": -1}):
+        with pytest.raises(ValueError):
+            cache.lock("x", **bad)
+    with pytest.raises(ValueError):
+        cache.lock("x").acquire(wait=1, blocking_timeout=1)
+    with pytest.raises(TypeError):
+        cache.lock("x", thread_local=False)
+
+    async def use():
+        lock = cache.lock("async spelled")
+        assert await lock.aacquire(blocking=False) is True
+        assert await lock.alocked() and await lock.aowned()
+        assert await cache.lock("async spelled").aacquire(False) is False
+        assert await lock.arelease() is True
+        assert not await lock.alocked()
+
+    asyncio.run(use())

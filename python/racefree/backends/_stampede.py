@@ -78,11 +78,18 @@ def _named(kind: str, key: Any) -> str:
     return f"racefree.{kind}:{digest}"
 
 
+def _checked_wait(wait: Any) -> float | None:
+    if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0):
+        raise ValueError(f"a lock's wait must be None or a number of seconds >= 0, not {wait!r}")
+    return wait
+
+
 class _LockStore(Protocol):
     """What a CacheLock needs of its cache."""
 
     def add(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
     def get(self, key: Any, default: Any | None = None, version: int | None = None) -> Any: ...
+    def has_key(self, key: Any, version: int | None = None) -> bool: ...
     def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
     async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
     async def aadd(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
@@ -131,18 +138,36 @@ class CacheLock:
     """
 
     def __init__(
-        self, cache: _LockStore, name: Any, lease: float, wait: float | None = None, version: int | None = None
+        self,
+        cache: _LockStore,
+        name: Any,
+        lease: float,
+        wait: float | None = None,
+        version: int | None = None,
+        *,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+        sleep: float | None = None,
     ) -> None:
+        # django-redis's spellings: blocking_timeout is wait, blocking=False tries once.
+        if blocking_timeout is not None:
+            if wait is not None:
+                raise ValueError("a lock takes wait or blocking_timeout (django-redis's name for it), not both")
+            wait = blocking_timeout
+        if not blocking:
+            wait = 0
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
             raise ValueError(f"a lock's lease must be a number of seconds above 0, not {lease!r}")
-        if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0):
-            raise ValueError(f"a lock's wait must be None or a number of seconds >= 0, not {wait!r}")
+        if sleep is not None and (isinstance(sleep, bool) or not isinstance(sleep, (int, float)) or sleep <= 0):
+            raise ValueError(f"a lock's sleep must be None or a number of seconds above 0, not {sleep!r}")
         self._cache = cache
         self._key = _named("lock", name)
         self._version = version
         self.name = name
         self.lease = lease
-        self.wait = wait
+        self.wait = _checked_wait(wait)
+        #: The pause between tries while waiting (None: from 5 ms, doubling up to 50 ms).
+        self.sleep = sleep
         self._token: str | None = None
 
     @property
@@ -185,12 +210,17 @@ class CacheLock:
         return won
 
     @store_operation
-    def acquire(self, wait: float | None = MISSING) -> Generator[Any, Any, bool]:
+    def acquire(
+        self, wait: float | None = MISSING, blocking: bool | None = None, blocking_timeout: float | None = None
+    ) -> Generator[Any, Any, bool]:
         """Take the lock, waiting up to ``wait`` seconds (default: the
-        lock's own ``wait``); True if taken."""
-        wait = self.wait if wait is MISSING else wait
+        lock's own ``wait``); True if taken. redis-py's spellings (as
+        django-redis's locks take them) work too: ``acquire(False)`` or
+        ``acquire(blocking=False)`` tries once, ``acquire(True)`` waits the
+        lock's own ``wait``, ``blocking_timeout`` is ``wait``."""
+        wait = self._wait_for(wait, blocking, blocking_timeout)
         deadline = None if wait is None else time.monotonic() + wait
-        pause = FIRST_PAUSE
+        pause = FIRST_PAUSE if self.sleep is None else self.sleep
         while True:
             if (yield self.try_acquire, ()):
                 return True
@@ -198,7 +228,39 @@ class CacheLock:
             if left is not None and left <= 0:
                 return False
             yield _Pause.sleep, (pause if left is None else min(pause, left),)
-            pause = min(pause * 2, LONGEST_PAUSE)
+            pause = min(pause * 2, LONGEST_PAUSE) if self.sleep is None else self.sleep
+
+    def _wait_for(self, wait: Any, blocking: bool | None, blocking_timeout: float | None) -> float | None:
+        """How long ``acquire`` waits, from its own and redis-py's arguments."""
+        if isinstance(wait, bool):
+            # redis-py's acquire(blocking).
+            wait, blocking = MISSING, wait
+        if blocking_timeout is not None:
+            if wait is not MISSING:
+                raise ValueError("acquire takes wait or blocking_timeout (redis-py's name for it), not both")
+            wait = blocking_timeout
+        if blocking is False:
+            return 0
+        return self.wait if wait is MISSING else _checked_wait(wait)
+
+    @store_operation
+    def locked(self) -> Generator[Any, Any, bool]:
+        """Whether anyone holds the lock now (redis-py's ``locked()``). A
+        server failure raises, even with IGNORE_EXCEPTIONS."""
+        with failures_raised():
+            held: bool = yield self._cache.has_key, (self._key, self._version)
+        return held
+
+    @store_operation
+    def owned(self) -> Generator[Any, Any, bool]:
+        """Whether this object holds the lock and its lease has not run out
+        (redis-py's ``owned()``): the lock's entry still holds its token."""
+        token = self._token
+        if token is None:
+            return False
+        with failures_raised():
+            current = yield self._cache.get, (self._key, None, self._version)
+        return bool(current == token)
 
     @store_operation
     def release(self) -> Generator[Any, Any, bool]:
@@ -221,8 +283,12 @@ class CacheLock:
 
     if TYPE_CHECKING:
         # The awaitable twins, added by with_async_twins.
-        async def aacquire(self, wait: float | None = ...) -> bool: ...
+        async def aacquire(
+            self, wait: float | None = ..., blocking: bool | None = None, blocking_timeout: float | None = None
+        ) -> bool: ...
         async def arelease(self) -> bool: ...
+        async def alocked(self) -> bool: ...
+        async def aowned(self) -> bool: ...
 
     def __enter__(self) -> "CacheLock":
         if not self.acquire():
@@ -244,12 +310,46 @@ class CacheLock:
         return f"<CacheLock {self.name!r} {'held' if self.held else 'free'}>"
 
 
+class Lockable:
+    """Mixin: ``lock()``, for a cache that is a ``_LockStore``."""
+
+    def lock(
+        self,
+        key: Any,
+        timeout: float | None = None,
+        wait: float | None = None,
+        version: int | None = None,
+        *,
+        blocking: bool = True,
+        blocking_timeout: float | None = None,
+        sleep: float | None = None,
+    ) -> CacheLock:
+        """A lock named ``key``, shared with every user of this cache.
+
+        ``timeout``: its lease in seconds (default: OPTIONS LOCK_LEASE);
+        ``wait``: how long ``with`` waits for it (None: until it is free).
+        django-redis's spellings work too: ``blocking_timeout`` is
+        ``wait``, ``blocking=False`` tries once, ``sleep`` is the pause
+        between tries.
+        """
+        lease = self._lock_settings().lease if timeout is None else timeout
+        return CacheLock(cast(_LockStore, self), key, lease, wait, version, blocking=blocking,
+                         blocking_timeout=blocking_timeout, sleep=sleep)
+
+    def _lock_settings(self) -> Stampede:
+        """The settings a lock's default lease comes from."""
+        raise NotImplementedError
+
+
 @with_async_twins
-class StampedeSafe(_CacheBase):
+class StampedeSafe(Lockable, _CacheBase):
     """Mixin for a BaseCache subclass: stampede-safe ``get_or_set`` /
     ``aget_or_set`` and ``lock``. The subclass sets ``_stampede``."""
 
     _stampede = Stampede()
+
+    def _lock_settings(self) -> Stampede:
+        return self._stampede
 
     def lock_entry_timeout(self, lease: float) -> float:
         """The timeout of a lock entry held for at least ``lease`` seconds."""
@@ -259,16 +359,6 @@ class StampedeSafe(_CacheBase):
         # Each backend's atomic compare-and-delete (RacefreeCache's).
         def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
         async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
-
-    def lock(
-        self, key: Any, timeout: float | None = None, wait: float | None = None, version: int | None = None
-    ) -> CacheLock:
-        """A lock named ``key``, shared with every user of this cache.
-
-        ``timeout``: its lease in seconds (default: OPTIONS LOCK_LEASE);
-        ``wait``: how long ``with`` waits for it (None: until it is free).
-        """
-        return CacheLock(self, key, self._stampede.lease if timeout is None else timeout, wait, version)
 
     def _refresh_window(self, timeout: float | None) -> float:
         """The early-refresh window for this timeout, or 0."""

@@ -27,7 +27,7 @@ from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
 from racefree._core import ForwardingCore
-from racefree.backends._stampede import CacheLock, Stampede
+from racefree.backends._stampede import Lockable, Stampede
 from racefree.backends.base import ProcessRegistry
 from racefree.checks import error
 
@@ -124,7 +124,7 @@ def _settings_changed(setting: str, **kwargs: Any) -> None:
 setting_changed.connect(_settings_changed, dispatch_uid="racefree.backends.forwarding")
 
 
-class ForwardingCache(BaseCache):
+class ForwardingCache(Lockable, BaseCache):
     """Forward every call to the backend configured under LOCATION."""
 
     _alias: str
@@ -191,13 +191,9 @@ class ForwardingCache(BaseCache):
     #: djblets' name.
     reset_backend = reset
 
-    def lock(
-        self, key: Any, timeout: float | None = None, wait: float | None = None, version: int | None = None
-    ) -> CacheLock:
-        """A cache lock taken through the forwarder (see racefree's
-        ``lock``); the lease defaults to the target's LOCK_LEASE."""
-        settings = getattr(self._core.target(), "_stampede", None) or Stampede()
-        return CacheLock(self, key, settings.lease if timeout is None else timeout, wait, version)
+    def _lock_settings(self) -> Stampede:
+        """A lock's lease defaults to the target's LOCK_LEASE."""
+        return getattr(self._core.target(), "_stampede", None) or Stampede()
 
     def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool:
         """A lock's release: the target's atomic compare-and-delete where it

@@ -81,15 +81,15 @@ fn scan_page(server: &Server, value: Value) -> Result<(u64, Vec<Vec<u8>>)> {
     if let Value::Array(Some(parts)) = &value
         && let [Value::Bulk(Some(cursor)), Value::Array(Some(found))] = parts.as_slice()
         && let Some(cursor) = std::str::from_utf8(cursor).ok().and_then(|digits| digits.parse().ok())
+        && let Some(keys) = found
+            .iter()
+            .map(|key| match key {
+                Value::Bulk(Some(key)) => Some(key.clone()),
+                _ => None,
+            })
+            .collect::<Option<Vec<Vec<u8>>>>()
     {
-        let keys = found.iter().map_while(|key| match key {
-            Value::Bulk(Some(key)) => Some(key.clone()),
-            _ => None,
-        });
-        let keys: Vec<Vec<u8>> = keys.collect();
-        if keys.len() == found.len() {
-            return Ok((cursor, keys));
-        }
+        return Ok((cursor, keys));
     }
     Err(unexpected(server, "SCAN", value))
 }

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from support import django_suite  # noqa: E402
 from support.certs import Authority  # noqa: E402
-from support.servers import Memcached, Postgres, Redis  # noqa: E402
+from support.servers import Memcached, Postgres, Redis, RedisCluster  # noqa: E402
 
 SERVERS = {}
 #: The CA of the session's servers' certificates ("ca").
@@ -188,6 +188,30 @@ def memcached_cluster():
 def redis_server():
     """The session's redis-server (also used by Django's suite)."""
     return SERVERS["redis"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A three-node Redis Cluster of the module's own (a module may define
+    its own ``cluster``)."""
+    nodes = RedisCluster()
+    yield nodes
+    nodes.close()
+
+
+@pytest.fixture(params=["server", "cluster"])
+def topology(request, redis_server):
+    """LOCATION and OPTIONS of one redis-server, or of a three-node cluster:
+    a test taking it runs on both."""
+    if request.param == "server":
+        return redis_server.location, {}
+    return request.getfixturevalue("cluster").locations, {"CLUSTER": True}
+
+
+@pytest.fixture
+def prefix():
+    """A KEY_PREFIX of the test's own."""
+    return uuid.uuid4().hex[:8]
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ import asyncio
 import datetime
 import threading
 import time
-import uuid
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django_redis.cache import RedisCache as DjangoRedisCache
-from support.servers import RedisCluster, free_port
+from support.load import run_threads
+from support.servers import free_port
 
 from racefree.backends.redis import RedisCache
 from racefree.exceptions import CacheConnectionError
@@ -23,26 +23,6 @@ from racefree.exceptions import CacheConnectionError
 # Short and Django-version-sensitive only through KEY_FUNCTION and
 # timeouts: all of it also runs on the newest Django.
 pytestmark = pytest.mark.cross_version
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    nodes = RedisCluster()
-    yield nodes
-    nodes.close()
-
-
-@pytest.fixture(params=["server", "cluster"])
-def topology(request, redis_server):
-    """LOCATION and OPTIONS of one server, or of a three-node cluster."""
-    if request.param == "server":
-        return redis_server.location, {}
-    return request.getfixturevalue("cluster").locations, {"CLUSTER": True}
-
-
-@pytest.fixture
-def prefix():
-    return uuid.uuid4().hex[:8]
 
 
 def racefree(topology, prefix, **params):
@@ -227,7 +207,7 @@ def test_incr_with_ignore_key_check_creates_a_missing_key_exactly_once(topology,
     assert cache.get("text") == "abc"
     # 8 threads x 100 increments of a key none of them created: one of
     # them creates it, and not one increment is lost.
-    run_together(8, lambda: [cache.incr("counter", ignore_key_check=True) for _ in range(100)])
+    assert run_threads(8, lambda _: [cache.incr("counter", ignore_key_check=True) for _ in range(100)]) == []
     assert cache.get("counter") == 800
 
     async def run():
@@ -238,25 +218,6 @@ def test_incr_with_ignore_key_check_creates_a_missing_key_exactly_once(topology,
             await cache.aincr("amissing")
 
     asyncio.run(run())
-
-
-def run_together(count, work):
-    start = threading.Barrier(count)
-    errors = []
-
-    def run():
-        start.wait()
-        try:
-            work()
-        except Exception as error:  # reported below, with the thread's count
-            errors.append(error)
-
-    threads = [threading.Thread(target=run) for _ in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
 
 
 def test_the_same_answers_as_django_redis_on_the_same_server(redis_server, prefix):

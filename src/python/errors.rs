@@ -57,7 +57,7 @@ impl From<redis::Error> for PyErr {
             Error::Timeout { .. } => CacheTimeoutError::new_err(message),
             Error::Protocol { .. } => CacheProtocolError::new_err(message),
             Error::Server { .. } => CacheServerError::new_err(message),
-            Error::NotAnInteger { .. } => PyTypeError::new_err(message),
+            Error::NotAnInteger { .. } | Error::WrongType { .. } => PyTypeError::new_err(message),
             Error::Overflow { .. } => PyOverflowError::new_err(message),
         }
     }

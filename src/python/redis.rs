@@ -10,7 +10,8 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use super::aio::{self, Bytes};
 use super::errors::batch_failure;
 use super::{Delta, settings};
-use crate::redis::{BatchFailure, Client, Expiry, Ttl, Values};
+use crate::redis::resp::Value;
+use crate::redis::{BatchFailure, Client, Error, Expiry, Ttl, Values};
 
 /// A pooled, thread-safe Redis client over a primary and optional read
 /// replicas, or over a Redis Cluster's primaries. Keys are str (sent as UTF-8), values bytes in Django's
@@ -88,6 +89,44 @@ impl<'py> IntoPyObject<'py> for Batch<Option<Vec<String>>> {
             None => py.None().into_bound(py),
         };
         self.finish(py, result, false)
+    }
+}
+
+/// An argument of `command`: bytes as they are, str as UTF-8.
+#[derive(FromPyObject)]
+enum Arg {
+    Bytes(PyBackedBytes),
+    Text(PyBackedStr),
+}
+
+impl Arg {
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Arg::Bytes(bytes) => bytes,
+            Arg::Text(text) => text.as_bytes(),
+        }
+    }
+}
+
+/// A reply as Python values: a status as str, an integer as int, a bulk
+/// string as bytes, an array as list, and nil as None.
+struct Reply(Value);
+
+impl<'py> IntoPyObject<'py> for Reply {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self.0 {
+            Value::Status(status) => status.into_pyobject(py)?.into_any(),
+            Value::Int(n) => n.into_pyobject(py)?.into_any(),
+            Value::Bulk(Some(data)) => PyBytes::new(py, &data).into_any(),
+            Value::Bulk(None) | Value::Array(None) => py.None().into_bound(py),
+            Value::Array(Some(items)) => PyList::new(py, items.into_iter().map(Reply))?.into_any(),
+            // Only in replies nested in an array (a transaction's).
+            Value::Error(message) => return Err(Error::refused("(nested reply)", &message).into()),
+        })
     }
 }
 
@@ -282,6 +321,15 @@ store_methods! {
         /// a time on each primary; how many it deleted.
         fn delete_matching / adelete_matching(pattern: PyBackedStr, count: usize) -> u64 {
             Ok(client.delete_matching(pattern.as_bytes(), count)?)
+        }
+
+        /// One command, `args` whole (str sent as UTF-8), on the server of
+        /// `keys` (the keys among `args`, which in cluster mode must share
+        /// a slot; with `read`, a replica may answer): the reply as Python
+        /// values. A key of another kind raises TypeError.
+        fn command / acommand(keys: Vec<PyBackedStr>, args: Vec<Arg>, read: bool) -> Reply {
+            let args: Vec<&[u8]> = args.iter().map(Arg::as_bytes).collect();
+            Ok(Reply(client.command(&key_bytes(&keys), &args, read)?))
         }
 
         /// Empty the database (`FLUSHDB`).

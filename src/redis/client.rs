@@ -856,6 +856,30 @@ impl Client {
         Ok(deleted)
     }
 
+    /// One command on the data-structure commands' terms (sets, hashes,
+    /// sorted sets): `args` whole, its reply as the server sent it. It
+    /// goes to the server of `keys` (the keys among `args`; a read may go
+    /// to a replica), which in cluster mode must share a slot (a hash tag
+    /// makes them), since one node serves the command. A reply of
+    /// `WRONGTYPE` is `Error::WrongType`.
+    pub fn command(&self, keys: &[&[u8]], args: &[&[u8]], read: bool) -> Result<Value> {
+        let Some(first) = keys.first() else {
+            return Err(Error::Config("a command needs the key it acts on".into()));
+        };
+        if args.is_empty() {
+            return Err(Error::Config("a command needs its name".into()));
+        }
+        if self.config.cluster && keys.iter().any(|key| slot(key) != slot(first)) {
+            return Err(Error::Config(format!(
+                "{} acts on keys in different Redis Cluster slots, which no node serves together; \
+                 give the keys one hash tag (the same {{...}} part) to keep them in one slot",
+                String::from_utf8_lossy(args[0])
+            )));
+        }
+        let result = self.on_key(first, read, |route| self.call(route, args));
+        self.stats.other(result)
+    }
+
     /// Close every idle pooled connection.
     pub fn close_idle(&self) {
         match &**self.current() {

@@ -22,6 +22,9 @@ pub enum Error {
     NotAnInteger { server: String },
     /// `incr` past the range of a 64-bit signed integer.
     Overflow { server: String },
+    /// The key holds another kind of value than the command works on (a
+    /// set where a string is read, a string where a hash is written).
+    WrongType { server: String, message: String },
     /// The TLS handshake failed.
     Tls { server: String, detail: String },
     /// The server refused this client's login (`AUTH`), or asks for one.
@@ -54,7 +57,7 @@ impl Error {
     pub(crate) fn keeps_connection(&self) -> bool {
         matches!(
             self,
-            Error::Server { .. } | Error::NotAnInteger { .. } | Error::Overflow { .. }
+            Error::Server { .. } | Error::NotAnInteger { .. } | Error::Overflow { .. } | Error::WrongType { .. }
         )
     }
 
@@ -75,6 +78,11 @@ impl Error {
             Error::NotAnInteger { server }
         } else if text.starts_with("increment or decrement would overflow") {
             Error::Overflow { server }
+        } else if message.starts_with("WRONGTYPE") {
+            Error::WrongType {
+                server,
+                message: message.to_owned(),
+            }
         } else if message.starts_with("NOAUTH") || message.starts_with("WRONGPASS") {
             Error::Auth {
                 server,
@@ -148,6 +156,10 @@ impl crate::net::ServerError for Error {
             },
             Error::NotAnInteger { server } => Error::NotAnInteger { server: server.clone() },
             Error::Overflow { server } => Error::Overflow { server: server.clone() },
+            Error::WrongType { server, message } => Error::WrongType {
+                server: server.clone(),
+                message: message.clone(),
+            },
             Error::Tls { server, detail } => Error::Tls {
                 server: server.clone(),
                 detail: detail.clone(),
@@ -184,6 +196,10 @@ impl fmt::Display for Error {
             Error::Overflow { server } => write!(
                 f,
                 "incr/decr on Redis server {server} would go past a 64-bit signed integer"
+            ),
+            Error::WrongType { server, message } => write!(
+                f,
+                "the key on Redis server {server} holds another kind of value than this call works on: {message}"
             ),
             Error::Tls { server, detail } => write!(f, "TLS with Redis server {server} failed: {detail}"),
             Error::Auth { server, message } => write!(

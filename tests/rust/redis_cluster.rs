@@ -273,9 +273,10 @@ fn batches_of_a_hundred_keys_over_three_nodes() {
 }
 
 #[test]
-fn expiry_and_key_space_over_three_nodes() {
+fn expiry_key_space_and_commands_over_three_nodes() {
     let cluster = RedisCluster::start(3);
     support::redis_key_space(&client(&cluster), 3);
+    support::redis_commands(&client(&cluster), true);
 }
 
 #[test]

@@ -72,9 +72,10 @@ fn single_key_operations() {
 }
 
 #[test]
-fn expiry_and_key_space() {
+fn expiry_key_space_and_commands() {
     let server = Redis::start();
     support::redis_key_space(&client(&server, settings()), 1);
+    support::redis_commands(&client(&server, settings()), false);
 }
 
 #[test]

@@ -289,6 +289,11 @@ class Redis(ServerProcess):
         lines = self.cli("info", section, check=check).splitlines()
         return dict(line.split(":", 1) for line in lines if ":" in line and not line.startswith("#"))
 
+    @property
+    def version(self):
+        """The Redis version it reports (Valkey reports the Redis version it matches)."""
+        return tuple(int(part) for part in self.info()["redis_version"].split(".")[:2])
+
     def _answering_pid(self):
         pid = self.info(check=False).get("process_id")
         return int(pid) if pid else None

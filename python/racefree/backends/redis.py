@@ -38,6 +38,7 @@ from racefree.backends._options import (
     positive_number,
     store_settings,
 )
+from racefree.backends._redis_structures import RedisDataStructures
 from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, backend_path, is_forever
@@ -324,7 +325,7 @@ def _tls_from_keywords(given: dict[str, Any]) -> None:
 
 
 @with_async_twins
-class RedisCache(ServerPools, RacefreeCache, BaseCache):
+class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
     options_spec = OPTIONS
     refused_options = UNSUPPORTED
     server_kind = "Redis"
@@ -345,6 +346,10 @@ class RedisCache(ServerPools, RacefreeCache, BaseCache):
         # Without compression a value is what pickle.dumps writes, as it is.
         self._writes_plain_pickles = self._serializer.compression is None
         self._pickle_protocol = self._serializer.pickle_protocol
+        # Set members are compared byte for byte: pickled as django-redis
+        # pickles them (pickle's default protocol) unless a protocol is set.
+        given_protocol = "PICKLE_PROTOCOL" in params["OPTIONS"]
+        self._member_protocol = self._pickle_protocol if given_protocol else pickle.DEFAULT_PROTOCOL
         if self._counts_natively:
             self._encode = self._encoded_like_django
             self._decode_or = self._decoded_like_django

@@ -101,6 +101,84 @@ pub fn redis_key_space(c: &racefree::redis::Client, primaries: usize) {
     assert_eq!(c.delete_matching(b"ks:*", 1000).unwrap(), 2);
 }
 
+/// Data-structure commands through `command`: replies as the server
+/// sends them, a key of another kind as `WrongType`, keys sharing a hash
+/// tag served together, and (in a cluster) keys of different slots refused
+/// before anything is sent; concurrent `SADD`s and `ZINCRBY`s lose nothing.
+pub fn redis_commands(c: &racefree::redis::Client, cluster: bool) {
+    use racefree::redis::Error;
+    use racefree::redis::resp::Value;
+    let bulk = |data: &[u8]| Value::Bulk(Some(data.to_vec()));
+    let set = b"cmd:{t}set";
+    assert_eq!(
+        c.command(&[set], &[b"SADD", set, b"a", b"b", b"a"], false).unwrap(),
+        Value::Int(2)
+    );
+    assert_eq!(c.command(&[set], &[b"SCARD", set], true).unwrap(), Value::Int(2));
+    let Value::Array(Some(mut members)) = c.command(&[set], &[b"SMEMBERS", set], false).unwrap() else {
+        panic!("SMEMBERS is an array");
+    };
+    members.sort_by_key(|member| format!("{member:?}"));
+    assert_eq!(members, vec![bulk(b"a"), bulk(b"b")]);
+    assert_eq!(
+        c.command(&[b"cmd:{t}none"], &[b"SPOP", b"cmd:{t}none"], false).unwrap(),
+        Value::Bulk(None)
+    );
+    // Keys sharing a hash tag share a slot, so one node serves them.
+    let other = b"cmd:{t}other";
+    c.command(&[other], &[b"SADD", other, b"b", b"c"], false).unwrap();
+    let inter = c.command(&[set, other], &[b"SINTER", set, other], false).unwrap();
+    assert_eq!(inter, Value::Array(Some(vec![bulk(b"b")])));
+    // A string where a set is expected, and the other way round.
+    c.set(b"cmd:{t}string", b"v", None).unwrap();
+    let string = b"cmd:{t}string";
+    assert!(matches!(
+        c.command(&[string], &[b"SADD", string, b"x"], false),
+        Err(Error::WrongType { .. })
+    ));
+    assert!(matches!(c.get(set), Err(Error::WrongType { .. })));
+    assert_eq!(
+        c.get(string).unwrap().as_deref(),
+        Some(&b"v"[..]),
+        "the connection stays in step"
+    );
+    // Keys without a shared tag: refused in a cluster before anything is
+    // sent, served by the one server otherwise.
+    let spread: [&[u8]; 3] = [b"cmd:a", b"cmd:b", b"cmd:c"];
+    let outcome = c.command(&spread, &[b"SUNIONSTORE", spread[0], spread[1], spread[2]], false);
+    match cluster {
+        true => assert!(
+            matches!(&outcome, Err(Error::Config(message)) if message.contains("hash tag")),
+            "{outcome:?}"
+        ),
+        false => assert_eq!(outcome.unwrap(), Value::Int(0)),
+    }
+    assert!(matches!(c.command(&[], &[b"PING"], false), Err(Error::Config(_))));
+    assert!(matches!(c.command(&[set], &[], false), Err(Error::Config(_))));
+    // Eight threads add 100 members each and raise one score 100 times.
+    let zset = b"cmd:{t}zset";
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            scope.spawn(move || {
+                for i in 0..100 {
+                    let member = format!("{thread}:{i}");
+                    c.command(&[set], &[b"SADD", set, member.as_bytes()], false).unwrap();
+                    c.command(&[zset], &[b"ZINCRBY", zset, b"1.5", b"m"], false).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(c.command(&[set], &[b"SCARD", set], false).unwrap(), Value::Int(802));
+    assert_eq!(
+        c.command(&[zset], &[b"ZSCORE", zset, b"m"], false).unwrap(),
+        bulk(b"1200")
+    );
+    let keys: [&[u8]; 4] = [set, other, string, zset];
+    for key in keys {
+        c.delete(key).unwrap();
+    }
+}
+
 pub fn redis_settings() -> racefree::redis::Config {
     racefree::redis::Config {
         connect_timeout: Duration::from_secs(1),

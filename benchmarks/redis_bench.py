@@ -40,7 +40,9 @@ backends take turns within every round (``--rounds``) so that machine
 noise hits them alike; cells are medians, ratios racefree / other, the
 median of the rounds' ratios (for async also the worst round's).
 ``--quick``: 2 rounds of 0.5 s, a smoke run; ``--ops`` and ``--no-async``
-rerun chosen sync cells.
+rerun chosen sync cells. ``--ops sadd,zincrby,smembers(100) --backends
+racefree,django-redis`` measures django-redis's set and sorted-set calls,
+which only those two have.
 
 django-vcache needs CPython >= 3.12, which this project's main virtualenv
 (system CPython 3.11) is not: when ``.venv-newest`` (CPython 3.13, ``make
@@ -54,6 +56,7 @@ tables are printed after this interpreter's.
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import math
 import os
@@ -111,7 +114,12 @@ SYNC_OPS = ["get-hit", "set", "incr", "get_many(100)"]
 #: creates a missing key, like for like with django-vcache's incr:
 #: racefree's and django-redis's incr(ignore_key_check=True), django-vcache's
 #: incr; Django's RedisCache has no such call and does its checked incr.
-EXTRA_OPS = ["incr-unchecked"]
+#: django-redis's data-structure calls, which only racefree and
+#: django-redis have: SADD of one of 1,000 members, ZINCRBY of one member,
+#: SMEMBERS of a set of 100 short strings.
+STRUCTURE_OPS = ["sadd", "zincrby", "smembers(100)"]
+STRUCTURE_BACKENDS = ("racefree", "django-redis")
+EXTRA_OPS = ["incr-unchecked", *STRUCTURE_OPS]
 # (operation, one instance per task?); --async-shared adds ("aget/aset", False).
 ASYNC_CASES = [("aget/aset", True), ("aincr", True)]
 
@@ -211,6 +219,17 @@ def workload(op, cache, thread):
         return lambda: cache.incr(key)
     if op == "get_many(100)":
         return lambda: cache.get_many(keys)
+    if op == "sadd":
+        key, members = f"bench:sadd:{thread}", itertools.cycle(range(1000))
+        return lambda: cache.sadd(key, next(members))
+    if op == "zincrby":
+        key = f"bench:zset:{thread}"
+        return lambda: cache.zincrby(key, 1, "member")
+    if op == "smembers(100)":
+        key = f"bench:members:{thread}"
+        cache.delete(key)
+        cache.sadd(key, *(f"member:{i}" for i in range(100)))
+        return lambda: cache.smembers(key)
     raise ValueError(op)
 
 
@@ -518,6 +537,9 @@ def main():
     started = time.perf_counter()
 
     names = args.backends.split(",")
+    if set(args.ops) & set(STRUCTURE_OPS) and not set(names) <= set(STRUCTURE_BACKENDS):
+        parser.error(f"{', '.join(STRUCTURE_OPS)} run on {' and '.join(STRUCTURE_BACKENDS)} only: "
+                     f"--backends {','.join(STRUCTURE_BACKENDS)}")
     for name in names + args.newest_backends:
         if name not in BACKENDS:
             parser.error(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")

@@ -24,7 +24,7 @@ from racefree.backends._stampede import _named
 from racefree.backends.forwarding import ForwardingCache
 from racefree.backends.memcached import MemcachedCache
 from racefree.backends.redis import RedisCache
-from racefree.exceptions import LockNotAcquired
+from racefree.exceptions import LockNotAcquired, LockNotOwned
 
 CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "support", "get_or_set_child.py")
 COMPUTE_SECONDS = 0.2
@@ -440,6 +440,45 @@ def test_invalidate_makes_get_or_set_recompute_on_every_backend(spec):
         return await cache.aget_or_set("k", lambda: "newer", 600)
 
     assert asyncio.run(again()) == "newer"
+
+
+def test_lock_extend_and_reacquire(spec):
+    """redis-py's extend() and reacquire(): the lease lengthened, only
+    while the lock's entry still holds this lock's token."""
+    cache = make(spec)
+    lock = cache.lock("extended", timeout=1)
+    with pytest.raises(RuntimeError):
+        lock.extend(1)
+    assert lock.acquire(blocking=False) is True
+    assert lock.extend(2) is True
+    # Past the first lease (on memcached, whose lease of 1 s may last 2 s).
+    time.sleep(2.1)
+    assert lock.owned() and cache.lock("extended").acquire(blocking=False) is False
+    assert lock.reacquire() is True and lock.owned()
+    for bad in (0, -1, "1", float("nan"), True):
+        with pytest.raises(ValueError):
+            lock.extend(bad)
+    # A short lease, run out: the next holder's lock is left alone.
+    assert lock.extend(0.5, replace_ttl=True) is True
+    other = cache.lock("extended", timeout=30)
+    assert other.acquire(wait=5) is True
+    with pytest.raises(LockNotOwned):
+        lock.extend(10)
+    with pytest.raises(LockNotOwned):
+        lock.reacquire()
+    assert other.owned() and not lock.owned()
+    assert lock.release() is False and other.locked()
+    assert other.extend(1) is True and other.release() is True
+
+    async def use():
+        held = cache.lock("async extended", timeout=1)
+        assert await held.aacquire(blocking=False) is True
+        assert await held.aextend(30) is True and await held.areacquire() is True
+        assert await held.aowned() and await held.arelease() is True
+        with pytest.raises(RuntimeError):
+            await held.aextend(1)
+
+    asyncio.run(use())
 
 
 def test_django_redis_lock_spellings(spec):

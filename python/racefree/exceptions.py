@@ -35,6 +35,12 @@ class LockNotAcquired(TimeoutError):
     holder still had the lock."""
 
 
+class LockNotOwned(RuntimeError):
+    """A cache lock's ``extend()`` or ``reacquire()`` found that its lease
+    had run out: its entry is gone or holds another holder's token, and
+    was left as it was."""
+
+
 class CacheProtocolError(CacheError):
     """The server's reply did not answer the request; the connection was
     discarded so no later call can read it."""

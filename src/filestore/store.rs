@@ -521,15 +521,19 @@ impl FileStore {
     /// Give a live key a new expiry; true if it had a live value.
     pub fn touch(&self, key: &[u8], expires: f64, now: f64) -> Result<bool> {
         self.stats
-            .other(retrying_if_removed(|| self.touch_once(key, expires, now)))
+            .other(retrying_if_removed(|| self.touch_once(key, None, expires, now)))
     }
 
-    fn touch_once(&self, key: &[u8], expires: f64, now: f64) -> Result<bool> {
+    /// `touch`, or with `expected` only while the live value is that item.
+    fn touch_once(&self, key: &[u8], expected: Option<(u32, &[u8])>, expires: f64, now: f64) -> Result<bool> {
         let location = self.locate(key)?;
         let Some(_held) = self.lock_existing_shard(location.shard)? else {
             return Ok(false);
         };
         match self.read_locked(&location, key, now)? {
+            Found::Live { flags, value, .. } if expected.is_some_and(|item| item != (flags, value.as_slice())) => {
+                Ok(false)
+            }
             Found::Live { flags, value, .. } => {
                 if is_expired(expires, now) {
                     self.replace(&location, None)?;
@@ -544,6 +548,15 @@ impl FileStore {
             }
             Found::Missing | Found::Foreign => Ok(false),
         }
+    }
+
+    /// Give `key` a new expiry only while its live value is exactly
+    /// `flags`/`value` (a lock's extension, under the shard's lock); true
+    /// if done.
+    pub fn touch_if(&self, key: &[u8], flags: u32, value: &[u8], expires: f64, now: f64) -> Result<bool> {
+        self.stats.other(retrying_if_removed(|| {
+            self.touch_once(key, Some((flags, value)), expires, now)
+        }))
     }
 
     /// Delete a key; true if it had a live value.

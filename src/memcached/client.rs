@@ -446,11 +446,30 @@ impl Client {
         self.stats.other(result)
     }
 
-    /// Delete `key` only while it still holds exactly `item`: read it with
-    /// its CAS token, then delete with that token, so a value stored by
-    /// anyone in between is left alone. True if deleted.
+    /// Delete `key` only while it still holds exactly `item` (a lock's
+    /// release). True if deleted.
     pub fn delete_if(&self, key: &[u8], item: (u32, &[u8])) -> Result<bool> {
-        let deleted = self.on_server(key, |server| {
+        let deleted = self.while_holding(key, item, |out, cas, opaque| {
+            protocol::meta_delete_if_unchanged(out, key, cas, opaque)
+        });
+        self.stats.delete(deleted)
+    }
+
+    /// Give `key` the expiry `ttl` only while it still holds exactly
+    /// `item` (a lock's extension): the same item stored again with the
+    /// new TTL. True if done.
+    pub fn touch_if(&self, key: &[u8], item: (u32, &[u8]), ttl: i64) -> Result<bool> {
+        let touched = self.while_holding(key, item, |out, cas, opaque| {
+            protocol::meta_set(out, key, item.1, item.0, ttl, StoreMode::IfUnchanged(cas), opaque)
+        });
+        self.stats.other(touched)
+    }
+
+    /// While `key` holds exactly `item`: read it with its CAS token, then
+    /// send the request `write` makes with that token, so an item stored
+    /// by anyone in between is left alone. True if the server did it.
+    fn while_holding(&self, key: &[u8], item: (u32, &[u8]), write: impl Fn(&mut Vec<u8>, u64, u32)) -> Result<bool> {
+        self.on_server(key, |server| {
             self.exchange(server, |conn| {
                 let Some((flags, value, cas, _)) = read_with_cas(conn, server, key)? else {
                     return Ok(false);
@@ -458,13 +477,10 @@ impl Client {
                 if (flags, value.as_slice()) != item {
                     return Ok(false);
                 }
-                let reply = request(conn, server, |out, opaque| {
-                    protocol::meta_delete_if_unchanged(out, key, cas, opaque)
-                })?;
-                deleted(server, reply)
+                let reply = request(conn, server, |out, opaque| write(out, cas, opaque))?;
+                done_if_unchanged(server, reply)
             })
-        });
-        self.stats.delete(deleted)
+        })
     }
 
     /// Atomically add `delta` to a stored number and return the result;
@@ -577,7 +593,7 @@ impl Client {
                     protocol::meta_set(out, key, value, flags, ttl_to_keep(ttl), mode, opaque)
                 }
             },
-            |_, server, reply| deleted(server, reply),
+            |_, server, reply| done_if_unchanged(server, reply),
         );
         self.stats.other(result)
     }
@@ -589,7 +605,7 @@ impl Client {
         let result = self.single(
             key,
             |out, opaque| protocol::meta_invalidate(out, key, opaque, ttl, None),
-            |_, server, reply| deleted(server, reply),
+            |_, server, reply| done_if_unchanged(server, reply),
         );
         self.stats.other(result)
     }
@@ -827,7 +843,7 @@ fn hand_back(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<()> {
             let reply = request(conn, server, |out, opaque| {
                 protocol::meta_invalidate(out, key, opaque, None, Some(cas))
             })?;
-            deleted(server, reply).map(drop)
+            done_if_unchanged(server, reply).map(drop)
         }
         Reply::Meta {
             status: Status::Stored | Status::Miss,
@@ -931,12 +947,14 @@ fn delete_on(conn: &mut Connection, server: &Server, key: &[u8]) -> Result<bool>
     let reply = request(conn, server, |out, opaque| {
         protocol::meta_delete(out, key, opaque, false)
     })?;
-    deleted(server, reply)
+    done_if_unchanged(server, reply)
 }
 
 /// Whether an `md` deleted: not when the key was missing, or (with a CAS
 /// token) changed.
-fn deleted(server: &Server, reply: Reply) -> Result<bool> {
+/// `HD` (done) as true; not found, or changed since its CAS token was
+/// read, as false.
+fn done_if_unchanged(server: &Server, reply: Reply) -> Result<bool> {
     match reply {
         Reply::Meta {
             status: Status::Stored, ..

@@ -92,6 +92,7 @@ struct Statements {
     add: String,
     set_many: String,
     touch: String,
+    touch_if: String,
     delete: String,
     delete_if: String,
     delete_many: String,
@@ -127,6 +128,10 @@ impl Statements {
                  \"expires\" = EXCLUDED.\"expires\" RETURNING (xmax = 0)"
             ),
             touch: format!("UPDATE {t} SET \"expires\" = $2 WHERE \"cache_key\" = $1 AND \"expires\" > $3 RETURNING 1"),
+            touch_if: format!(
+                "UPDATE {t} SET \"expires\" = $2 WHERE \"cache_key\" = $1 AND \"expires\" > $3 AND \"value\" = $4 \
+                 RETURNING 1"
+            ),
             delete: format!("DELETE FROM {t} WHERE \"cache_key\" = $1 RETURNING \"expires\" > $2"),
             delete_if: format!(
                 "DELETE FROM {t} WHERE \"cache_key\" = $1 AND \"value\" = $2 RETURNING \"expires\" > $3"
@@ -463,6 +468,24 @@ impl PgStore {
                 (&key, Type::TEXT),
                 (&expires, Type::TIMESTAMPTZ),
                 (&now, Type::TIMESTAMPTZ),
+            ],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    /// New expiry for a live key only while it holds exactly `value` (a
+    /// lock's extension, one statement); true if done.
+    pub fn touch_if(&self, key: &str, value: &[u8], expires: SystemTime, now: SystemTime) -> Result<bool> {
+        check_key(key)?;
+        let encoded = BASE64.encode(value);
+        let rows = self.statement(
+            true,
+            &self.sql.touch_if,
+            &[
+                (&key, Type::TEXT),
+                (&expires, Type::TIMESTAMPTZ),
+                (&now, Type::TIMESTAMPTZ),
+                (&encoded, Type::TEXT),
             ],
         )?;
         Ok(!rows.is_empty())

@@ -144,6 +144,11 @@ store_methods! {
             Ok(store.delete_if(key.as_bytes(), item.0, &item.1, now)?)
         }
 
+        /// A new expiry only while the key holds exactly `item`.
+        fn touch_if / atouch_if(key: PyBackedStr, item: Item, write: Write) -> bool {
+            Ok(store.touch_if(key.as_bytes(), item.0, &item.1, write.expires(), now)?)
+        }
+
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> () {
             for key in &keys {
                 store.delete(key.as_bytes(), now)?;

@@ -252,6 +252,11 @@ store_methods! {
             Ok(client.delete_if(memcached_key(&key)?, (item.0, &item.1))?)
         }
 
+        /// A new TTL only while the key holds exactly `item`.
+        fn touch_if / atouch_if(key: PyBackedStr, item: Value, write: i64) -> bool {
+            Ok(client.touch_if(memcached_key(&key)?, (item.0, &item.1), write)?)
+        }
+
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> Batch<()> {
             let failures = client.delete_many(&memcached_keys(&keys)?)?;
             Ok(Batch::new(keys, (), failures))

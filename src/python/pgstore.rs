@@ -138,6 +138,11 @@ store_methods! {
             Ok(store.delete_if(&key, &item, moment(now))?)
         }
 
+        /// A new expiry only while the key holds exactly `item`.
+        fn touch_if / atouch_if(key: PyBackedStr, item: PyBackedBytes, write: Write) -> bool {
+            Ok(store.touch_if(&key, &item, expiry(write.expires()), moment(now))?)
+        }
+
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> () {
             let keys: Vec<&str> = keys.iter().map(|key| &**key).collect();
             Ok(store.delete_many(&keys)?)

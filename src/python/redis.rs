@@ -255,6 +255,11 @@ store_methods! {
             Ok(client.delete_if(key.as_bytes(), &item)?)
         }
 
+        /// A new TTL only while the key holds exactly `item`.
+        fn touch_if / atouch_if(key: PyBackedStr, item: PyBackedBytes, write: Ttl) -> bool {
+            Ok(client.touch_if(key.as_bytes(), &item, write)?)
+        }
+
         /// A failed node raises, with `failed_keys`.
         fn delete_many / adelete_many(keys: Vec<PyBackedStr>) -> Batch<Option<Vec<String>>> {
             let failures = client.delete_many(&key_bytes(&keys))?;

@@ -573,6 +573,23 @@ impl Client {
         self.stats.delete(result)
     }
 
+    /// Give the key a new TTL only while it holds exactly `value` (a lock's
+    /// extension); a TTL of `None` or 0 is refused, as a lock's lease
+    /// always ends. True if done.
+    pub fn touch_if(&self, key: &[u8], value: &[u8], ttl: Ttl) -> Result<bool> {
+        let Some(seconds) = ttl.filter(|seconds| *seconds > 0) else {
+            return Err(Error::Config("touch_if takes a TTL of at least one second".into()));
+        };
+        let ms = itoa::Buffer::new().format(lifetime_ms(seconds)).to_owned();
+        let result = self.on_primary(key, |route| {
+            Ok(integer(
+                route.server,
+                self.eval(route, &scripts::EXPIRE_IF_EQUAL, key, &[value, ms.as_bytes()])?,
+            )? > 0)
+        });
+        self.stats.other(result)
+    }
+
     /// Add `delta` to an integer value, keeping its expiry; `None` if the
     /// key is missing. One script, so a key that expires meanwhile is
     /// never re-created from 0 (Django's `EXISTS` then `INCRBY` can).

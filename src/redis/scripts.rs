@@ -61,6 +61,14 @@ pub(crate) static DELETE_IF_EQUAL: LazyLock<Script> = LazyLock::new(|| {
     Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 });
 
+/// Expire the key in ARGV[2] milliseconds only while it holds ARGV[1]: 1
+/// if done.
+pub(crate) static EXPIRE_IF_EQUAL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+    )
+});
+
 /// Replace ARGV[1] by ARGV[2], keeping the TTL: 1 if replaced, 0 if the
 /// key holds something else, nil if it is missing.
 pub(crate) static REPLACE_IF_EQUAL: LazyLock<Script> = LazyLock::new(|| {

@@ -151,6 +151,13 @@ fn update_and_delete_if() {
         value(8, b"11"),
         "a failed change writes nothing"
     );
+    // Compare-and-touch (a lock's extension): only the exact item's expiry changes.
+    assert!(!s.touch_if(b"c", 8, b"other", NOW + 50.0, NOW).unwrap());
+    assert!(!s.touch_if(b"missing", 8, b"11", NOW + 50.0, NOW).unwrap());
+    assert_eq!(s.get(b"c", NOW + 60.0).unwrap(), value(8, b"11"));
+    assert!(s.touch_if(b"c", 8, b"11", NOW + 50.0, NOW).unwrap());
+    assert_eq!(s.get(b"c", NOW + 60.0).unwrap(), None, "expired at its new time");
+    s.set(b"c", 8, b"11", NOW + 100.0, NOW, ROOMY).unwrap();
     assert!(!s.delete_if(b"c", 8, b"other", NOW).unwrap());
     assert!(!s.delete_if(b"c", 9, b"11", NOW).unwrap());
     assert!(s.delete_if(b"c", 8, b"11", NOW).unwrap());

@@ -159,6 +159,13 @@ fn update_and_delete_if_respect_other_writers() {
     assert!(!c.delete_if(b"n", (4, b"800")).unwrap());
     assert!(c.delete_if(b"n", (3, b"800")).unwrap());
     assert!(!c.delete_if(b"n", (3, b"800")).unwrap());
+    // Compare-and-touch (a lock's extension); a TTL of -1 expires at once.
+    assert!(c.store(b"n", b"800", 3, 300, StoreMode::Set).unwrap());
+    assert!(!c.touch_if(b"n", (3, b"799"), -1).unwrap());
+    assert!(!c.touch_if(b"missing", (3, b"800"), 300).unwrap());
+    assert!(c.get(b"n").unwrap().is_some(), "another item keeps its expiry");
+    assert!(c.touch_if(b"n", (3, b"800"), -1).unwrap());
+    assert!(c.get(b"n").unwrap().is_none(), "the new expiry holds");
 }
 
 #[test]

@@ -112,6 +112,13 @@ fn operations_on_django_s_table() {
     assert!(!s.delete_if("lock", b"token-2", now()).unwrap());
     assert!(s.delete_if("lock", b"token-1", now()).unwrap());
     assert!(!s.delete_if("lock", b"token-1", now()).unwrap());
+    // Compare-and-touch (a lock's extension): only the exact value's expiry.
+    s.set("lock", b"token-1", expiry(0.0), now(), ROOMY).unwrap();
+    assert!(!s.touch_if("lock", b"token-2", in_secs(-1.0), now()).unwrap());
+    assert!(!s.touch_if("absent", b"token-1", in_secs(100.0), now()).unwrap());
+    assert_eq!(s.get("lock", now()).unwrap(), Some(b"token-1".to_vec()));
+    assert!(s.touch_if("lock", b"token-1", in_secs(-1.0), now()).unwrap());
+    assert_eq!(s.get("lock", now()).unwrap(), None);
     // add over an expired row succeeds.
     s.set("old", b"x", in_secs(-1.0), now(), ROOMY).unwrap();
     assert_eq!(s.get("old", now()).unwrap(), None);

@@ -139,6 +139,16 @@ fn compare_and_delete_and_update() {
     let server = Redis::start();
     let c = client(&server, settings());
     c.set(b"lock", b"mine", Some(60)).unwrap();
+    // Compare-and-touch (a lock's extension): only the exact value's TTL.
+    assert!(!c.touch_if(b"lock", b"theirs", Some(100)).unwrap());
+    assert!(!c.touch_if(b"absent", b"mine", Some(100)).unwrap());
+    assert!(c.pttl(b"lock").unwrap() <= 60_000);
+    assert!(c.touch_if(b"lock", b"mine", Some(100)).unwrap());
+    assert!(c.pttl(b"lock").unwrap() > 90_000);
+    assert!(matches!(
+        c.touch_if(b"lock", b"mine", None),
+        Err(racefree::redis::Error::Config(_))
+    ));
     assert!(!c.delete_if(b"lock", b"theirs").unwrap());
     assert!(c.delete_if(b"lock", b"mine").unwrap());
     assert_eq!(c.get(b"lock").unwrap(), None);

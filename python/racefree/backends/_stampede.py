@@ -32,7 +32,7 @@ from django.core.cache.backends.base import DEFAULT_TIMEOUT
 from racefree.backends._failures import failures_raised
 from racefree.backends._ops import store_operation, with_async_twins
 from racefree.backends._options import Option, non_negative_number, positive_number
-from racefree.exceptions import CacheError, LockNotAcquired
+from racefree.exceptions import CacheError, LockNotAcquired, LockNotOwned
 
 if TYPE_CHECKING:
     from django.core.cache.backends.base import BaseCache as _CacheBase
@@ -92,6 +92,8 @@ class _LockStore(Protocol):
     def has_key(self, key: Any, version: int | None = None) -> bool: ...
     def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
     async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
+    def _touch_if(self, key: Any, value: Any, timeout: float, version: int | None = None) -> bool: ...
+    async def a_touch_if(self, key: Any, value: Any, timeout: float, version: int | None = None) -> bool: ...
     async def aadd(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
     def lock_entry_timeout(self, lease: float) -> float: ...
 
@@ -169,6 +171,8 @@ class CacheLock:
         #: The pause between tries while waiting (None: from 5 ms, doubling up to 50 ms).
         self.sleep = sleep
         self._token: str | None = None
+        #: When (time.monotonic()) the lease taken or last extended ends.
+        self._lease_ends = 0.0
 
     @property
     def held(self) -> bool:
@@ -183,10 +187,11 @@ class CacheLock:
             raise RuntimeError(f"the cache lock {self.name!r} is already held by this object")
         token = secrets.token_hex(16)
         won: bool
+        started = time.monotonic()
         with failures_raised():
             won = yield self._cache.add, (self._key, token, self._cache.lock_entry_timeout(self.lease), self._version)
         if won:
-            self._token = token
+            self._token, self._lease_ends = token, started + self.lease
         return won
 
     async def atry_acquire(self) -> bool:
@@ -198,6 +203,7 @@ class CacheLock:
             raise RuntimeError(f"the cache lock {self.name!r} is already held by this object")
         token = secrets.token_hex(16)
         timeout = self._cache.lock_entry_timeout(self.lease)
+        started = time.monotonic()
         with failures_raised():
             adding = asyncio.ensure_future(self._cache.aadd(self._key, token, timeout, self._version))
             try:
@@ -206,7 +212,7 @@ class CacheLock:
                 adding.add_done_callback(functools.partial(_give_back, self._cache, self._key, token, self._version))
                 raise
         if won:
-            self._token = token
+            self._token, self._lease_ends = token, started + self.lease
         return won
 
     @store_operation
@@ -263,6 +269,52 @@ class CacheLock:
         return bool(current == token)
 
     @store_operation
+    def extend(self, additional_time: float, replace_ttl: bool = False) -> Generator[Any, Any, bool]:
+        """Lengthen the lease (redis-py's ``extend``): to end
+        ``additional_time`` seconds after it would have, or with
+        ``replace_ttl`` that many seconds from now. True; LockNotOwned
+        (and nothing changed) if the lease had already run out and the
+        lock's entry is gone or someone else's. Atomic: the entry's expiry
+        changes only while it holds this object's token."""
+        token = self._held_token("extend")
+        if isinstance(additional_time, bool) or not isinstance(additional_time, (int, float)) or not (
+            0 < additional_time < math.inf
+        ):
+            raise ValueError(f"extend takes a number of seconds above 0, not {additional_time!r}")
+        lease = additional_time
+        if not replace_ttl:
+            lease += max(self._lease_ends - time.monotonic(), 0.0)
+        renewed: bool = yield self._renewed, (token, lease)
+        return renewed
+
+    @store_operation
+    def reacquire(self) -> Generator[Any, Any, bool]:
+        """Make the lease end ``lease`` seconds from now (redis-py's
+        ``reacquire``); LockNotOwned as for ``extend``."""
+        renewed: bool = yield self._renewed, (self._held_token("reacquire"), self.lease)
+        return renewed
+
+    def _held_token(self, operation: str) -> str:
+        if self._token is None:
+            raise RuntimeError(f"cannot {operation} the cache lock {self.name!r}: this object does not hold it")
+        return self._token
+
+    @store_operation
+    def _renewed(self, token: str, lease: float) -> Generator[Any, Any, bool]:
+        """The lock's entry given ``lease`` more seconds from now, if it
+        still holds ``token``. A server failure raises, even with
+        IGNORE_EXCEPTIONS."""
+        started = time.monotonic()
+        with failures_raised():
+            renewed = yield self._cache._touch_if, (
+                self._key, token, self._cache.lock_entry_timeout(lease), self._version)
+        if not renewed:
+            raise LockNotOwned(f"the cache lock {self.name!r} was held past its lease, and is gone or "
+                               "someone else's now")
+        self._lease_ends = started + lease
+        return True
+
+    @store_operation
     def release(self) -> Generator[Any, Any, bool]:
         """Give the lock back; False (and a warning) if its lease ran out
         first. A server failure is logged, not raised: the lease frees the
@@ -288,6 +340,8 @@ class CacheLock:
         ) -> bool: ...
         async def arelease(self) -> bool: ...
         async def alocked(self) -> bool: ...
+        async def aextend(self, additional_time: float, replace_ttl: bool = False) -> bool: ...
+        async def areacquire(self) -> bool: ...
         async def aowned(self) -> bool: ...
 
     def __enter__(self) -> "CacheLock":
@@ -356,9 +410,11 @@ class StampedeSafe(Lockable, _CacheBase):
         return lease
 
     if TYPE_CHECKING:
-        # Each backend's atomic compare-and-delete (RacefreeCache's).
+        # Each backend's atomic compare-and-delete and compare-and-touch (RacefreeCache's).
         def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
         async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
+        def _touch_if(self, key: Any, value: Any, timeout: float, version: int | None = None) -> bool: ...
+        async def a_touch_if(self, key: Any, value: Any, timeout: float, version: int | None = None) -> bool: ...
 
     def _refresh_window(self, timeout: float | None) -> float:
         """The early-refresh window for this timeout, or 0."""

@@ -227,6 +227,17 @@ class RacefreeCache(StampedeSafe, KeyMaking, FailurePolicy, _CacheBase):
         return deleted
 
     @store_operation
+    def _touch_if(
+        self, key: Any, value: Any, timeout: float | None, version: int | None = None
+    ) -> Generator[Any, Any, bool]:
+        """Give ``key`` the expiry ``timeout`` only while it holds exactly
+        ``value``, atomically (a lock's extension: never the next
+        holder's). Failures raise."""
+        key = self._key(key, version)
+        touched: bool = yield self._store.touch_if, (key, self._encode(key, value), self._write_args(timeout))
+        return touched
+
+    @store_operation
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Generator[Any, Any, Any]:
         """Atomic across threads, processes (and hosts, on a server); keeps
         the key's expiry. A missing key raises ValueError, a value the store

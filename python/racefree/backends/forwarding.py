@@ -213,6 +213,23 @@ class ForwardingCache(Lockable, BaseCache):
                 return bool(await target.a_delete_if(key, value, version))
             return await target.aget(key, None, version) == value and bool(await target.adelete(key, version))
 
+    def _touch_if(self, key: Any, value: Any, timeout: float, version: int | None = None) -> bool:
+        """A lock's extension: the target's atomic compare-and-touch where
+        it has one, else a read then a touch (as for ``_delete_if``)."""
+        with self._core.lease() as leased:
+            target = cast(BaseCache, leased)
+            if hasattr(target, "_touch_if"):
+                return bool(target._touch_if(key, value, timeout, version))
+            return target.get(key, None, version) == value and bool(target.touch(key, timeout, version))
+
+    async def a_touch_if(self, key: Any, value: Any, timeout: float, version: int | None = None) -> bool:
+        """See _touch_if."""
+        with self._core.lease() as leased:
+            target = cast(BaseCache, leased)
+            if hasattr(target, "a_touch_if"):
+                return bool(await target.a_touch_if(key, value, timeout, version))
+            return await target.aget(key, None, version) == value and bool(await target.atouch(key, timeout, version))
+
     def invalidate(self, key: Any, version: int | None = None) -> bool:
         """The target's invalidate (racefree's backends), else a delete."""
         with self._core.lease() as leased:

@@ -6,11 +6,13 @@ serializer, with bad input, with a key of another kind, and with a server
 that is down."""
 
 import asyncio
+import inspect
 import pickle
 import time
 
 import pytest
 from django_redis.cache import RedisCache as DjangoRedisCache
+from django_redis.client import DefaultClient
 from support.load import run_threads
 from support.servers import free_port
 
@@ -28,6 +30,24 @@ def racefree(topology, prefix, **options):
 SERIALIZERS = pytest.mark.parametrize(
     "options", [{}, {"SERIALIZER": "json"}, {"SIGN_VALUES": True}, {"COMPRESS": "zlib", "COMPRESS_MIN_SIZE": 0}],
     ids=["pickle", "json", "signed", "compressed"])
+
+
+def test_every_call_of_django_redis_s_cache_with_its_parameters_in_its_order():
+    """Code calling django-redis positionally runs unchanged: each of its
+    cache's public methods exists here, and the data-structure ones take
+    the same parameters in the same order (its ``client=`` aside: racefree
+    has no redis-py client to pass)."""
+    public = [name for name in vars(DjangoRedisCache) if not name.startswith("_")]
+    assert [name for name in public if not hasattr(RedisCache, name)] == ["client"]
+
+    def parameters(function):
+        return [(p.name, p.kind) for p in inspect.signature(function).parameters.values()
+                if p.name not in ("self", "client")]
+
+    structures = [name for name in public if name[0] in "shz" and name not in ("set", "set_many", "has_key")]
+    assert len(structures) == 36
+    for name in structures:
+        assert parameters(getattr(RedisCache, name)) == parameters(getattr(DefaultClient, name)), name
 
 
 @SERIALIZERS
@@ -118,7 +138,10 @@ def test_hashes(topology, prefix, options):
     assert cache.hget("h", "nothing", "default") is None
     assert cache.hget("h", "nope", "default") == "default"
     assert cache.hgetall("h") == {"name": "Ada L.", "age": 36, "tags": ["x", "y"], "nothing": None}
-    assert cache.hdel("h", "age", "nope") == 1 and cache.hdel("h", "tags") == 1
+    assert cache.hdel("h", "age") == 1 and cache.hdel("h", "nope") == 0 and cache.hdel("h", "tags") == 1
+    # django-redis's positions: a third argument is the version.
+    cache.hset("h", "v2", 1, version=2)
+    assert cache.hdel("h", "v2", 2) == 1 and cache.hlen("h", version=2) == 0
     assert cache.hgetall("missing") == {}
     assert cache.hset("h", 7, "seven") == 1 and cache.hget("h", 7) == "seven" and "7" in cache.hkeys("h")
 

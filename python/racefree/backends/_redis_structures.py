@@ -12,8 +12,7 @@ a slot in a cluster: give them one hash tag (``"{user:7}:a"``).
 Where racefree differs from django-redis 7, it says so in the method:
 ``sscan`` returns every member (not one page) and its ``match`` is a
 shell pattern over str members, ``smove`` applies ``version`` to both keys,
-``hdel`` takes several fields, and ``hget``/``hgetall`` read what ``hset``
-wrote. With SIGN_VALUES, members and hash values are signed, but not tied
+and ``hget``/``hgetall`` read what ``hset`` wrote. With SIGN_VALUES, members and hash values are signed, but not tied
 to the key holding them, since Redis moves them between keys.
 """
 
@@ -374,12 +373,10 @@ class RedisDataStructures:
         return (yield self._command, ("hset", [key], ["HSET", key, *pairs], False, 0))
 
     @store_operation
-    def hdel(self, key: Any, *fields: Any, version: int | None = None) -> Generator[Any, Any, Any]:
-        """Remove ``fields`` (django-redis takes one); how many there were."""
-        if not fields:
-            raise TypeError("hdel takes at least one field")
+    def hdel(self, key: Any, field: Any, version: int | None = None) -> Generator[Any, Any, Any]:
+        """Remove ``field``; 1 if it was there, else 0."""
         key = self._key(key, version)
-        return (yield self._command, ("hdel", [key], ["HDEL", key, *map(_field, fields)], False, 0))
+        return (yield self._command, ("hdel", [key], ["HDEL", key, _field(field)], False, 0))
 
     @store_operation
     def hlen(self, key: Any, version: int | None = None) -> Generator[Any, Any, Any]:

@@ -217,6 +217,27 @@ def test_the_same_entries_as_django_redis_on_the_same_server(redis_server, prefi
     assert ours.hgetall("h") == {"f": [1, 2], "n": 7, "g": {"x": 1}}
 
 
+def test_json_members_match_django_redis_s_json(redis_server, prefix):
+    # Lists and dicts as members: found only if both sides write the same JSON.
+    ours = RedisCache(redis_server.location, {"KEY_PREFIX": prefix, "OPTIONS": {"SERIALIZER": "json"}})
+    theirs = DjangoRedisCache(redis_server.location, {
+        "KEY_PREFIX": prefix, "OPTIONS": {"SERIALIZER": "django_redis.serializers.json.JSONSerializer"}})
+    members = [[1, 2], {"k": "v", "n": [3]}, "text", 4, 2.5]
+    for writer, reader in ((ours, theirs), (theirs, ours)):
+        assert writer.sadd("j", *members) == 5
+        assert all(reader.sismember("j", member) for member in members)
+        assert reader.smismember("j", [1, 2], [2, 1]) == [True, False]
+        assert reader.srem("j", {"k": "v", "n": [3]}) == 1 and writer.scard("j") == 4
+        assert writer.zadd("z", {"a": 1, 7: 2}) == 2 and reader.zscore("z", 7) == 2.0
+        assert reader.zrange("z", 0, -1) == ["a", 7]
+        writer.delete_many(["j", "z"])
+    with pytest.raises(ValueError):
+        ours.sadd("j", float("nan"))
+    with pytest.raises(TypeError):
+        ours.sadd("j", {1, 2})
+    assert ours.scard("j") == 0
+
+
 def test_threads_lose_nothing_and_pop_each_member_once(topology, prefix):
     cache = racefree(topology, prefix)
 

@@ -511,8 +511,17 @@ def test_django_redis_lock_spellings(spec):
             cache.lock("x", **bad)
     with pytest.raises(ValueError):
         cache.lock("x").acquire(wait=1, blocking_timeout=1)
-    with pytest.raises(TypeError):
-        cache.lock("x", thread_local=False)
+    with pytest.raises(ValueError, match="thread_local"):
+        cache.lock("x", thread_local=True)
+    # django-redis's thread_local=False is what a racefree lock is: another
+    # thread may give it back.
+    shared = cache.lock("across threads", thread_local=False)
+    assert shared.acquire(blocking=False) is True
+    released = []
+    thread = threading.Thread(target=lambda: released.append(shared.release()))
+    thread.start()
+    thread.join()
+    assert released == [True] and not shared.locked()
 
     async def use():
         lock = cache.lock("async spelled")

@@ -17,6 +17,7 @@ to the key holding them, since Redis moves them between keys.
 """
 
 import fnmatch
+import json
 import math
 import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Mapping
@@ -99,10 +100,16 @@ class RedisDataStructures:
     def _member(self, value: Any, allow_int: bool = True) -> bytes:
         """``value`` as django-redis encodes a member: an int (exactly) as
         its digits, unless ``allow_int`` is False (sorted sets) or values
-        are signed; anything else pickled with django-redis's protocol, or
-        as the serializer writes it (JSON, signed, compressed)."""
-        if allow_int and type(value) is int and not self._serializer.signs:
+        are signed; anything else pickled with django-redis's protocol, as
+        django-redis's JSON, or (signed, compressed) as the serializer
+        writes it."""
+        serializer = self._serializer
+        if allow_int and type(value) is int and not serializer.signs:
             return b"%d" % value
+        if serializer.format == "json" and not serializer.signs and serializer.compression is None:
+            # django-redis's JSON (its separators), so both find the same
+            # list or dict members.
+            return json.dumps(value, allow_nan=False).encode()
         if self._writes_plain_pickles and self._counts_natively:
             return pickle.dumps(value, self._member_protocol)
         return self._serializer.dumps(MEMBER_CONTEXT, value)

@@ -377,6 +377,7 @@ class Lockable:
         blocking: bool = True,
         blocking_timeout: float | None = None,
         sleep: float | None = None,
+        thread_local: bool = False,
     ) -> CacheLock:
         """A lock named ``key``, shared with every user of this cache.
 
@@ -384,8 +385,13 @@ class Lockable:
         ``wait``: how long ``with`` waits for it (None: until it is free).
         django-redis's spellings work too: ``blocking_timeout`` is
         ``wait``, ``blocking=False`` tries once, ``sleep`` is the pause
-        between tries.
+        between tries, and ``thread_local=False`` is what racefree's lock
+        is anyway (its token belongs to the lock object, so any thread
+        holding the object may release it).
         """
+        if thread_local is not False:
+            raise ValueError("racefree's lock token belongs to the lock object, not to a thread: "
+                             "thread_local=False (redis-py's thread_local=True is not supported)")
         lease = self._lock_settings().lease if timeout is None else timeout
         return CacheLock(cast(_LockStore, self), key, lease, wait, version, blocking=blocking,
                          blocking_timeout=blocking_timeout, sleep=sleep)

@@ -33,7 +33,8 @@ from racefree.serialization import Serializer
 MEMBER_CONTEXT = "racefree:member"
 #: A member that could not be loaded (logged); left out of results.
 _UNLOADABLE = object()
-_DIGIT_START = frozenset(b"-0123456789")
+#: A stored value that may be an integer written as digits.
+DIGIT_START = frozenset(b"-0123456789")
 #: Members asked for per SSCAN round trip (django-redis's default count).
 SSCAN_COUNT = 10
 
@@ -122,13 +123,14 @@ class RedisDataStructures:
         cannot be loaded is ``_UNLOADABLE``, logged)."""
         if data is None:
             return None
-        if not self._serializer.signs and data[:1] and data[0] in _DIGIT_START:
+        if self._counts_natively:
+            # Digits and pickles, as values are read.
+            return self._decoded_like_django(_UNLOADABLE, MEMBER_CONTEXT, data)
+        if not self._serializer.signs and data[:1] and data[0] in DIGIT_START:
             try:
                 return int(data)
             except ValueError:
                 pass
-        if self._counts_natively:
-            return self._decoded_like_django(_UNLOADABLE, MEMBER_CONTEXT, data)
         return self._serializer.load_or(_UNLOADABLE, MEMBER_CONTEXT, data)
 
     def _loaded_all(self, found: Iterable[bytes]) -> list[Any]:

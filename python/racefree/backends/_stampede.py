@@ -78,6 +78,11 @@ def _named(kind: str, key: Any) -> str:
     return f"racefree.{kind}:{digest}"
 
 
+def _seconds_above_zero(value: object) -> bool:
+    """Whether ``value`` is a finite number of seconds above 0."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
+
+
 def _checked_wait(wait: Any) -> float | None:
     if wait is not None and (isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0):
         raise ValueError(f"a lock's wait must be None or a number of seconds >= 0, not {wait!r}")
@@ -158,9 +163,9 @@ class CacheLock:
             wait = blocking_timeout
         if not blocking:
             wait = 0
-        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+        if not _seconds_above_zero(lease):
             raise ValueError(f"a lock's lease must be a number of seconds above 0, not {lease!r}")
-        if sleep is not None and (isinstance(sleep, bool) or not isinstance(sleep, (int, float)) or sleep <= 0):
+        if sleep is not None and not _seconds_above_zero(sleep):
             raise ValueError(f"a lock's sleep must be None or a number of seconds above 0, not {sleep!r}")
         self._cache = cache
         self._key = _named("lock", name)
@@ -277,9 +282,7 @@ class CacheLock:
         lock's entry is gone or someone else's. Atomic: the entry's expiry
         changes only while it holds this object's token."""
         token = self._held_token("extend")
-        if isinstance(additional_time, bool) or not isinstance(additional_time, (int, float)) or not (
-            0 < additional_time < math.inf
-        ):
+        if not _seconds_above_zero(additional_time):
             raise ValueError(f"extend takes a number of seconds above 0, not {additional_time!r}")
         lease = additional_time
         if not replace_ttl:

@@ -38,7 +38,7 @@ from racefree.backends._options import (
     positive_number,
     store_settings,
 )
-from racefree.backends._redis_structures import RedisDataStructures
+from racefree.backends._redis_structures import DIGIT_START, RedisDataStructures
 from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, backend_path, is_forever
@@ -49,8 +49,6 @@ from racefree.serialization import log_unloadable, serializer_options
 #: the epoch, in 64 bits) a value is kept until evicted, as "forever".
 MAX_TTL = 2**40
 DEFAULT_PORT = 6379
-#: A stored value that may be an integer Django's encoding wrote as digits.
-_DIGIT_START = frozenset(b"-0123456789")
 
 # Django's RedisSerializer, the one serializer option of Django's accepted
 # (it is racefree's default encoding).
@@ -473,7 +471,7 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
             except Exception:
                 log_unloadable(key)
                 return default
-        if data and data[0] in _DIGIT_START:
+        if data and data[0] in DIGIT_START:
             try:
                 return int(data)
             except ValueError:

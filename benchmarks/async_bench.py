@@ -96,7 +96,8 @@ def main():
     args = parser.parse_args()
     stores = args.stores.split(",")
 
-    memcached, postgres, directory = Memcached(), Postgres(), tempfile.mkdtemp(prefix="racefree-async-bench-")
+    memcached, postgres = Memcached(), Postgres(as_shipped=True)
+    directory = tempfile.mkdtemp(prefix="racefree-async-bench-")
     results = []
     try:
         settings.configure(DATABASES={"default": postgres.settings("postgres")}, USE_TZ=True)

@@ -1,5 +1,6 @@
 """Database caches side by side: racefree vs Django's DatabaseCache on one
-PostgreSQL server started here (fsync off), through Django's cache API.
+PostgreSQL server started here with its default durability (fsync on, as
+a real server runs; max_connections 400), through Django's cache API.
 
     python benchmarks/db_bench.py [--seconds 1] [--rounds 3] [--json out.json]
 
@@ -69,7 +70,7 @@ def main():
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    server = Postgres()
+    server = Postgres(as_shipped=True)
     try:
         settings.configure(DATABASES={"default": server.settings("postgres")}, USE_TZ=True)
         django.setup()

@@ -447,7 +447,7 @@ def main():
     import tempfile
 
     memcached = Memcached() if "memcached" in kinds else None
-    postgres = Postgres() if "database" in kinds else None
+    postgres = Postgres(as_shipped=True) if "database" in kinds else None
     servers = [s for s in (memcached, postgres) if s]
     results, hits, paired = [], [], []
     try:

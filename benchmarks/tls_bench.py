@@ -100,7 +100,7 @@ def postgres_rows(seconds, rounds):
     from racefree.backends.db import DatabaseCache
 
     authority = Authority()
-    server = Postgres(tls=authority)
+    server = Postgres(tls=authority, as_shipped=True)
     try:
         server.create_cache_table()
         modes = {"plain": "sslmode=disable", "TLS": f"sslmode=verify-full sslrootcert={authority.cert}"}

@@ -418,9 +418,11 @@ def _unprivileged_user():
 
 class Postgres:
     """A throwaway PostgreSQL cluster in a temp dir on 127.0.0.1 and a free
-    port. fsync is off (the data is throwaway and the OS does not crash in
-    tests), but commits stay synchronous so that a killed server loses
-    nothing it acknowledged. ``settings()`` is a DATABASES entry.
+    port. For tests, fsync is off (the data is throwaway and the OS does
+    not crash in tests), but commits stay synchronous so that a killed
+    server loses nothing it acknowledged; ``as_shipped=True`` (benchmarks)
+    keeps PostgreSQL's default durability instead, fsync and full-page
+    writes on, as a real server runs. Either way it takes 400 connections. ``settings()`` is a DATABASES entry.
 
     ``tls``: a ``tests.support.certs.Authority`` turns TLS on, with a
     certificate for localhost and 127.0.0.1 issued by it. With ``tls_only``
@@ -431,8 +433,12 @@ class Postgres:
     #: The user that must present a client certificate on a TLS server.
     CERT_USER = "certuser"
 
-    def __init__(self, tls=None, tls_only=False):
+    def __init__(self, tls=None, tls_only=False, as_shipped=False):
         self.bindir = postgres_bindir()
+        # Room for a benchmark's 200 tasks or 64 threads with a connection each.
+        self._tuning = ["-c", "max_connections=400"]
+        if not as_shipped:
+            self._tuning += ["-c", "fsync=off", "-c", "full_page_writes=off"]
         self.tempdir = tempfile.mkdtemp(prefix="racefree-postgres-")
         self.datadir = os.path.join(self.tempdir, "data")
         self.socketdir = os.path.join(self.tempdir, "socket")
@@ -509,8 +515,7 @@ class Postgres:
         for _attempt in range(5):
             command = [
                 os.path.join(self.bindir, "postgres"), "-D", self.datadir, "-p", str(self.port),
-                "-k", self.socketdir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                "-c", "full_page_writes=off", "-c", "max_connections=400", *self._tls_args,
+                "-k", self.socketdir, "-c", "listen_addresses=127.0.0.1", *self._tuning, *self._tls_args,
             ]
             self.log = open(os.path.join(self.tempdir, "server.log"), "ab")
             self.process = subprocess.Popen(

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from support import django_suite  # noqa: E402
 from support.certs import Authority  # noqa: E402
+from support.load import wait_until  # noqa: E402
 from support.servers import Memcached, Postgres, Redis, RedisCluster  # noqa: E402
 
 SERVERS = {}
@@ -212,6 +213,24 @@ def topology(request, redis_server):
 def prefix():
     """A KEY_PREFIX of the test's own."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def replicated():
+    """A primary and its replica, the replica's link up."""
+    # The primary syncs a new replica at once (by default it waits 5 s for
+    # more replicas to share the transfer).
+    primary = Redis(extra_args=["--repl-diskless-sync-delay", "0"])
+    replica = None
+    try:
+        replica = Redis(replica_of=primary)
+        wait_until(lambda: replica.info("replication").get("master_link_status") == "up",
+                   what="the replica's link to its primary")
+        yield primary, replica
+    finally:
+        if replica is not None:
+            replica.close()
+        primary.close()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache as StockRedisCache
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from support.load import load_threads, run_processes, run_threads
+from support.load import load_threads, run_processes, run_threads, wait_until
 from support.proxy import full_unix_listener
 from support.servers import Redis, free_port
 
@@ -51,13 +51,6 @@ def stock(location, prefix):
 def prefix():
     """A key prefix of the test's own on the shared server."""
     return uuid.uuid4().hex[:8]
-
-
-def wait_until(condition, seconds=10, what="the condition"):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not hold within {seconds} s"
-        time.sleep(0.02)
 
 
 def client_lines(server):
@@ -419,24 +412,6 @@ def test_backend_timeouts_are_whole_seconds_as_in_djangos_redis_cache(redis_serv
 
 
 # -- Replicas --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def replicated():
-    """A primary and its replica, the replica's link up."""
-    # The primary syncs a new replica at once (by default it waits 5 s for
-    # more replicas to share the transfer).
-    primary = Redis(extra_args=["--repl-diskless-sync-delay", "0"])
-    replica = None
-    try:
-        replica = Redis(replica_of=primary)
-        wait_until(lambda: replica.info("replication").get("master_link_status") == "up",
-                   what="the replica's link to its primary")
-        yield primary, replica
-    finally:
-        if replica is not None:
-            replica.close()
-        primary.close()
 
 
 def get_calls(server):

@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from support.load import wait_until
 from support.servers import RedisCluster, free_port
 
 from racefree.backends.redis import RedisCache
@@ -46,13 +47,6 @@ def keys_per_node(cache, cluster, count=3, start=0):
             owned.append(key)
         index += 1
     return found
-
-
-def wait_until(condition, seconds=15, what="the condition"):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not hold within {seconds} s"
-        time.sleep(0.05)
 
 
 def test_keys_go_to_their_slots_primaries(cluster, prefix):

@@ -4,6 +4,7 @@ a test injects a fault, and one-off runs of many threads or processes."""
 import contextlib
 import multiprocessing
 import threading
+import time
 
 
 @contextlib.contextmanager
@@ -54,3 +55,11 @@ def run_processes(target, args_list, timeout=120):
             process.kill()
             process.join()
     return [process.exitcode for process in processes]
+
+
+def wait_until(condition, seconds=15, what="the condition"):
+    """Poll ``condition`` until it holds; fail the test if it has not after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not hold within {seconds} s"
+        time.sleep(0.02)

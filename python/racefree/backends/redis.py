@@ -38,6 +38,7 @@ from racefree.backends._options import (
     positive_number,
     store_settings,
 )
+from racefree.backends._redis_raw import RawClient
 from racefree.backends._redis_structures import DIGIT_START, RedisDataStructures
 from racefree.backends._stampede import stampede_options
 from racefree.backends._tls import tls_settings
@@ -322,6 +323,17 @@ def _tls_from_keywords(given: dict[str, Any]) -> None:
     given["TLS"] = tls
 
 
+def get_redis_connection(alias: str = "default", write: bool = True) -> Any:
+    """django-redis's ``get_redis_connection``: the raw redis-py client of
+    ``caches[alias]`` (see ``RedisCache.client``)."""
+    from django.core.cache import caches
+
+    get_client = getattr(getattr(caches[alias], "client", None), "get_client", None)
+    if get_client is None:
+        raise NotImplementedError(f"CACHES[{alias!r}] is not a Redis backend: it has no raw Redis client")
+    return get_client(write)
+
+
 @with_async_twins
 class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
     options_spec = OPTIONS
@@ -435,6 +447,14 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
     @property
     def client_servers(self) -> list[str]:
         return self._servers
+
+    @property
+    def client(self) -> RawClient:
+        """django-redis's raw access: ``cache.client.get_client(write=True)``
+        (what ``django_redis.get_redis_connection`` calls) is a redis-py
+        client on the same servers, with the same credentials, database,
+        TLS and timeouts."""
+        return RawClient(self._servers, self._options)
 
     def get_backend_timeout(self, timeout: float | None = DEFAULT_TIMEOUT) -> int | None:
         """Django's RedisCache's: whole seconds, 0 for a timeout below one

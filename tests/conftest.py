@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from support import django_suite  # noqa: E402
 from support.certs import Authority  # noqa: E402
 from support.load import wait_until  # noqa: E402
-from support.servers import Memcached, Postgres, Redis, RedisCluster  # noqa: E402
+from support.servers import Memcached, Postgres, Redis, RedisCluster, free_port  # noqa: E402
 
 SERVERS = {}
 #: The CA of the session's servers' certificates ("ca").
@@ -231,6 +231,19 @@ def replicated():
         if replica is not None:
             replica.close()
         primary.close()
+
+
+@pytest.fixture
+def tls_redis(authority):
+    """A redis-server with a TLS port besides its plain one (a certificate
+    from ``authority``; no client certificate asked): the server and a
+    ``rediss://`` LOCATION of its TLS port."""
+    cert, key = authority.server("redis-server")
+    tls_port = free_port()
+    server = Redis(extra_args=["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key,
+                               "--tls-ca-cert-file", authority.cert, "--tls-auth-clients", "no"])
+    yield server, f"rediss://127.0.0.1:{tls_port}"
+    server.close()
 
 
 @pytest.fixture

@@ -785,24 +785,17 @@ def test_a_unix_socket_location(tmp_path):
         server.close()
 
 
-def test_a_rediss_location_keeps_the_tls_options(authority):
-    cert, key = authority.server("redis-server")
-    tls_port = free_port()
-    server = Redis(extra_args=["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key,
-                               "--tls-ca-cert-file", authority.cert, "--tls-auth-clients", "no"])
-    try:
-        location = f"rediss://127.0.0.1:{tls_port}"
-        cache = racefree(location, TLS={"CA_FILE": authority.cert})
-        assert cache._options["TLS"]["ca_file"] == authority.cert
-        cache.set("k", "over tls")
-        assert cache.get("k") == "over tls"
-        assert server.cli("EXISTS", cache.make_key("k")) == "1"
-        # rediss:// alone is TLS checked against the system's CAs, which do
-        # not know this one.
-        with pytest.raises(CacheConnectionError):
-            racefree(location).get("k")
-    finally:
-        server.close()
+def test_a_rediss_location_keeps_the_tls_options(authority, tls_redis):
+    server, location = tls_redis
+    cache = racefree(location, TLS={"CA_FILE": authority.cert})
+    assert cache._options["TLS"]["ca_file"] == authority.cert
+    cache.set("k", "over tls")
+    assert cache.get("k") == "over tls"
+    assert server.cli("EXISTS", cache.make_key("k")) == "1"
+    # rediss:// alone is TLS checked against the system's CAs, which do
+    # not know this one.
+    with pytest.raises(CacheConnectionError):
+        racefree(location).get("k")
 
 
 def test_settings_that_cannot_work_are_refused(redis_server):

@@ -20,7 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from redis.cluster import RedisCluster as RedisPyCluster
 from support.load import wait_until
-from support.servers import Redis, free_port
+from support.servers import Redis
 
 from racefree.backends.redis import RedisCache, get_redis_connection
 
@@ -118,28 +118,21 @@ def test_a_unix_socket_location(tmp_path, prefix):
         server.close()
 
 
-def test_tls_options_carry_over(authority, prefix):
-    cert, key = authority.server("redis-server")
-    tls_port = free_port()
-    server = Redis(extra_args=["--tls-port", str(tls_port), "--tls-cert-file", cert, "--tls-key-file", key,
-                               "--tls-ca-cert-file", authority.cert, "--tls-auth-clients", "no"])
-    try:
-        location = f"rediss://127.0.0.1:{tls_port}"
-        cache = racefree(location, prefix, TLS={"CA_FILE": authority.cert})
-        cache.set("k", 3)
-        assert cache.client.get_client().get(cache.make_key("k")) == b"3"
-        # Checked against the system's CAs, which do not know this one.
-        with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
-            racefree(location, prefix).client.get_client().ping()
-        # Encryption only.
-        assert racefree(location, prefix, TLS={"VERIFY": "none"}).client.get_client().ping() is True
-        # redis-py checks a certificate against the address it dials; a
-        # SERVER_NAME it cannot honour is refused, not dropped.
-        named = racefree(location, prefix, TLS={"CA_FILE": authority.cert, "SERVER_NAME": "localhost"})
-        with pytest.raises(ImproperlyConfigured, match="SERVER_NAME"):
-            named.client.get_client()
-    finally:
-        server.close()
+def test_tls_options_carry_over(authority, tls_redis, prefix):
+    _, location = tls_redis
+    cache = racefree(location, prefix, TLS={"CA_FILE": authority.cert})
+    cache.set("k", 3)
+    assert cache.client.get_client().get(cache.make_key("k")) == b"3"
+    # Checked against the system's CAs, which do not know this one.
+    with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
+        racefree(location, prefix).client.get_client().ping()
+    # Encryption only.
+    assert racefree(location, prefix, TLS={"VERIFY": "none"}).client.get_client().ping() is True
+    # redis-py checks a certificate against the address it dials; a
+    # SERVER_NAME it cannot honour is refused, not dropped.
+    named = racefree(location, prefix, TLS={"CA_FILE": authority.cert, "SERVER_NAME": "localhost"})
+    with pytest.raises(ImproperlyConfigured, match="SERVER_NAME"):
+        named.client.get_client()
 
 
 def test_a_command_that_timed_out_is_not_sent_again(fresh_redis, prefix):

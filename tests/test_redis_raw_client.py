@@ -59,6 +59,7 @@ def test_get_redis_connection_racefrees_and_django_redis(redis_server, prefix, t
         "default": {"BACKEND": "racefree.backends.redis.RedisCache", "LOCATION": redis_server.location,
                     "KEY_PREFIX": prefix},
         "files": {"BACKEND": "racefree.backends.filebased.FileBasedCache", "LOCATION": str(tmp_path)},
+        "forwarding": {"BACKEND": "racefree.backends.forwarding.ForwardingCache", "LOCATION": "default"},
     }
     with override_settings(CACHES=caches):
         from django.core.cache import caches as configured
@@ -67,6 +68,8 @@ def test_get_redis_connection_racefrees_and_django_redis(redis_server, prefix, t
         ours = get_redis_connection("default")
         theirs = django_redis.get_redis_connection("default")
         assert ours is theirs
+        # Through a forwarding backend, the target's.
+        assert get_redis_connection("forwarding") is ours
         assert pickle.loads(ours.get(configured["default"].make_key("k"))) == "v"
         with pytest.raises(NotImplementedError, match=re.escape("CACHES['files'] is not a Redis backend")):
             get_redis_connection("files")

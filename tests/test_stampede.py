@@ -20,7 +20,9 @@ from django.db import connection
 from django.test import override_settings
 from django.utils.module_loading import import_string
 
-from racefree.backends._stampede import _named
+import racefree.backends._stampede as stampede_module
+import racefree.backends.memcached as memcached_module
+from racefree.backends._stampede import _named, wakeups
 from racefree.backends.forwarding import ForwardingCache
 from racefree.backends.memcached import MemcachedCache
 from racefree.backends.redis import RedisCache
@@ -532,3 +534,79 @@ def test_django_redis_lock_spellings(spec):
         assert not await lock.alocked()
 
     asyncio.run(use())
+
+
+def test_a_release_wakes_this_process_s_waiters_at_once(spec):
+    """A waiter in the holder's process takes the lock when it is given
+    back, not at its next poll (here 10 s away); threads and tasks alike,
+    and nothing is left registered afterwards."""
+    cache = make(spec)
+    holder = cache.lock("woken", timeout=30)
+    assert holder.acquire(blocking=False)
+    took = {}
+
+    def wait_in_thread():
+        waiter = cache.lock("woken", timeout=30, sleep=10)
+        assert waiter.acquire(wait=20)
+        took["thread"] = time.monotonic()
+        waiter.release()
+
+    thread = threading.Thread(target=wait_in_thread)
+    thread.start()
+    time.sleep(0.3)  # the waiter has tried once and is pausing
+    released = time.monotonic()
+    assert holder.release() is True
+    thread.join(15)
+    # Well before the waiter's next poll.
+    assert took["thread"] - released < 5
+
+    async def wait_in_task():
+        held = cache.lock("woken async", timeout=30)
+        assert await held.aacquire(blocking=False)
+        waiter = cache.lock("woken async", timeout=30, sleep=10)
+        task = asyncio.ensure_future(waiter.aacquire(wait=20))
+        await asyncio.sleep(0.3)
+        # Given back from another thread, as another request would.
+        released = time.monotonic()
+        assert await asyncio.to_thread(held.release) is True
+        assert await task
+        woken = time.monotonic() - released
+        await waiter.arelease()
+        return woken
+
+    assert asyncio.run(wait_in_task()) < 5
+    assert wakeups._waiting == {}
+
+
+def test_get_or_set_waiters_in_the_process_are_woken_when_the_value_is_stored(spec, monkeypatch):
+    """Eight threads miss at once: one computes (0.5 s), the other seven get
+    its value, each woken when the computer gives the lock back rather
+    than at its next poll (the longest pause here is 10 s)."""
+    cache = make(spec)
+    calls = []
+    stored = {}
+
+    def compute():
+        calls.append(1)
+        time.sleep(0.5)
+        stored["at"] = time.monotonic()
+        return "computed"
+
+    results = {}
+
+    def call(n):
+        results[n] = (cache.get_or_set("slow", compute, 60), time.monotonic())
+
+    # Polls 10 s apart: a waiter that got the value sooner was woken.
+    for module, first, longest in ((stampede_module, "FIRST_PAUSE", "LONGEST_PAUSE"),
+                                   (memcached_module, "FIRST_POLL", "LONGEST_POLL")):
+        monkeypatch.setattr(module, first, 10)
+        monkeypatch.setattr(module, longest, 10)
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(calls) == 1
+    assert sorted(value for value, _ in results.values()) == ["computed"] * 8
+    assert max(at for _, at in results.values()) - stored["at"] < 5

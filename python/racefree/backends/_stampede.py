@@ -6,10 +6,11 @@ expires every caller that misses at once computes it. Here the callers
 that miss race to ``add`` a lock entry for the key (memcached's atomic
 ``add``, the file store's ``add`` under its file lock, the PostgreSQL
 store's ``add`` under an advisory lock): the one that adds it computes;
-the others poll for its value, backing off. The lock entry expires after
-``LOCK_LEASE`` seconds, so a computer that crashed frees it without
-anyone's help, and a caller that has waited ``GET_OR_SET_WAIT`` seconds
-computes itself rather than hang. A hit costs what Django's costs: one get.
+the others poll for its value, backing off; those in the computer's own
+process are woken as soon as it gives the lock back. The lock entry
+expires after ``LOCK_LEASE`` seconds, so a computer that crashed frees it
+without anyone's help, and a caller that has waited ``GET_OR_SET_WAIT``
+seconds computes itself rather than hang. A hit costs what Django's costs: one get.
 
 ``EARLY_REFRESH`` (seconds, off by default): ``get_or_set`` also writes a
 "fresh" marker that expires that long before the value; the first caller
@@ -22,7 +23,9 @@ import functools
 import hashlib
 import logging
 import math
+import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -95,6 +98,7 @@ class _LockStore(Protocol):
     def add(self, key: Any, value: Any, timeout: float | None = ..., version: int | None = None) -> bool: ...
     def get(self, key: Any, default: Any | None = None, version: int | None = None) -> Any: ...
     def has_key(self, key: Any, version: int | None = None) -> bool: ...
+    def make_key(self, key: Any, version: int | None = None) -> str: ...
     def _delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
     async def a_delete_if(self, key: Any, value: Any, version: int | None = None) -> bool: ...
     def _touch_if(self, key: Any, value: Any, timeout: float, version: int | None = None) -> bool: ...
@@ -103,11 +107,96 @@ class _LockStore(Protocol):
     def lock_entry_timeout(self, lease: float) -> float: ...
 
 
-class _Pause:
-    """Waiting between polls; the async form yields to the event loop."""
+def _settle(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
 
-    sleep = staticmethod(time.sleep)
-    asleep = staticmethod(asyncio.sleep)
+
+class _Wakeup:
+    """The callers of this process waiting on one key: threads on an
+    event, tasks on futures of their own loops."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.waiters = 0
+
+
+class Wakeups:
+    """Ends the pause of this process's callers waiting on a key when the
+    key's holder in this process is done with it (a lock given back, a
+    value stored), instead of at their next poll. Callers elsewhere
+    (other processes, other hosts) still poll; a wake-up that comes early
+    or for nothing costs one more try. Keyed by the stored key, so the
+    caches of one configuration share their wake-ups."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, _Wakeup] = {}
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's waiters are not the child's.
+        self._lock = threading.Lock()
+        self._waiting = {}
+
+    def _joined(self, key: str) -> _Wakeup:
+        with self._lock:
+            wakeup = self._waiting.get(key)
+            if wakeup is None:
+                wakeup = self._waiting[key] = _Wakeup()
+            wakeup.waiters += 1
+            return wakeup
+
+    def _left(self, key: str, wakeup: _Wakeup) -> None:
+        with self._lock:
+            wakeup.waiters -= 1
+            if not wakeup.waiters and self._waiting.get(key) is wakeup:
+                del self._waiting[key]
+
+    def sleep(self, key: str, seconds: float) -> None:
+        """Wait up to ``seconds``, or until ``wake(key)``."""
+        wakeup = self._joined(key)
+        try:
+            wakeup.event.wait(seconds)
+        finally:
+            self._left(key, wakeup)
+
+    async def asleep(self, key: str, seconds: float) -> None:
+        """See sleep; the event loop runs meanwhile."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        wakeup = self._joined(key)
+        with self._lock:
+            woken = wakeup.event.is_set()
+            if not woken:
+                wakeup.futures.append((loop, future))
+        try:
+            if not woken:
+                await asyncio.wait((future,), timeout=seconds)
+        finally:
+            with self._lock:
+                if (loop, future) in wakeup.futures:
+                    wakeup.futures.remove((loop, future))
+            self._left(key, wakeup)
+
+    def wake(self, key: str) -> None:
+        """End the pause of every caller of this process waiting on ``key``."""
+        with self._lock:
+            wakeup = self._waiting.pop(key, None)
+            if wakeup is None:
+                return
+            wakeup.event.set()
+            futures, wakeup.futures = wakeup.futures, []
+        for loop, future in futures:
+            try:
+                loop.call_soon_threadsafe(_settle, future)
+            except RuntimeError:
+                pass  # its loop is closed: nobody waits there any more
+
+
+#: This process's wake-ups, shared by every backend.
+wakeups = Wakeups()
 
 
 #: Give-backs of locks taken by cancelled acquires, kept until done.
@@ -170,6 +259,8 @@ class CacheLock:
         self._cache = cache
         self._key = _named("lock", name)
         self._version = version
+        #: Who waits for this lock in this process (see Wakeups).
+        self.wake_key = cache.make_key(self._key, version)
         self.name = name
         self.lease = lease
         self.wait = _checked_wait(wait)
@@ -238,7 +329,8 @@ class CacheLock:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
-            yield _Pause.sleep, (pause if left is None else min(pause, left),)
+            # Until the next poll, or until a holder in this process gives it back.
+            yield wakeups.sleep, (self.wake_key, pause if left is None else min(pause, left))
             pause = min(pause * 2, LONGEST_PAUSE) if self.sleep is None else self.sleep
 
     def _wait_for(self, wait: Any, blocking: bool | None, blocking_timeout: float | None) -> float | None:
@@ -329,6 +421,7 @@ class CacheLock:
             # One atomic compare-and-delete: a read then a delete could
             # remove the next holder's lock if the lease ran out between.
             if (yield self._cache._delete_if, (self._key, token, self._version)):
+                wakeups.wake(self.wake_key)
                 return True
         except CacheError as error:
             logger.warning("cache lock %r: release failed, its lease will free it: %s", self.name, error)
@@ -483,7 +576,8 @@ class StampedeSafe(Lockable, _CacheBase):
                 logger.warning("get_or_set %r: waited %ss for another caller's value; computing", key,
                                self._stampede.wait)
                 return (yield self._added, (key, default(), timeout, version))
-            yield _Pause.sleep, (min(pause, left),)
+            # The holder gives the lock back once the value is stored.
+            yield wakeups.sleep, (lock.wake_key, min(pause, left))
             pause = min(pause * 2, LONGEST_PAUSE)
             value = yield self.get, (key, MISSING, version)
             if value is not MISSING:

@@ -36,7 +36,7 @@ from racefree.backends._options import (
     positive_number,
     store_settings,
 )
-from racefree.backends._stampede import MISSING, _gave_back, _giving_back, _Pause, stampede_options
+from racefree.backends._stampede import MISSING, _gave_back, _giving_back, stampede_options, wakeups
 from racefree.backends._tls import tls_settings
 from racefree.backends.base import ProcessRegistry, RacefreeCache, ServerPools, is_forever
 from racefree.exceptions import CacheError
@@ -234,7 +234,8 @@ class MemcachedCache(ServerPools, RacefreeCache, BaseCache):
                 logger.warning("get_or_set %r: waited %ss for another caller's value; computing", key,
                                self._stampede.wait)
                 return (yield self._computed, (key, made, default, timeout, version, None, None))
-            yield _Pause.sleep, (min(pause, left),)
+            # Until the next poll, or until the caller computing it in this process stored it.
+            yield wakeups.sleep, (made, min(pause, left))
             pause = min(pause * 2, LONGEST_POLL)
 
     async def a_claim(self, key: str, vivify: int, recache: int | None) -> Any:
@@ -301,8 +302,12 @@ class MemcachedCache(ServerPools, RacefreeCache, BaseCache):
                 except CacheError as error:
                     logger.warning("get_or_set %r: the computation failed and its turn could not be given back "
                                    "(%s); the next caller computes after LOCK_LEASE", key, error)
+                wakeups.wake(made)  # a waiter here takes the turn
             raise
-        yield self.set, (key, value, timeout, version)
+        try:
+            yield self.set, (key, value, timeout, version)
+        finally:
+            wakeups.wake(made)
         return value
 
     @store_operation

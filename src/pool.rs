@@ -2,7 +2,10 @@
 //!
 //! Dials happen in the calling thread, so a refused connection fails at
 //! once instead of waiting out a pool timeout. Open connections may be
-//! capped, with a bounded wait for a free one. An idle connection too old
+//! capped, with a bounded wait for a free one, first come first served: a
+//! connection coming back (or a slot freed) is handed to the caller that
+//! has waited longest, never taken by one that arrived later, so no caller
+//! waits for many others' turns. An idle connection too old
 //! or no longer fit (see `Dial::is_reusable`) is closed on checkout, and
 //! idle connections past `idle_timeout` are closed whenever one comes
 //! back: the idle list is a stack, so without that, connections under the
@@ -14,10 +17,11 @@
 //! process: stores keep theirs in a `crate::fork::PerProcess`, so a forked
 //! child builds its own and never closes or uses its parent's sockets.
 
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Display;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::health::Health;
@@ -59,15 +63,37 @@ pub(crate) struct Config {
 
 struct State<C> {
     idle: Vec<(C, Instant)>,
-    /// Connections open now: idle, checked out, or being dialed.
+    /// Connections open now: idle, checked out, being dialed, or handed
+    /// to a waiter.
     open: usize,
+    /// Callers waiting at the cap, oldest first: their tickets and what
+    /// wakes each.
+    waiting: VecDeque<(u64, Arc<Condvar>)>,
+    /// What was handed to a waiter, by ticket, until it wakes to take it.
+    handed: HashMap<u64, Handed<C>>,
+    next_ticket: u64,
+}
+
+impl<C> State<C> {
+    /// Give `handed` to `waiter` (just taken off the line) and wake it.
+    fn hand(&mut self, (ticket, wake): (u64, Arc<Condvar>), handed: Handed<C>) {
+        self.handed.insert(ticket, handed);
+        wake.notify_one();
+    }
+}
+
+/// What a waiter at the cap is handed.
+enum Handed<C> {
+    /// A connection that came back fit for reuse.
+    Conn(C),
+    /// The slot of a connection that was closed: the waiter dials into it.
+    Slot,
 }
 
 pub(crate) struct Pool<D: Dial> {
     pub(crate) dialer: D,
     config: Config,
     state: Mutex<State<D::Conn>>,
-    freed: Condvar,
     /// Connections dialed so far (reconnects show here).
     connects: AtomicU64,
     /// Outages and recoveries, logged once each.
@@ -93,8 +119,10 @@ impl<D: Dial> Pool<D> {
             state: Mutex::new(State {
                 idle: Vec::new(),
                 open: 0,
+                waiting: VecDeque::new(),
+                handed: HashMap::new(),
+                next_ticket: 0,
             }),
-            freed: Condvar::new(),
             connects: AtomicU64::new(0),
             health: Health::new(server),
         }
@@ -105,12 +133,14 @@ impl<D: Dial> Pool<D> {
     }
 
     /// Check out a connection: a fit idle one, or a new dial. At
-    /// `max_open`, wait (up to `wait`) for one to come back.
+    /// `max_open`, wait (up to `wait`) in line for one to come back.
     pub(crate) fn lease(&self) -> Result<Lease<'_, D>, D::Error> {
         let cap = self.config.max_open.unwrap_or(usize::MAX);
-        let mut deadline = None;
         let mut state = self.state();
-        loop {
+        // Callers already waiting go first: while any do, every
+        // connection coming back is handed to them, so there is nothing
+        // idle to take and no slot to dial into.
+        while state.waiting.is_empty() {
             if let Some((mut conn, since)) = state.idle.pop() {
                 drop(state);
                 if since.elapsed() <= self.config.idle_timeout && self.dialer.is_reusable(&mut conn) {
@@ -125,13 +155,30 @@ impl<D: Dial> Pool<D> {
                 drop(state);
                 return self.dial();
             }
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.config.wait);
-            if Instant::now() >= deadline {
-                return Err(self.dialer.all_busy(cap, self.config.wait));
+            break;
+        }
+        let deadline = Instant::now() + self.config.wait;
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        let wake = Arc::new(Condvar::new());
+        state.waiting.push_back((ticket, Arc::clone(&wake)));
+        loop {
+            state = wait_until(&wake, state, deadline);
+            match state.handed.remove(&ticket) {
+                Some(Handed::Conn(conn)) => return Ok(self.lend(conn)),
+                Some(Handed::Slot) => {
+                    drop(state);
+                    return self.dial();
+                }
+                None if Instant::now() >= deadline => {
+                    state.waiting.retain(|(waiter, _)| *waiter != ticket);
+                    return Err(self.dialer.all_busy(cap, self.config.wait));
+                }
+                None => {} // woken early: keep waiting
             }
-            state = wait_until(&self.freed, state, deadline);
         }
     }
+
 
     /// Dial into the slot the caller took.
     fn dial(&self) -> Result<Lease<'_, D>, D::Error> {
@@ -167,13 +214,20 @@ impl<D: Dial> Pool<D> {
                 .take_while(|(_, since)| since.elapsed() > self.config.idle_timeout)
                 .count();
             stale.extend(state.idle.drain(..old).map(|(conn, _)| conn));
-            if state.idle.len() < self.config.max_idle {
-                state.idle.push((conn, Instant::now()));
-                drop(state);
-                self.wake_one();
-                stale.into_iter().for_each(|conn| self.close(conn));
-                return;
-            }
+            let unkept = match state.waiting.pop_front() {
+                Some(waiter) => {
+                    state.hand(waiter, Handed::Conn(conn));
+                    None
+                }
+                None if state.idle.len() < self.config.max_idle => {
+                    state.idle.push((conn, Instant::now()));
+                    None
+                }
+                None => Some(conn),
+            };
+            drop(state);
+            unkept.into_iter().chain(stale).for_each(|conn| self.close(conn));
+            return;
         }
         self.close(conn);
         stale.into_iter().for_each(|conn| self.close(conn));
@@ -185,15 +239,13 @@ impl<D: Dial> Pool<D> {
         self.free_slot();
     }
 
+    /// A connection's slot is free: the longest waiter's to dial into,
+    /// else no longer counted.
     fn free_slot(&self) {
-        self.state().open -= 1;
-        self.wake_one();
-    }
-
-    /// Wake a caller waiting at the cap (without a cap, none ever waits).
-    fn wake_one(&self) {
-        if self.config.max_open.is_some() {
-            self.freed.notify_one();
+        let mut state = self.state();
+        match state.waiting.pop_front() {
+            Some(waiter) => state.hand(waiter, Handed::Slot),
+            None => state.open -= 1,
         }
     }
 
@@ -351,5 +403,70 @@ mod tests {
                 "the freed slot went to the waiter"
             );
         });
+    }
+
+    /// A connection coming back goes to the caller waiting longest, not to
+    /// one arriving meanwhile; a closed one's slot too; a waiter that gave
+    /// up leaves the line.
+    #[test]
+    fn waiters_are_served_first_come_first_served() {
+        let config = Config {
+            max_idle: 2,
+            max_open: Some(1),
+            wait: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let pool = &Pool::new(Numbers(AtomicUsize::new(0)), config, "test server".into());
+        let held = pool.lease().expect("dialed");
+        let waiting = |count| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while pool.state().waiting.len() != count {
+                assert!(Instant::now() < deadline, "{count} waiters did not line up");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        std::thread::scope(|s| {
+            let (got, gave) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+            let first = s.spawn(move || {
+                let lease = pool.lease();
+                let number = lease.as_ref().map(|conn| **conn).map_err(Clone::clone);
+                got.0.send(number.clone()).expect("main listens");
+                gave.1.recv().expect("main says when");
+                number // the lease ends unreleased: its connection is closed
+            });
+            waiting(1);
+            let second = s.spawn(|| pool.lease().map(|conn| *conn));
+            waiting(2);
+            held.release();
+            // Handed to the first waiter at check-in: a caller arriving now
+            // lines up behind the second instead of taking it.
+            let lined_up = {
+                let state = pool.state();
+                (state.handed.len(), state.waiting.len())
+            };
+            assert_eq!(lined_up, (1, 1));
+            let third = s.spawn(|| pool.lease().map(|conn| *conn));
+            waiting(2);
+            assert_eq!(got.1.recv().expect("first got one"), Ok(0));
+            gave.0.send(()).expect("first waits for this");
+            assert_eq!(first.join().expect("no panic"), Ok(0));
+            // The first dropped its lease unreleased: the slot goes to the
+            // second, which dials into it, then to the third.
+            assert_eq!(second.join().expect("no panic"), Ok(1));
+            assert_eq!(third.join().expect("no panic"), Ok(2));
+        });
+        assert_eq!((pool.open(), pool.idle()), (0, 0));
+        let state = pool.state();
+        assert!(state.waiting.is_empty() && state.handed.is_empty());
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_leaves_the_line() {
+        let pool = pool(1, Some(1));
+        let held = pool.lease().expect("dialed");
+        assert_eq!(pool.lease().err().as_deref(), Some("all 1 busy"));
+        assert!(pool.state().waiting.is_empty(), "the timed-out waiter left");
+        held.release();
+        assert_eq!((pool.open(), pool.idle()), (1, 1), "kept idle, not handed to a gone waiter");
     }
 }

@@ -8,11 +8,19 @@ Each backend has its own table (created by ``createcachetable``) holding
 1,000 entries. Every thread uses its own backend instance and Django its
 own connection per thread. Each cell is the median of ``--rounds`` runs,
 the backends taking turns; ratios are racefree / Django.
+
+Then latency with more threads than racefree's pool has connections:
+``--crowd`` threads (64) calling get-hit, racefree at its default
+POOL_SIZE of 10 (callers wait in line for a connection) against Django
+with a connection per thread; the percentiles are over every call of
+``--rounds`` runs of ``--seconds`` each, the backends taking turns.
 """
 
 import argparse
 import os
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -63,14 +71,51 @@ def measure(name, op, size, threads, seconds):
     )
 
 
+def crowd_latencies(name, threads, seconds):
+    """Each get-hit's latency (s) from ``threads`` threads for ``seconds``."""
+    from django.db import connections
+
+    latencies = []
+    barrier = threading.Barrier(threads + 1)
+    stop = threading.Event()
+
+    def run(index):
+        call = workload("get-hit", make(name), None, index)
+        call()
+        barrier.wait()
+        mine = []
+        while not stop.is_set():
+            started = time.perf_counter()
+            call()
+            mine.append(time.perf_counter() - started)
+        latencies.extend(mine)
+        connections.close_all()
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return latencies
+
+
+def percentile(ordered, fraction):
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--crowd", type=int, default=64, help="threads of the latency run (0: none)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
     server = Postgres(as_shipped=True)
+    latency_rows = []
     try:
         settings.configure(DATABASES={"default": server.settings("postgres")}, USE_TZ=True)
         django.setup()
@@ -89,6 +134,20 @@ def main():
                 results.append(row)
                 cells = "  ".join(f"{name} {row[name]:>8.0f}/s" for name in names)
                 print(f"{op:<14} {threads}T  {cells}", flush=True)
+        if args.crowd:
+            pooled = {name: [] for name in names}
+            for round_index in range(args.rounds):
+                order = names if round_index % 2 == 0 else names[::-1]
+                for name in order:
+                    pooled[name].extend(crowd_latencies(name, args.crowd, args.seconds))
+            for name in names:
+                ordered = sorted(pooled[name])
+                row = {"backend": name, "threads": args.crowd, "calls": len(ordered),
+                       **{key: percentile(ordered, q) * 1e3 for key, q in
+                          (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999), ("max_ms", 1.0))}}
+                latency_rows.append(row)
+                print(f"get-hit {args.crowd}T {name}: p50 {row['p50_ms']:.2f} p99 {row['p99_ms']:.2f} "
+                      f"p99.9 {row['p999_ms']:.2f} max {row['max_ms']:.1f} ms", flush=True)
     finally:
         from racefree.backends.db import close_pools
 
@@ -101,7 +160,14 @@ def main():
         ("threads", lambda row: str(row["threads"])),
     ]
     print(markdown(results, names, columns))
-    save(args.json, results, seconds=args.seconds, rounds=args.rounds)
+    if latency_rows:
+        print()
+        print("| backend | threads | calls | get-hit p50 | p99 | p99.9 | max |")
+        print("|---|---|---|---|---|---|---|")
+        for row in latency_rows:
+            print(f"| {row['backend']} | {row['threads']} | {row['calls']:,} | {row['p50_ms']:.2f} ms | "
+                  f"{row['p99_ms']:.2f} ms | {row['p999_ms']:.2f} ms | {row['max_ms']:.1f} ms |")
+    save(args.json, results, seconds=args.seconds, rounds=args.rounds, latency=latency_rows)
 
 
 if __name__ == "__main__":

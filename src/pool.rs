@@ -179,7 +179,6 @@ impl<D: Dial> Pool<D> {
         }
     }
 
-
     /// Dial into the slot the caller took.
     fn dial(&self) -> Result<Lease<'_, D>, D::Error> {
         match self.dialer.dial() {
@@ -467,6 +466,10 @@ mod tests {
         assert_eq!(pool.lease().err().as_deref(), Some("all 1 busy"));
         assert!(pool.state().waiting.is_empty(), "the timed-out waiter left");
         held.release();
-        assert_eq!((pool.open(), pool.idle()), (1, 1), "kept idle, not handed to a gone waiter");
+        assert_eq!(
+            (pool.open(), pool.idle()),
+            (1, 1),
+            "kept idle, not handed to a gone waiter"
+        );
     }
 }

@@ -240,6 +240,10 @@ def test_a_cluster_over_tls(authority):
         assert cache.incr("t7") == 8
         assert sorted(cache.stats()["servers"]) == sorted(f"127.0.0.1:{port}" for port in tls_cluster.tls_ports)
         assert sum(int(node.cli("DBSIZE")) for node in tls_cluster.nodes) == 60
+        # The raw redis-py cluster client (cache.client) over TLS too.
+        raw = cache.client.get_client()
+        assert [raw.get(cache.make_key(f"t{i}")) for i in (3, 7, 50)] == [b"3", b"8", b"50"]
+        assert raw.rpush(cache.make_key("raw list"), b"x") == 1
     finally:
         tls_cluster.close()
 

@@ -422,7 +422,8 @@ class Postgres:
     not crash in tests), but commits stay synchronous so that a killed
     server loses nothing it acknowledged; ``as_shipped=True`` (benchmarks)
     keeps PostgreSQL's default durability instead, fsync and full-page
-    writes on, as a real server runs. Either way it takes 400 connections. ``settings()`` is a DATABASES entry.
+    writes on, as a real server runs. Either way it takes 400
+    connections. ``settings()`` is a DATABASES entry.
 
     ``tls``: a ``tests.support.certs.Authority`` turns TLS on, with a
     certificate for localhost and 127.0.0.1 issued by it. With ``tls_only``

@@ -112,13 +112,17 @@ def _settle(future: "asyncio.Future[None]") -> None:
         future.set_result(None)
 
 
+#: An asyncio task's wait: its loop and the future it awaits.
+_WaitingTask = tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
 class _Wakeup:
     """The callers of this process waiting on one key: threads on an
     event, tasks on futures of their own loops."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self.futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self.futures: list[_WaitingTask] = []
         self.waiters = 0
 
 
@@ -140,12 +144,15 @@ class Wakeups:
         self._lock = threading.Lock()
         self._waiting = {}
 
-    def _joined(self, key: str) -> _Wakeup:
+    def _joined(self, key: str, task: "_WaitingTask | None" = None) -> _Wakeup:
+        # A wake-up in _waiting has not been woken: wake() takes it out first.
         with self._lock:
             wakeup = self._waiting.get(key)
             if wakeup is None:
                 wakeup = self._waiting[key] = _Wakeup()
             wakeup.waiters += 1
+            if task is not None:
+                wakeup.futures.append(task)
             return wakeup
 
     def _left(self, key: str, wakeup: _Wakeup) -> None:
@@ -165,19 +172,14 @@ class Wakeups:
     async def asleep(self, key: str, seconds: float) -> None:
         """See sleep; the event loop runs meanwhile."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        wakeup = self._joined(key)
-        with self._lock:
-            woken = wakeup.event.is_set()
-            if not woken:
-                wakeup.futures.append((loop, future))
+        task: _WaitingTask = (loop, loop.create_future())
+        wakeup = self._joined(key, task)
         try:
-            if not woken:
-                await asyncio.wait((future,), timeout=seconds)
+            await asyncio.wait((task[1],), timeout=seconds)
         finally:
             with self._lock:
-                if (loop, future) in wakeup.futures:
-                    wakeup.futures.remove((loop, future))
+                if task in wakeup.futures:
+                    wakeup.futures.remove(task)
             self._left(key, wakeup)
 
     def wake(self, key: str) -> None:

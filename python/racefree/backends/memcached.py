@@ -293,20 +293,20 @@ class MemcachedCache(ServerPools, RacefreeCache, BaseCache):
         waiting out the lease, and stale readers keep their old value
         meanwhile."""
         try:
-            value = default()
-        except BaseException:
-            if turn is not None:
-                _, stale, cas, ttl = turn
-                try:
-                    yield self._store.give_back, (made, cas, item, stale, ttl)
-                except CacheError as error:
-                    logger.warning("get_or_set %r: the computation failed and its turn could not be given back "
-                                   "(%s); the next caller computes after LOCK_LEASE", key, error)
-                wakeups.wake(made)  # a waiter here takes the turn
-            raise
-        try:
+            try:
+                value = default()
+            except BaseException:
+                if turn is not None:
+                    _, stale, cas, ttl = turn
+                    try:
+                        yield self._store.give_back, (made, cas, item, stale, ttl)
+                    except CacheError as error:
+                        logger.warning("get_or_set %r: the computation failed and its turn could not be given "
+                                       "back (%s); the next caller computes after LOCK_LEASE", key, error)
+                raise
             yield self.set, (key, value, timeout, version)
         finally:
+            # This process's waiters read again at once: the value, or the turn given back.
             wakeups.wake(made)
         return value
 

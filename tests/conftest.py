@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from support import django_suite  # noqa: E402
 from support.certs import Authority  # noqa: E402
 from support.load import wait_until  # noqa: E402
-from support.servers import Memcached, Postgres, Redis, RedisCluster, free_port  # noqa: E402
+from support.servers import Memcached, Postgres, Redis, RedisCluster, RedisSentinel, free_port  # noqa: E402
 
 SERVERS = {}
 #: The CA of the session's servers' certificates ("ca").
@@ -200,12 +200,23 @@ def cluster():
     nodes.close()
 
 
-@pytest.fixture(params=["server", "cluster"])
+def session_sentinel():
+    """A Redis Sentinel watching the session's redis-server as the primary
+    of the service "suite", started on first use; the harness stops it
+    with the others."""
+    if "redis_sentinel" not in SERVERS:
+        SERVERS["redis_sentinel"] = RedisSentinel(SERVERS["redis"], "suite")
+    return SERVERS["redis_sentinel"]
+
+
+@pytest.fixture(params=["server", "cluster", "sentinel"])
 def topology(request, redis_server):
-    """LOCATION and OPTIONS of one redis-server, or of a three-node cluster:
-    a test taking it runs on both."""
+    """LOCATION and OPTIONS of one redis-server, of a three-node cluster,
+    or of that server behind a Sentinel: a test taking it runs on each."""
     if request.param == "server":
         return redis_server.location, {}
+    if request.param == "sentinel":
+        return "redis://suite", {"SENTINELS": [session_sentinel().address]}
     return request.getfixturevalue("cluster").locations, {"CLUSTER": True}
 
 

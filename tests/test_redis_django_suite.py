@@ -1,12 +1,12 @@
 """Django's own Redis cache tests (Django's ``RedisCacheTests``, from the
 sdist of the installed Django) against racefree's backend, directly and
-through its async API, on a real redis-server the harness started, and on
-a real three-node Redis Cluster."""
+through its async API, on a real redis-server the harness started, on
+a real three-node Redis Cluster, and behind a real Redis Sentinel."""
 
 import pytest
 from cache import tests as django_cache_tests
 from cache.tests import caches_setting_for_tests, redis_excluded_caches
-from conftest import SERVERS
+from conftest import SERVERS, session_sentinel
 from django.core import signals
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
@@ -133,3 +133,18 @@ class RacefreeRedisClusterCacheTests(RacefreeRedisCacheTests):
         # Replaced: a cluster has database 0 only (its nodes refuse SELECT).
         with self.assertRaisesMessage(ImproperlyConfigured, "database 0 only"):
             RedisCache(CLUSTER.locations, {"OPTIONS": {"CLUSTER": True, "db": 5}})
+
+
+# The session's redis-server behind a Sentinel (started when the module
+# is collected).
+SENTINEL_PARAMS = {
+    "BACKEND": "racefree.backends.redis.RedisCache",
+    "LOCATION": "redis://suite",
+    "OPTIONS": {"SENTINELS": [session_sentinel().address]},
+}
+
+
+@exclude
+@override_settings(CACHES=caches_setting_for_tests(base=SENTINEL_PARAMS, exclude=redis_excluded_caches))
+class RacefreeRedisSentinelCacheTests(RacefreeRedisCacheTests):
+    base_params = SENTINEL_PARAMS

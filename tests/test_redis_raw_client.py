@@ -35,7 +35,7 @@ def test_the_raw_client_shares_the_caches_keys_and_values(topology, prefix):
     location, options = topology
     cache = racefree(location, prefix, **options)
     client = cache.client.get_client()
-    assert isinstance(client, RedisPyCluster if options else redis.Redis)
+    assert isinstance(client, RedisPyCluster if options.get("CLUSTER") else redis.Redis)
     # Commands the cache API has no method for, on the cache's keys.
     assert client.rpush(cache.make_key("queue"), b"a", b"b") == 2
     assert client.lrange(cache.make_key("queue"), 0, -1) == [b"a", b"b"]

@@ -14,7 +14,8 @@ use super::cluster::{BatchOp, Cluster};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
 use super::scripts::{self, Script};
-use super::server::{self, Config, Lease, Login, Route, Server, exchange, reply, round_trip};
+use super::sentinel::Sentinel;
+use super::server::{self, Config, KnownServers, Lease, Login, Route, Server, exchange, reply, round_trip};
 use super::slot::slot;
 
 /// An expiry as the commands take it: `None` keeps the value until it is
@@ -53,6 +54,8 @@ pub struct Client {
     /// In cluster mode, the TLS configuration nodes found later share.
     cluster_tls: Option<Arc<rustls::ClientConfig>>,
     login: Arc<Login>,
+    /// With Sentinel, the login the Sentinels take, and their settings.
+    sentinel_login: Option<(Arc<Login>, Config)>,
     config: Config,
 }
 
@@ -63,6 +66,9 @@ enum Nodes {
     /// A cluster's nodes, by its slot map (LOCATION's servers are seeds).
     /// Boxed: it is far larger than a list, and built once per process.
     Cluster(Box<Cluster>),
+    /// The primary that Sentinels name (LOCATION's servers are the
+    /// Sentinels).
+    Sentinel(Box<Sentinel>),
 }
 
 fn unexpected(server: &Server, what: &str, value: Value) -> Error {
@@ -313,7 +319,27 @@ impl Client {
                 (tls, Some(shared))
             }
         };
-        let login = Arc::new(Login::new(&config)?);
+        let (login, sentinel_login) = match &config.sentinel {
+            None => (Login::new(&config)?, None),
+            Some(sentinel) => {
+                if config.cluster {
+                    return Err(Error::Config(
+                        "Sentinel names one primary, a cluster has several: not both".into(),
+                    ));
+                }
+                let sentinels = Config {
+                    username: sentinel.username.clone(),
+                    password: sentinel.password.clone(),
+                    db: 0,
+                    sentinel: None,
+                    ..config.clone()
+                };
+                let login = Arc::new(Login::new(&sentinels)?);
+                // Sentinel's primary may have been demoted since it was named.
+                (Login::new(&config)?.checking_role(), Some((login, sentinels)))
+            }
+        };
+        let login = Arc::new(login);
         Ok(Client {
             stats: Counters::default(),
             nodes: PerProcess::new(),
@@ -321,6 +347,7 @@ impl Client {
             tls,
             cluster_tls,
             login,
+            sentinel_login,
             config,
         })
     }
@@ -337,21 +364,29 @@ impl Client {
 
     /// This process's servers (a forked child builds its own).
     fn current(&self) -> Arc<Built<Nodes>> {
-        self.nodes.get(|| match self.config.cluster {
-            true => Nodes::Cluster(Box::new(Cluster::new(
+        // LOCATION's servers, each with its pool.
+        let listed = |login: &Arc<Login>, config: &Config| -> Vec<Server> {
+            (self.addresses.iter().zip(&self.tls))
+                .map(|(address, tls)| {
+                    let tls = tls.as_ref().map(TlsTarget::for_this_process);
+                    server::new(address.clone(), tls, Arc::clone(login), config)
+                })
+                .collect()
+        };
+        self.nodes.get(|| match (&self.config.sentinel, &self.sentinel_login) {
+            (Some(sentinel), Some((login, config))) => Nodes::Sentinel(Box::new(Sentinel::new(
+                sentinel,
+                listed(login, config),
+                KnownServers::new(self.cluster_tls.clone(), Arc::clone(&self.login), self.config.clone()),
+                self.config.clone(),
+            ))),
+            _ if self.config.cluster => Nodes::Cluster(Box::new(Cluster::new(
                 self.addresses.clone(),
                 self.cluster_tls.clone(),
                 Arc::clone(&self.login),
                 self.config.clone(),
             ))),
-            false => Nodes::Fixed(
-                (self.addresses.iter().zip(&self.tls))
-                    .map(|(address, tls)| {
-                        let tls = tls.as_ref().map(TlsTarget::for_this_process);
-                        server::new(address.clone(), tls, Arc::clone(&self.login), &self.config)
-                    })
-                    .collect(),
-            ),
+            _ => Nodes::Fixed(listed(&self.login, &self.config)),
         })
     }
 
@@ -361,6 +396,7 @@ impl Client {
         match &**self.current() {
             Nodes::Fixed(servers) => Ok(servers.iter().map(|server| server.name().to_owned()).collect()),
             Nodes::Cluster(cluster) => Ok(cluster.map()?.nodes.iter().map(|node| node.name().to_owned()).collect()),
+            Nodes::Sentinel(sentinel) => Ok(vec![sentinel.primary()?.name().to_owned()]),
         }
     }
 
@@ -370,6 +406,10 @@ impl Client {
         match &**self.current() {
             Nodes::Fixed(servers) => servers.iter().map(Server::pool_stats).collect(),
             Nodes::Cluster(cluster) => cluster.known_servers().iter().map(|s| s.pool_stats()).collect(),
+            Nodes::Sentinel(sentinel) => (sentinel.sentinels().iter())
+                .map(Server::pool_stats)
+                .chain(sentinel.known_servers().iter().map(|s| s.pool_stats()))
+                .collect(),
         }
     }
 
@@ -386,6 +426,8 @@ impl Client {
                 run(Route { server, asking: false })
             }
             Nodes::Cluster(cluster) => cluster.route(slot(key), run),
+            // Reads too: a replica may lag behind the writes just made.
+            Nodes::Sentinel(sentinel) => sentinel.route(run),
         }
     }
 
@@ -469,7 +511,7 @@ impl Client {
             Nodes::Cluster(cluster) => cluster.batch(keys, &mut values, &Gets(keys), |route, index| {
                 bulk(route.server, self.call(route, &[b"GET", keys[index]])?)
             }),
-            Nodes::Fixed(_) => {
+            Nodes::Fixed(_) | Nodes::Sentinel(_) => {
                 let result = self.on_reader(b"", |route| {
                     let server = route.server;
                     let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
@@ -686,6 +728,17 @@ impl Client {
                 })
             }
             Nodes::Fixed(servers) => self.pipeline(&servers[0], &op, &mut done),
+            // Not sent again elsewhere: part of the pipeline may have run.
+            Nodes::Sentinel(sentinel) => match sentinel.primary() {
+                Ok(server) => {
+                    let failures = self.pipeline(&server, &op, &mut done);
+                    if let Some(failure) = failures.first() {
+                        sentinel.noticed(&server, &failure.error);
+                    }
+                    failures
+                }
+                Err(error) => all_failed(entries.len(), error),
+            },
         };
         self.stats.stored((entries.len() - failed_count(&failures)) as u64);
         for failure in &failures {
@@ -735,7 +788,7 @@ impl Client {
                 });
                 (deleted.iter().filter(|deleted| **deleted).count() as u64, failures)
             }
-            Nodes::Fixed(_) => {
+            Nodes::Fixed(_) | Nodes::Sentinel(_) => {
                 let result = self.on_primary(b"", |route| {
                     let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
                     args.push(b"DEL");
@@ -765,6 +818,7 @@ impl Client {
         };
         let result = match &**self.current() {
             Nodes::Fixed(servers) => flush(&servers[0]),
+            Nodes::Sentinel(_) => self.on_primary(b"", |route| flush(route.server)),
             Nodes::Cluster(cluster) => cluster.map().and_then(|map| {
                 let mut outcome = Ok(());
                 for node in &map.nodes {
@@ -808,7 +862,7 @@ impl Client {
     /// primary, or a cluster's primaries (by its slot map).
     pub fn primaries(&self) -> Result<usize> {
         match &**self.current() {
-            Nodes::Fixed(_) => Ok(1),
+            Nodes::Fixed(_) | Nodes::Sentinel(_) => Ok(1),
             Nodes::Cluster(cluster) => Ok(cluster.map()?.nodes.len()),
         }
     }
@@ -835,7 +889,10 @@ impl Client {
         };
         let result = match &**self.current() {
             Nodes::Fixed(servers) if node == 0 => page(&servers[0]),
-            Nodes::Fixed(_) => Err(Error::Config(format!("no primary number {node}: there is one"))),
+            Nodes::Sentinel(_) if node == 0 => self.on_primary(b"", |route| page(route.server)),
+            Nodes::Fixed(_) | Nodes::Sentinel(_) => {
+                Err(Error::Config(format!("no primary number {node}: there is one")))
+            }
             Nodes::Cluster(cluster) => cluster.map().and_then(|map| match map.nodes.get(node) {
                 Some(server) => page(server),
                 None => Err(Error::Config(format!(
@@ -901,6 +958,13 @@ impl Client {
     pub fn close_idle(&self) {
         match &**self.current() {
             Nodes::Fixed(servers) => servers.iter().for_each(|server| server.pool.close_idle()),
+            Nodes::Sentinel(sentinel) => {
+                sentinel.sentinels().iter().for_each(|server| server.pool.close_idle());
+                sentinel
+                    .known_servers()
+                    .iter()
+                    .for_each(|server| server.pool.close_idle());
+            }
             Nodes::Cluster(cluster) => cluster
                 .known_servers()
                 .iter()

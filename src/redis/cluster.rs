@@ -10,20 +10,19 @@
 //! them never runs a command twice; a reply that was lost (a timeout, a
 //! dropped connection) is never retried.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use rustls::ClientConfig;
 
-use crate::net::{Address, Connection, TlsTarget};
+use crate::net::{Address, Connection};
 use crate::sync::locked;
 
 use super::client::{BatchFailure, parse_address};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
-use super::server::{self, Config, Lease, Login, Route, Server, exchange, reply};
+use super::server::{Config, KnownServers, Lease, Login, Route, Server, exchange, reply};
 use super::slot::{SLOTS, slot};
 
 /// Redirects one call follows (`MOVED`, `ASK`, or another owner after a
@@ -197,16 +196,13 @@ pub(crate) struct Cluster {
     /// LOCATION's nodes: where the first map comes from, and the last
     /// resort of a refresh.
     seeds: Vec<Address>,
-    /// Every node this process talked to, by address, each with its pool
-    /// (locked only to look one up or add one, never across I/O).
-    servers: Mutex<HashMap<String, Arc<Server>>>,
+    /// Every node this process talked to, each with its pool.
+    servers: KnownServers,
     /// The current map (`None` until the first call asks for one).
     map: ArcSwapOption<SlotMap>,
     /// Held while the map is asked for, so that one thread asks and the
     /// others take its answer; when the last refresh failed, and when.
     refreshing: Mutex<Option<(Instant, bool)>>,
-    tls: Option<Arc<ClientConfig>>,
-    login: Arc<Login>,
     config: Config,
 }
 
@@ -214,47 +210,21 @@ impl Cluster {
     pub(crate) fn new(seeds: Vec<Address>, tls: Option<Arc<ClientConfig>>, login: Arc<Login>, config: Config) -> Self {
         Cluster {
             seeds,
-            servers: Mutex::new(HashMap::new()),
+            servers: KnownServers::new(tls, login, config.clone()),
             map: ArcSwapOption::const_empty(),
             refreshing: Mutex::new(None),
-            tls,
-            login,
             config,
         }
     }
 
     /// The server (pool) of the node at `address`, made on first use.
     pub(crate) fn server(&self, address: &Address) -> Result<Arc<Server>> {
-        let name = address.to_string();
-        if let Some(server) = locked(&self.servers).get(&name) {
-            return Ok(Arc::clone(server));
-        }
-        let tls = match &self.tls {
-            None => None,
-            Some(config) => {
-                let options = self.config.tls.as_ref();
-                let name = crate::net::server_name(address, options.and_then(|o| o.server_name.as_deref()), "Redis")
-                    .map_err(|detail| Error::Tls {
-                        server: name.clone(),
-                        detail,
-                    })?;
-                let target = TlsTarget {
-                    config: Arc::clone(config),
-                    name,
-                };
-                Some(target.for_this_process())
-            }
-        };
-        let made = Arc::new(server::new(address.clone(), tls, Arc::clone(&self.login), &self.config));
-        // Another thread may have made it meanwhile: theirs is kept.
-        Ok(Arc::clone(locked(&self.servers).entry(name).or_insert(made)))
+        self.servers.get(address)
     }
 
     /// Every server this process made, by name.
     pub(crate) fn known_servers(&self) -> Vec<Arc<Server>> {
-        let mut servers: Vec<Arc<Server>> = locked(&self.servers).values().cloned().collect();
-        servers.sort_by(|a, b| a.name().cmp(b.name()));
-        servers
+        self.servers.all()
     }
 
     /// The current map, asked for if there is none yet.

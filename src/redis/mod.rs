@@ -11,6 +11,7 @@ mod cluster;
 mod error;
 pub mod resp;
 mod scripts;
+mod sentinel;
 mod server;
 pub mod slot;
 
@@ -18,7 +19,7 @@ pub use crate::net::ServerPool;
 pub use crate::net::{Secret, TlsOptions};
 pub use client::{BatchFailure, Client, Expiry, Ttl, Values};
 pub use error::{Error, Result};
-pub use server::Config;
+pub use server::{Config, SentinelConfig};
 
 /// Replies are read from a store connection, within its exchange's
 /// deadline.

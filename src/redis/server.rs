@@ -2,9 +2,11 @@
 //! (TLS, login, database) and its pool. Connections are leased for one
 //! exchange each (`net::Lease`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustls::ClientConfig;
 use serde::Deserialize;
 
 use crate::config::seconds;
@@ -13,6 +15,7 @@ use crate::net::{
     Address, Connection, Endpoint, OpenError, Opening, Refusals, Refused, Secret, ServerError, TlsOptions, TlsTarget,
 };
 use crate::pool::{self, Dial};
+use crate::sync::locked;
 
 use super::client::{Commands, Replies};
 use super::error::{Error, Result};
@@ -67,6 +70,26 @@ pub struct Config {
     /// LOCATION lists seed nodes of a Redis Cluster: keys go to their
     /// slot's primary (see `cluster`).
     pub cluster: bool,
+    /// LOCATION lists Redis Sentinels, which name this service's primary
+    /// (see `sentinel`).
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+}
+
+/// The service Sentinels are asked about, and the login the Sentinels
+/// themselves take (a primary's password is often not theirs).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    pub service: String,
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub username: Option<String>,
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub password: Option<Secret>,
+    /// How often the Sentinels are asked whether the primary changed
+    /// while it answers (see `sentinel`).
+    #[serde(deserialize_with = "seconds")]
+    pub check_interval: Duration,
 }
 
 /// The commands a new connection sends before its first request.
@@ -79,6 +102,9 @@ pub(crate) struct Login {
     /// Under TLS a `PING` is added: a TLS 1.3 server refuses a client
     /// certificate only after the handshake, on the first read.
     pings: bool,
+    /// A `ROLE` is added, whose reply must say "master": a primary named
+    /// by Sentinel may have been demoted since (see `sentinel`).
+    checks_role: bool,
 }
 
 impl Login {
@@ -119,7 +145,16 @@ impl Login {
             commands,
             authenticates,
             pings,
+            checks_role: false,
         })
+    }
+
+    /// This login, then `ROLE`: a connection opens only on a primary.
+    pub(crate) fn checking_role(mut self) -> Login {
+        resp::command(&mut self.request, &[b"ROLE"]);
+        self.commands += 1;
+        self.checks_role = true;
+        self
     }
 
     fn is_needed(&self) -> bool {
@@ -134,11 +169,17 @@ impl Login {
         // place of the opening's CONNECT_TIMEOUT one.
         conn.write_now(&self.request).map_err(failed)?;
         let mut first_error = None;
+        // The added commands come last: PING, then ROLE.
+        let role_at = self.checks_role.then(|| self.commands - 1);
+        let ping_at = self.pings.then(|| self.commands - 1 - usize::from(self.checks_role));
         for index in 0..self.commands {
             let reply = resp::read(conn).map_err(failed)?;
-            let is_ping = self.pings && index + 1 == self.commands;
             let error = match reply {
-                Value::Status(status) if status == "OK" || (is_ping && status == "PONG") => continue,
+                Value::Array(Some(role)) if role_at == Some(index) => match role.first() {
+                    Some(Value::Bulk(Some(name))) if name == b"master" => continue,
+                    _ => not_primary(server),
+                },
+                Value::Status(status) if status == "OK" || (ping_at == Some(index) && status == "PONG") => continue,
                 Value::Error(message) if index == 0 && self.authenticates => Error::Auth {
                     server: server.to_owned(),
                     message,
@@ -149,6 +190,19 @@ impl Login {
             first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The error of a connection to a server that Sentinel named the primary
+/// but that is a replica now (demoted by a failover): like a refused
+/// connection, nothing was sent on it.
+pub(crate) fn not_primary(server: &str) -> Error {
+    Error::Connect {
+        server: server.to_owned(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "not the primary (a replica now): a failover is under way or done",
+        ),
     }
 }
 
@@ -174,6 +228,62 @@ pub(crate) fn new(address: Address, tls: Option<TlsTarget>, login: Arc<Login>, c
         idle_timeout: config.idle_timeout,
     };
     Endpoint::new(dialer, limits, "Redis")
+}
+
+/// The servers a client meets at run time (a cluster's nodes, the
+/// primaries Sentinel names), one per address, each with its pool, made
+/// on first use. Locked only to look one up or add one, never across I/O.
+pub(crate) struct KnownServers {
+    servers: Mutex<HashMap<String, Arc<Server>>>,
+    /// The TLS configuration they share (`None`: plain text).
+    tls: Option<Arc<ClientConfig>>,
+    login: Arc<Login>,
+    config: Config,
+}
+
+impl KnownServers {
+    pub(crate) fn new(tls: Option<Arc<ClientConfig>>, login: Arc<Login>, config: Config) -> Self {
+        KnownServers {
+            servers: Mutex::new(HashMap::new()),
+            tls,
+            login,
+            config,
+        }
+    }
+
+    /// The server at `address`, made on first use.
+    pub(crate) fn get(&self, address: &Address) -> Result<Arc<Server>> {
+        let name = address.to_string();
+        if let Some(server) = locked(&self.servers).get(&name) {
+            return Ok(Arc::clone(server));
+        }
+        let tls = match &self.tls {
+            None => None,
+            Some(config) => {
+                let options = self.config.tls.as_ref();
+                let name = crate::net::server_name(address, options.and_then(|o| o.server_name.as_deref()), "Redis")
+                    .map_err(|detail| Error::Tls {
+                        server: name.clone(),
+                        detail,
+                    })?;
+                let target = TlsTarget {
+                    config: Arc::clone(config),
+                    name,
+                };
+                Some(target.for_this_process())
+            }
+        };
+        let made = Arc::new(new(address.clone(), tls, Arc::clone(&self.login), &self.config));
+        // Another thread may have made it meanwhile: theirs is kept.
+        Ok(Arc::clone(locked(&self.servers).entry(name).or_insert(made)))
+    }
+
+    /// Every server made so far, by name.
+    pub(crate) fn all(&self) -> Vec<Arc<Server>> {
+        let mut servers: Vec<Arc<Server>> = locked(&self.servers).values().cloned().collect();
+        servers.sort_by(|a, b| a.name().cmp(b.name()));
+        servers
+    }
 }
 
 impl Server {

@@ -304,6 +304,56 @@ class Redis(ServerProcess):
             self.cluster_port = free_port()
 
 
+class RedisSentinel(Redis):
+    """A Redis Sentinel (``redis-server <config> --sentinel``) watching
+    ``primary`` (a Redis) as the service ``service``: loopback, a free
+    port, a temp dir for the config file it rewrites. A failover needs
+    ``quorum`` Sentinels to agree the primary is down, after
+    ``down_after_ms`` without an answer. ``password`` is the Sentinel's
+    own (``requirepass``, and what it tells other Sentinels);
+    ``primary_password`` the one it logs in to the primary with."""
+
+    name = "redis-sentinel"
+
+    def __init__(self, primary, service="racefree", quorum=1, down_after_ms=1000, password=None,
+                 primary_password=None):
+        self.monitored = (primary.port, service, quorum, down_after_ms, primary_password)
+        super().__init__(password=password)
+
+    def _command(self):
+        port, service, quorum, down_after_ms, primary_password = self.monitored
+        lines = [f"port {self.port}", "bind 127.0.0.1", "protected-mode no", f"dir {self.tempdir}",
+                 f"sentinel monitor {service} 127.0.0.1 {port} {quorum}",
+                 f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                 f"sentinel failover-timeout {service} 10000"]
+        if primary_password is not None:
+            lines.append(f"sentinel auth-pass {service} {primary_password}")
+        if self.password is not None:
+            lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}"]
+        config = os.path.join(self.tempdir, "sentinel.conf")
+        with open(config, "w") as file:
+            file.write("\n".join(lines) + "\n")
+        return [self.binary, config, "--sentinel"]
+
+    @property
+    def address(self):
+        """As OPTIONS SENTINELS lists it."""
+        return ("127.0.0.1", self.port)
+
+    def primary_port(self):
+        """The port of the primary this Sentinel names now."""
+        _host, port = self.cli("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.monitored[1]).split()
+        return int(port)
+
+    def knows(self, replicas, sentinels):
+        """Whether it sees ``replicas`` replicas up and ``sentinels`` other Sentinels."""
+        service = self.monitored[1]
+        seen = self.cli("SENTINEL", "REPLICAS", service).split()
+        # A replica that is up has the flags "slave" and no others.
+        others = self.cli("SENTINEL", "SENTINELS", service).split()
+        return seen.count("slave") >= replicas and others.count("name") >= sentinels
+
+
 class RedisCluster:
     """Three Redis primaries forming a cluster (``redis-cli --cluster
     create``), each owning a third of the 16,384 slots; with ``replicas``,

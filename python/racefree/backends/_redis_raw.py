@@ -23,7 +23,7 @@ from racefree.backends.base import ProcessRegistry
 _clients: ProcessRegistry[tuple[object, ...], Any] = ProcessRegistry()
 #: The options a connection is made from (the key of a client in _clients).
 CONNECTION_OPTIONS = ("USERNAME", "PASSWORD", "DB", "CLIENT_NAME", "IO_TIMEOUT", "CONNECT_TIMEOUT", "MAX_CONNECTIONS",
-                      "TLS", "CLUSTER")
+                      "TLS", "CLUSTER", "SENTINELS", "SENTINEL_KWARGS")
 
 
 def _import_redis_py() -> Any:
@@ -84,9 +84,17 @@ def _connection_keywords(options: dict[str, Any]) -> dict[str, Any]:
     return keywords
 
 
-def _build(servers: Sequence[str], options: dict[str, Any], index: int) -> Any:
+def _build(servers: Sequence[str], options: dict[str, Any], index: int, service: str | None) -> Any:
     redis = _import_redis_py()
     keywords = _connection_keywords(options)
+    if service is not None:
+        # redis-py's Sentinel client: the Sentinels take their own login,
+        # and the same timeouts and TLS as the primary.
+        login = {name: value for name, value in (options["SENTINEL_KWARGS"] or {}).items() if value is not None}
+        shared = {name: value for name, value in keywords.items() if name not in ("username", "password")}
+        sentinel = redis.sentinel.Sentinel([_host_and_port(server) for server in servers],
+                                           sentinel_kwargs={**shared, **login}, **keywords)
+        return sentinel.master_for(service, db=options["DB"])
     if options["CLUSTER"]:
         nodes = [redis.cluster.ClusterNode(*_host_and_port(server)) for server in servers]
         return redis.RedisCluster(startup_nodes=nodes, **keywords)
@@ -104,13 +112,16 @@ class RawClient:
     where LOCATION lists any and READ_FROM_REPLICAS allows it. Keys are
     raw: ``cache.make_key(key)`` gives a cache entry's."""
 
-    def __init__(self, servers: Sequence[str], options: dict[str, Any]) -> None:
+    def __init__(self, servers: Sequence[str], options: dict[str, Any], sentinel_service: str | None = None) -> None:
         self._servers = list(servers)
         self._options = options
+        self._service = sentinel_service
 
     def _index(self, write: bool) -> int:
         replicas = len(self._servers) - 1
-        if write or not replicas or self._options["CLUSTER"] or not self._options["READ_FROM_REPLICAS"]:
+        # With Sentinel the servers are Sentinels: the primary, as the cache's calls.
+        sentinel = self._service is not None
+        if write or not replicas or sentinel or self._options["CLUSTER"] or not self._options["READ_FROM_REPLICAS"]:
             return 0
         return random.randint(1, replicas)
 
@@ -118,7 +129,8 @@ class RawClient:
         """``tried`` is django-redis's (servers that failed), not used:
         the replicas are picked from as Django's RedisCache picks them."""
         index = self._index(write)
-        key = (tuple(self._servers), index, *(repr(self._options[name]) for name in CONNECTION_OPTIONS))
-        client = _clients.get(key, lambda: _build(self._servers, self._options, index))
+        key = (tuple(self._servers), index, self._service,
+               *(repr(self._options[name]) for name in CONNECTION_OPTIONS))
+        client = _clients.get(key, lambda: _build(self._servers, self._options, index, self._service))
         return (client, index) if show_index else client
 

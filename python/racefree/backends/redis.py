@@ -164,9 +164,68 @@ def unix_ms(name: str, when: object, unit_ms: int) -> int:
     return round(when * unit_ms)
 
 
-def django_redis_client(value: object) -> None:
-    if value != "django_redis.client.DefaultClient":
-        raise ValueError("'django_redis.client.DefaultClient' (sharded, herd and sentinel clients are not supported)")
+#: django-redis's client classes racefree stands in for (with SENTINELS,
+#: the Sentinel one).
+DJANGO_REDIS_CLIENTS = ("django_redis.client.DefaultClient", "django_redis.client.SentinelClient")
+#: django-redis's connection factory for Sentinel (with SENTINELS).
+SENTINEL_FACTORY = "django_redis.pool.SentinelConnectionFactory"
+
+
+def django_redis_client(value: object) -> str:
+    if _path_of(value if isinstance(value, (str, type)) else type(value)) not in DJANGO_REDIS_CLIENTS:
+        raise ValueError(f"{' or '.join(map(repr, DJANGO_REDIS_CLIENTS))} (sharded and herd clients are not "
+                         "supported)")
+    return str(_path_of(value if isinstance(value, (str, type)) else type(value)))
+
+
+def connection_factory(value: object) -> str | None:
+    # django-redis's Sentinel setup names its factory; racefree's pool is its own.
+    if value is not None and value != SENTINEL_FACTORY:
+        raise ValueError(f"None or {SENTINEL_FACTORY!r} (racefree has its own pool, in Rust)")
+    return value
+
+
+def sentinel_list(value: object) -> list[str]:
+    """django-redis's SENTINELS, ``[(host, port), ...]`` (or
+    ``"host:port"`` strings), as the store takes servers."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("a non-empty list of (host, port) pairs")
+    servers = []
+    for entry in value:
+        host: object
+        given_port: object
+        if isinstance(entry, str):
+            host, _, given_port = entry.rpartition(":")
+            host = host.strip("[]")
+        elif isinstance(entry, (list, tuple)) and len(entry) == 2:
+            host, given_port = entry
+        else:
+            raise ValueError("a non-empty list of (host, port) pairs")
+        try:
+            port = int(given_port)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ValueError("a non-empty list of (host, port) pairs with a number for each port") from None
+        if not isinstance(host, str) or not host or not 0 < port < 65536:
+            raise ValueError("a non-empty list of (host, port) pairs with a host and a port (1-65535)")
+        servers.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if len(set(servers)) != len(servers):
+        raise ValueError("a list of (host, port) pairs that names each Sentinel once")
+    return servers
+
+
+#: What SENTINEL_KWARGS may set: the Sentinels' own login (redis-py's names).
+SENTINEL_LOGIN = ("username", "password")
+
+
+def sentinel_kwargs(value: object) -> dict[str, str | None]:
+    if not isinstance(value, dict) or set(value) - set(SENTINEL_LOGIN):
+        raise ValueError(f"a dict of the Sentinels' {' and '.join(SENTINEL_LOGIN)}")
+    login = {name: value.get(name) for name in SENTINEL_LOGIN}
+    if not all(item is None or (isinstance(item, str) and item) for item in login.values()):
+        raise ValueError(f"a dict whose {' and '.join(SENTINEL_LOGIN)} are non-empty strs")
+    if login["username"] is not None and login["password"] is None:
+        raise ValueError("a dict with a password for its username")
+    return login
 
 
 OPTIONS = [
@@ -187,6 +246,11 @@ OPTIONS = [
     # LOCATION names seed nodes of a Redis Cluster (also said by a
     # redis+cluster:// or rediss+cluster:// URL).
     Option("CLUSTER", False, boolean, store=True),
+    # LOCATION names a service (redis://service/db) whose primary these
+    # Redis Sentinels name, as in django-redis.
+    Option("SENTINELS", None, optional(sentinel_list)),
+    Option("SENTINEL_KWARGS", None, optional(sentinel_kwargs)),
+    Option("SENTINEL_CHECK_INTERVAL", 1.0, positive_number),
     Option("IGNORE_EXCEPTIONS", False, boolean),
     *serializer_options(),
     *stampede_options(),
@@ -197,6 +261,7 @@ OPTIONS = [
     # django-redis's.
     Option("CLIENT_CLASS", "django_redis.client.DefaultClient", django_redis_client),
     Option("REVERSE_KEY_FUNCTION", None, optional(reverse_key_function)),
+    Option("CONNECTION_FACTORY", None, connection_factory),
 ]
 
 UNSUPPORTED = {
@@ -209,9 +274,6 @@ UNSUPPORTED = {
     "REDIS_CLIENT_CLASS": "racefree has its own client, in Rust",
     "REDIS_CLIENT_KWARGS": "racefree has its own client, in Rust",
     "PARSER_CLASS": "racefree has its own parser, in Rust",
-    "CONNECTION_FACTORY": "racefree has its own pool, in Rust",
-    "SENTINELS": "Redis Sentinel is not supported",
-    "SENTINEL_KWARGS": "Redis Sentinel is not supported",
     "CLOSE_CONNECTION": "the pool is per process and kept between requests",
     "REPLICA_READ_ONLY": "replicas only ever take reads (READ_FROM_REPLICAS says whether they take any)",
 }
@@ -370,6 +432,7 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
         self._reverse_key = options["REVERSE_KEY_FUNCTION"] or default_reverse_key
         self._options = options
         config = store_settings(options, OPTIONS)
+        config["sentinel"] = self._sentinel_settings(path, options, params["OPTIONS"])
         try:
             self._store = _clients.get(
                 (tuple(self._servers), *sorted((name, repr(value)) for name, value in config.items())),
@@ -377,6 +440,27 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
             )
         except ValueError as exc:
             raise ImproperlyConfigured(f"{path}: {exc}") from None
+
+    def _sentinel_settings(self, path: str, options: dict[str, Any], given: dict[str, Any]) -> dict[str, Any] | None:
+        """The store's ``sentinel`` setting: the service and the Sentinels'
+        login, or None without SENTINELS (then no Sentinel option may be set)."""
+        sentinels = options["SENTINELS"]
+        sentinel_only = {
+            "SENTINEL_KWARGS": options["SENTINEL_KWARGS"] is not None,
+            "CLIENT_CLASS": options["CLIENT_CLASS"] == DJANGO_REDIS_CLIENTS[1],
+            "CONNECTION_FACTORY": options["CONNECTION_FACTORY"] is not None,
+            "SENTINEL_CHECK_INTERVAL": "SENTINEL_CHECK_INTERVAL" in given,
+        }
+        if sentinels is None:
+            if needing := [name for name, is_set in sentinel_only.items() if is_set]:
+                raise ImproperlyConfigured(f"{path}: OPTIONS {', '.join(needing)} need OPTIONS['SENTINELS']")
+            return None
+        if options["CLUSTER"]:
+            raise ImproperlyConfigured(f"{path}: SENTINELS or CLUSTER, not both (Sentinel names one primary)")
+        self._servers = sentinels
+        login = options["SENTINEL_KWARGS"] or {}
+        return {"service": self._sentinel_service, "username": login.get("username"),
+                "password": login.get("password"), "check_interval": options["SENTINEL_CHECK_INTERVAL"]}
 
     def _options_with_location(self, path: str, location: str | Sequence[str], given: object) -> Any:
         """OPTIONS with what LOCATION's URLs set (they win, as in redis-py),
@@ -387,8 +471,14 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
         if not isinstance(given, dict):
             return given  # read_options says what is wrong
         options = dict(given)
+        self._sentinel_service: str | None = None
         try:
-            self._servers, from_urls = self._read_location(location)
+            if options.get("SENTINELS") is not None:
+                # The Sentinels are the servers (read with the options).
+                self._servers = []
+                from_urls = self._read_service(location)
+            else:
+                self._servers, from_urls = self._read_location(location)
             pool_kwargs = options.pop("CONNECTION_POOL_KWARGS", None)
             if pool_kwargs is not None:
                 if not isinstance(pool_kwargs, dict):
@@ -411,6 +501,7 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
             raise ImproperlyConfigured(f"{path}: {exc}") from None
         if from_urls.get("TLS") and options.get("TLS") not in (None, False):
             del from_urls["TLS"]  # rediss:// with OPTIONS TLS saying how
+        self._sentinel_service = from_urls.pop("SENTINEL_SERVICE", None)
         for name, value in from_urls.items():
             # The URL's own spelling of an option replaces any spelling in OPTIONS.
             for alias in (name, *next(o.aliases for o in OPTIONS if o.name == name)):
@@ -444,6 +535,25 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
             from_urls["TLS"] = True
         return servers, from_urls
 
+    @staticmethod
+    def _read_service(location: str | Sequence[str]) -> dict[str, Any]:
+        """LOCATION with SENTINELS: django-redis's one URL naming the
+        service (``redis://[user:password@]service[/db]``), read as the
+        options it sets, the service's name as SENTINEL_SERVICE."""
+        form = "with SENTINELS, LOCATION is one URL naming the service: redis://[user:password@]service[/db]"
+        urls = split_location(location)
+        if len(urls) != 1 or urlsplit(urls[0]).scheme not in ("redis", "rediss"):
+            raise ValueError(f"{form} (or rediss://), not {location!r}")
+        _server, tls, options = parse_url(urls[0])
+        parts = urlsplit(urls[0])
+        if parts.port is not None:
+            raise ValueError(f"{form}, without a port (the Sentinels give the primary's), not {location!r}")
+        # As written: urlsplit lowercases hostname, and service names are case-sensitive.
+        options["SENTINEL_SERVICE"] = unquote(parts.netloc.rpartition("@")[2])
+        if tls:
+            options["TLS"] = True
+        return options
+
     @property
     def client_servers(self) -> list[str]:
         return self._servers
@@ -454,7 +564,7 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
         (what ``django_redis.get_redis_connection`` calls) is a redis-py
         client on the same servers, with the same credentials, database,
         TLS and timeouts."""
-        return RawClient(self._servers, self._options)
+        return RawClient(self._servers, self._options, self._sentinel_service)
 
     def get_backend_timeout(self, timeout: float | None = DEFAULT_TIMEOUT) -> int | None:
         """Django's RedisCache's: whole seconds, 0 for a timeout below one

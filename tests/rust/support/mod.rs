@@ -195,6 +195,7 @@ pub fn redis_settings() -> racefree::redis::Config {
         read_from_replicas: true,
         combine_calls: true,
         cluster: false,
+        sentinel: None,
     }
 }
 

@@ -15,7 +15,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from support.load import wait_until
-from support.servers import Redis, RedisSentinel
+from support.servers import Redis, RedisSentinel, free_port
 
 from racefree.backends.redis import RedisCache, get_redis_connection
 from racefree.exceptions import CacheAuthenticationError, CacheConnectionError, CacheError
@@ -125,18 +125,24 @@ def test_sentinels_listed_as_strings_and_one_that_is_down(group):
     assert cache.get("x") == "y"
 
 
-def test_a_sentinel_that_names_a_replica_is_passed_over(group):
+def test_a_sentinel_that_names_a_replica_is_passed_over_with_a_user_that_may_not_run_role(group):
     # A Sentinel that lags behind a failover names a server that is a
-    # replica now: racefree asks it (ROLE), and takes the next Sentinel's
-    # answer. (This one was told the replica is the primary.)
+    # replica now: racefree asks it (HELLO, which any ACL user may send,
+    # unlike ROLE), and takes the next Sentinel's answer. (This one was
+    # told the replica is the primary.) The user here is a cache's: reads,
+    # writes and scripts only.
+    for server in (group.primary, group.replica):
+        server.cli("ACL", "SETUSER", "cache", "on", ">cache-pw", "~*", "+@read", "+@write", "+@scripting")
+    assert "NOPERM" in group.primary.cli("--user", "cache", "--pass", "cache-pw", "--no-auth-warning", "ROLE")
     lagging = RedisSentinel(group.replica, SERVICE)
     try:
-        cache = RedisCache(f"redis://{SERVICE}", {"OPTIONS": {"SENTINELS": [lagging.address, *group.addresses]}})
+        location = f"redis://cache:cache-pw@{SERVICE}"
+        cache = RedisCache(location, {"OPTIONS": {"SENTINELS": [lagging.address, *group.addresses]}})
         assert lagging.primary_port() == group.replica.port
         cache.set("a", "written")
         assert cache.get("a") == "written"
         assert cache._store.nodes() == [f"127.0.0.1:{group.primary.port}"]
-        alone = RedisCache(f"redis://{SERVICE}", {"OPTIONS": {"SENTINELS": [lagging.address]}})
+        alone = RedisCache(location, {"OPTIONS": {"SENTINELS": [lagging.address]}})
         with pytest.raises(CacheError, match="not the primary"):
             alone.set("a", "lost")
     finally:
@@ -205,7 +211,7 @@ def test_a_failover_moves_every_call_to_the_new_primary(own_group):
     # those are lost: racefree asks the Sentinels once a second, so its
     # calls move within about a second of the promotion. When the old
     # primary is demoted, its connections are closed: the next call's new
-    # connection finds a replica (ROLE) and the call runs on the new
+    # connection finds a replica (HELLO) and the call runs on the new
     # primary instead, once. A thread of calls sees no error throughout.
     servers = own_group
     cache = behind(servers)
@@ -257,7 +263,7 @@ def test_a_failover_moves_every_call_to_the_new_primary(own_group):
 def test_a_demoted_primary_sends_the_call_to_the_new_one_without_an_error(own_group):
     # With checks far apart, racefree learns of the failover only when the
     # old primary is demoted: the Sentinels close its clients' connections,
-    # the next call's new connection finds a replica (ROLE), nothing was
+    # the next call's new connection finds a replica (HELLO), nothing was
     # sent, and the call runs once on the primary the Sentinels name now.
     servers = own_group
     cache = behind(servers, SENTINEL_CHECK_INTERVAL=3600)
@@ -326,6 +332,30 @@ def test_passwords_of_the_sentinels_and_of_the_primary():
             mixed.get("a")
     finally:
         servers.close()
+
+
+def test_sentinels_and_primary_over_tls(authority, tls_redis):
+    # rediss:// speaks TLS to the Sentinels and to the primary they name
+    # (at its TLS port), both checked against the CA.
+    primary, location = tls_redis
+    cert, key = authority.server("redis-sentinel")
+    tls_port = free_port()
+    sentinel = RedisSentinel(primary, SERVICE, primary_port=int(location.rsplit(":", 1)[1]), config=[
+        f"tls-port {tls_port}", f"tls-cert-file {cert}", f"tls-key-file {key}",
+        f"tls-ca-cert-file {authority.cert}", "tls-replication yes", "tls-auth-clients no"])
+    try:
+        assert sentinel.primary_port() == int(location.rsplit(":", 1)[1])
+        cache = RedisCache(f"rediss://{SERVICE}/4", {"OPTIONS": {"SENTINELS": [("127.0.0.1", tls_port)],
+                                                                 "TLS": {"CA_FILE": authority.cert}}})
+        cache.set("a", "over tls")
+        assert cache.get("a") == "over tls"
+        assert primary.cli("-n", "4", "EXISTS", cache.make_key("a")) == "1"
+        # Without the CA, the Sentinel's certificate is refused.
+        untrusted = RedisCache(f"rediss://{SERVICE}/4", {"OPTIONS": {"SENTINELS": [("127.0.0.1", tls_port)]}})
+        with pytest.raises(CacheError, match="TLS"):
+            untrusted.get("a")
+    finally:
+        sentinel.close()
 
 
 def test_raw_redis_py_access_goes_to_the_primary(group):

@@ -2,11 +2,12 @@
 //! and a new one after a failover.
 //!
 //! Each process keeps its own view (see `Client`'s `PerProcess`). Calls go
-//! to the primary the Sentinels named, and the first call after the
-//! check interval (`SentinelConfig::check_interval`) asks them again: after a failover the old primary
-//! keeps taking writes until the Sentinels demote it (about 10 s on
-//! Redis 7), and those writes are lost. Every new connection to it checks
-//! with `ROLE` that it still is the primary; Sentinel closes a demoted
+//! to the primary the Sentinels named, and the first call after the check
+//! interval (`SentinelConfig::check_interval`) asks them again: after a
+//! failover the old primary keeps taking writes until the Sentinels demote
+//! it (about 10 s on Redis 7), and those writes are lost. Every new
+//! connection to it checks (`ROLE_CHECK`) that it is not a replica by
+//! now; Sentinel closes a demoted
 //! primary's client connections, so after a failover every connection is a
 //! new one. A call whose connection could not be opened (the primary is
 //! down, or a replica now), or whose write was refused with `READONLY`,
@@ -26,7 +27,9 @@ use crate::sync::locked;
 use super::client::parse_address;
 use super::error::{Error, Result};
 use super::resp::{self, Value};
-use super::server::{Config, KnownServers, Route, SentinelConfig, Server, exchange, not_primary, reply};
+use super::server::{
+    Config, KnownServers, ROLE_CHECK, Route, SentinelConfig, Server, exchange, not_primary, reply, says_replica,
+};
 
 /// The Sentinels are asked at most this often while the primary they
 /// named fails: during a failover every call would otherwise ask.
@@ -168,8 +171,8 @@ impl Sentinel {
         Err(first_error.unwrap_or_else(|| Error::Config("no Redis Sentinel to ask for the primary".into())))
     }
 
-    /// The primary one Sentinel names, if it is `trusted` or says it is
-    /// the primary.
+    /// The primary one Sentinel names, if it is `trusted` or does not say
+    /// it is a replica.
     fn ask(&self, sentinel: &Server, trusted: Option<&Arc<Server>>) -> Result<Arc<Server>> {
         let service = self.service.as_bytes();
         let named = exchange(sentinel, |conn: &mut Connection| {
@@ -182,16 +185,18 @@ impl Sentinel {
         if trusted.is_some_and(|trusted| Arc::ptr_eq(trusted, &primary)) {
             return Ok(primary);
         }
+        // A new connection's login checks the role already; a pooled one
+        // may predate a demotion.
         let role = exchange(&primary, |conn: &mut Connection| {
-            resp::command(&mut conn.out, &[b"ROLE"]);
+            resp::command(&mut conn.out, ROLE_CHECK);
             conn.send().map_err(primary.io_error())?;
             reply(conn, &primary)
-        })?;
+        });
         match role {
-            Value::Array(Some(parts)) if matches!(parts.first(), Some(Value::Bulk(Some(name))) if name == b"master") => {
-                Ok(primary)
-            }
-            _ => Err(not_primary(primary.name())),
+            Ok(role) if says_replica(&role) => Err(not_primary(primary.name())),
+            // A server without HELLO cannot say: the Sentinel's word stands.
+            Ok(_) | Err(Error::Server { .. }) => Ok(primary),
+            Err(error) => Err(error),
         }
     }
 }
@@ -272,6 +277,16 @@ mod tests {
         ));
         let unknown = primary_address("s:26379", "other", Value::Array(None)).unwrap_err();
         assert!(unknown.to_string().contains("no service named \"other\""), "{unknown}");
+    }
+
+    #[test]
+    fn a_replica_is_told_by_its_reply_to_hello() {
+        let hello = |role: &str| Value::Array(Some(vec![bulk("server"), bulk("redis"), bulk("role"), bulk(role)]));
+        assert!(says_replica(&hello("replica")) && says_replica(&hello("slave")));
+        assert!(!says_replica(&hello("master")) && !says_replica(&hello("primary")));
+        // A server that cannot say is not taken for a replica.
+        assert!(!says_replica(&Value::Error("ERR unknown command 'HELLO'".into())));
+        assert!(!says_replica(&Value::Array(Some(vec![bulk("role")]))));
     }
 
     #[test]

@@ -102,8 +102,9 @@ pub(crate) struct Login {
     /// Under TLS a `PING` is added: a TLS 1.3 server refuses a client
     /// certificate only after the handshake, on the first read.
     pings: bool,
-    /// A `ROLE` is added, whose reply must say "master": a primary named
-    /// by Sentinel may have been demoted since (see `sentinel`).
+    /// A role check (`ROLE_CHECK`) is added, whose reply must not say
+    /// "replica": a primary named by Sentinel may have been demoted since
+    /// (see `sentinel`).
     checks_role: bool,
 }
 
@@ -149,9 +150,10 @@ impl Login {
         })
     }
 
-    /// This login, then `ROLE`: a connection opens only on a primary.
+    /// This login, then the role check: a connection opens only on a
+    /// server that does not say it is a replica.
     pub(crate) fn checking_role(mut self) -> Login {
-        resp::command(&mut self.request, &[b"ROLE"]);
+        resp::command(&mut self.request, ROLE_CHECK);
         self.commands += 1;
         self.checks_role = true;
         self
@@ -169,15 +171,15 @@ impl Login {
         // place of the opening's CONNECT_TIMEOUT one.
         conn.write_now(&self.request).map_err(failed)?;
         let mut first_error = None;
-        // The added commands come last: PING, then ROLE.
+        // The added commands come last: PING, then the role check.
         let role_at = self.checks_role.then(|| self.commands - 1);
         let ping_at = self.pings.then(|| self.commands - 1 - usize::from(self.checks_role));
         for index in 0..self.commands {
             let reply = resp::read(conn).map_err(failed)?;
             let error = match reply {
-                Value::Array(Some(role)) if role_at == Some(index) => match role.first() {
-                    Some(Value::Bulk(Some(name))) if name == b"master" => continue,
-                    _ => not_primary(server),
+                reply if role_at == Some(index) => match says_replica(&reply) {
+                    true => not_primary(server),
+                    false => continue,
                 },
                 Value::Status(status) if status == "OK" || (ping_at == Some(index) && status == "PONG") => continue,
                 Value::Error(message) if index == 0 && self.authenticates => Error::Auth {
@@ -191,6 +193,27 @@ impl Login {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// How a client asks a server whether it is a replica: `HELLO 2` (which
+/// keeps RESP2) reports a "role", and, unlike `ROLE` (an `@admin`
+/// command), any ACL user may send it.
+pub(crate) const ROLE_CHECK: &[&[u8]] = &[b"HELLO", b"2"];
+
+/// Whether the reply to `ROLE_CHECK` says the server is a replica. A
+/// server that cannot say (one without `HELLO`, before Redis 6) is taken
+/// at the Sentinels' word: a write it refuses (`READONLY`) still moves
+/// the call.
+pub(crate) fn says_replica(reply: &Value) -> bool {
+    let Value::Array(Some(fields)) = reply else {
+        return false;
+    };
+    fields.chunks(2).any(|field| match field {
+        [Value::Bulk(Some(name)), Value::Bulk(Some(role))] => {
+            name == b"role" && (role == b"replica" || role == b"slave")
+        }
+        _ => false,
+    })
 }
 
 /// The error of a connection to a server that Sentinel named the primary

@@ -311,13 +311,16 @@ class RedisSentinel(Redis):
     ``quorum`` Sentinels to agree the primary is down, after
     ``down_after_ms`` without an answer. ``password`` is the Sentinel's
     own (``requirepass``, and what it tells other Sentinels);
-    ``primary_password`` the one it logs in to the primary with."""
+    ``primary_password`` the one it logs in to the primary with;
+    ``primary_port`` another port of the primary's (its TLS one), and
+    ``config`` more lines of configuration (TLS)."""
 
     name = "redis-sentinel"
 
     def __init__(self, primary, service="racefree", quorum=1, down_after_ms=1000, password=None,
-                 primary_password=None):
-        self.monitored = (primary.port, service, quorum, down_after_ms, primary_password)
+                 primary_password=None, primary_port=None, config=()):
+        self.monitored = (primary_port or primary.port, service, quorum, down_after_ms, primary_password)
+        self.more_config = list(config)
         super().__init__(password=password)
 
     def _command(self):
@@ -330,6 +333,7 @@ class RedisSentinel(Redis):
             lines.append(f"sentinel auth-pass {service} {primary_password}")
         if self.password is not None:
             lines += [f"requirepass {self.password}", f"sentinel sentinel-pass {self.password}"]
+        lines += self.more_config
         config = os.path.join(self.tempdir, "sentinel.conf")
         with open(config, "w") as file:
             file.write("\n".join(lines) + "\n")

@@ -1,11 +1,12 @@
 """racefree's Redis backend behind Redis Sentinel, against real Sentinels
 (``redis-server --sentinel``) watching a real primary and replica:
 django-redis's settings, routing to the primary, exact counts under
-threads and forked processes, a failover the Sentinels are told to make,
+threads, forked processes and async tasks, a failover the Sentinels are told to make,
 a primary killed with -9, passwords, raw redis-py access, and settings
 that cannot work. Django's own suite runs behind a Sentinel in
 test_redis_django_suite.py."""
 
+import asyncio
 import os
 import threading
 import time
@@ -175,7 +176,7 @@ def test_stats_list_the_sentinels_and_the_primary(group):
     assert stats["servers"][f"127.0.0.1:{group.primary.port}"]["idle"] >= 1
 
 
-def test_eight_threads_and_four_processes_count_exactly(group):
+def test_eight_threads_four_processes_and_two_hundred_tasks_count_exactly(group):
     cache = behind(group)
     cache.set("n", 0)
 
@@ -203,6 +204,17 @@ def test_eight_threads_and_four_processes_count_exactly(group):
         children.append(pid)
     assert all(os.waitpid(pid, 0)[1] == 0 for pid in children)
     assert cache.get("n") == 5000
+
+    async def tasks():
+        # Native async: 200 tasks × 5 aincr.
+        async def count_async():
+            for _ in range(5):
+                await cache.aincr("n")
+
+        await asyncio.gather(*(count_async() for _ in range(200)))
+
+    asyncio.run(tasks())
+    assert cache.get("n") == 6000
 
 
 def test_a_failover_moves_every_call_to_the_new_primary(own_group):

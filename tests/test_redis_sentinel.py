@@ -164,6 +164,21 @@ def test_no_sentinel_answering_is_a_clear_error_or_a_miss(group):
     assert quiet.get("a", "default") == "default"
 
 
+def test_system_checks_ask_each_sentinel_for_the_primary(group):
+    # manage.py check: each Sentinel is asked for the primary, which is
+    # asked whether it is one; a Sentinel that does not answer is a
+    # warning naming it.
+    assert behind(group).system_checks("default") == []
+    gone = RedisSentinel(group.primary, SERVICE)
+    gone.close()
+    cache = RedisCache(f"redis://{SERVICE}", {"OPTIONS": {"SENTINELS": [*group.addresses, gone.address]}})
+    (warning,) = cache.system_checks("default")
+    assert warning.id == "racefree.W001" and f"127.0.0.1:{gone.port}" in warning.msg
+    unknown = RedisCache("redis://nosuch", {"OPTIONS": {"SENTINELS": group.addresses[:1]}})
+    (warning,) = unknown.system_checks("default")
+    assert "no service named \"nosuch\"" in warning.msg
+
+
 def test_stats_list_the_sentinels_and_the_primary(group):
     cache = behind(group)
     cache.set("a", 1)

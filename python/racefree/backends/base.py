@@ -346,13 +346,17 @@ class ServerPools(_CacheBase):
     def system_checks(self, alias: str) -> "list[CheckMessage]":
         """racefree.W001 for each server that does not answer now (or
         refuses this client's TLS or login)."""
-        probe = {**store_settings(self._options, self.options_spec), "connect_timeout": PROBE_TIMEOUT,
-                 "io_timeout": PROBE_TIMEOUT, "pool_size": 0}
+        probe = {**self._store_settings(), "connect_timeout": PROBE_TIMEOUT, "io_timeout": PROBE_TIMEOUT,
+                 "pool_size": 0}
 
         def answer(server: str) -> object:
             return self._probe(type(self).client_class([server], probe))
 
         return probe_servers(alias, self._servers, answer, self.server_kind, self.login_hint)
+
+    def _store_settings(self) -> dict[str, Any]:
+        """The settings the store was built with."""
+        return store_settings(self._options, self.options_spec)
 
     def _probe(self, client: Any) -> object:
         """One call that only an answering server answers."""

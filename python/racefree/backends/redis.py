@@ -431,8 +431,8 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
         self._write_args = self.get_backend_timeout
         self._reverse_key = options["REVERSE_KEY_FUNCTION"] or default_reverse_key
         self._options = options
-        config = store_settings(options, OPTIONS)
-        config["sentinel"] = self._sentinel_settings(path, options, params["OPTIONS"])
+        self._sentinel = self._sentinel_settings(path, options, params["OPTIONS"])
+        config = self._store_settings()
         try:
             self._store = _clients.get(
                 (tuple(self._servers), *sorted((name, repr(value)) for name, value in config.items())),
@@ -815,7 +815,13 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
             self._server_failed("delete_pattern", error)
             return 0
 
+    def _store_settings(self) -> dict[str, Any]:
+        return {**store_settings(self._options, OPTIONS), "sentinel": self._sentinel}
+
     def _probe(self, client: Any) -> object:
         # A cluster's seed is asked for its slot map (a key's command would
-        # go to whichever node serves the key).
-        return client.nodes() if self._options["CLUSTER"] else client.has_key("racefree:check")
+        # go to whichever node serves the key); a Sentinel for the primary,
+        # which is then asked whether it is one.
+        if self._options["CLUSTER"] or self._sentinel is not None:
+            return client.nodes()
+        return client.has_key("racefree:check")

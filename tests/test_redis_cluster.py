@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from support.load import wait_until
-from support.servers import RedisCluster, free_port
+from support.load import timed_threads, wait_until
+from support.servers import Redis, RedisCluster, free_port
 
 from racefree.backends.redis import RedisCache
 from racefree.exceptions import CacheConnectionError, CacheError
@@ -175,6 +175,26 @@ def _in_forked_child(cache, keys):
     except BaseException:
         ok = False
     os._exit(0 if ok else 1)
+
+
+def test_frozen_seeds_fail_many_callers_at_once_not_one_after_another(prefix):
+    # Seeds that accept connections but answer nothing (SIGSTOP), before
+    # any slot map is known: one caller waits out the timeouts, and the 16
+    # threads that called meanwhile take its error instead of each asking
+    # again in turn (which would take 16 × 0.6 s for the last).
+    seeds = [Redis(cluster=True), Redis(cluster=True)]
+    try:
+        cache = RedisCache([seed.location for seed in seeds], {"KEY_PREFIX": prefix, "OPTIONS": {
+            "CLUSTER": True, "IO_TIMEOUT": 0.3, "CONNECT_TIMEOUT": 0.3}})
+        for seed in seeds:
+            seed.pause()
+        errors, slowest = timed_threads(16, lambda: cache.get("a"))
+        assert len(errors) == 16 and all(isinstance(error, CacheError) for error in errors)
+        assert "did not answer in time" in str(errors[0])
+        assert slowest < 2.0, f"the slowest caller took {slowest:.1f} s"
+    finally:
+        for seed in seeds:
+            seed.close()
 
 
 def test_a_forked_child_builds_its_own_map_and_pools(cluster, prefix):

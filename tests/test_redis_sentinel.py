@@ -15,7 +15,7 @@ import uuid
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
-from support.load import wait_until
+from support.load import timed_threads, wait_until
 from support.servers import Redis, RedisSentinel, free_port
 
 from racefree.backends.redis import RedisCache, get_redis_connection
@@ -177,6 +177,29 @@ def test_system_checks_ask_each_sentinel_for_the_primary(group):
     unknown = RedisCache("redis://nosuch", {"OPTIONS": {"SENTINELS": group.addresses[:1]}})
     (warning,) = unknown.system_checks("default")
     assert "no service named \"nosuch\"" in warning.msg
+
+
+def test_frozen_sentinels_fail_many_callers_at_once_not_one_after_another(own_group):
+    # Sentinels that accept connections but answer nothing (SIGSTOP), before
+    # any primary is known: one caller waits out the timeouts, and the 16
+    # threads that called meanwhile take its error instead of each asking
+    # again in turn (which would take 16 × 0.6 s for the last).
+    servers = own_group
+    cache = behind(servers, IO_TIMEOUT=0.3, CONNECT_TIMEOUT=0.3)
+    for sentinel in servers.sentinels:
+        sentinel.pause()
+    try:
+        errors, slowest = timed_threads(16, lambda: cache.get("a"))
+    finally:
+        for sentinel in servers.sentinels:
+            sentinel.resume()
+    assert len(errors) == 16 and all(isinstance(error, CacheError) for error in errors)
+    assert "did not answer in time" in str(errors[0])
+    assert slowest < 2.0, f"the slowest caller took {slowest:.1f} s"
+    # Once they answer again (after 250 ms), so does the cache.
+    time.sleep(0.3)
+    cache.set("a", 1)
+    assert cache.get("a") == 1
 
 
 def test_stats_list_the_sentinels_and_the_primary(group):

@@ -22,7 +22,7 @@ use crate::sync::locked;
 use super::client::{BatchFailure, parse_address};
 use super::error::{Error, Result};
 use super::resp::{self, Value};
-use super::server::{Config, KnownServers, Lease, Login, Route, Server, exchange, reply};
+use super::server::{Config, FirstTry, KnownServers, Lease, Login, Route, Server, exchange, reply};
 use super::slot::{SLOTS, slot};
 
 /// Redirects one call follows (`MOVED`, `ASK`, or another owner after a
@@ -203,6 +203,8 @@ pub(crate) struct Cluster {
     /// Held while the map is asked for, so that one thread asks and the
     /// others take its answer; when the last refresh failed, and when.
     refreshing: Mutex<Option<(Instant, bool)>>,
+    /// Before there is a map: why asking for one last failed.
+    first_try: FirstTry,
     config: Config,
 }
 
@@ -213,6 +215,7 @@ impl Cluster {
             servers: KnownServers::new(tls, login, config.clone()),
             map: ArcSwapOption::const_empty(),
             refreshing: Mutex::new(None),
+            first_try: FirstTry::new(),
             config,
         }
     }
@@ -243,8 +246,14 @@ impl Cluster {
     /// connect and I/O timeouts have passed: `MOVED`'s target first, then
     /// the map's nodes, then the seeds.
     fn refresh(&self, seen: u64, trigger: Option<Trigger<'_>>) -> Result<Arc<SlotMap>> {
+        let arrived = Instant::now();
         let mut last = locked(&self.refreshing);
         let current = self.map.load_full();
+        if current.is_none()
+            && let Some(error) = self.first_try.failure(arrived, REFRESH_INTERVAL)
+        {
+            return Err(error);
+        }
         if let Some(map) = &current {
             let recent = |&(at, _): &(Instant, bool)| at.elapsed() < REFRESH_INTERVAL;
             let failed_recently = last.as_ref().is_some_and(|entry| recent(entry) && !entry.1);
@@ -293,7 +302,11 @@ impl Cluster {
             }
         }
         *last = Some((Instant::now(), false));
-        Err(first_error.unwrap_or_else(|| Error::Config("no Redis Cluster node to ask for its slots".into())))
+        let error = first_error.unwrap_or_else(|| Error::Config("no Redis Cluster node to ask for its slots".into()));
+        if current.is_none() {
+            self.first_try.failed(&error);
+        }
+        Err(error)
     }
 
     /// `CLUSTER SLOTS` of one node, as a map of `epoch`.

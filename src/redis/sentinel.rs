@@ -28,7 +28,8 @@ use super::client::parse_address;
 use super::error::{Error, Result};
 use super::resp::{self, Value};
 use super::server::{
-    Config, KnownServers, ROLE_CHECK, Route, SentinelConfig, Server, exchange, not_primary, reply, says_replica,
+    Config, FirstTry, KnownServers, ROLE_CHECK, Route, SentinelConfig, Server, exchange, not_primary, reply,
+    says_replica,
 };
 
 /// The Sentinels are asked at most this often while the primary they
@@ -47,6 +48,8 @@ pub(crate) struct Sentinel {
     /// Held while the Sentinels are asked, so that one thread asks and the
     /// others take its answer; when they were last asked.
     asked: Mutex<Option<Instant>>,
+    /// Before there is a primary: why asking last failed.
+    first_try: FirstTry,
     /// One round trip to a Sentinel per interval and process.
     check_interval: Duration,
     config: Config,
@@ -66,6 +69,7 @@ impl Sentinel {
             servers,
             primary: ArcSwapOption::const_empty(),
             asked: Mutex::new(None),
+            first_try: FirstTry::new(),
             config,
         }
     }
@@ -135,15 +139,29 @@ impl Sentinel {
     /// changed since the caller saw `failed`, or the Sentinels were asked
     /// less than `ASK_INTERVAL` ago: then the current primary.
     fn ask_again(&self, failed: Option<&Arc<Server>>) -> Result<Arc<Server>> {
+        let arrived = Instant::now();
         let mut asked = locked(&self.asked);
-        if let Some(current) = self.primary.load_full() {
-            let changed = failed.is_none_or(|failed| !Arc::ptr_eq(failed, &current));
-            if changed || asked.is_some_and(|at| at.elapsed() < ASK_INTERVAL) {
-                return Ok(current);
+        match self.primary.load_full() {
+            Some(current) => {
+                let changed = failed.is_none_or(|failed| !Arc::ptr_eq(failed, &current));
+                if changed || asked.is_some_and(|at| at.elapsed() < ASK_INTERVAL) {
+                    return Ok(current);
+                }
+            }
+            None => {
+                if let Some(error) = self.first_try.failure(arrived, ASK_INTERVAL) {
+                    return Err(error);
+                }
             }
         }
         *asked = Some(Instant::now());
-        self.ask_sentinels(None)
+        let answer = self.ask_sentinels(None);
+        if let Err(error) = &answer
+            && self.primary.load().is_none()
+        {
+            self.first_try.failed(error);
+        }
+        answer
     }
 
     /// The Sentinels in turn until one names a primary, which becomes the

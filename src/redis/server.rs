@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
 use serde::Deserialize;
@@ -192,6 +192,31 @@ impl Login {
             first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Why the last try to learn where calls go (a cluster's slot map,
+/// Sentinel's primary) failed, and when, while nothing is known yet. The
+/// callers that waited for that try, or come soon after it, get its error
+/// at once: with servers that do not answer, callers would otherwise ask
+/// one after another, each waiting out the timeouts behind the others.
+pub(crate) struct FirstTry(Mutex<Option<(Instant, Error)>>);
+
+impl FirstTry {
+    pub(crate) fn new() -> Self {
+        FirstTry(Mutex::new(None))
+    }
+
+    /// The error of a try that failed after the caller `arrived`, or less
+    /// than `interval` ago.
+    pub(crate) fn failure(&self, arrived: Instant, interval: Duration) -> Option<Error> {
+        let failed = locked(&self.0);
+        let (at, error) = failed.as_ref()?;
+        (*at >= arrived || at.elapsed() < interval).then(|| error.duplicate())
+    }
+
+    pub(crate) fn failed(&self, error: &Error) {
+        *locked(&self.0) = Some((Instant::now(), error.duplicate()));
     }
 }
 

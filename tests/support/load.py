@@ -42,6 +42,22 @@ def run_threads(count, target):
     return errors
 
 
+def timed_threads(count, call):
+    """Run ``call()`` in ``count`` threads at once; return their exceptions
+    and the seconds the slowest call took."""
+    took = []
+
+    def timed(_index):
+        started = time.monotonic()
+        try:
+            call()
+        finally:
+            took.append(time.monotonic() - started)
+
+    errors = run_threads(count, timed)
+    return errors, max(took)
+
+
 def run_processes(target, args_list, timeout=120):
     """Run ``target(*args)`` in a spawned process per args tuple, wait up to
     ``timeout`` seconds for each (then kill it); return the exit codes."""

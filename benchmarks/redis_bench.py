@@ -40,7 +40,9 @@ backends take turns within every round (``--rounds``) so that machine
 noise hits them alike; cells are medians, ratios racefree / other, the
 median of the rounds' ratios (for async also the worst round's).
 ``--quick``: 2 rounds of 0.5 s, a smoke run; ``--ops`` and ``--no-async``
-rerun chosen sync cells. ``--ops sadd,zincrby,smembers(100) --backends
+rerun chosen sync cells. ``--backends racefree,racefree-sentinel``
+measures what Sentinel costs: the same server behind one Redis Sentinel
+started here (LOCATION ``redis://bench``, OPTIONS ``SENTINELS``). ``--ops sadd,zincrby,smembers(100) --backends
 racefree,django-redis`` measures django-redis's set and sorted-set calls,
 which only those two have.
 
@@ -84,7 +86,7 @@ settings.configure()
 django.setup()
 
 from _common import cycling_get, markdown, median_row, save, threaded_rate  # noqa: E402
-from support.servers import Redis  # noqa: E402
+from support.servers import Redis, RedisSentinel  # noqa: E402
 
 BACKENDS = {
     "racefree": "racefree.backends.redis.RedisCache",
@@ -92,7 +94,10 @@ BACKENDS = {
     "django-redis": "django_redis.cache.RedisCache",
     "django-vcache": "django_vcache.backend.ValkeyCache",
     "django-vcache-pickle": "django_vcache.backend.ValkeyCache",
+    "racefree-sentinel": "racefree.backends.redis.RedisCache",
 }
+#: The service of the backends that find the server through a Sentinel.
+SENTINEL_SERVICES = {"racefree-sentinel": "bench"}
 #: OPTIONS of a backend not in its default configuration.
 OPTIONS = {"django-vcache-pickle": {"SERIALIZER": "pickle"}}
 #: django-vcache's columns, and what each compares. Its incr is a bare
@@ -106,7 +111,8 @@ VCACHE_COLUMNS = [
 #: The backends that need CPython >= 3.12 (see --newest).
 NEWEST_ONLY = tuple(name for name, _ in VCACHE_COLUMNS)
 #: Each backend's database: CLIENT LIST's db= field tells their connections apart.
-DATABASES = {"racefree": 1, "RedisCache": 2, "django-redis": 3, "django-vcache": 4, "django-vcache-pickle": 5}
+DATABASES = {"racefree": 1, "RedisCache": 2, "django-redis": 3, "django-vcache": 4, "django-vcache-pickle": 5,
+             "racefree-sentinel": 6}
 STOCK = "RedisCache"
 VALUE = b"x" * 100
 SYNC_OPS = ["get-hit", "set", "incr", "get_many(100)"]
@@ -128,6 +134,8 @@ def make_backend(name, location):
     from django.utils.module_loading import import_string
 
     params = {"OPTIONS": OPTIONS[name]} if name in OPTIONS else {}
+    if name in SENTINEL_SERVICES:
+        location = f"redis://{SENTINEL_SERVICES[name]}"
     return import_string(BACKENDS[name])(f"{location}/{DATABASES[name]}", params)
 
 
@@ -399,6 +407,10 @@ def run_here(names, args):
     backends, missing = available_backends(names)
     server = Redis()
     counter = ConnectionCounter(server.port)
+    sentinel = None
+    if set(backends) & set(SENTINEL_SERVICES):
+        sentinel = RedisSentinel(server, "bench")
+        OPTIONS.update({name: {"SENTINELS": [sentinel.address]} for name in SENTINEL_SERVICES})
     try:
         info = server.info()
         # Valkey answers as Redis 7.2.4 in redis_version, and names itself apart.
@@ -410,6 +422,8 @@ def run_here(names, args):
         sync_results = sync_rows(backends, server.location, server.process.pid, args)
     finally:
         counter.close()
+        if sentinel is not None:
+            sentinel.stop()
         server.stop()
     names = list(backends)
     print()

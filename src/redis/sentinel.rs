@@ -75,8 +75,9 @@ impl Sentinel {
     }
 
     /// The current primary, asked for if there is none yet, and asked
-    /// for again once per check interval by one caller (the others do
-    /// not wait for it). A check that fails keeps the current primary.
+    /// for again once per check interval by one caller, which waits for
+    /// the answer (the others do not). A check that fails keeps the
+    /// current primary.
     pub(crate) fn primary(&self) -> Result<Arc<Server>> {
         let Some(current) = self.primary.load_full() else {
             return self.ask_again(None);
@@ -91,8 +92,7 @@ impl Sentinel {
         Ok(self.ask_sentinels(Some(&current)).unwrap_or(current))
     }
 
-    /// The primaries met (for stats and
-    /// closing idle connections).
+    /// The primaries met (for stats and closing idle connections).
     pub(crate) fn known_servers(&self) -> Vec<Arc<Server>> {
         self.servers.all()
     }

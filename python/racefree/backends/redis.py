@@ -172,10 +172,10 @@ SENTINEL_FACTORY = "django_redis.pool.SentinelConnectionFactory"
 
 
 def django_redis_client(value: object) -> str:
-    if _path_of(value if isinstance(value, (str, type)) else type(value)) not in DJANGO_REDIS_CLIENTS:
+    if value not in DJANGO_REDIS_CLIENTS:
         raise ValueError(f"{' or '.join(map(repr, DJANGO_REDIS_CLIENTS))} (sharded and herd clients are not "
                          "supported)")
-    return str(_path_of(value if isinstance(value, (str, type)) else type(value)))
+    return str(value)
 
 
 def connection_factory(value: object) -> str | None:
@@ -432,6 +432,8 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
         self._reverse_key = options["REVERSE_KEY_FUNCTION"] or default_reverse_key
         self._options = options
         self._sentinel = self._sentinel_settings(path, options, params["OPTIONS"])
+        if self._sentinel is not None:
+            self._servers = options["SENTINELS"]
         config = self._store_settings()
         try:
             self._store = _clients.get(
@@ -457,7 +459,6 @@ class RedisCache(RedisDataStructures, ServerPools, RacefreeCache, BaseCache):
             return None
         if options["CLUSTER"]:
             raise ImproperlyConfigured(f"{path}: SENTINELS or CLUSTER, not both (Sentinel names one primary)")
-        self._servers = sentinels
         login = options["SENTINEL_KWARGS"] or {}
         return {"service": self._sentinel_service, "username": login.get("username"),
                 "password": login.get("password"), "check_interval": options["SENTINEL_CHECK_INTERVAL"]}

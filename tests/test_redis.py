@@ -808,8 +808,10 @@ def test_settings_that_cannot_work_are_refused(redis_server):
         racefree([location, f"rediss://127.0.0.1:{free_port()}"])
     with pytest.raises(ImproperlyConfigured, match="serializer"):
         racefree(location, serializer="django_redis.serializers.json.JSONSerializer")
-    with pytest.raises(ImproperlyConfigured, match="CLIENT_CLASS"):
+    with pytest.raises(ImproperlyConfigured, match="CLIENT_CLASS need OPTIONS\\['SENTINELS'\\]"):
         racefree(location, CLIENT_CLASS="django_redis.client.SentinelClient")
+    with pytest.raises(ImproperlyConfigured, match="sharded and herd clients are not supported"):
+        racefree(location, CLIENT_CLASS="django_redis.client.HerdClient")
     with pytest.raises(ImproperlyConfigured, match="IO_TIMEOUT"):
         racefree(location, IO_TIMEOUT=0)
 
